@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` (the daemon on the shipped config) and `make test` (the whole suite).
+# Both set everything up first; set-up steps are stamped so they run again only when their inputs change.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config/baileys-supervisor.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-py test-node demo bench clean
+
+setup: $(VENV)/.installed node_worker/node_modules/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+node_worker/node_modules/.installed: node_worker/package.json node_worker/package-lock.json
+	cd node_worker && npm ci --no-audit --no-fund
+	touch $@
+
+run: setup
+	$(VENV)/bin/baileys-supervisor run --config $(CONFIG)
+
+test: setup
+	cd node_worker && node --test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-py: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-node: setup
+	cd node_worker && node --test
+
+clean:
+	rm -rf $(VENV) node_worker/node_modules

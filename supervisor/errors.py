@@ -1,0 +1,64 @@
+"""Errors the library raises; the API maps each to its JSON error code and HTTP status, the CLI to an exit code."""
+
+from __future__ import annotations
+
+
+class SupervisorError(Exception):
+    """Base: `code` is the stable machine-readable error code, `status` the HTTP status that fits it."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details  # extra JSON-safe fields for the error body (e.g. owner_pid)
+
+
+class ConfigError(SupervisorError):
+    code = "bad_config"
+    status = 500
+
+
+class InvalidTenantId(SupervisorError):
+    code = "invalid_tenant"
+    status = 400
+
+
+class BadRequest(SupervisorError):
+    code = "bad_request"
+    status = 400
+
+
+class UnknownTenant(SupervisorError):
+    code = "unknown_tenant"
+    status = 404
+
+
+class TenantLocked(SupervisorError):
+    """Another process (usually another daemon's worker) holds the tenant's auth lock."""
+
+    code = "tenant_locked"
+    status = 409
+
+
+class NotRunning(SupervisorError):
+    """The command needs a live worker (e.g. pairing code) and the tenant has none."""
+
+    code = "not_running"
+    status = 409
+
+
+class WorkerCommandFailed(SupervisorError):
+    code = "worker_error"
+    status = 502
+
+
+class WorkerTimeout(SupervisorError):
+    code = "worker_timeout"
+    status = 504
+
+
+class ShuttingDown(SupervisorError):
+    code = "shutting_down"
+    status = 503
