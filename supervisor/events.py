@@ -1,0 +1,106 @@
+"""Structured events: structlog set-up, one JSON object per line on stdout, secrets scrubbed before rendering.
+
+Every event carries `event`, `ts` (ISO-8601 UTC), `level` and `pid`. The scrubber runs last before the renderer,
+so no code path (including a careless `log.info("x", headers=request.headers)`) can write a secret, a QR string,
+creds or a message body to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Mapping, MutableMapping, TextIO
+
+import structlog
+
+REDACTED = "[redacted]"
+
+# A key is sensitive when its lower-cased name contains one of these (x-internal-secret, access_token, qr, ...).
+_SENSITIVE_PARTS = ("secret", "token", "password", "passwd", "authorization", "cookie", "creds", "credential")
+# ...or equals one of these exactly (substring matching would also hit e.g. "messages_count" or "hasQR").
+_SENSITIVE_EXACT = frozenset(
+    {"qr", "qrcode", "qr_code", "dataurl", "data_url", "body", "text", "messages", "message_body", "payload",
+     "pairing_code", "phone", "private_key", "noise_key"}
+)
+# `code` is deliberately not listed: close codes and error codes are what operators need to read.
+_MAX_DEPTH = 6
+
+
+def is_sensitive(key: str) -> bool:
+    k = key.lower().replace("-", "_")
+    return k in _SENSITIVE_EXACT or any(part in k for part in _SENSITIVE_PARTS)
+
+
+def scrub(value: Any, depth: int = 0) -> Any:
+    """Return a copy of `value` with sensitive keys redacted, recursing into mappings and sequences."""
+    if depth > _MAX_DEPTH:
+        return "[truncated]"
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            ks = str(k)
+            if is_sensitive(ks):
+                out[ks] = REDACTED if v is not None else None
+            else:
+                out[ks] = scrub(v, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, depth + 1) for v in value]
+    return value
+
+
+def scrub_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: scrub every field except the event name itself."""
+    event = event_dict.pop("event", None)
+    cleaned = scrub(dict(event_dict))
+    event_dict.clear()
+    if event is not None:
+        event_dict["event"] = event
+    event_dict.update(cleaned)
+    return event_dict
+
+
+def _add_pid(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict.setdefault("pid", os.getpid())
+    return event_dict
+
+
+def _level_number(level: str) -> int:
+    value = logging.getLevelName(level.upper())
+    if not isinstance(value, int):
+        raise ValueError(f"unknown log level {level!r}")
+    return value
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog globally. `fmt`: auto (console on a TTY, else JSON) | json | console."""
+    if fmt not in ("auto", "json", "console"):
+        raise ValueError(f"unknown log format {fmt!r}")
+    out = stream if stream is not None else sys.stdout
+    if fmt == "auto":
+        fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False, default=str)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=getattr(out, "isatty", lambda: False)())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _add_pid,
+            structlog.processors.format_exc_info,
+            scrub_processor,  # last before rendering: nothing added later can bypass it
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_level_number(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bind: Any) -> Any:
+    """A bound logger; e.g. `get_logger(tenant="1")` so every event of that tenant carries it."""
+    return structlog.get_logger().bind(**bind)
