@@ -1,0 +1,199 @@
+"""SQLite spool behind the durable webhook (docs/webhook.md).
+
+Interface (synchronous on purpose: `webhook.WebhookForwarder` calls it from ONE dedicated thread, so the event
+loop never waits on fsync; sqlite3's default `check_same_thread=True` enforces that single-thread rule):
+
+    spool = Spool(path, max_items=100_000, max_bytes=None)
+    spool.open()                                   # SpoolLocked if another process owns the file
+    item, depth = spool.put(tenant, body_json, now)   # durable when it returns; SpoolFull at the bound
+    spool.tenants()                                # tenants with pending rows, oldest first
+    spool.next_items(tenant, after_seq, limit)     # pending rows of one tenant, in submit order
+    depth = spool.delete(seq)                      # delivered
+    depth = spool.dead_letter(item, status, attempts, now)   # rejected: moved, never dropped
+    spool.dead_letters(tenant=None, limit=100)     # for operators / tests
+    spool.depth, spool.bytes                       # pending rows and their payload bytes
+    spool.close()
+
+Durability: WAL + `synchronous=FULL`. In WAL mode NORMAL already survives a SIGKILL of the daemon (the WAL is
+written before commit returns), but may lose the last commits on power loss or a kernel crash; a put is our ack
+that the message is safe, and message rates are human-scale, so one fsync per put is the right price.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SupervisorError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused, even after deletes
+    tenant     TEXT NOT NULL,
+    key        TEXT NOT NULL UNIQUE,               -- Idempotency-Key, fixed at put time, same on every retry
+    body       TEXT NOT NULL,                      -- the payload as JSON text (the worker's message event)
+    size       INTEGER NOT NULL,                   -- UTF-8 bytes of body, for max_bytes
+    created_at REAL NOT NULL                       -- wall clock (time.time()) at put
+);
+CREATE INDEX IF NOT EXISTS pending_by_tenant ON pending (tenant, seq);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq        INTEGER PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    status     INTEGER,                            -- the HTTP status that rejected it
+    attempts   INTEGER NOT NULL,
+    dead_at    REAL NOT NULL
+);
+"""
+
+
+class SpoolError(SupervisorError):
+    code = "spool_error"
+    status = 500
+
+
+class SpoolFull(SpoolError):
+    """The bound is reached: the new item was NOT stored (we refuse new rather than drop old, see docs)."""
+
+    code = "spool_full"
+    status = 503
+
+
+class SpoolLocked(SpoolError):
+    """Another process delivers from this spool; two deliverers would break per-tenant order."""
+
+    code = "spool_locked"
+    status = 409
+
+
+@dataclass(frozen=True)
+class Item:
+    seq: int
+    tenant: str
+    key: str
+    body: str
+    created_at: float
+
+
+class Spool:
+    def __init__(self, path: str | os.PathLike[str], *, max_items: int = 100_000, max_bytes: int | None = None):
+        if max_items < 1:
+            raise ValueError("max_items must be >= 1")
+        self.path = Path(path)
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.depth = 0  # pending rows; mirrored in memory so put() needs no COUNT(*)
+        self.bytes = 0
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # flock on a side file (SQLite's own locks are fcntl locks on the db, which flock does not interfere with).
+        # It belongs to this open file description, so a SIGKILLed owner releases it at once.
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolLocked(f"webhook spool {self.path} is in use by another process", path=str(self.path))
+        self._lock_fd = fd
+        try:
+            # isolation_level=None: autocommit; multi-statement changes use explicit BEGIN IMMEDIATE.
+            db = sqlite3.connect(self.path, isolation_level=None)
+            self._db = db
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise SpoolError(f"webhook spool {self.path}: WAL not available (journal_mode={mode})")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self.depth, self.bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending").fetchone()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError("webhook spool is not open")
+        return self._db
+
+    def put(self, tenant: str, body: str, now: float) -> tuple[Item, int]:
+        size = len(body.encode())
+        if self.depth >= self.max_items or (self.max_bytes is not None and self.bytes + size > self.max_bytes):
+            raise SpoolFull(
+                f"webhook spool full ({self.depth} items, {self.bytes} bytes): message of tenant {tenant} refused",
+                depth=self.depth, bytes=self.bytes, max_items=self.max_items, max_bytes=self.max_bytes,
+            )
+        key = str(uuid.uuid4())  # not "<tenant>:<seq>": a recreated spool file would reuse seqs the target saw
+        cur = self.db.execute(
+            "INSERT INTO pending (tenant, key, body, size, created_at) VALUES (?, ?, ?, ?, ?)",
+            (tenant, key, body, size, now),
+        )
+        self.depth += 1
+        self.bytes += size
+        return Item(cur.lastrowid, tenant, key, body, now), self.depth
+
+    def tenants(self) -> list[str]:
+        rows = self.db.execute("SELECT tenant, MIN(seq) AS first FROM pending GROUP BY tenant ORDER BY first")
+        return [r[0] for r in rows]
+
+    def next_items(self, tenant: str, after_seq: int = 0, limit: int = 100) -> list[Item]:
+        rows = self.db.execute(
+            "SELECT seq, tenant, key, body, created_at FROM pending WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (tenant, after_seq, limit),
+        )
+        return [Item(*r) for r in rows]
+
+    def delete(self, seq: int) -> int:
+        row = self.db.execute("DELETE FROM pending WHERE seq = ? RETURNING size", (seq,)).fetchone()
+        if row is not None:
+            self.depth -= 1
+            self.bytes -= row[0]
+        return self.depth
+
+    def dead_letter(self, item: Item, status: int | None, attempts: int, now: float) -> int:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")  # copy + delete in one transaction: the row is in exactly one table
+        try:
+            n = db.execute(
+                "INSERT OR REPLACE INTO dead_letter (seq, tenant, key, body, size, created_at, status, attempts, dead_at)"
+                " SELECT seq, tenant, key, body, size, created_at, ?, ?, ? FROM pending WHERE seq = ?",
+                (status, attempts, now, item.seq),
+            ).rowcount
+            row = db.execute("DELETE FROM pending WHERE seq = ? RETURNING size", (item.seq,)).fetchone()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if n and row is not None:
+            self.depth -= 1
+            self.bytes -= row[0]
+        return self.depth
+
+    def dead_letters(self, tenant: str | None = None, limit: int = 100) -> list[dict]:
+        sql = "SELECT seq, tenant, key, body, created_at, status, attempts, dead_at FROM dead_letter"
+        args: tuple = ()
+        if tenant is not None:
+            sql, args = sql + " WHERE tenant = ?", (tenant,)
+        rows = self.db.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit))
+        cols = ("seq", "tenant", "key", "body", "created_at", "status", "attempts", "dead_at")
+        return [dict(zip(cols, r)) for r in rows]
+
+    def dead_letter_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]

@@ -1,0 +1,300 @@
+"""Durable webhook: at-least-once, per-tenant-ordered forwarding of the workers' `message` events (docs/webhook.md).
+
+Interface for the daemon:
+
+    fw = WebhookForwarder(WebhookSettings(url=..., secret=...), storage_root=settings.storage.root,
+                          on_depth=gauge.set, on_result=lambda r: counter.labels(r).inc())
+    await fw.start()                    # opens <storage>/webhook-spool.sqlite3, resumes pending rows in order
+    ok = await fw.submit(tenant, event) # True once the item is durably spooled (the ack); False when disabled
+                                        # (url None); raises SpoolFull at the bound (already logged as
+                                        # webhook.spool_full and reported via on_result("spool_full"))
+    fw.depth                            # pending items
+    await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
+    await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
+
+Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (a uuid stored with the
+row, identical on every retry and after a restart) and X-Internal-Secret (when set). 2xx -> deleted; 4xx other than
+408/429 -> dead letter; anything else (5xx, 3xx, 408, 429, timeout, connection error) -> retry with backoff while
+that tenant's queue waits. One task per tenant with pending items: tenants never wait for each other.
+Payloads, response bodies and the secret are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import structlog
+
+from .spool import Item, Spool, SpoolError, SpoolFull, SpoolLocked
+
+__all__ = ["WebhookSettings", "WebhookForwarder", "WebhookClosed", "SpoolFull", "SpoolLocked", "backoff_delay"]
+
+log = structlog.get_logger()
+SPOOL_FILENAME = "webhook-spool.sqlite3"
+BATCH = 100  # rows fetched per spool read while draining a tenant
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str | None = None  # None: forwarding disabled, submit() returns False and nothing is spooled
+    secret: str | None = None  # sent as X-Internal-Secret (the seed's contract)
+    timeout: float = 10.0  # total seconds per POST
+    initial_delay: float = 1.0  # retry backoff: first delay
+    multiplier: float = 2.0
+    max_delay: float = 60.0  # cap
+    jitter: float = 0.2  # +- fraction, so tenants do not retry in lockstep
+    max_items: int = 100_000  # spool bound (pending items); reached -> SpoolFull
+    max_bytes: int | None = None  # optional bound on pending payload bytes
+    spool_path: Path | None = None  # None: <storage.root>/webhook-spool.sqlite3
+
+
+class WebhookClosed(SpoolError):
+    code = "webhook_closed"
+    status = 503
+
+
+def backoff_delay(attempt: int, s: WebhookSettings, rng: Callable[[], float] = random.random) -> float:
+    """Delay after the `attempt`-th failed try (1-based): initial * multiplier^(attempt-1), capped, +- jitter."""
+    try:
+        base = min(s.max_delay, s.initial_delay * s.multiplier ** (attempt - 1))
+    except OverflowError:
+        base = s.max_delay
+    return max(0.0, base * (1 + s.jitter * (2 * rng() - 1)))
+
+
+def classify(status: int) -> str:
+    if 200 <= status < 300:
+        return "delivered"
+    if 400 <= status < 500 and status not in (408, 429):
+        return "dead_letter"  # the target says this request will never succeed; retrying would block the tenant
+    return "retry"  # 5xx, 408, 429; 1xx/3xx too: redirects are not followed so the secret never leaves the URL
+
+
+class WebhookForwarder:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        *,
+        storage_root: str | Path | None = None,
+        session: aiohttp.ClientSession | None = None,
+        on_depth: Callable[[int], None] | None = None,
+        on_result: Callable[[str], None] | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.enabled = settings.url is not None
+        path = settings.spool_path or (Path(storage_root) / SPOOL_FILENAME if storage_root is not None else None)
+        if self.enabled and path is None:
+            raise ValueError("webhook: spool_path or storage_root is required when a url is set")
+        self.spool_path = path
+        self._session, self._own_session = session, session is None
+        self._on_depth, self._on_result = on_depth, on_result
+        self._sleep, self._clock, self._rng = sleep, clock, rng
+        self._spool: Spool | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # tenant -> its delivery task (at most one)
+        self._dirty: set[str] = set()  # tenants that got a put while their task was reading the spool
+        self._started = self._closing = False
+        self.depth = 0
+        self.refused = 0  # items refused by SpoolFull since start
+
+    # ---- life cycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.enabled:
+            log.info("webhook.disabled", spool_exists=bool(self.spool_path and self.spool_path.exists()))
+            return
+        assert self.spool_path is not None
+        # One thread, one connection: SQLite calls are serialised in submit order and never block the loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-spool")
+        self._spool = Spool(self.spool_path, max_items=self.settings.max_items, max_bytes=self.settings.max_bytes)
+        try:
+            await self._db(self._spool.open)
+            tenants = await self._db(self._spool.tenants)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout))
+        self._started = True
+        self._set_depth(self._spool.depth)
+        for tenant in tenants:
+            self._kick(tenant)
+        log.info("webhook.started", path=str(self.spool_path), depth=self.depth, tenants=len(tenants))
+
+    async def aclose(self) -> None:
+        """Stop delivering; undelivered rows (and an interrupted in-flight POST) stay for the next start()."""
+        if self._closing or not self._started:
+            self._closing = True
+            return
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        assert self._spool is not None and self._executor is not None
+        await self._db(self._spool.close)  # FIFO: runs after any put still in the thread's queue
+        self._executor.shutdown(wait=True)
+        log.info("webhook.stopped", depth=self.depth)
+
+    # ---- intake -----------------------------------------------------------------------------------------------
+    async def submit(self, tenant: str, payload: object) -> bool:
+        """Spool one item durably; returns True only after it is committed. Order of calls = delivery order."""
+        if not self.enabled:
+            return False
+        if not self._started or self._closing:
+            raise WebhookClosed("webhook forwarder is not running; message not spooled", tenant=tenant)
+        assert self._spool is not None
+        # Serialised here (not in the thread) so later mutation of the dict by the caller cannot race the write.
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # No await before this line: the executor queue order is exactly the submit() call order.
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._spool.put, tenant, body, time.time())
+        # Book-keeping in a done-callback, so a put that commits after the caller was cancelled is still delivered.
+        fut.add_done_callback(functools.partial(self._put_done, tenant))
+        await asyncio.shield(fut)
+        return True
+
+    def _put_done(self, tenant: str, fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if isinstance(exc, SpoolFull):
+            self.refused += 1
+            log.error("webhook.spool_full", tenant=tenant, depth=exc.details["depth"], bytes=exc.details["bytes"],
+                      max_items=exc.details["max_items"], max_bytes=exc.details["max_bytes"], refused=self.refused)
+            self._result("spool_full")
+        elif exc is None:
+            self._set_depth(fut.result()[1])
+            self._kick(tenant)
+
+    # ---- delivery ---------------------------------------------------------------------------------------------
+    def _kick(self, tenant: str) -> None:
+        if self._closing:
+            return
+        if tenant in self._tasks:
+            self._dirty.add(tenant)
+        else:
+            self._tasks[tenant] = asyncio.get_running_loop().create_task(
+                self._run_tenant(tenant), name=f"webhook:{tenant}")
+
+    async def _run_tenant(self, tenant: str) -> None:
+        assert self._spool is not None
+        failures, last = 0, 0
+        try:
+            while True:
+                try:
+                    self._dirty.discard(tenant)
+                    items = await self._db(self._spool.next_items, tenant, last, BATCH)
+                    if not items:
+                        if tenant in self._dirty:
+                            continue
+                        return  # no await between the check and the finally: a later put starts a new task
+                    for item in items:
+                        await self._deliver(item)
+                        last = item.seq
+                    failures = 0
+                except (SpoolError, sqlite3.Error, OSError) as exc:  # e.g. disk full, I/O error: rows stay, try again later
+                    failures += 1
+                    delay = backoff_delay(failures, self.settings, self._rng)
+                    log.error("webhook.spool_error", tenant=tenant, error=type(exc).__name__, delay=round(delay, 3))
+                    await self._sleep(delay)
+        finally:
+            if self._tasks.get(tenant) is asyncio.current_task():
+                del self._tasks[tenant]
+
+    async def _deliver(self, item: Item) -> None:
+        """Returns once the item is delivered or dead-lettered; until then the tenant's queue waits."""
+        assert self._spool is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            t0 = self._clock()
+            status, error, retry_after = await self._post(item)
+            ms = round((self._clock() - t0) * 1000, 1)
+            outcome = classify(status) if status is not None else "retry"
+            if outcome == "delivered":
+                self._set_depth(await self._db(self._spool.delete, item.seq))
+                log.info("webhook.delivered", tenant=item.tenant, id=item.key, seq=item.seq, attempts=attempt,
+                         ms=ms, status=status)
+                self._result("delivered")
+                return
+            if outcome == "dead_letter":
+                self._set_depth(await self._db(self._spool.dead_letter, item, status, attempt, time.time()))
+                log.error("webhook.dead_letter", tenant=item.tenant, id=item.key, seq=item.seq, status=status,
+                          attempts=attempt)
+                self._result("dead_letter")
+                return
+            delay = backoff_delay(attempt, self.settings, self._rng)
+            if retry_after is not None:  # the target asked for a pause (429/503); honour it up to our cap
+                delay = max(delay, min(retry_after, self.settings.max_delay))
+            log.warning("webhook.retry", tenant=item.tenant, id=item.key, seq=item.seq, attempt=attempt,
+                        delay=round(delay, 3), status=status, error=error)
+            self._result("retry")
+            await self._sleep(delay)
+
+    async def _post(self, item: Item) -> tuple[int | None, str | None, float | None]:
+        """One POST. Returns (status, None, retry_after) or (None, error summary, None); never raises ClientError."""
+        assert self._session is not None and self.settings.url is not None
+        # The payload is already JSON text in the spool: splice it in instead of parsing and re-serialising.
+        body = ('{"tenantId":%s,"payload":%s}' % (json.dumps(item.tenant), item.body)).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": item.key}
+        if self.settings.secret:
+            headers["X-Internal-Secret"] = self.settings.secret
+        try:
+            async with self._session.post(
+                self.settings.url, data=body, headers=headers, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            ) as resp:
+                await resp.read()  # drained for keep-alive; deliberately never logged (it may echo the payload)
+                return resp.status, None, _retry_after(resp.headers.get("Retry-After"))
+        except (TimeoutError, asyncio.TimeoutError):
+            return None, "timeout", None
+        except aiohttp.ClientConnectorError as exc:  # its text is "host:port [os error]", no URL path or query
+            return None, f"connect: {exc.os_error}", None
+        except (aiohttp.ClientError, OSError) as exc:  # the class name only: some messages embed the full URL
+            return None, type(exc).__name__, None
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+    async def dead_letters(self, tenant: str | None = None, limit: int = 100) -> list[dict]:
+        if self._spool is None or not self._started or self._closing:
+            return []
+        return await self._db(self._spool.dead_letters, tenant, limit)
+
+    async def _db(self, fn: Callable, *args: object):  # noqa: ANN202 - returns whatever fn returns
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _set_depth(self, n: int) -> None:
+        self.depth = n
+        self._hook(self._on_depth, n)
+
+    def _result(self, result: str) -> None:
+        self._hook(self._on_result, result)
+
+    @staticmethod
+    def _hook(fn: Callable | None, arg: object) -> None:
+        if fn is None:
+            return
+        try:
+            fn(arg)
+        except Exception:  # a metrics bug must not stop deliveries
+            log.exception("webhook.hook_failed", hook=getattr(fn, "__name__", repr(fn)))
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None  # HTTP-date form is ignored (rare here)
+    except ValueError:
+        return None
