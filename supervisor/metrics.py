@@ -1,0 +1,167 @@
+"""Prometheus metrics for `GET /metrics`, on a registry of their own (never prometheus_client's global REGISTRY,
+so several Supervisors in one test process, or two daemons in one interpreter, never clash).
+
+Interface (the daemon owns one `Metrics` and calls these; every method is cheap, sync and never raises on odd input):
+
+    m = Metrics(version=__version__)               # registry=None -> a fresh CollectorRegistry
+    m.on_state(tenant, old, new)                   # every TenantState change (from Tenant.change_state)
+    m.on_close(tenant, code)                       # a worker's `close` event (code: int | None)
+    m.on_restart(reason)                           # a restart was scheduled/done: "close_515", "crash", "heartbeat_timeout",
+                                                   # "api", "reload", ... (a small fixed vocabulary: it is a label)
+    m.on_rss(tenant, rss_bytes)                    # each worker heartbeat; None clears it (worker gone)
+    m.observe_spawn(seconds)                       # spawn -> `hello` line of a worker
+    m.on_invalid_line(tenant)                      # a stdout line that is not protocol (worker.protocol_error)
+    m.webhook_depth(n)                             # spool size after each enqueue/delivery
+    m.webhook_result(result)                       # "delivered", "retry", "failed", "dropped_full", ...
+    m.forget(tenant)                               # tenant removed (e.g. dropped by reload): its series go away
+    body, content_type = m.render()                # bytes + the Content-Type header value to send
+
+With aiohttp: `web.Response(body=body, headers={"Content-Type": content_type})` (not `content_type=`, which refuses a
+value that carries parameters).
+
+Label cardinality: `tenant` is the only unbounded label. Series with it exist only for tenants the daemon knows,
+and `forget()` removes them. Close codes are bounded by Baileys' small code set (an unnamed code is still its own
+value, but the worker can only report what the server sends).
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from . import PROTOCOL_VERSION, __version__
+from .states import TenantState, reason_name
+
+PREFIX = "baileys_supervisor"
+
+# Spawn latency = process start + node/Baileys import, usually 0.1-2 s; the tail (slow disk, CPU starved by a boot of
+# many tenants) is what the upper buckets are for.
+SPAWN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+# States whose worker is gone: its last RSS would be a lie.
+_NO_WORKER = frozenset(
+    {TenantState.STOPPED, TenantState.BACKOFF, TenantState.LOGGED_OUT, TenantState.CONFLICT, TenantState.FAILED}
+)
+
+
+def _state_value(state: TenantState | str | None) -> str | None:
+    if state is None:
+        return None
+    return state.value if isinstance(state, TenantState) else str(state)
+
+
+class Metrics:
+    def __init__(
+        self,
+        version: str = __version__,
+        *,
+        registry: CollectorRegistry | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process_metrics:
+            # The daemon's own CPU/RSS/fds (process_*): a leak of fds or memory in the daemon shows up here.
+            ProcessCollector(registry=r)
+        self.build_info = Info(f"{PREFIX}_build", "Version of the daemon and of the worker protocol.", registry=r)
+        self.build_info.info(
+            {"version": version, "protocol": str(PROTOCOL_VERSION), "python": platform.python_version()}
+        )
+        self.tenants = Gauge(f"{PREFIX}_tenants", "Known tenants by state.", ["state"], registry=r)
+        self.connected = Gauge(
+            f"{PREFIX}_tenant_connected", "1 while the tenant's WhatsApp connection is open, else 0.", ["tenant"],
+            registry=r,
+        )
+        self.closes = Counter(
+            f"{PREFIX}_worker_closes", "Socket closes reported by workers, by Baileys close code.", ["code", "reason"],
+            registry=r,
+        )
+        self.restarts = Counter(f"{PREFIX}_restarts", "Worker restarts by reason.", ["reason"], registry=r)
+        self.rss = Gauge(
+            f"{PREFIX}_worker_rss_bytes", "Resident memory of the tenant's worker (last heartbeat).", ["tenant"],
+            registry=r,
+        )
+        self.spawn_seconds = Histogram(
+            f"{PREFIX}_worker_spawn_seconds", "Time from spawning a worker to its hello line.",
+            buckets=SPAWN_BUCKETS, registry=r,
+        )
+        self.invalid_lines = Counter(
+            f"{PREFIX}_worker_invalid_lines", "Worker stdout lines that were not valid protocol.", ["tenant"],
+            registry=r,
+        )
+        self.webhook_queue = Gauge(f"{PREFIX}_webhook_queue_depth", "Messages waiting in the webhook spool.", registry=r)
+        self.webhook_deliveries = Counter(
+            f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts by result.", ["result"], registry=r
+        )
+        self._states: dict[str, str] = {}  # tenant -> state value: the one record the state gauge is computed from
+        # Every state is exported, 0 included, so `baileys_supervisor_tenants{state="failed"} > 0` alerts work
+        # from the first scrape instead of seeing an absent series.
+        for state in TenantState:
+            self.tenants.labels(state=state.value).set(0)
+
+    # --- tenants -------------------------------------------------------------------------------------------------
+    def on_state(self, tenant: str, old: TenantState | str | None, new: TenantState | str) -> None:
+        """Record a state change. `old` is accepted for the call site's convenience; the gauge is recomputed from
+        this object's own record, so a missed or duplicated call cannot make the counts drift."""
+        del old
+        value = _state_value(new)
+        assert value is not None
+        self._states[tenant] = value
+        self._recount()
+        self.connected.labels(tenant=tenant).set(1 if value == TenantState.CONNECTED.value else 0)
+        if value in {s.value for s in _NO_WORKER}:
+            self._remove(self.rss, tenant)
+
+    def forget(self, tenant: str) -> None:
+        """Drop every series labelled with this tenant (it was removed, e.g. by a reload)."""
+        self._states.pop(tenant, None)
+        self._recount()
+        for metric in (self.connected, self.rss, self.invalid_lines):
+            self._remove(metric, tenant)
+
+    def on_close(self, tenant: str, code: int | None) -> None:
+        del tenant  # closes are counted per code, not per tenant: the tenant is in the `worker.close` log event
+        self.closes.labels(code="none" if code is None else str(code), reason=reason_name(code) or "unknown").inc()
+
+    def on_restart(self, reason: str) -> None:
+        self.restarts.labels(reason=reason).inc()
+
+    def on_rss(self, tenant: str, rss_bytes: int | float | None) -> None:
+        if rss_bytes is None:
+            self._remove(self.rss, tenant)
+        else:
+            self.rss.labels(tenant=tenant).set(rss_bytes)
+
+    def observe_spawn(self, seconds: float) -> None:
+        self.spawn_seconds.observe(max(0.0, seconds))
+
+    def on_invalid_line(self, tenant: str) -> None:
+        self.invalid_lines.labels(tenant=tenant).inc()
+
+    # --- webhook -------------------------------------------------------------------------------------------------
+    def webhook_depth(self, n: int) -> None:
+        self.webhook_queue.set(n)
+
+    def webhook_result(self, result: str) -> None:
+        self.webhook_deliveries.labels(result=result).inc()
+
+    # --- exposition ----------------------------------------------------------------------------------------------
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition format and its Content-Type (0.0.4: what every Prometheus version scrapes)."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+    def _recount(self) -> None:
+        counts: dict[str, int] = {s.value: 0 for s in TenantState}
+        for value in self._states.values():
+            counts[value] = counts.get(value, 0) + 1
+        for value, n in counts.items():
+            self.tenants.labels(state=value).set(n)
+
+    @staticmethod
+    def _remove(metric: Gauge | Counter, tenant: str) -> None:
+        try:
+            metric.remove(tenant)
+        except KeyError:  # no series for this tenant yet
+            pass
