@@ -1,0 +1,127 @@
+"""Structured events: JSON shape, level filtering, renderer choice and secret scrubbing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from datetime import datetime, timezone
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor.events import REDACTED, configure_logging, get_logger, is_sensitive, scrub
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog():
+    yield
+    structlog.reset_defaults()
+
+
+def lines(buf: io.StringIO) -> list[dict]:
+    return [json.loads(x) for x in buf.getvalue().splitlines()]
+
+
+def test_json_event_has_event_ts_level_pid_and_fields():
+    buf = io.StringIO()
+    configure_logging("json", "info", buf)
+    get_logger(tenant="1").info("tenant.state", old="starting", new="qr")
+    (e,) = lines(buf)
+    assert e["event"] == "tenant.state" and e["level"] == "info" and e["pid"] == os.getpid()
+    assert e["tenant"] == "1" and e["old"] == "starting" and e["new"] == "qr"
+    ts = datetime.fromisoformat(e["ts"].replace("Z", "+00:00"))
+    assert ts.tzinfo is not None and ts.utcoffset() == timezone.utc.utcoffset(None)
+    assert abs((datetime.now(timezone.utc) - ts).total_seconds()) < 60
+
+
+def test_level_filtering():
+    buf = io.StringIO()
+    configure_logging("json", "warning", buf)
+    log = get_logger()
+    log.info("quiet")
+    log.warning("loud")
+    assert [e["event"] for e in lines(buf)] == ["loud"]
+
+
+def test_auto_is_json_when_not_a_tty_and_console_when_tty():
+    buf = io.StringIO()
+    configure_logging("auto", "info", buf)
+    get_logger().info("x", a=1)
+    assert json.loads(buf.getvalue())["event"] == "x"
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    configure_logging("auto", "info", tty)
+    get_logger().info("hello.console", a=1)
+    out = tty.getvalue()
+    assert "hello.console" in out and not out.lstrip().startswith("{")
+
+
+def test_bad_format_or_level_raise():
+    with pytest.raises(ValueError):
+        configure_logging("xml")
+    with pytest.raises(ValueError):
+        configure_logging("json", "chatty")
+
+
+def test_secrets_are_scrubbed_at_any_depth():
+    buf = io.StringIO()
+    configure_logging("json", "debug", buf)
+    get_logger().info(
+        "worker.event",
+        secret="S1", api_token="S2", qr="2@QRSTRING", creds={"noiseKey": "S3"}, password="S4",
+        headers={"Authorization": "Bearer S5", "X-Internal-Secret": "S6", "Accept": "json"},
+        messages=[{"text": "S7"}], body="S8", nested=[{"deeper": {"refresh_token": "S9"}}],
+        code=515, reason="restartRequired", message="Stream Errored", hasQR=True,
+    )
+    raw = buf.getvalue()
+    for s in ("S1", "S2", "QRSTRING", "S3", "S4", "S5", "S6", "S7", "S8", "S9"):
+        assert s not in raw, s
+    (e,) = lines(buf)
+    assert e["secret"] == REDACTED and e["headers"]["Accept"] == "json"
+    # operational fields stay readable: close code, reason and message, booleans
+    assert (e["code"], e["reason"], e["message"], e["hasQR"]) == (515, "restartRequired", "Stream Errored", True)
+
+
+def test_exception_info_is_rendered_but_still_scrubbed():
+    buf = io.StringIO()
+    configure_logging("json", "info", buf)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        get_logger().error("api.error", exc_info=True, token="T0P")
+    (e,) = lines(buf)
+    assert "RuntimeError: boom" in e["exception"] and e["token"] == REDACTED
+
+
+@pytest.mark.parametrize("key", ["secret", "X-Internal-Secret", "Authorization", "access_token", "qr", "QR",
+                                 "creds", "password", "messages", "body", "dataUrl", "pairing_code", "phone"])
+def test_sensitive_keys(key):
+    assert is_sensitive(key)
+
+
+@pytest.mark.parametrize("key", ["code", "reason", "message", "tenant", "state", "hasQR", "pid", "event", "auth"])
+def test_operational_keys_are_kept(key):
+    assert not is_sensitive(key)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_scrub_never_leaks_a_value_under_a_sensitive_key(value):
+    marker = "LEAK-MARKER"
+    doc = {"wrap": value, "secret": marker, "deep": [{"token": marker}]}
+    assert marker not in json.dumps(scrub(doc))
+    # scrubbing is idempotent and keeps structure JSON-safe
+    assert scrub(scrub(doc)) == scrub(doc)
