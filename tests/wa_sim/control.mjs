@@ -1,0 +1,48 @@
+// HTTP/JSON control API for the simulator, loopback only. Every answer is JSON; failures are
+// {ok:false, error:<code>, message} with a 4xx/5xx status, so pytest and curl can both check them.
+import http from 'node:http';
+import { SimError } from './server.mjs';
+
+async function readJson(req) {
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  const text = Buffer.concat(chunks).toString() || '{}';
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new SimError('bad_json', 'request body is not JSON', 400);
+  }
+}
+
+export function makeControlServer(sim) {
+  const routes = {
+    'GET /state': () => ({ ok: true, ...sim.state() }),
+    'GET /events': (_b, url) => {
+      const since = Number(url.searchParams.get('since') ?? 0);
+      return { ok: true, events: sim.events.filter(e => e.seq > since) };
+    },
+    'POST /scan': (b) => sim.scan(b),
+    'POST /kill': (b) => sim.kill(b),
+    'POST /faults': (b) => ({ ok: true, pendingFaults: sim.addFault(b) }),
+    'DELETE /faults': () => { sim.faults = []; return { ok: true, pendingFaults: [] }; },
+    'GET /config': () => ({ ok: true, config: sim.config }),
+    'POST /config': (b) => ({ ok: true, config: sim.configure(b) }),
+    'POST /reset': (b) => { sim.reset(); if (b && Object.keys(b).length) sim.configure(b); return { ok: true }; }
+  };
+  return http.createServer(async (req, res) => {
+    const url = new URL(req.url, 'http://127.0.0.1');
+    const handler = routes[`${req.method} ${url.pathname}`];
+    let status = 200;
+    let body;
+    try {
+      if (!handler) throw new SimError('not_found', `no route ${req.method} ${url.pathname}`, 404);
+      const input = req.method === 'POST' ? await readJson(req) : {};
+      body = await handler(input, url);
+    } catch (err) {
+      status = err instanceof SimError ? err.status : 500;
+      body = { ok: false, error: err.code ?? 'internal', message: String(err.message ?? err), ...(err.extra ?? {}) };
+    }
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body) + '\n');
+  });
+}
