@@ -103,4 +103,4 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
 
 def get_logger(**bind: Any) -> Any:
     """A bound logger; e.g. `get_logger(tenant="1")` so every event of that tenant carries it."""
-    return structlog.get_logger().bind(**bind)
+    return structlog.get_logger(**bind)  # a lazy proxy: picks up configure_logging() even if called later

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import ClientSession
 
 from supervisor.api import make_app, start_api
@@ -302,13 +303,16 @@ async def test_qr_json_png_svg_with_qr(served):
 async def test_request_log_has_route_status_and_no_secret(served, capsys):
     from supervisor.events import configure_logging
 
-    configure_logging("json", "info")
-    stub, url, http = await served()
-    stub.qr_value = RAW_QR
-    async with http.get(f"{url}/whatsapp/1/qr", headers=H) as r:
-        assert r.status == 200
-    async with http.get(f"{url}/whatsapp/1/status", headers={"X-Internal-Secret": "nope-" + SECRET}) as r:
-        assert r.status == 401
+    configure_logging("json", "info")  # stdout is capsys' buffer here
+    try:
+        stub, url, http = await served()
+        stub.qr_value = RAW_QR
+        async with http.get(f"{url}/whatsapp/1/qr", headers=H) as r:
+            assert r.status == 200
+        async with http.get(f"{url}/whatsapp/1/status", headers={"X-Internal-Secret": "nope-" + SECRET}) as r:
+            assert r.status == 401
+    finally:
+        structlog.reset_defaults()
     out = capsys.readouterr().out
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     reqs = [e for e in events if e["event"] == "api.request"]

@@ -1,0 +1,204 @@
+"""`baileys-supervisor`: a thin argparse layer. `run` starts the daemon; the other commands talk to a running
+daemon over its HTTP API. Exit codes live here and only here:
+0 ok, 1 the API answered with an error, 2 usage or configuration error, 3 daemon unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import load_settings
+from .errors import ConfigError
+from .settings import PROJECT_ROOT
+
+EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "baileys-supervisor.yaml"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message") or f"HTTP {status}")
+        self.status, self.body = status, body
+
+
+class Unreachable(Exception):
+    pass
+
+
+def call(url: str, method: str, path: str, secret: str | None, timeout: float) -> dict[str, Any]:
+    """One API call; JSON in, JSON out. Raises ApiError (HTTP error answer) or Unreachable (no answer)."""
+    req = urllib.request.Request(url.rstrip("/") + path, method=method, data=b"" if method == "POST" else None)
+    req.add_header("Accept", "application/json")
+    if secret:
+        req.add_header("X-Internal-Secret", secret)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - operator-given http URL
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        body.setdefault("error", f"http_{exc.code}")
+        raise ApiError(exc.code, body) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Unreachable(f"cannot reach the daemon at {url}: {reason}") from None
+
+
+def endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
+    """API URL and secret: --url wins for the URL; the config (which also reads INTERNAL_SECRET) for the rest."""
+    config = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    secret = None
+    url = args.url
+    if config is not None:
+        settings = load_settings(config)
+        secret = settings.api.secret
+        if url is None:
+            host = settings.api.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+            host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            url = f"http://{host}:{settings.api.port}"
+    return url or "http://127.0.0.1:3300", secret or os.environ.get("INTERNAL_SECRET") or None
+
+
+def _q(tenant: str) -> str:
+    return urllib.parse.quote(tenant, safe="")  # the daemon validates; "a/b" must not become two segments
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)  # first: a bad config exits 2 before anything starts
+
+    from .daemon import run_daemon  # the daemon pulls in everything; operator commands stay light
+    from .events import configure_logging
+
+    configure_logging(settings.logging.format, settings.logging.level)
+    try:
+        result = asyncio.run(run_daemon(settings))
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down: still an operator-requested stop
+        return EXIT_OK
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url, secret = endpoint(args)
+    if args.tenant:
+        rows = [call(url, "GET", f"/whatsapp/{_q(args.tenant)}/status", secret, args.timeout)]
+    else:
+        rows = call(url, "GET", "/whatsapp", secret, args.timeout).get("tenants", [])
+    if args.json:
+        print(json.dumps(rows[0] if args.tenant else rows, indent=2))
+    else:
+        print(format_table(rows))
+    return EXIT_OK
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    url, secret = endpoint(args)
+    result = call(url, "POST", f"/whatsapp/{_q(args.tenant)}/{args.command}", secret, args.timeout)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table([result]))
+    return EXIT_OK
+
+
+def cmd_qr(args: argparse.Namespace) -> int:
+    import segno
+
+    url, secret = endpoint(args)
+    body = call(url, "GET", f"/whatsapp/{_q(args.tenant)}/qr", secret, args.timeout)
+    if args.json:
+        print(json.dumps({k: body.get(k) for k in ("tenant", "state", "connected", "qr")}, indent=2))
+        return EXIT_OK if body.get("qr") else EXIT_API
+    raw = body.get("qr")
+    if not raw:
+        print(f"{args.tenant}: no QR right now (state: {body.get('state')}, connected: {body.get('connected')})",
+              file=sys.stderr)
+        return EXIT_OK if body.get("connected") else EXIT_API
+    segno.make(raw, error="l").terminal(out=sys.stdout, compact=True)
+    print(f"{args.tenant}: scan with WhatsApp > Linked devices (state: {body.get('state')})")
+    return EXIT_OK
+
+
+COLUMNS = [("TENANT", "tenant"), ("STATE", "state"), ("CONNECTED", "connected"), ("QR", "hasQR"), ("PID", "pid"),
+           ("RESTARTS", "restarts"), ("LAST CLOSE", "lastDisconnect"), ("NEXT RETRY", "nextRetryAt"),
+           ("REASON", "stateReason")]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    def cell(row: dict[str, Any], key: str) -> str:
+        v = row.get(key)
+        if key == "lastDisconnect" and isinstance(v, dict):
+            return f"{v.get('code')} {v.get('reason') or ''}".strip()
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return "-" if v is None else str(v)
+
+    if not rows:
+        return "no tenants"
+    table = [[h for h, _ in COLUMNS]] + [[cell(r, k) for _, k in COLUMNS] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+# -- parser ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG} if present)")
+    common.add_argument("--url", help="daemon API URL (default: from the config's api.host/api.port)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the daemon")
+
+    parser = argparse.ArgumentParser(prog="baileys-supervisor", description="Keeps one WhatsApp (Baileys) worker per tenant alive.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.set_defaults(func=cmd_run)
+    st = sub.add_parser("status", parents=[common], help="show one tenant or all")
+    st.add_argument("tenant", nargs="?")
+    st.set_defaults(func=cmd_status)
+    for name, text in (("start", "start a tenant (idempotent)"), ("stop", "stop a tenant"),
+                       ("restart", "restart a tenant"), ("logout", "log a tenant out and archive its auth")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("tenant")
+        p.set_defaults(func=cmd_action)
+    qr = sub.add_parser("qr", parents=[common], help="draw a tenant's current QR in the terminal")
+    qr.add_argument("tenant")
+    qr.set_defaults(func=cmd_qr)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
+        return int(exc.code or 0)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"baileys-supervisor: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiError as exc:
+        print(f"baileys-supervisor: {exc.body.get('error')}: {exc} (HTTP {exc.status})", file=sys.stderr)
+        return EXIT_API
+    except Unreachable as exc:
+        print(f"baileys-supervisor: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE

@@ -1,0 +1,138 @@
+"""CLI: exit codes, output, and the operator commands against a real HTTP API (stub supervisor behind it).
+The `run` command as a real subprocess is in test_api_integration.py (it needs the real daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+
+import pytest
+import structlog
+import yaml
+
+from supervisor.api import start_api
+from supervisor.cli import format_table, main
+from supervisor.events import configure_logging
+from test_api import RAW_QR, SECRET, StubSupervisor, _settings
+
+
+@pytest.fixture(autouse=True)
+def no_env_secret(monkeypatch):
+    monkeypatch.delenv("INTERNAL_SECRET", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def quiet_api_log():
+    # The served API logs to stdout in this same process; keep stdout for the CLI's own output.
+    configure_logging("json", "info", io.StringIO())
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    """A stub supervisor behind the real API on a free port, plus a config file pointing at it."""
+    stub = StubSupervisor(_settings(SECRET))
+    runner, port = await start_api(stub, "127.0.0.1", 0)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"api": {"port": port, "secret": SECRET}, "storage": {"root": "s"}}))
+    yield stub, port, cfg
+    await runner.cleanup()
+
+
+async def cli(*argv: str) -> int:
+    # The CLI is synchronous (urllib); run it off the loop that serves the API.
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def test_status_all_table_via_config(daemon, capsys):
+    _, _, cfg = daemon
+    assert await cli("status", "--config", str(cfg)) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["TENANT", "STATE", "CONNECTED"]
+    assert out.splitlines()[1].split()[:2] == ["1", "qr"]
+
+
+async def test_status_one_json_via_url_and_env_secret(daemon, capsys, monkeypatch):
+    _, port, _ = daemon
+    monkeypatch.setenv("INTERNAL_SECRET", SECRET)
+    assert await cli("status", "1", "--url", f"http://127.0.0.1:{port}", "--json", "--config", "/dev/null") == 0
+    assert json.loads(capsys.readouterr().out)["tenant"] == "1"
+
+
+@pytest.mark.parametrize("action", ["start", "stop", "restart", "logout"])
+async def test_actions(daemon, capsys, action):
+    stub, _, cfg = daemon
+    assert await cli(action, "1", "--config", str(cfg), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    assert stub.calls[-1] == (action, "1")
+
+
+async def test_api_error_is_exit_1_with_message(daemon, capsys):
+    _, _, cfg = daemon
+    assert await cli("stop", "unknown", "--config", str(cfg)) == 1
+    assert "unknown_tenant" in capsys.readouterr().err
+
+
+async def test_invalid_tenant_is_sent_encoded_and_rejected(daemon, capsys):
+    stub, _, cfg = daemon
+    assert await cli("start", "a/b", "--config", str(cfg)) == 1
+    assert "invalid_tenant" in capsys.readouterr().err
+    assert stub.calls == []
+
+
+async def test_wrong_secret_is_exit_1(daemon, tmp_path, capsys):
+    _, port, _ = daemon
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"api": {"port": port, "secret": "nope"}}))
+    assert await cli("status", "--config", str(cfg)) == 1
+    assert "unauthorized" in capsys.readouterr().err
+
+
+async def test_qr_draws_in_terminal(daemon, capsys):
+    stub, _, cfg = daemon
+    assert await cli("qr", "1", "--config", str(cfg)) == 1  # no QR yet
+    assert "no QR" in capsys.readouterr().err
+    stub.qr_value = RAW_QR
+    assert await cli("qr", "1", "--config", str(cfg)) == 0
+    out = capsys.readouterr().out
+    assert RAW_QR not in out and len(out.splitlines()) > 10 and "█" in out or "▀" in out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_daemon_is_exit_3(capsys):
+    assert main(["status", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "2"]) == 3
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def test_config_errors_are_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("worker:\n  stop_grace: abc\n")
+    assert main(["run", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: worker.stop_grace: expected a number > 0, got 'abc'" in err
+    assert main(["status", "--config", str(bad)]) == 2
+    assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_usage_errors_are_exit_2():
+    assert main([]) == 2
+    assert main(["start"]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_format_table():
+    text = format_table([{"tenant": "1", "state": "backoff", "connected": False, "hasQR": False, "pid": None,
+                          "restarts": 3, "lastDisconnect": {"code": 428, "reason": "connectionClosed"},
+                          "nextRetryAt": "2024-01-01T00:00:04Z", "stateReason": None}])
+    row = text.splitlines()[1].split()
+    assert row == ["1", "backoff", "no", "no", "-", "3", "428", "connectionClosed", "2024-01-01T00:00:04Z", "-"]
+    assert format_table([]) == "no tenants"
