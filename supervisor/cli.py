@@ -91,6 +91,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = asyncio.run(run_daemon(settings))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down: still an operator-requested stop
         return EXIT_OK
+    except OSError as exc:  # e.g. the API port is taken: one clear line, not a traceback
+        print(f"baileys-supervisor: cannot run: {exc}", file=sys.stderr)
+        return EXIT_API
     return result if isinstance(result, int) else EXIT_OK
 
 
@@ -118,7 +121,7 @@ def cmd_action(args: argparse.Namespace) -> int:
 
 
 def cmd_qr(args: argparse.Namespace) -> int:
-    import segno
+    from .qr import terminal_text
 
     url, secret = endpoint(args)
     body = call(url, "GET", f"/whatsapp/{_q(args.tenant)}/qr", secret, args.timeout)
@@ -130,7 +133,7 @@ def cmd_qr(args: argparse.Namespace) -> int:
         print(f"{args.tenant}: no QR right now (state: {body.get('state')}, connected: {body.get('connected')})",
               file=sys.stderr)
         return EXIT_OK if body.get("connected") else EXIT_API
-    segno.make(raw, error="l").terminal(out=sys.stdout, compact=True)
+    sys.stdout.write(terminal_text(raw))
     print(f"{args.tenant}: scan with WhatsApp > Linked devices (state: {body.get('state')})")
     return EXIT_OK
 
