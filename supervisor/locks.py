@@ -1,0 +1,191 @@
+"""Tenant lock: an flock on `<tenant>/auth.lock` held by the daemon's fd and by the worker's inherited copy.
+
+flock belongs to the open file description, so the lock lives while either the daemon or the worker keeps it:
+a SIGKILLed daemon leaves the lock with its worker until that worker exits. `worker.pid` lets the next daemon find
+such a leftover; psutil's create_time makes sure a reused pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import structlog
+from filelock import lock_descriptor, unlock_descriptor
+
+from supervisor.errors import TenantLocked
+
+log = structlog.get_logger("supervisor.locks")
+
+# Two create_time readings of one process agree to within this (psutil derives it from jiffies since boot).
+_CREATE_TIME_SLACK = 0.05
+_LOCK_POLL = 0.05  # flock offers no async wake-up: bounded polling while a killed leftover lets go
+
+
+def _same_process(pid: Any, create_time: Any) -> psutil.Process | None:
+    """The live process `pid` if it is the very process that was recorded (same create_time), else None."""
+    if not isinstance(pid, int) or not isinstance(create_time, (int, float)) or pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > _CREATE_TIME_SLACK or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def process_identity(pid: int) -> float:
+    """create_time of `pid`, recorded next to it so the pid can be trusted later."""
+    return psutil.Process(pid).create_time()
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)  # readers see the old or the new file, never half of one
+
+
+class TenantLock:
+    def __init__(self, tenant: str, tenant_dir: Path, *, stop_grace: float = 5.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.tenant = tenant
+        self.dir = tenant_dir
+        self.path = tenant_dir / "auth.lock"
+        self.pid_path = tenant_dir / "worker.pid"
+        self.stop_grace = stop_grace
+        self._sleep = sleep
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    async def acquire(self) -> None:
+        """Take the lock or raise TenantLocked; stops a leftover worker of a dead daemon first."""
+        if self.fd is not None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # O_CLOEXEC: only the tenant's own worker may inherit it (explicitly, via pass_fds), never its siblings.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if not lock_descriptor(fd, blocking=False):
+                await self._take_over(fd)
+            # The lock is ours; a worker recorded here that still runs without holding it would be a duplicate.
+            await self._stop_leftover(read_json(self.pid_path), require_dead_daemon=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self._write_owner()
+        log.info("lock.acquired", tenant=self.tenant)
+
+    def _write_owner(self) -> None:
+        """Record the owning daemon in the lock file itself, so a 409 can name it even while no worker runs."""
+        assert self.fd is not None
+        me = os.getpid()
+        data = json.dumps({"daemon_pid": me, "daemon_create_time": process_identity(me),
+                           "locked_at": time.time()}).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    async def _take_over(self, fd: int) -> None:
+        record = read_json(self.pid_path)
+        owner = read_json(self.path) or {}
+        stopped = await self._stop_leftover(record, require_dead_daemon=True)
+        if stopped:
+            deadline = time.monotonic() + self.stop_grace + 1.0
+            while time.monotonic() < deadline:
+                if lock_descriptor(fd, blocking=False):
+                    return
+                await self._sleep(_LOCK_POLL)
+        elif lock_descriptor(fd, blocking=False):  # the holder went away meanwhile
+            return
+        details: dict[str, Any] = {"tenant": self.tenant}
+        if record and _same_process(record.get("pid"), record.get("create_time")):
+            details.update(owner_pid=record.get("pid"), daemon_pid=record.get("daemon_pid"))
+        elif _same_process(owner.get("daemon_pid"), owner.get("daemon_create_time")):
+            details.update(owner_pid=owner.get("daemon_pid"), daemon_pid=owner.get("daemon_pid"))
+        log.warning("lock.busy", **details)
+        raise TenantLocked(f"tenant {self.tenant} is owned by another process", **details)
+
+    async def _stop_leftover(self, record: dict[str, Any] | None, *, require_dead_daemon: bool) -> bool:
+        """Stop the worker recorded in `record` if it still runs and no live daemon owns it. True if one was stopped."""
+        if not record:
+            return False
+        proc = _same_process(record.get("pid"), record.get("create_time"))
+        if proc is None:
+            return False
+        daemon_pid = record.get("daemon_pid")
+        if daemon_pid == os.getpid():
+            return False  # one of ours (the caller guarantees it is not a live tenant of this daemon)
+        if require_dead_daemon and _same_process(daemon_pid, record.get("daemon_create_time")):
+            return False  # a live daemon owns it: 409, never kill another daemon's worker
+        log.warning("lock.leftover_stopping", tenant=self.tenant, leftover_pid=proc.pid, daemon_pid=daemon_pid)
+        await kill_group(proc, self.stop_grace)
+        log.info("lock.leftover_stopped", tenant=self.tenant, leftover_pid=proc.pid)
+        return True
+
+    def write_pidfile(self, pid: int, started_at: float) -> None:
+        me = os.getpid()
+        write_json_atomic(self.pid_path, {"pid": pid, "create_time": process_identity(pid), "daemon_pid": me,
+                                          "daemon_create_time": process_identity(me), "started_at": started_at})
+
+    def clear_pidfile(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        with contextlib.suppress(OSError):
+            unlock_descriptor(fd)
+        os.close(fd)
+        log.info("lock.released", tenant=self.tenant)
+
+
+async def kill_group(proc: psutil.Process, grace: float) -> None:
+    """SIGTERM the process group led by `proc`, wait up to `grace`, then SIGKILL the group."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    # Workers lead their own session; anything else gets only a direct signal, never someone else's group.
+    group = pgid == proc.pid
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(pgid, sig)
+            elif proc.is_running():
+                proc.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(proc.wait, grace)
+    except psutil.TimeoutExpired:
+        send(signal.SIGKILL)
+        with contextlib.suppress(psutil.TimeoutExpired):
+            await asyncio.to_thread(proc.wait, grace)
+    except psutil.NoSuchProcess:
+        pass

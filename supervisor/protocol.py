@@ -1,0 +1,161 @@
+"""Worker line protocol (docs/protocol.md): parse stdout lines into validated events, encode stdin commands.
+
+Nothing a worker writes can crash the daemon: every malformed line becomes a `ProtocolError` the caller logs and
+counts, and `read_lines()` survives over-long lines and any bytes at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 1 << 20  # 1 MiB; longer lines are dropped and counted
+_READ_CHUNK = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A stdout line that is not a valid protocol object; `kind` is a short stable tag for counters/logs."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _TooLong:
+    """Marker yielded by `read_lines()` in place of a dropped over-long line."""
+
+    def __repr__(self) -> str:
+        return "TOO_LONG"
+
+
+TOO_LONG = _TooLong()
+
+_INT = (int,)
+_STR = (str,)
+_NULLABLE_STR = (str, type(None))
+_BOOL = (bool,)
+_NUM = (int, float)
+# type -> {field: (allowed python types, required)}. bool is a subclass of int: checked separately below.
+_SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "hello": {"protocol": (_INT, True), "pid": (_INT, False), "worker": (_STR, False), "baileys": (_STR, False),
+              "waVersion": ((list,), False)},
+    "connecting": {},
+    "qr": {"qr": (_STR, True)},
+    "pairing_code": {"code": (_STR, True)},
+    "open": {"me": ((dict, type(None)), False), "pushName": (_NULLABLE_STR, False)},
+    "close": {"code": ((int, type(None)), False), "reason": (_NULLABLE_STR, False), "message": (_NULLABLE_STR, False),
+              "isNewLogin": (_BOOL, False)},
+    "creds": {"registered": (_BOOL, True), "me": (_NULLABLE_STR, False)},
+    "message": {"upsertType": (_STR, False), "messages": ((list,), True)},
+    "heartbeat": {"rss": (_NUM, False), "uptimeMs": (_NUM, False)},
+    "reply": {"id": (_STR, True), "ok": (_BOOL, True), "result": ((dict, type(None)), False),
+              "error": (_NULLABLE_STR, False), "message": (_NULLABLE_STR, False)},
+    "error": {"code": (_STR, True), "message": (_NULLABLE_STR, False), "fatal": (_BOOL, False)},
+}
+EVENT_TYPES = frozenset(_SCHEMA)
+COMMANDS = frozenset({"stop", "logout", "pairing_code", "ping"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One validated worker event: `type` plus its fields (unknown extra fields are kept, never trusted)."""
+
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+def _type_ok(value: Any, allowed: tuple[type, ...]) -> bool:
+    # JSON true/false parse to bool, which isinstance() also accepts as int: keep them apart.
+    if isinstance(value, bool) and bool not in allowed:
+        return False
+    return isinstance(value, allowed)
+
+
+def parse_line(line: bytes) -> Event:
+    """Parse and validate one stdout line (with or without its newline). Raises ProtocolError, nothing else."""
+    if len(line) > MAX_LINE_BYTES + 1:
+        raise ProtocolError("too_long", f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("bad_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+    text = text.strip()
+    if not text:
+        raise ProtocolError("empty", "empty line")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_json", f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    etype = obj.get("type")
+    if not isinstance(etype, str):
+        raise ProtocolError("no_type", "missing or non-string 'type'")
+    schema = _SCHEMA.get(etype)
+    if schema is None:
+        # The type name is worker-controlled: cap it before it reaches a log line.
+        raise ProtocolError("unknown_type", f"unknown event type {etype[:40]!r}")
+    if "ts" in obj and not _type_ok(obj["ts"], _NUM):
+        raise ProtocolError("bad_field", f"{etype}.ts must be a number")
+    for name, (allowed, required) in schema.items():
+        if name not in obj:
+            if required:
+                raise ProtocolError("missing_field", f"{etype}.{name} is required")
+            continue
+        if not _type_ok(obj[name], allowed):
+            raise ProtocolError("bad_field", f"{etype}.{name} has the wrong type")
+    fields = {k: v for k, v in obj.items() if k != "type"}
+    return Event(etype, fields)
+
+
+def encode_command(cmd: str, *, id: str | None = None, **fields: Any) -> bytes:
+    """One command line for the worker's stdin."""
+    if cmd not in COMMANDS:
+        raise ValueError(f"unknown command {cmd!r}")
+    obj: dict[str, Any] = {"cmd": cmd}
+    if id is not None:
+        obj["id"] = id
+    obj.update(fields)
+    return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+async def read_lines(reader: asyncio.StreamReader, limit: int = MAX_LINE_BYTES) -> AsyncIterator[bytes | _TooLong]:
+    """Yield complete lines (without the newline) until EOF; an over-long line is discarded up to its newline
+    and reported once as TOO_LONG. Our own buffer instead of StreamReader.readline(), whose limit errors leave
+    the stream in an awkward state and whose limit is fixed at construction."""
+    buf = bytearray()
+    discarding = False
+    while True:
+        chunk = await reader.read(_READ_CHUNK)
+        if not chunk:
+            if buf and not discarding:
+                yield bytes(buf)  # a final line without newline is still a line
+            return
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                if not discarding:
+                    buf += chunk[start:]
+                    if len(buf) > limit:
+                        buf.clear()
+                        discarding = True
+                        yield TOO_LONG
+                break
+            if discarding:
+                discarding = False
+            else:
+                buf += chunk[start:nl]
+                if len(buf) > limit:
+                    yield TOO_LONG
+                else:
+                    yield bytes(buf)
+                buf.clear()
+            start = nl + 1

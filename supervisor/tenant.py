@@ -1,0 +1,342 @@
+"""One tenant: the state machine (one `change_state()`), its worker's life cycle and the restart loop.
+
+The worker posts events (`_on_event`), the tenant reacts; when a worker ends, `backoff.RestartPolicy` decides what
+happens next and `_supervise()` (the one task per tenant, owned here) applies it. Clock and sleep are injected so
+the restart schedule is testable with a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from supervisor import protocol
+from supervisor.backoff import Action, Decision, Ending, RestartPolicy
+from supervisor.errors import NotRunning, SupervisorError
+from supervisor.locks import TenantLock
+from supervisor.settings import Settings
+from supervisor.states import ACTIVE_STATES, TenantState, reason_name
+from supervisor.worker import ExitInfo, WorkerProcess
+
+log = structlog.get_logger("supervisor.tenant")
+
+S = TenantState
+_WORKER_STATES = {S.QR, S.CONNECTING, S.CONNECTED, S.STARTING}
+_ENDED = {S.BACKOFF, S.STOPPING, S.STOPPED, S.LOGGED_OUT, S.CONFLICT, S.FAILED}
+# Allowed transitions (supervisord style). Same-state "changes" are no-ops and never validated.
+TRANSITIONS: dict[TenantState, frozenset[TenantState]] = {
+    S.STOPPED: frozenset({S.STARTING, S.LOGGED_OUT}),
+    S.STARTING: frozenset(_WORKER_STATES | _ENDED),
+    S.QR: frozenset(_WORKER_STATES | _ENDED),
+    S.CONNECTING: frozenset(_WORKER_STATES | _ENDED),
+    S.CONNECTED: frozenset({S.CONNECTING, S.STARTING} | _ENDED),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT, S.FAILED}),
+    S.STOPPING: frozenset({S.STOPPED, S.LOGGED_OUT, S.FAILED}),
+    S.LOGGED_OUT: frozenset({S.STARTING, S.STOPPED}),
+    S.CONFLICT: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT}),
+    S.FAILED: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT}),
+}
+LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server before it is stopped
+MessageHook = Callable[[str, dict[str, Any]], None]
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: code asked for a transition the state model forbids."""
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Tenant:
+    def __init__(self, tid: str, settings: Settings, *, spawn_slots: asyncio.Semaphore,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 rand: Callable[[], float] = random.random, on_message: MessageHook | None = None) -> None:
+        self.id = tid
+        self.settings = settings
+        self.dir = settings.storage.root / "whatsapp" / tid
+        self.auth_dir = self.dir / "auth"
+        self.lock = TenantLock(tid, self.dir, stop_grace=settings.worker.stop_grace)
+        self.policy = RestartPolicy(settings.restart, rand=rand)
+        self.clock, self._sleep, self._spawn_slots, self.on_message = clock, sleep, spawn_slots, on_message
+        self.state, self.state_reason, self.since = S.STOPPED, None, clock()
+        self.worker: WorkerProcess | None = None
+        self.qr: str | None = None
+        self.push_name: str | None = None
+        self.me: dict[str, Any] | None = None
+        self.registered: bool | None = None
+        self.restarts = 0  # automatic restarts since the last explicit start
+        self.spawns = 0  # workers spawned by this daemon, ever (diagnostics and tests)
+        self.last_disconnect: dict[str, Any] | None = None
+        self.next_retry_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sleeping = False
+        self._want_stop = False
+        self._logout_requested = False
+        self._spawned = asyncio.Event()
+        self._hello = asyncio.Event()
+        self._close: tuple[protocol.Event, TenantState] | None = None
+        self._fatal: str | None = None
+
+    # -- the one transition function -------------------------------------------------------------------------
+    def change_state(self, new: TenantState, reason: str | None = None) -> None:
+        old = self.state
+        if new is old:
+            self.state_reason = reason if reason is not None else self.state_reason
+            return
+        if new not in TRANSITIONS[old]:
+            raise InvalidTransition(f"{self.id}: {old.value} -> {new.value}")
+        self.state, self.state_reason, self.since = new, reason, self.clock()
+        if new is not S.QR:
+            self.qr = None  # a QR is only valid while we are waiting for a scan
+        log.info("tenant.state", tenant=self.id, from_state=old.value, to_state=new.value, reason=reason)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # -- operator actions ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Idempotent: a running (or backing-off) tenant is left alone. Raises TenantLocked."""
+        if self.running:
+            return
+        await self.lock.acquire()
+        self.policy.reset()
+        self.restarts, self._want_stop, self._logout_requested, self._fatal = 0, False, False, None
+        self.change_state(S.STARTING, "start")
+        self._spawned.clear()
+        self._task = asyncio.create_task(self._supervise(), name=f"tenant:{self.id}")
+        await self._spawned.wait()  # answer with the pid (or the spawn failure) in the status
+
+    async def stop(self, reason: str = "stop", *, force: bool = False) -> None:
+        task = self._task
+        if task is None or task.done():
+            if self.state is not S.STOPPED and self.state in ACTIVE_STATES | {S.BACKOFF}:
+                self.change_state(S.STOPPED, reason)
+            return
+        self._want_stop = True
+        if self._sleeping:
+            task.cancel()  # only ever cancelled in the backoff sleep: never half-way through a spawn
+        elif self.worker is not None and self.worker.alive:
+            self.change_state(S.STOPPING, reason)
+            await self.worker.stop(0.0 if force else None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._task = None
+        if self.state in ACTIVE_STATES | {S.BACKOFF}:
+            self.change_state(S.STOPPED, reason)
+
+    async def logout(self) -> None:
+        """Log the device out (server side when a worker is live) and archive auth; the tenant rests in logged_out."""
+        worker = self.worker
+        if self.running and worker is not None and worker.alive and self._task is not None:
+            self._logout_requested = True
+            with contextlib.suppress(NotRunning):
+                worker.notify("logout")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._task), LOGOUT_TIMEOUT)
+        if self.state is S.LOGGED_OUT and not self.running:
+            return
+        await self.stop("logout")
+        await self.lock.acquire()  # never move auth that another daemon's worker is using
+        try:
+            self._archive_auth()
+        finally:
+            self.lock.release()
+        self.change_state(S.LOGGED_OUT, "logout")
+
+    async def pairing_code(self, phone: str, timeout: float = 30.0) -> str:
+        if self.worker is None or not self.worker.alive:
+            raise NotRunning(f"tenant {self.id} has no live worker")
+        result = await self.worker.request("pairing_code", timeout, phone=phone)
+        return str(result.get("code", ""))
+
+    # -- the supervise loop -----------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        try:
+            while not self._want_stop:
+                ending, info = await self._run_once()
+                if self._want_stop:
+                    break
+                decision = self._decide(ending)
+                self._log_decision(ending, info, decision)
+                if decision.action is Action.REST:
+                    if decision.next_state is S.LOGGED_OUT:
+                        self._archive_auth()
+                    self.change_state(decision.next_state, decision.reason)
+                    return
+                self.restarts += 1
+                if decision.action is Action.BACKOFF:
+                    self.next_retry_at = self.clock() + decision.delay
+                    self.change_state(S.BACKOFF, decision.reason)
+                    self._sleeping = True
+                    try:
+                        await self._sleep(decision.delay)
+                    finally:
+                        self._sleeping, self.next_retry_at = False, None
+                self.change_state(S.STARTING, decision.reason)
+        finally:
+            self._spawned.set()
+            self.worker = None
+            self.lock.clear_pidfile()
+            self.lock.release()
+
+    async def _run_once(self) -> tuple[Ending, ExitInfo | None]:
+        assert self.lock.fd is not None
+        self._close, self._hello = None, asyncio.Event()
+        worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
+                                             self._on_event)
+        async with self._spawn_slots:
+            try:
+                pid = await worker.spawn()
+            except OSError as exc:
+                log.error("worker.spawn_failed", tenant=self.id, error=str(exc))
+                self._spawned.set()
+                return Ending.SPAWN, None
+            self.spawns += 1
+            self.lock.write_pidfile(pid, self.clock())
+            self._spawned.set()
+            run = asyncio.create_task(worker.run(), name=f"worker:{self.id}:{pid}")
+            if self._want_stop:
+                await worker.stop()
+            # Hold the spawn slot until the worker said hello (or died): booting many tenants stays gentle.
+            hello = asyncio.create_task(self._hello.wait())
+            await asyncio.wait({run, hello}, timeout=self.settings.worker.heartbeat_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            hello.cancel()
+            await asyncio.gather(hello, return_exceptions=True)
+        info = await run
+        self.lock.clear_pidfile()
+        if info.heartbeat_timeout:
+            return Ending.HEARTBEAT, info
+        if self._close is not None:
+            return Ending.CLOSE, info
+        return (Ending.EXIT if info.returncode == 0 else Ending.CRASH), info
+
+    def _decide(self, ending: Ending) -> Decision:
+        attempt = self.policy.failures
+        if self._logout_requested:
+            return Decision(Action.REST, 0.0, S.LOGGED_OUT, "logout", attempt)
+        if self._fatal is not None:
+            return Decision(Action.REST, 0.0, S.FAILED, self._fatal, attempt)
+        code, state = None, self.state
+        if self._close is not None:
+            event, state = self._close
+            code = event.get("code")
+        return self.policy.decide(code, state, ending, self.clock())
+
+    def _log_decision(self, ending: Ending, info: ExitInfo | None, d: Decision) -> None:
+        code = self._close[0].get("code") if self._close else None
+        log.info("tenant.decision", tenant=self.id, ending=ending.value, code=code, reason_name=reason_name(code),
+                 returncode=info.returncode if info else None, action=d.action.value, reason=d.reason,
+                 attempt=d.attempt, delay=round(d.delay, 3), next_state=d.next_state.value)
+
+    # -- worker events ----------------------------------------------------------------------------------------
+    def _on_event(self, event: protocol.Event) -> None:
+        handler = getattr(self, f"_ev_{event.type}", None)
+        if handler is not None:
+            handler(event)
+
+    def _ev_hello(self, event: protocol.Event) -> None:
+        self._hello.set()
+        log.info("worker.hello", tenant=self.id, protocol=event.get("protocol"), worker=event.get("worker"),
+                 baileys=event.get("baileys"), wa_version=event.get("waVersion"))
+        if event.get("protocol") != protocol.PROTOCOL_VERSION:
+            self._fatal = "protocol_mismatch"
+            log.error("worker.protocol_mismatch", tenant=self.id, expected=protocol.PROTOCOL_VERSION,
+                      got=event.get("protocol"))
+            if self.worker is not None:
+                self.worker.request_stop()
+
+    def _ev_connecting(self, event: protocol.Event) -> None:
+        if self.state in (S.STARTING, S.QR, S.CONNECTED):
+            self.change_state(S.CONNECTING)
+
+    def _ev_qr(self, event: protocol.Event) -> None:
+        if self.state in (S.STARTING, S.CONNECTING, S.QR):
+            self.change_state(S.QR, "waiting_for_scan")
+            self.qr = event.get("qr")  # never logged
+            log.info("tenant.qr", tenant=self.id)
+
+    def _ev_pairing_code(self, event: protocol.Event) -> None:
+        log.info("tenant.pairing_code", tenant=self.id)  # the code itself is a credential: not logged
+
+    def _ev_open(self, event: protocol.Event) -> None:
+        if self.state in (S.STARTING, S.QR, S.CONNECTING):
+            me = event.get("me")
+            self.me = me if isinstance(me, dict) else None
+            self.push_name = event.get("pushName")
+            self.policy.on_open(self.clock())
+            self.change_state(S.CONNECTED)
+            log.info("tenant.open", tenant=self.id, me=(self.me or {}).get("id"))
+
+    def _ev_close(self, event: protocol.Event) -> None:
+        code = event.get("code")
+        self._close = (event, self.state)
+        self.last_disconnect = {"code": code, "reason": event.get("reason") or reason_name(code),
+                                "message": (event.get("message") or "")[:500], "at": iso(self.clock())}
+        log.info("tenant.close", tenant=self.id, code=code, reason_name=self.last_disconnect["reason"],
+                 message=self.last_disconnect["message"], state=self.state.value)
+
+    def _ev_creds(self, event: protocol.Event) -> None:
+        self.registered = bool(event.get("registered"))
+        log.info("tenant.creds", tenant=self.id, registered=self.registered)
+
+    def _ev_message(self, event: protocol.Event) -> None:
+        if self.on_message is None:
+            return
+        try:
+            self.on_message(self.id, event.fields)
+        except Exception as exc:  # a webhook bug must not take the tenant down
+            log.error("tenant.message_hook_failed", tenant=self.id, error=type(exc).__name__)
+
+    def _ev_error(self, event: protocol.Event) -> None:
+        log.warning("worker.error", tenant=self.id, code=event.get("code"), message=event.get("message"),
+                    fatal=event.get("fatal", False))
+
+    # -- storage ------------------------------------------------------------------------------------------------
+    def _archive_auth(self) -> None:
+        if self.auth_dir.exists():
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            target = self.dir / f"auth.logged-out-{stamp}"
+            n = 1
+            while target.exists():
+                n += 1
+                target = self.dir / f"auth.logged-out-{stamp}-{n}"
+            self.auth_dir.rename(target)  # never deleted: the operator may still need it
+            log.warning("tenant.auth_archived", tenant=self.id, archive=target.name)
+        self.registered, self.me, self.push_name = False, None, None
+
+    def auth_info(self) -> dict[str, Any]:
+        try:
+            files = sum(1 for e in self.auth_dir.iterdir() if e.is_file())
+        except OSError:
+            files = 0
+        registered = self.registered
+        if registered is None and files:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                registered = bool(json.loads((self.auth_dir / "creds.json").read_text("utf-8")).get("registered"))
+        return {"registered": bool(registered), "files": files}
+
+    def status(self) -> dict[str, Any]:
+        w = self.worker
+        return {
+            "tenant": self.id, "state": self.state.value, "connected": self.state is S.CONNECTED,
+            "hasQR": self.qr is not None, "pushName": self.push_name, "me": self.me,
+            "pid": w.pid if w is not None and w.alive else None, "restarts": self.restarts,
+            "lastDisconnect": self.last_disconnect, "nextRetryAt": iso(self.next_retry_at),
+            "stateReason": self.state_reason, "since": iso(self.since), "auth": self.auth_info(),
+        }
+
+
+__all__ = ["Tenant", "TRANSITIONS", "InvalidTransition", "SupervisorError", "iso"]

@@ -1,0 +1,155 @@
+"""Shared fixtures: temporary storage, a Settings factory wired to tests/fake_worker.py, a fake clock, and helpers
+to find live fake workers (by a per-test marker in their argv) and their spawn log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor.settings import (
+    ApiSettings,
+    RestartSettings,
+    Settings,
+    StorageSettings,
+    TenantsSettings,
+    WorkerSettings,
+)
+
+TESTS_DIR = Path(__file__).resolve().parent
+FAKE_WORKER = TESTS_DIR / "fake_worker.py"
+
+
+class FakeClock:
+    """Wall clock (epoch seconds) advanced only by `sleep()`. Past `limit`, sleep blocks until cancelled, so a
+    restart loop can be run for N simulated minutes and then inspected."""
+
+    def __init__(self, start: float = 1_700_000_000.0, limit: float | None = None) -> None:
+        self.now = start
+        self.start = start
+        self.limit = limit
+        self.sleeps: list[float] = []
+        self.limit_reached = asyncio.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        if self.limit is not None and self.now - self.start >= self.limit:
+            self.limit_reached.set()
+            await asyncio.Event().wait()
+        await asyncio.sleep(0)
+
+
+def fake_worker_command(marker: str) -> tuple[str, ...]:
+    # -u is moot (the fake flushes) but -I keeps the user's site/env from leaking into the worker.
+    return (sys.executable, "-I", str(FAKE_WORKER), "--marker", marker)
+
+
+@pytest.fixture
+def marker() -> str:
+    """Unique argv marker of this test's fake workers (for process scans)."""
+    return f"bsup-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    root = tmp_path / "storage"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def fake_state(tmp_path: Path) -> Path:
+    d = tmp_path / "fake-state"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def make_settings(storage: Path, fake_state: Path, marker: str) -> Callable[..., Settings]:
+    """make_settings(script=None, *, worker={...}, restart={...}, api={...}, boot=(...)) -> Settings.
+    `script` is the fake worker's script (see tests/fake_worker.py); worker/restart/api override fields."""
+
+    def factory(script: Any = None, *, worker: dict[str, Any] | None = None, restart: dict[str, Any] | None = None,
+                api: dict[str, Any] | None = None, boot: tuple[str, ...] = (), env: dict[str, str] | None = None
+                ) -> Settings:
+        wenv = {"BSUP_FAKE_STATE_DIR": str(fake_state)}
+        if script is not None:
+            wenv["BSUP_FAKE_SCRIPT"] = json.dumps(script)
+        wenv.update(env or {})
+        w = WorkerSettings(command=fake_worker_command(marker), env=wenv, heartbeat_interval=0.2,
+                           heartbeat_timeout=5.0, stop_grace=2.0)
+        r = RestartSettings(initial_delay=0.05, max_delay=0.2, jitter=0.0)
+        return Settings(
+            storage=StorageSettings(root=storage),
+            api=replace(ApiSettings(port=0), **(api or {})),
+            worker=replace(w, **(worker or {})),
+            restart=replace(r, **(restart or {})),
+            tenants=TenantsSettings(boot=tuple(boot)),
+        )
+
+    return factory
+
+
+def spawn_records(fake_state: Path) -> list[dict[str, Any]]:
+    path = fake_state / "spawns.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def live_workers(marker: str) -> dict[int, str]:
+    """pid -> tenant of every live (non-zombie) fake worker carrying `marker` in its argv."""
+    found: dict[int, str] = {}
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if marker in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = proc.environ().get("BSUP_TENANT", "?")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def kill_marked(marker: str) -> None:
+    """Last-resort cleanup of a test's own workers (found by its unique marker), so a failing test leaks nothing."""
+    for pid in live_workers(marker):
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_workers(marker: str):
+    yield
+    leaked = live_workers(marker)
+    deadline = time.monotonic() + 3.0
+    while leaked and time.monotonic() < deadline:  # workers of a killed daemon exit on EOF within ~1 s
+        time.sleep(0.05)
+        leaked = live_workers(marker)
+    kill_marked(marker)
+    assert not leaked, f"fake workers left running: {leaked}"
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Bounded polling for conditions that have no event (other processes, files)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,153 @@
+"""A fake worker speaking docs/protocol.md, scripted per test.
+
+Script (JSON) from BSUP_FAKE_SCRIPT or the file BSUP_FAKE_SCRIPT_FILE: either a list of steps (every spawn runs
+it) or {"spawns": [[steps of spawn 1], [steps of spawn 2], ...]} (the last list repeats). Spawns are counted per
+tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns.jsonl). Steps:
+  {"hello": {...overrides}}   hello event (protocol 1 unless overridden)
+  {"emit": {...}}             any event object as is
+  {"qr": "..."}               qr event            {"open": "me-jid"}   open event with me/pushName
+  {"close": code, "message": "...", "reason": "..."}   close event, then exit 0 (one socket per process)
+  {"raw": "text"} / {"raw_b64": "..."}   a raw stdout line (protocol garbage)
+  {"stderr": "text"}          a stderr line          {"sleep": seconds}
+  {"exit": code}              exit now               {"wait": true}   idle until stop/EOF/signal
+  {"heartbeats": false}       stop sending heartbeats (watchdog tests)
+No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Commands: stop -> exit 0; logout ->
+close 401 + exit 0; pairing_code -> reply {code} + pairing_code event; ping -> reply {}; others -> bad_command.
+BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF always exits (the daemon
+is gone), and the inherited BSUP_LOCK_FD is kept open for the whole life of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+OUT = sys.stdout.buffer
+IGNORE_TERM = os.environ.get("BSUP_FAKE_IGNORE_TERM") == "1"
+heartbeats_on = True
+
+
+def emit(obj: dict) -> None:
+    OUT.write(json.dumps(obj).encode() + b"\n")
+    OUT.flush()
+
+
+def load_steps(tenant: str) -> list[dict]:
+    raw = os.environ.get("BSUP_FAKE_SCRIPT")
+    if raw is None and os.environ.get("BSUP_FAKE_SCRIPT_FILE"):
+        raw = Path(os.environ["BSUP_FAKE_SCRIPT_FILE"]).read_text()
+    script = json.loads(raw) if raw else [{"hello": {}}, {"emit": {"type": "connecting"}}, {"qr": "fake-qr-1"},
+                                          {"wait": True}]
+    n = 1
+    state_dir = os.environ.get("BSUP_FAKE_STATE_DIR")
+    if state_dir:
+        counter = Path(state_dir) / f"{tenant}.count"
+        n = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(n))  # never two workers of one tenant at once: no race to guard against
+        with open(Path(state_dir) / "spawns.jsonl", "a") as fh:
+            fh.write(json.dumps({"tenant": tenant, "pid": os.getpid(), "n": n, "t": time.time()}) + "\n")
+    if isinstance(script, dict):
+        spawns = script["spawns"]
+        return spawns[min(n, len(spawns)) - 1]
+    return script
+
+
+async def run_steps(steps: list[dict], done: asyncio.Future) -> None:
+    global heartbeats_on
+    for step in steps:
+        if "hello" in step:
+            emit({"type": "hello", "protocol": 1, "pid": os.getpid(), "worker": "fake/1", "baileys": "fake",
+                  "waVersion": [2, 3000, 1], **step["hello"]})
+        elif "emit" in step:
+            emit(step["emit"])
+        elif "qr" in step:
+            emit({"type": "qr", "qr": step["qr"]})
+        elif "open" in step:
+            emit({"type": "open", "me": {"id": step["open"]}, "pushName": "Fake"})
+        elif "close" in step:
+            emit({"type": "close", "code": step["close"], "reason": step.get("reason"),
+                  "message": step.get("message", "closed")})
+            return done.set_result(0) if not done.done() else None
+        elif "raw" in step:
+            OUT.write(step["raw"].encode() + b"\n")
+            OUT.flush()
+        elif "raw_b64" in step:
+            OUT.write(base64.b64decode(step["raw_b64"]) + b"\n")
+            OUT.flush()
+        elif "stderr" in step:
+            sys.stderr.write(step["stderr"] + "\n")
+            sys.stderr.flush()
+        elif "sleep" in step:
+            await asyncio.sleep(step["sleep"])
+        elif "exit" in step:
+            return done.set_result(step["exit"]) if not done.done() else None
+        elif "heartbeats" in step:
+            heartbeats_on = bool(step["heartbeats"])
+        elif "wait" in step:
+            await asyncio.Event().wait()
+
+
+async def heartbeat() -> None:
+    interval = int(os.environ.get("BSUP_HEARTBEAT_MS", "5000")) / 1000
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(interval)
+        if heartbeats_on:
+            emit({"type": "heartbeat", "rss": 1, "uptimeMs": int((time.monotonic() - started) * 1000)})
+
+
+async def commands(done: asyncio.Future) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        try:
+            cmd = json.loads(line)
+        except ValueError:
+            emit({"type": "error", "code": "bad_command", "message": "not JSON", "fatal": False})
+            continue
+        cid, name = cmd.get("id"), cmd.get("cmd")
+        if name == "stop" and not IGNORE_TERM:
+            done.done() or done.set_result(0)
+        elif name == "logout":
+            emit({"type": "close", "code": 401, "reason": "loggedOut", "message": "logged out"})
+            done.done() or done.set_result(0)
+        elif name == "pairing_code":
+            emit({"type": "reply", "id": cid, "ok": True, "result": {"code": "FAKE1234"}}) if cid else None
+            emit({"type": "pairing_code", "code": "FAKE1234"})
+        elif name == "ping":
+            emit({"type": "reply", "id": cid, "ok": True, "result": {}}) if cid else None
+        elif cid:
+            emit({"type": "reply", "id": cid, "ok": False, "error": "bad_command", "message": str(name)})
+        elif name != "stop":
+            emit({"type": "error", "code": "bad_command", "message": str(name), "fatal": False})
+    done.done() or done.set_result(0)  # stdin EOF: the daemon is gone
+
+
+async def main() -> int:
+    try:
+        lock_fd = int(os.environ["BSUP_LOCK_FD"])
+        os.fstat(lock_fd)  # must be inherited and open; kept open (never closed) for the flock's sake
+        tenant = os.environ["BSUP_TENANT"]
+    except (KeyError, ValueError, OSError):
+        sys.stderr.write("bad environment\n")
+        return 2
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: None if IGNORE_TERM or done.done() else done.set_result(0))
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # a terminal Ctrl-C is the daemon's business
+    tasks = [asyncio.create_task(c) for c in (run_steps(load_steps(tenant), done), heartbeat(), commands(done))]
+    code = await done
+    for t in tasks:
+        t.cancel()
+    return code
+
+
+if __name__ == "__main__":
+    os._exit(asyncio.run(main()))  # _exit: skip flushing a stdout the daemon may already have closed
