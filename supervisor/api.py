@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .errors import BadRequest, InvalidTenantId, SupervisorError
+from .errors import BadRequest, InvalidTenantId, SupervisorError, UnknownTenant
 from .events import get_logger
 
 SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor", object)
@@ -172,7 +172,10 @@ async def qr(request: web.Request) -> web.StreamResponse:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "png", "svg"):
         raise BadRequest(f"format must be json, png or svg, got {fmt[:20]!r}")
-    raw = sup.qr(tid)
+    try:
+        raw = sup.qr(tid)
+    except UnknownTenant:  # never started: "no QR yet", which the web app must get as JSON, not a 404
+        raw = None
     if raw is not None:
         from . import qr as qrimg  # imported on use: everything else keeps working even if segno is broken
     if fmt != "json":
@@ -185,7 +188,7 @@ async def qr(request: web.Request) -> web.StreamResponse:
     try:
         st = sup.status(tid)
         state, connected = st.get("state"), bool(st.get("connected"))
-    except SupervisorError:  # never started: still a JSON answer, not a 404 the UI cannot parse
+    except UnknownTenant:
         state, connected = "stopped", False
     body = {"tenant": tid, "dataUrl": qrimg.png_data_url(raw) if raw else None, "qr": raw,
             "state": state, "connected": connected}

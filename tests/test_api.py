@@ -80,6 +80,7 @@ class StubSupervisor:
 
     def qr(self, tid: str) -> str | None:
         self.calls.append(("qr", tid))
+        self._check(tid)  # like the real one: UnknownTenant for a tenant never seen
         return self.qr_value
 
     def health(self) -> dict:

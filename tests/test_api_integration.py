@@ -1,0 +1,231 @@
+"""The HTTP API with the real Supervisor and the fake worker (real processes, real loopback sockets), and the
+`run` command as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from aiohttp import ClientSession
+
+from supervisor.api import start_api
+from supervisor.config import settings_from_dict
+from supervisor.daemon import Supervisor
+from test_api import raw_request
+
+HERE = Path(__file__).resolve().parent
+FAKE = HERE / "fake_worker.py"
+SECRET = "integration-secret"
+H = {"X-Internal-Secret": SECRET}
+
+
+def config_dict(tmp_path: Path, **extra) -> dict:
+    state = tmp_path / "fake-state"
+    state.mkdir(exist_ok=True)
+    return {
+        "storage": {"root": "storage"},
+        "api": {"host": "127.0.0.1", "port": 0, "secret": SECRET},
+        "worker": {"command": [sys.executable, str(FAKE)], "env": {"BSUP_FAKE_STATE_DIR": str(state)},
+                   "heartbeat_interval": 0.5, "heartbeat_timeout": 10, "stop_grace": 2},
+        "logging": {"format": "json"},
+        **extra,
+    }
+
+
+def spawns(tmp_path: Path) -> list[dict]:
+    f = tmp_path / "fake-state" / "spawns.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.fixture
+async def live(tmp_path):
+    """(supervisor, base_url, http session) for a real Supervisor behind the real API."""
+    settings = settings_from_dict(config_dict(tmp_path), tmp_path / "c.yaml")
+    sup = Supervisor(settings)
+    runner, port = await start_api(sup, "127.0.0.1", 0)
+    try:
+        async with ClientSession() as http:
+            yield sup, f"http://127.0.0.1:{port}", http
+    finally:
+        await runner.cleanup()
+        await sup.shutdown()
+
+
+async def test_rejected_requests_create_no_files(live, tmp_path):
+    sup, url, http = live
+    root = sup.settings.storage.root
+    bad_paths = ["/whatsapp/../start", "/whatsapp/a%2Fb/start", "/whatsapp/" + "x" * 65 + "/start",
+                 "/whatsapp//start", "/whatsapp/%2E%2E/start", "/whatsapp/..%2Fetc/start"]
+    for path in bad_paths:
+        status, body = await raw_request(url, "POST", path, H)
+        assert status in (400, 404), (path, status)
+        assert json.loads(body)["error"] in ("invalid_tenant", "not_found")
+    async with http.post(f"{url}/whatsapp/t1/pairing-code", headers=H, data=b"{nope") as r:
+        # pairing-code on a never-started tenant: bad JSON is found before anything else
+        assert r.status == 400 and (await r.json())["error"] == "bad_request"
+    async with http.post(f"{url}/whatsapp/t1/start", headers=H, data=b"x" * (1 << 20)) as r:
+        assert r.status == 413 and (await r.json())["error"] == "body_too_large"
+    for headers in ({}, {"X-Internal-Secret": "wrong"}, {"Authorization": "Bearer wrong"}):
+        async with http.post(f"{url}/whatsapp/t1/start", headers=headers) as r:
+            assert r.status == 401 and (await r.json())["error"] == "unauthorized"
+    for path in ("/whatsapp/t1/status", "/whatsapp/t1/stop", "/whatsapp/t1/logout"):
+        method = http.get if path.endswith("status") else http.post
+        async with method(f"{url}{path}", headers=H) as r:
+            assert r.status == 404 and (await r.json())["error"] == "unknown_tenant"
+    assert files_under(root) == []
+    assert spawns(tmp_path) == []
+
+
+async def test_concurrent_start_over_http_is_one_worker_same_answer(live, tmp_path):
+    sup, url, http = live
+
+    async def start() -> tuple[int, dict]:
+        async with http.post(f"{url}/whatsapp/shop1/start", headers=H) as r:
+            return r.status, await r.json()
+
+    answers = await asyncio.gather(*(start() for _ in range(30)))
+    assert {s for s, _ in answers} == {200}
+    assert len({(b["state"], b["pid"]) for _, b in answers}) == 1, answers[:3]
+    assert all(b["ok"] is True and b["tenant"] == "shop1" for _, b in answers)
+    # a later start is idempotent too: same worker
+    pid = answers[0][1]["pid"]
+    _, again = await start()
+    assert again["pid"] == pid
+    await wait_for(lambda: _state_is(http, url, "shop1", "qr"))  # the worker ran (and logged its spawn)
+    assert [s["tenant"] for s in spawns(tmp_path)] == ["shop1"]
+    assert {p.split("/")[0] for p in files_under(sup.settings.storage.root / "whatsapp")} == {"shop1"}
+
+
+async def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_qr_status_pairing_and_stop_through_the_api(live):
+    sup, url, http = live
+    async with http.get(f"{url}/whatsapp/q1/qr", headers=H) as r:  # before any start: still 200 JSON
+        assert r.status == 200
+        assert (await r.json())["dataUrl"] is None
+    async with http.post(f"{url}/whatsapp/q1/start", headers=H) as r:
+        assert r.status == 200
+
+    async def qr_json():
+        async with http.get(f"{url}/whatsapp/q1/qr", headers=H) as r:
+            assert r.status == 200
+            body = await r.json()
+            return body if body["qr"] else None
+
+    body = await wait_for(qr_json)
+    assert body["qr"] == "fake-qr-1" and body["state"] == "qr" and body["connected"] is False
+    assert base64.b64decode(body["dataUrl"].split(",", 1)[1]).startswith(b"\x89PNG")
+    async with http.get(f"{url}/whatsapp/q1/qr?format=svg", headers=H) as r:
+        assert r.status == 200 and "<svg" in await r.text()
+    async with http.get(f"{url}/whatsapp/q1/status", headers=H) as r:
+        st = await r.json()
+    assert st["hasQR"] is True and st["state"] == "qr" and psutil.pid_exists(st["pid"])
+    async with http.post(f"{url}/whatsapp/q1/pairing-code", headers=H, json={"phone": "+1 555 000 1234"}) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["code"]
+    async with http.get(f"{url}/whatsapp", headers=H) as r:
+        assert [t["tenant"] for t in (await r.json())["tenants"]] == ["q1"]
+    async with http.post(f"{url}/whatsapp/q1/stop", headers=H) as r:
+        stopped = await r.json()
+    assert r.status == 200 and stopped["state"] == "stopped"
+    assert not psutil.pid_exists(st["pid"]) or psutil.Process(st["pid"]).status() == psutil.STATUS_ZOMBIE
+    async with http.get(f"{url}/whatsapp/q1/qr?format=png", headers=H) as r:
+        assert r.status == 404 and (await r.json())["error"] == "no_qr"
+    async with http.post(f"{url}/whatsapp/q1/pairing-code", headers=H, json={"phone": "15550001234"}) as r:
+        assert r.status == 409 and (await r.json())["error"] == "not_running"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_bin() -> str:
+    return str(Path(sys.executable).with_name("baileys-supervisor"))
+
+
+async def _state_is(http, url: str, tid: str, state: str) -> bool:
+    async with http.get(f"{url}/whatsapp/{tid}/status", headers=H) as r:
+        return (await r.json())["state"] == state
+
+
+def test_cli_run_subprocess_serves_and_exits_0_on_sigterm(tmp_path):
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config_dict(tmp_path, api={"host": "127.0.0.1", "port": port, "secret": SECRET},
+                                              tenants={"boot": ["b1"]})))
+    env = {k: v for k, v in os.environ.items() if k != "INTERNAL_SECRET"}
+    proc = subprocess.Popen([cli_bin(), "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    assert json.loads(r.read())["ok"] is True
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "daemon never answered /healthz"
+                time.sleep(0.1)
+        # an operator command against it, through the config (URL + secret)
+        deadline = time.monotonic() + 10
+        while True:
+            out = subprocess.run([cli_bin(), "status", "b1", "--config", str(cfg), "--json"], capture_output=True,
+                                 text=True, env=env, timeout=20)
+            assert out.returncode == 0, out.stderr
+            st = json.loads(out.stdout)
+            if st["state"] == "qr":
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        worker_pid = st["pid"]
+        assert psutil.pid_exists(worker_pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        stdout = proc.stdout.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not psutil.pid_exists(worker_pid)
+    events = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "api.request" in names
+    assert all({"ts", "level", "pid"} <= e.keys() for e in events)
+    assert SECRET not in stdout and "fake-qr-1" not in stdout
+
+
+def test_cli_run_bad_config_exits_2_with_key_path(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("api:\n  port: 3300\n  prot: 1\n")
+    out = subprocess.run([cli_bin(), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert f"{cfg}: api.prot: unknown key" in out.stderr
+    assert "Traceback" not in out.stderr
