@@ -1,0 +1,81 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { openSync, closeSync } from 'node:fs';
+import { parseEnv, parseCommand, parseVersionPolicy, parseSocketOptions, makeLineSplitter, encodeMessageEvents, EnvError, CommandError, DEFAULT_BROWSER } from '../src/protocol.mjs';
+
+const base = { BSUP_TENANT: 't1', BSUP_AUTH_DIR: '/tmp/x/auth' };
+
+test('parseEnv: defaults and full settings', () => {
+  const s = parseEnv(base);
+  assert.equal(s.tenant, 't1');
+  assert.deepEqual(s.browser, DEFAULT_BROWSER);
+  assert.deepEqual(s.version, { policy: 'bundled' });
+  assert.equal(s.logLevel, 'warn');
+  assert.equal(s.heartbeatMs, 5000);
+  assert.equal(s.lockFd, null);
+  const fd = openSync('/dev/null', 'r');
+  try {
+    const full = parseEnv({ ...base, BSUP_PROTOCOL: '1', BSUP_LOCK_FD: String(fd), BSUP_WA_URL: 'ws://127.0.0.1:1234/ws/chat',
+      BSUP_BROWSER: '["A","Chrome","1.0"]', BSUP_VERSION_POLICY: '2.3000.1015901307', BSUP_LOG_LEVEL: 'silent',
+      BSUP_HEARTBEAT_MS: '250', BSUP_SOCKET_OPTIONS: '{"connectTimeoutMs":1000,"qrTimeout":5000}' });
+    assert.equal(full.lockFd, fd);
+    assert.deepEqual(full.version, { policy: 'explicit', version: [2, 3000, 1015901307] });
+    assert.deepEqual(full.socketOptions, { connectTimeoutMs: 1000, qrTimeout: 5000 });
+    assert.deepEqual(full.browser, ['A', 'Chrome', '1.0']);
+  } finally { closeSync(fd); }
+});
+
+test('parseEnv: every invalid variable is an EnvError naming it', () => {
+  const bad = [
+    [{ BSUP_AUTH_DIR: '/a' }, 'BSUP_TENANT'],
+    [{ BSUP_TENANT: 't' }, 'BSUP_AUTH_DIR'],
+    [{ ...base, BSUP_AUTH_DIR: 'rel/auth' }, 'BSUP_AUTH_DIR'],
+    [{ ...base, BSUP_LOCK_FD: 'x' }, 'BSUP_LOCK_FD'],
+    [{ ...base, BSUP_LOCK_FD: '987' }, 'BSUP_LOCK_FD'], // not open
+    [{ ...base, BSUP_WA_URL: 'http://x/' }, 'BSUP_WA_URL'],
+    [{ ...base, BSUP_BROWSER: '["a","b"]' }, 'BSUP_BROWSER'],
+    [{ ...base, BSUP_BROWSER: 'nope' }, 'BSUP_BROWSER'],
+    [{ ...base, BSUP_VERSION_POLICY: 'newest' }, 'BSUP_VERSION_POLICY'],
+    [{ ...base, BSUP_LOG_LEVEL: 'loud' }, 'BSUP_LOG_LEVEL'],
+    [{ ...base, BSUP_HEARTBEAT_MS: '-5' }, 'BSUP_HEARTBEAT_MS'],
+    [{ ...base, BSUP_SOCKET_OPTIONS: '{"auth":1}' }, 'BSUP_SOCKET_OPTIONS'],
+    [{ ...base, BSUP_SOCKET_OPTIONS: '{"connectTimeoutMs":"1"}' }, 'BSUP_SOCKET_OPTIONS'],
+    [{ ...base, BSUP_SOCKET_OPTIONS: '[1]' }, 'BSUP_SOCKET_OPTIONS'],
+  ];
+  for (const [env, variable] of bad) {
+    assert.throws(() => parseEnv(env), (e) => e instanceof EnvError && e.variable === variable, JSON.stringify(env));
+  }
+  assert.deepEqual(parseVersionPolicy('latest'), { policy: 'latest' });
+  assert.deepEqual(parseSocketOptions(''), {});
+});
+
+test('parseCommand: valid commands, ids, and rejects', () => {
+  assert.deepEqual(parseCommand('{"cmd":"ping","id":"1"}'), { cmd: 'ping', id: '1' });
+  assert.deepEqual(parseCommand('{"cmd":"stop"}'), { cmd: 'stop', id: undefined });
+  assert.deepEqual(parseCommand('{"cmd":"pairing_code","id":"p","phone":"491701234567"}'), { cmd: 'pairing_code', id: 'p', phone: '491701234567' });
+  const rejects = [['nope', undefined], ['[1]', undefined], ['{"id":"a"}', 'a'], ['{"cmd":"dance","id":"b"}', 'b'],
+    ['{"cmd":"pairing_code","id":"c","phone":"+49170"}', 'c'], ['{"cmd":"ping","id":5}', undefined]];
+  for (const [line, id] of rejects) {
+    assert.throws(() => parseCommand(line), (e) => e instanceof CommandError && e.code === 'bad_command' && e.id === id, line);
+  }
+});
+
+test('line splitter: chunked input, CRLF, blank lines, oversized lines skipped', () => {
+  const lines = []; let tooLong = 0;
+  const feed = makeLineSplitter((l) => lines.push(l), () => tooLong++, 10);
+  feed(Buffer.from('ab')); feed(Buffer.from('c\r\n\n12345678901234')); feed(Buffer.from('5\nok\n'));
+  assert.deepEqual(lines, ['abc', 'ok']);
+  assert.equal(tooLong, 1);
+});
+
+test('message events are split under the line limit; a too-large single message becomes an error', () => {
+  const msgs = Array.from({ length: 10 }, (_, i) => ({ key: { id: String(i) }, body: 'x'.repeat(300) }));
+  msgs.push({ key: { id: 'huge', remoteJid: 'j' }, body: 'y'.repeat(5000) });
+  const { lines, errors } = encodeMessageEvents('notify', msgs, 1000);
+  assert.ok(lines.length >= 4);
+  for (const l of lines) assert.ok(Buffer.byteLength(l) + 1 <= 1000);
+  assert.deepEqual(lines.flatMap((l) => JSON.parse(l).messages.map((m) => m.key.id)), msgs.slice(0, 10).map((m) => m.key.id));
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, 'message_too_large');
+  assert.match(errors[0].message, /huge/);
+});
