@@ -6,13 +6,14 @@ Interface (the daemon owns one `Metrics` and calls these; every method is cheap,
     m = Metrics(version=__version__)               # registry=None -> a fresh CollectorRegistry
     m.on_state(tenant, old, new)                   # every TenantState change (from Tenant.change_state)
     m.on_close(tenant, code)                       # a worker's `close` event (code: int | None)
-    m.on_restart(reason)                           # a restart was scheduled/done: "close_515", "crash", "heartbeat_timeout",
-                                                   # "api", "reload", ... (a small fixed vocabulary: it is a label)
+    m.on_restart(reason)                           # an automatic restart: the backoff Decision.reason ("restartRequired",
+                                                   # "timedOut", "crash", "heartbeat", ...): a small vocabulary, it is a label
     m.on_rss(tenant, rss_bytes)                    # each worker heartbeat; None clears it (worker gone)
     m.observe_spawn(seconds)                       # spawn -> `hello` line of a worker
     m.on_invalid_line(tenant)                      # a stdout line that is not protocol (worker.protocol_error)
-    m.webhook_depth(n)                             # spool size after each enqueue/delivery
-    m.webhook_result(result)                       # "delivered", "retry", "failed", "dropped_full", ...
+    m.webhook_depth(n)                             # spool size: WebhookForwarder(on_depth=m.webhook_depth)
+    m.webhook_result(result)                       # "delivered" | "retry" | "dead_letter" | "spool_full":
+                                                   # WebhookForwarder(on_result=m.webhook_result)
     m.forget(tenant)                               # tenant removed (e.g. dropped by reload): its series go away
     body, content_type = m.render()                # bytes + the Content-Type header value to send
 

@@ -15,6 +15,7 @@ Interface (everything is a no-op returning False when $NOTIFY_SOCKET is unset, e
     notifier.close() -> None
 
     watchdog_interval(environ=None) -> float | None   # from WATCHDOG_USEC / WATCHDOG_PID
+    status_summary(states) -> str              # e.g. "3 tenants: 2 connected, 1 qr" for STATUS=
     await run_watchdog(notifier, stop_event, interval=None)   # pings at interval/2 until stop_event is set
 
 The watchdog pings are sent by a coroutine on the daemon's own event loop, on purpose: if the loop is blocked (a
@@ -31,7 +32,8 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 
 # Env variables systemd hands to the main process. `unset=True` removes them so the node workers (which inherit the
 # daemon's environment) never see them: with NotifyAccess=main systemd would ignore their messages anyway, and a
@@ -163,6 +165,17 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def status_summary(states: Iterable[str]) -> str:
+    """One STATUS= line from tenant state values: "3 tenants: 2 connected, 1 qr" (busiest state first)."""
+    counts = Counter(str(getattr(s, "value", s)) for s in states)
+    total = sum(counts.values())
+    head = f"{total} tenant" + ("" if total == 1 else "s")
+    if not total:
+        return head
+    parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{head}: {parts}"
 
 
 async def run_watchdog(notifier: Notifier, stop_event: asyncio.Event, interval: float | None = None) -> None:

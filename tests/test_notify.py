@@ -206,3 +206,13 @@ async def test_blocked_loop_delays_pings(fake_systemd, monkeypatch):
     assert max(gaps) >= 0.55, gaps  # the blocked stretch shows up as one long silence
     assert len([t for t in pings if t > end]) >= 2, "pings did not resume after the loop was free again"
     assert statistics.median(gaps) < 0.2, gaps  # ...while the normal cadence is interval/2
+
+
+def test_status_summary():
+    from supervisor.notify import status_summary
+    from supervisor.states import TenantState
+
+    assert status_summary([]) == "0 tenants"
+    assert status_summary([TenantState.CONNECTED]) == "1 tenant: 1 connected"
+    states = ["qr", TenantState.CONNECTED, "connected", "backoff"]
+    assert status_summary(states) == "4 tenants: 2 connected, 1 backoff, 1 qr"
