@@ -7,7 +7,7 @@ tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns
   {"emit": {...}}             any event object as is
   {"qr": "..."}               qr event            {"open": "me-jid"}   open event with me/pushName
   {"close": code, "message": "...", "reason": "..."}   close event, then exit 0 (one socket per process)
-  {"raw": "text"} / {"raw_b64": "..."}   a raw stdout line (protocol garbage)
+  {"raw": "text", "repeat": N} / {"raw_b64": "..."}   a raw stdout line (protocol garbage, over-long lines)
   {"stderr": "text"}          a stderr line          {"sleep": seconds}
   {"exit": code}              exit now               {"wait": true}   idle until stop/EOF/signal
   {"heartbeats": false}       stop sending heartbeats (watchdog tests)
@@ -75,7 +75,7 @@ async def run_steps(steps: list[dict], done: asyncio.Future) -> None:
                   "message": step.get("message", "closed")})
             return done.set_result(0) if not done.done() else None
         elif "raw" in step:
-            OUT.write(step["raw"].encode() + b"\n")
+            OUT.write(step["raw"].encode() * step.get("repeat", 1) + b"\n")
             OUT.flush()
         elif "raw_b64" in step:
             OUT.write(base64.b64decode(step["raw_b64"]) + b"\n")

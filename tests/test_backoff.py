@@ -1,0 +1,77 @@
+"""The restart table, row by row, as pure logic (the fake worker drives the same rows in test_tenant.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.backoff import MAX_IMMEDIATE_RESTARTS, Action, Ending, RestartPolicy
+from supervisor.settings import RestartSettings
+from supervisor.states import TenantState as S
+
+T0 = 1_000.0
+
+
+def policy(**kw) -> RestartPolicy:
+    return RestartPolicy(RestartSettings(**{"jitter": 0.0, **kw}), rand=lambda: 0.5)
+
+
+@pytest.mark.parametrize("code,state,next_state,reason", [
+    (401, S.CONNECTED, S.LOGGED_OUT, "loggedOut"),
+    (440, S.CONNECTED, S.CONFLICT, "connectionReplaced"),
+    (403, S.CONNECTING, S.FAILED, "forbidden"),
+    (411, S.CONNECTING, S.FAILED, "multideviceMismatch"),
+    (408, S.QR, S.STOPPED, "qr_timeout"),
+])
+def test_resting_rows(code, state, next_state, reason):
+    d = policy().decide(code, state, Ending.CLOSE, T0)
+    assert (d.action, d.next_state, d.reason, d.delay) == (Action.REST, next_state, reason, 0.0)
+
+
+@pytest.mark.parametrize("code", [408, 428, 500, 503, 499, None])
+def test_backoff_rows(code):
+    p = policy()
+    d = p.decide(code, S.CONNECTED, Ending.CLOSE, T0)
+    assert d.action is Action.BACKOFF and d.next_state is S.BACKOFF and d.delay == 1.0 and d.attempt == 1
+
+
+@pytest.mark.parametrize("ending", [Ending.CRASH, Ending.EXIT, Ending.HEARTBEAT, Ending.SPAWN])
+def test_process_endings_back_off(ending):
+    d = policy().decide(None, S.STARTING, ending, T0)
+    assert d.action is Action.BACKOFF and d.reason == ending.value
+
+
+def test_515_restarts_at_once_without_growth_then_guards_the_loop():
+    p = policy()
+    p.decide(500, S.CONNECTED, Ending.CLOSE, T0)  # one earlier failure
+    for _ in range(MAX_IMMEDIATE_RESTARTS):
+        d = p.decide(515, S.CONNECTING, Ending.CLOSE, T0)
+        assert (d.action, d.delay, d.next_state, p.failures) == (Action.RESTART, 0.0, S.STARTING, 1)
+    d = p.decide(515, S.CONNECTING, Ending.CLOSE, T0)
+    assert d.action is Action.BACKOFF and d.delay == 2.0  # a 515 storm is a failure like any other
+
+
+def test_growth_cap_and_stable_reset():
+    p = policy()
+    delays = [p.decide(None, S.STARTING, Ending.CRASH, T0).delay for _ in range(9)]
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    p.on_open(T0)
+    assert p.decide(428, S.CONNECTED, Ending.CLOSE, T0 + 10).delay == 60  # not stable long enough
+    p.on_open(T0 + 100)
+    assert p.decide(428, S.CONNECTED, Ending.CLOSE, T0 + 130).delay == 1  # open >= stable_after: reset
+
+
+def test_jitter_bounds():
+    lo = RestartPolicy(RestartSettings(jitter=0.2), rand=lambda: 0.0)
+    hi = RestartPolicy(RestartSettings(jitter=0.2), rand=lambda: 0.999999)
+    assert lo.delay_for(3) == pytest.approx(3.2)
+    assert hi.delay_for(3) == pytest.approx(4.8, rel=1e-5)
+
+
+def test_max_attempts_turns_into_failed():
+    p = policy(max_attempts=2)
+    assert p.decide(None, S.STARTING, Ending.CRASH, T0).action is Action.BACKOFF
+    assert p.decide(None, S.STARTING, Ending.CRASH, T0).action is Action.BACKOFF
+    d = p.decide(None, S.STARTING, Ending.CRASH, T0)
+    assert (d.action, d.next_state, d.reason) == (Action.REST, S.FAILED, "max_attempts")
+    p.reset()
+    assert p.decide(None, S.STARTING, Ending.CRASH, T0).action is Action.BACKOFF

@@ -1,0 +1,236 @@
+"""Each restart-table row driven by the real fake worker (real subprocesses, real flocks), plus the watchdog, protocol
+garbage, stop escalation, logout archiving and the crash-loop rate under a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import pytest
+from structlog.testing import capture_logs
+
+from conftest import FakeClock, live_workers, spawn_records, wait_until
+from supervisor.daemon import Supervisor
+from supervisor.settings import RestartSettings
+from supervisor.states import TenantState
+from supervisor.tenant import InvalidTransition
+
+HELLO = {"hello": {}}
+QR = [HELLO, {"emit": {"type": "connecting"}}, {"qr": "2@fake"}]
+OPEN = [HELLO, {"emit": {"type": "connecting"}}, {"open": "1@s.whatsapp.net"}]
+STAY = OPEN + [{"wait": True}]
+
+
+def sup_for(settings, clock: FakeClock | None = None, **kw) -> Supervisor:
+    clock = clock or FakeClock()
+    return Supervisor(settings, clock=clock, sleep=clock.sleep, **kw)
+
+
+async def settle(sup: Supervisor, tid: str, state: str, timeout: float = 10.0, restarts: int | None = None) -> dict:
+    def ok() -> bool:
+        st = sup.status(tid)
+        return st["state"] == state and (restarts is None or st["restarts"] == restarts)
+
+    await wait_until(ok, timeout=timeout)
+    return sup.status(tid)
+
+
+async def test_515_restarts_at_once_and_connects(make_settings, fake_state):
+    clock = FakeClock()
+    sup = sup_for(make_settings({"spawns": [QR + [{"close": 515, "reason": "restartRequired"}], STAY]}), clock)
+    await sup.start_tenant("t")
+    st = await settle(sup, "t", "connected", restarts=1)
+    assert st["connected"] and st["me"] == {"id": "1@s.whatsapp.net"} and st["pushName"] == "Fake"
+    assert st["restarts"] == 1 and st["lastDisconnect"]["code"] == 515
+    assert clock.sleeps == []  # no backoff sleep at all
+    assert [r["n"] for r in spawn_records(fake_state)] == [1, 2]
+    await sup.shutdown()
+
+
+@pytest.mark.parametrize("code,state,reason", [
+    (440, "conflict", "connectionReplaced"),
+    (403, "failed", "forbidden"),
+    (411, "failed", "multideviceMismatch"),
+])
+async def test_resting_rows_do_not_restart(make_settings, fake_state, code, state, reason):
+    sup = sup_for(make_settings(OPEN + [{"close": code}]))
+    await sup.start_tenant("t")
+    st = await settle(sup, "t", state)
+    assert st["stateReason"] == reason and st["pid"] is None and st["lastDisconnect"]["code"] == code
+    await asyncio.sleep(0.3)
+    assert len(spawn_records(fake_state)) == 1
+    assert not sup.tenants["t"].lock.held  # a resting tenant is not owned: nothing pins the auth dir
+    # only an explicit start retries
+    await sup.start_tenant("t")
+    await wait_until(lambda: len(spawn_records(fake_state)) == 2)
+    await sup.shutdown()
+
+
+async def test_401_archives_auth_never_deletes(make_settings, storage):
+    auth = storage / "whatsapp" / "t" / "auth"
+    auth.mkdir(parents=True)
+    (auth / "creds.json").write_text(json.dumps({"registered": True}))
+    sup = sup_for(make_settings(OPEN + [{"close": 401, "reason": "loggedOut"}]))
+    assert sup.status("t")["auth"] == {"registered": True, "files": 1}  # known from disk before any start
+    await sup.start_tenant("t")
+    st = await settle(sup, "t", "logged_out")
+    archives = list((storage / "whatsapp" / "t").glob("auth.logged-out-*"))
+    assert len(archives) == 1 and (archives[0] / "creds.json").exists()
+    assert st["auth"] == {"registered": False, "files": 0} and st["restarts"] == 0
+    await sup.shutdown()
+
+
+async def test_408_while_qr_is_qr_timeout(make_settings, fake_state):
+    sup = sup_for(make_settings(QR + [{"close": 408, "message": "QR refs attempts ended"}]))
+    await sup.start_tenant("t")
+    st = await settle(sup, "t", "stopped")
+    assert st["stateReason"] == "qr_timeout" and not st["hasQR"]
+    await asyncio.sleep(0.3)
+    assert len(spawn_records(fake_state)) == 1
+    await sup.shutdown()
+
+
+@pytest.mark.parametrize("first", [
+    OPEN + [{"close": 408}], OPEN + [{"close": 428}], OPEN + [{"close": 500}], OPEN + [{"close": 503}],
+    OPEN + [{"close": 499}], OPEN + [{"close": None}],
+    [HELLO, {"exit": 1}], [HELLO, {"exit": 0}], [{"exit": 3}],
+], ids=["408", "428", "500", "503", "unknown", "null", "crash", "exit-no-close", "crash-before-hello"])
+async def test_backoff_rows(make_settings, fake_state, first):
+    clock = FakeClock()
+    sup = sup_for(make_settings({"spawns": [first, STAY]}, restart={"initial_delay": 1.0, "max_delay": 60.0}),
+                  clock)
+    with capture_logs() as logs:
+        await sup.start_tenant("t")
+        st = await settle(sup, "t", "connected", restarts=1)
+    assert clock.sleeps == [1.0] and st["restarts"] == 1
+    decision = next(e for e in logs if e["event"] == "tenant.decision")
+    assert decision["action"] == "backoff" and decision["attempt"] == 1 and decision["delay"] == 1.0
+    assert [e["to_state"] for e in logs if e["event"] == "tenant.state"].count("backoff") == 1
+    await sup.shutdown()
+
+
+async def test_heartbeat_timeout_kills_and_backs_off(make_settings, fake_state):
+    clock = FakeClock()
+    settings = make_settings({"spawns": [[HELLO, {"heartbeats": False}, {"wait": True}], STAY]},
+                             worker={"heartbeat_timeout": 0.6, "stop_grace": 0.5})
+    sup = sup_for(settings, clock)
+    with capture_logs() as logs:
+        await sup.start_tenant("t")
+        await settle(sup, "t", "connected", restarts=1)
+    assert any(e["event"] == "worker.heartbeat_timeout" for e in logs)
+    assert next(e for e in logs if e["event"] == "tenant.decision")["ending"] == "heartbeat_timeout"
+    await sup.shutdown()
+
+
+async def test_protocol_mismatch_fails(make_settings):
+    sup = sup_for(make_settings([{"hello": {"protocol": 2}}, {"wait": True}]))
+    await sup.start_tenant("t")
+    st = await settle(sup, "t", "failed")
+    assert st["stateReason"] == "protocol_mismatch"
+    await sup.shutdown()
+
+
+async def test_protocol_garbage_is_counted_not_fatal(make_settings):
+    garbage = [{"raw": "not json"}, {"raw_b64": "//79"}, {"raw": '{"type":"qr"}'}, {"raw": "x", "repeat": 1 << 21},
+               {"raw": '{"type":"evil"}'}]
+    sup = sup_for(make_settings([HELLO] + garbage + [{"emit": {"type": "connecting"}}, {"open": "me"}, {"wait": 1}]))
+    with capture_logs() as logs:
+        await sup.start_tenant("t")
+        await settle(sup, "t", "connected")
+    errors = [e for e in logs if e["event"] == "worker.protocol_error"]
+    assert [e["kind"] for e in errors] == ["bad_json", "bad_utf8", "missing_field", "too_long", "unknown_type"]
+    assert sup.tenants["t"].worker.protocol_errors == 5
+    await sup.shutdown()
+
+
+async def test_stderr_pino_is_reemitted_without_extra_fields(make_settings):
+    line = json.dumps({"level": 50, "msg": "boom", "creds": {"noiseKey": "SECRET"}})
+    sup = sup_for(make_settings([HELLO, {"stderr": line}, {"stderr": "plain text"}, {"wait": True}]))
+    with capture_logs() as logs:
+        await sup.start_tenant("t")
+        await wait_until(lambda: sum(e["event"] == "worker.log" for e in logs) >= 2)
+    wl = [e for e in logs if e["event"] == "worker.log"]
+    assert wl[0]["worker_level"] == "error" and wl[0]["msg"] == "boom" and "SECRET" not in repr(wl)
+    assert wl[1]["msg"] == "plain text"
+    await sup.shutdown()
+
+
+async def test_stop_escalates_to_sigkill_of_the_group(make_settings, marker):
+    sup = sup_for(make_settings(None, env={"BSUP_FAKE_IGNORE_TERM": "1"}, worker={"stop_grace": 0.4}))
+    await sup.start_tenant("t")
+    await settle(sup, "t", "qr")
+    assert len(live_workers(marker)) == 1
+    t0 = time.monotonic()
+    st = await sup.stop_tenant("t")
+    assert st["state"] == "stopped" and st["pid"] is None and time.monotonic() - t0 < 2.0
+    assert live_workers(marker) == {}
+    assert not (sup.tenants["t"].dir / "worker.pid").exists()
+    await sup.shutdown()
+
+
+async def test_logout_live_worker_and_when_stopped(make_settings, storage):
+    sup = sup_for(make_settings(STAY))
+    await sup.start_tenant("t")
+    await settle(sup, "t", "connected")
+    st = await sup.logout_tenant("t")
+    assert st["state"] == "logged_out" and st["stateReason"] == "logout"
+    tdir = storage / "whatsapp" / "t"
+    assert len(list(tdir.glob("auth.logged-out-*"))) == 1 and not (tdir / "auth").exists()
+    await sup.start_tenant("t")  # the next start is a fresh pairing
+    await settle(sup, "t", "connected")
+    await sup.stop_tenant("t")
+    (tdir / "auth" / "creds.json").write_text("{}")
+    st = await sup.logout_tenant("t")  # stopped tenant: archive without a worker
+    assert st["state"] == "logged_out" and len(list(tdir.glob("auth.logged-out-*"))) == 2
+    await sup.shutdown()
+
+
+async def test_pairing_code_and_message_hook(make_settings):
+    got = []
+    sup = sup_for(make_settings(QR + [{"emit": {"type": "message", "upsertType": "notify",
+                                                "messages": [{"key": {"id": "m1"}}]}}, {"wait": True}]),
+                  on_message=lambda tid, payload: got.append((tid, payload["messages"][0]["key"]["id"])))
+    await sup.start_tenant("t")
+    await settle(sup, "t", "qr")
+    assert await sup.pairing_code("t", "4915112345678") == "FAKE1234"
+    await wait_until(lambda: got)
+    assert got == [("t", "m1")] and sup.qr("t") == "2@fake"
+    await sup.shutdown()
+
+
+@pytest.mark.slow
+async def test_crash_loop_rate_with_default_policy(make_settings):
+    """A worker that crashes at once: growing intervals, at most ~15 spawns in 10 simulated minutes."""
+    clock = FakeClock(limit=600.0)
+    settings = make_settings([{"exit": 1}], restart={f: getattr(RestartSettings(), f) for f in
+                                                     ("initial_delay", "max_delay", "jitter")})
+    sup = sup_for(settings, clock, rand=random.Random(7).random)
+    await sup.start_tenant("t")
+    await asyncio.wait_for(clock.limit_reached.wait(), 60)
+    spawns = sup.tenants["t"].spawns
+    assert 10 <= spawns <= 16, spawns
+    assert clock.sleeps[:6] == sorted(clock.sleeps[:6]) and clock.sleeps[0] < 1.5 and max(clock.sleeps) <= 72
+    assert sup.status("t")["state"] == "backoff" and sup.status("t")["nextRetryAt"]
+    await sup.stop_tenant("t")
+    assert sup.status("t")["state"] == "stopped"
+
+
+async def test_max_attempts_then_failed(make_settings, fake_state):
+    sup = sup_for(make_settings([{"exit": 1}], restart={"max_attempts": 2}))
+    await sup.start_tenant("t")
+    st = await settle(sup, "t", "failed")
+    assert st["stateReason"] == "max_attempts" and len(spawn_records(fake_state)) == 3
+    await sup.shutdown()
+
+
+def test_change_state_validates(make_settings):
+    sup = Supervisor(make_settings())
+    tenant = sup._tenant("t", create=True)
+    with pytest.raises(InvalidTransition):
+        tenant.change_state(TenantState.CONNECTED)
+    with capture_logs() as logs:
+        tenant.change_state(TenantState.STARTING, "start")
+    assert logs == [{"event": "tenant.state", "log_level": "info", "tenant": "t", "from_state": "stopped",
+                     "to_state": "starting", "reason": "start"}]
