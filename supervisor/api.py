@@ -210,6 +210,12 @@ async def pairing_code(request: web.Request) -> web.Response:
     return json_response({"ok": True, "tenant": tid, "code": code})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[SUPERVISOR].metrics.render()
+    # headers=, not content_type=: aiohttp refuses a content_type that carries parameters (version=0.0.4).
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def make_app(supervisor: Any) -> web.Application:
     """The control API around a `Supervisor` (see docs/design.md). The daemon serves it with AppRunner/TCPSite."""
     limit = supervisor.settings.api.max_body_bytes
@@ -224,6 +230,8 @@ def make_app(supervisor: Any) -> web.Application:
     app.router.add_get(f"{_T}/status", status)
     app.router.add_get(f"{_T}/qr", qr)
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
+    if getattr(supervisor, "metrics", None) is not None:  # supervisor/metrics.py, when the daemon owns one
+        app.router.add_get("/metrics", metrics)
     return app
 
 

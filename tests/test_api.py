@@ -336,3 +336,23 @@ async def raw_request(base: str, method: str, path: str, headers: dict[str, str]
     status_line, _, rest = data.partition(b"\r\n")
     body = rest.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in rest else b""
     return int(status_line.split()[1]), body
+
+
+async def test_metrics_route_when_the_supervisor_has_metrics(served):
+    from supervisor.metrics import Metrics
+
+    stub, url, http = await served()
+    async with http.get(f"{url}/metrics", headers=H) as r:
+        assert r.status == 404  # no metrics object: no route
+    stub2 = StubSupervisor(_settings())
+    stub2.metrics = Metrics()
+    stub2.metrics.on_state("1", None, "qr")
+    runner, port = await start_api(stub2, "127.0.0.1", 0)
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            assert r.status == 401  # metrics need the secret too
+        async with http.get(f"http://127.0.0.1:{port}/metrics", headers=H) as r:
+            assert r.status == 200 and r.content_type == "text/plain"
+            assert "baileys_supervisor" in await r.text()
+    finally:
+        await runner.cleanup()

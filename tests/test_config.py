@@ -40,6 +40,13 @@ def test_shipped_config_loads_with_storage_under_repo():
     assert s.worker.browser == ("AgentLocator", "Chrome", "10.0")
 
 
+def test_example_simulator_config_loads():
+    s = load_settings(PROJECT_ROOT / "config" / "example-simulator.yaml")
+    assert s.worker.wa_url and s.worker.wa_url.startswith("ws://127.0.0.1:")
+    assert s.worker.command[-1] == str(DEFAULT_WORKER_SCRIPT)
+    assert s.storage.root == PROJECT_ROOT / "storage" / "simulator"
+
+
 def test_full_valid_config(tmp_path):
     (tmp_path / "secret.txt").write_text("from-file\n")
     p = write(tmp_path, {
