@@ -66,7 +66,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.error("api.error", method=request.method, route=_route(request), error=type(exc).__name__,
                   exc_info=True)
         response = error_response(500, "internal", "internal error")
-    log.info(
+    # Health checks and scrapes every few seconds would drown the log: successful ones only at debug.
+    quiet = request.path in OPEN_PATHS | {"/metrics"} and response.status == 200
+    (log.debug if quiet else log.info)(
         "api.request",
         method=request.method,
         route=_route(request),
