@@ -159,7 +159,9 @@ class WebhookForwarder:
             raise WebhookClosed("webhook forwarder is not running; message not spooled", tenant=tenant)
         assert self._spool is not None
         # Serialised here (not in the thread) so later mutation of the dict by the caller cannot race the write.
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # ensure_ascii: a lone surrogate (JS strings cut mid-emoji) becomes \udXXX, as JSON.stringify does, instead
+        # of failing the UTF-8 encode in SQLite.
+        body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         # No await before this line: the executor queue order is exactly the submit() call order.
         fut = asyncio.get_running_loop().run_in_executor(self._executor, self._spool.put, tenant, body, time.time())
         # Book-keeping in a done-callback, so a put that commits after the caller was cancelled is still delivered.

@@ -454,3 +454,11 @@ async def test_sqlite_work_stays_off_the_event_loop(make, target, monkeypatch):
     await fw.submit("1", msg(0))
     await wait_until(lambda: fw.depth == 0)
     assert len(threads) == 1 and threads.pop().startswith("webhook-spool")
+
+
+async def test_unicode_and_lone_surrogates_survive(make, target):
+    fw = await make()
+    payload = {"type": "message", "n": 0, "messages": [{"text": "שלום 👋 \ud83d cut"}]}
+    await fw.submit("1", payload)
+    await wait_until(lambda: target.received)
+    assert target.received[0]["payload"] == payload
