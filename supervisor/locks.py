@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import structlog
-from filelock import lock_descriptor, unlock_descriptor
+from filelock import lock_descriptor
 
 from supervisor.errors import TenantLocked
 
@@ -158,8 +158,8 @@ class TenantLock:
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
-        with contextlib.suppress(OSError):
-            unlock_descriptor(fd)
+        # Close, never unlock: an explicit unlock would drop the flock of the whole open file description, i.e.
+        # also the copy a still-living worker inherited. The kernel releases it when the last copy closes.
         os.close(fd)
         log.info("lock.released", tenant=self.tenant)
 

@@ -13,8 +13,8 @@ tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns
   {"heartbeats": false}       stop sending heartbeats (watchdog tests)
 No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Commands: stop -> exit 0; logout ->
 close 401 + exit 0; pairing_code -> reply {code} + pairing_code event; ping -> reply {}; others -> bad_command.
-BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF always exits (the daemon
-is gone), and the inherited BSUP_LOCK_FD is kept open for the whole life of the process.
+BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF exits (the daemon is
+gone) unless BSUP_FAKE_IGNORE_EOF=1 (a hung leftover for take-over tests); and the inherited BSUP_LOCK_FD is kept open for the whole life of the process.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ async def commands(done: asyncio.Future) -> None:
             emit({"type": "reply", "id": cid, "ok": False, "error": "bad_command", "message": str(name)})
         elif name != "stop":
             emit({"type": "error", "code": "bad_command", "message": str(name), "fatal": False})
-    done.done() or done.set_result(0)  # stdin EOF: the daemon is gone
+    if os.environ.get("BSUP_FAKE_IGNORE_EOF") != "1":  # =1 plays a hung worker that outlives its daemon
+        done.done() or done.set_result(0)  # stdin EOF: the daemon is gone
 
 
 async def main() -> int:

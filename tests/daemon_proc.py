@@ -1,0 +1,61 @@
+"""A daemon (or a one-shot probe) in a separate process, for the multi-process acceptance tests.
+
+    python tests/daemon_proc.py run   '<json>'            run_daemon() until SIGTERM/SIGINT, exit 0
+    python tests/daemon_proc.py probe '<json>' T1 T2...   start each tenant once, print one JSON line per tenant
+                                                          ({"tenant", "ok", "error", "details", "state"}), stop, exit
+<json>: {"storage", "marker", "state", "boot": [...], "stop_grace", "env": {...}, "script": [...] | null}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import fake_worker_command  # noqa: E402
+
+from supervisor.daemon import Supervisor, run_daemon  # noqa: E402
+from supervisor.errors import SupervisorError  # noqa: E402
+from supervisor.settings import ApiSettings, Settings, StorageSettings, TenantsSettings, WorkerSettings  # noqa: E402
+
+
+def build(cfg: dict) -> Settings:
+    env = {"BSUP_FAKE_STATE_DIR": cfg["state"], **cfg.get("env", {})}
+    if cfg.get("script") is not None:
+        env["BSUP_FAKE_SCRIPT"] = json.dumps(cfg["script"])
+    return Settings(
+        storage=StorageSettings(root=Path(cfg["storage"])),
+        api=ApiSettings(port=0),
+        worker=WorkerSettings(command=fake_worker_command(cfg["marker"]), env=env, heartbeat_interval=0.2,
+                              stop_grace=cfg.get("stop_grace", 2.0)),
+        tenants=TenantsSettings(boot=tuple(cfg.get("boot", ()))),
+    )
+
+
+async def probe(settings: Settings, tenants: list[str]) -> None:
+    sup = Supervisor(settings)
+    for tid in tenants:
+        try:
+            st = await sup.start_tenant(tid)
+            out = {"tenant": tid, "ok": True, "state": st["state"], "pid": st["pid"]}
+        except SupervisorError as exc:
+            out = {"tenant": tid, "ok": False, "error": exc.code, "status": exc.status, "details": exc.details}
+        print(json.dumps(out), flush=True)
+    await sup.shutdown()
+
+
+def main() -> int:
+    mode, cfg = sys.argv[1], json.loads(sys.argv[2])
+    settings = build(cfg)
+    if mode == "probe":
+        asyncio.run(probe(settings, sys.argv[3:]))
+    else:
+        asyncio.run(run_daemon(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

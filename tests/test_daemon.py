@@ -1,0 +1,197 @@
+"""Acceptance of the exactly-one guarantee with real daemons in separate processes, real fake workers and real
+flocks: single-flight starts, a second daemon (409), kill -9 and take-over, SIGTERM within the grace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import live_workers, spawn_records, wait_until
+from supervisor.daemon import Supervisor, run_daemon
+from supervisor.locks import read_json
+from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
+
+DAEMON = Path(__file__).resolve().parent / "daemon_proc.py"
+
+
+def proc_cfg(storage: Path, fake_state: Path, marker: str, **kw) -> str:
+    return json.dumps({"storage": str(storage), "state": str(fake_state), "marker": marker, **kw})
+
+
+def spawn_daemon(cfg: str, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:  # a file, not a pipe: a chatty daemon must never block on a full pipe
+        return subprocess.Popen([sys.executable, str(DAEMON), "run", cfg], stdout=out, stderr=subprocess.STDOUT)
+
+
+def by_tenant(marker: str) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for pid, tenant in live_workers(marker).items():
+        found.setdefault(tenant, []).append(pid)
+    return found
+
+
+async def test_200_concurrent_starts_over_20_tenants_spawn_20(make_settings, fake_state, marker):
+    sup = Supervisor(make_settings())
+    tenants = [f"t{i:02d}" for i in range(20)]
+    calls = [tid for tid in tenants for _ in range(10)]
+    results = await asyncio.gather(*(sup.start_tenant(tid) for tid in calls))
+    answers: dict[str, list[dict]] = {}
+    for tid, res in zip(calls, results, strict=True):
+        answers.setdefault(tid, []).append(res)
+    assert all(all(r == rs[0] for r in rs) and rs[0]["pid"] for rs in answers.values())
+    await wait_until(lambda: len(spawn_records(fake_state)) >= 20)  # workers log themselves once Python is up
+    await asyncio.sleep(0.3)  # room for a (wrong) 21st spawn to show up
+    assert len(spawn_records(fake_state)) == 20
+    workers = by_tenant(marker)
+    assert workers == {tid: [rs[0]["pid"]] for tid, rs in answers.items()}
+    # a second wave on running tenants spawns nothing
+    await asyncio.gather(*(sup.start_tenant(tid) for tid in calls))
+    assert len(spawn_records(fake_state)) == 20
+    await sup.shutdown()
+    assert live_workers(marker) == {}
+    with pytest.raises(ShuttingDown):
+        await sup.start_tenant("t00")
+
+
+async def test_tenant_ids_are_validated_before_any_file(make_settings, storage):
+    sup = Supervisor(make_settings())
+    for bad in ["..", "a/b", "x" * 65, "", "-a", "a b", "é", "../etc"]:
+        with pytest.raises(InvalidTenantId):
+            await sup.start_tenant(bad)
+        with pytest.raises(InvalidTenantId):
+            sup.status(bad)
+    with pytest.raises(UnknownTenant):
+        sup.status("never-seen")
+    with pytest.raises(UnknownTenant):
+        await sup.stop_tenant("never-seen")
+    assert list(storage.iterdir()) == []
+    assert sup.health()["tenants"] == 0
+
+
+async def test_run_daemon_boot_and_shutdown_event(make_settings, marker):
+    settings = make_settings(boot=("b1", "b2"))
+    stop = asyncio.Event()
+    sup = Supervisor(settings)
+    task = asyncio.create_task(run_daemon(settings, shutdown_event=stop, supervisor=sup))
+    await wait_until(lambda: len(live_workers(marker)) == 2)
+    assert {s["tenant"] for s in sup.statuses()} == {"b1", "b2"}
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert live_workers(marker) == {} and all(s["state"] == "stopped" for s in sup.statuses())
+
+
+@pytest.mark.slow
+async def test_second_daemon_gets_409_for_held_tenants(storage, fake_state, marker, tmp_path):
+    cfg = proc_cfg(storage, fake_state, marker, boot=["t1", "t2"])
+    first = spawn_daemon(cfg, tmp_path / "d1.log")
+    try:
+        await wait_until(lambda: sorted(by_tenant(marker)) == ["t1", "t2"], timeout=15)
+        owners = {t: p[0] for t, p in by_tenant(marker).items()}
+        out = subprocess.run([sys.executable, str(DAEMON), "probe", cfg, "t1", "t2", "t3"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        res = {r["tenant"]: r for r in map(json.loads, (x for x in out.splitlines() if x.startswith('{"tenant"')))}
+        for t in ("t1", "t2"):
+            assert res[t]["ok"] is False and res[t]["status"] == 409 and res[t]["error"] == "tenant_locked"
+            assert res[t]["details"]["owner_pid"] == owners[t] and res[t]["details"]["daemon_pid"] == first.pid
+        assert res["t3"]["ok"] is True  # the second daemon keeps serving other tenants
+        assert {t: p[0] for t, p in by_tenant(marker).items()} == owners  # nobody was disturbed
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(15) == 0
+
+
+@pytest.mark.slow
+async def test_kill9_daemon_then_takeover_never_two_workers(storage, fake_state, marker, tmp_path):
+    tenants = ["k1", "k2", "k3"]
+    cfg = proc_cfg(storage, fake_state, marker, boot=tenants)
+    first = spawn_daemon(cfg, tmp_path / "d1.log")
+    second = None
+    violations: list[dict] = []
+    samples = 0
+    sampling = True
+
+    async def sampler() -> None:  # the invariant, checked continuously across the whole take-over
+        nonlocal samples
+        while sampling:
+            workers = by_tenant(marker)
+            samples += 1
+            if any(len(p) > 1 for p in workers.values()):
+                violations.append(workers)
+            await asyncio.sleep(0.005)
+
+    try:
+        await wait_until(lambda: sorted(by_tenant(marker)) == tenants, timeout=15)
+        old = {t: p[0] for t, p in by_tenant(marker).items()}
+        watch = asyncio.create_task(sampler())
+        first.kill()
+        first.wait()
+        # The old workers still hold the flocks right after the kill (they leave on stdin EOF, ~immediately).
+        second = spawn_daemon(cfg, tmp_path / "d2.log")
+        await wait_until(lambda: sorted(by_tenant(marker)) == tenants
+                         and not set(old.values()) & {p[0] for p in by_tenant(marker).values()}, timeout=20)
+        sampling = False
+        await watch
+        assert violations == [] and samples > 20
+        def owners() -> set:  # the pid file is written just after the exec the scan may already see
+            return {(read_json(storage / "whatsapp" / t / "worker.pid") or {}).get("daemon_pid") for t in tenants}
+
+        await wait_until(lambda: owners() == {second.pid})
+    finally:
+        sampling = False
+        for d in (first, second):
+            if d is not None and d.poll() is None:
+                d.send_signal(signal.SIGTERM)
+                assert d.wait(15) == 0
+
+
+@pytest.mark.slow
+async def test_leftover_worker_of_dead_daemon_is_stopped_before_spawn(make_settings, storage, fake_state, marker,
+                                                                      tmp_path):
+    """A hung worker (ignores stdin EOF and SIGTERM) outlives its kill -9'd daemon and keeps the flock; the next
+    daemon stops it (TERM group, grace, KILL group) and only then spawns its own."""
+    env = {"BSUP_FAKE_IGNORE_EOF": "1", "BSUP_FAKE_IGNORE_TERM": "1"}
+    first = spawn_daemon(proc_cfg(storage, fake_state, marker, boot=["L"], env=env), tmp_path / "d1.log")
+    try:
+        await wait_until(lambda: len(live_workers(marker)) == 1, timeout=15)
+        old_pid = next(iter(live_workers(marker)))
+    finally:
+        first.kill()
+        first.wait()
+    await asyncio.sleep(0.5)
+    assert list(live_workers(marker)) == [old_pid]  # the leftover survives its daemon
+    sup = Supervisor(make_settings(None, worker={"stop_grace": 0.5}))
+    st = await sup.start_tenant("L")
+    assert st["pid"] != old_pid and list(live_workers(marker)) == [st["pid"]]
+    await wait_until(lambda: len(spawn_records(fake_state)) == 2)
+    await sup.shutdown()
+    assert live_workers(marker) == {}
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_all_workers_within_grace_exit_0(storage, fake_state, marker, tmp_path):
+    tenants = [f"s{i}" for i in range(5)]
+    grace = 1.0
+    # Workers that ignore SIGTERM and `stop`: the daemon must escalate to SIGKILL within the grace.
+    cfg = proc_cfg(storage, fake_state, marker, boot=tenants, stop_grace=grace, env={"BSUP_FAKE_IGNORE_TERM": "1"})
+    daemon = spawn_daemon(cfg, tmp_path / "d.log")
+    try:
+        await wait_until(lambda: sorted(by_tenant(marker)) == tenants, timeout=15)
+        t0 = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(daemon.wait, 15)
+        elapsed = time.monotonic() - t0
+        assert rc == 0 and elapsed < grace + 2.0, elapsed
+        assert live_workers(marker) == {}
+        assert not any((storage / "whatsapp" / t / "worker.pid").exists() for t in tenants)
+    finally:
+        if daemon.poll() is None:
+            os.kill(daemon.pid, signal.SIGKILL)
