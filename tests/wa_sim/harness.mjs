@@ -12,6 +12,16 @@ import './strict-verify.mjs';
 import './trust-test-root.mjs';
 import { B } from './baileys.mjs';
 
+// Baileys arms long one-shot timers it never clears (e.g. the 30 s pre-key upload timeout raced
+// against the upload). They keep a finished test process alive for up to 30 s. Unref long timers
+// created in this process: timing is unchanged, they just no longer block exit.
+const realSetTimeout = globalThis.setTimeout;
+globalThis.setTimeout = function (fn, ms, ...args) {
+  const t = realSetTimeout(fn, ms, ...args);
+  if (ms >= 15000) t.unref?.();
+  return t;
+};
+
 const pino = createRequire(new URL('../../node_worker/package.json', import.meta.url))('pino');
 const MAIN = new URL('./main.mjs', import.meta.url).pathname;
 

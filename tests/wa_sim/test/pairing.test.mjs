@@ -20,6 +20,7 @@ test('fresh link: QR, scan, 515, login with saved creds, open', async () => {
   assert.equal(me.id, r.scan.jid);
   assert.equal(me.lid, r.scan.lid);
   assert.equal(me.name, 'Alice', 'pushName is delivered through <biz name>');
+  await r.client.flush(); // creds writes are not atomic: read only after they finished
   const creds = JSON.parse(fs.readFileSync(path.join(r.authDir, 'creds.json'), 'utf8'));
   assert.equal(creds.me.id, r.scan.jid, 'creds.json holds the paired identity');
 
