@@ -27,7 +27,9 @@ export function makeControlServer(sim) {
     'DELETE /faults': () => { sim.faults = []; return { ok: true, pendingFaults: [] }; },
     'GET /config': () => ({ ok: true, config: sim.config }),
     'POST /config': (b) => ({ ok: true, config: sim.configure(b) }),
-    'POST /reset': (b) => { sim.reset(); if (b && Object.keys(b).length) sim.configure(b); return { ok: true }; }
+    // Back to a fresh simulator: no devices, counters, faults or connections, CLI config,
+    // then the body (if any) applied as config.
+    'POST /reset': (b) => { sim.reset(); sim.config = { ...sim.startConfig }; return { ok: true, config: sim.configure(b) }; }
   };
   return http.createServer(async (req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');

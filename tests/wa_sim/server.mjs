@@ -41,6 +41,7 @@ export class WaSimulator extends EventEmitter {
     if (!rootKey) throw new Error('rootKey required');
     this.identity = makeServerIdentity(rootKey);
     this.config = { ...DEFAULT_CONFIG, ...config };
+    this.startConfig = { ...this.config }; // what POST /reset goes back to
     this.log = log;
     this.wss = new wsPkg.WebSocketServer({ noServer: true, perMessageDeflate: false });
     this.http = http.createServer((req, res) => {

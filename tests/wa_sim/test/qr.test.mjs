@@ -47,5 +47,7 @@ test('config can be read and changed over the control API', async () => {
   assert.equal(r.config.qrFirstMs, 60000);
   assert.equal(r.config.qrRefs, 3);
   assert.equal((await sim.configure({ nope: 1 })).error, 'bad_config');
-  await sim.configure({ qrFirstMs: MS });
+  const reset = await sim.control('POST', '/reset');
+  assert.equal(reset.config.qrFirstMs, MS, 'reset goes back to the CLI config');
+  assert.equal((await sim.state()).counters.registrations, 0, 'reset clears counters');
 });
