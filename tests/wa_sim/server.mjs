@@ -281,7 +281,10 @@ export class WaSimulator extends EventEmitter {
     if (conn.closed) throw new SimError('connection_closed', 'the socket that showed this QR is gone', 409);
     if (conn.pairing) throw new SimError('already_paired', 'this registration socket already paired', 409);
     const cur = this.currentRefIndex(conn);
-    if (cur !== index) {
+    // Baileys starts its QR timer just before we see its ack, so it may rotate a few ms before
+    // our clock does: a scan of the *next* ref within 250 ms of its start is accepted.
+    const early = index === cur + 1 && this.currentRefIndex(conn, Date.now() + 250) === index;
+    if (cur !== index && !early) {
       // Like a phone: a QR that is not the one currently on screen is rejected, nothing pairs.
       throw new SimError(cur === -1 || index < cur ? 'qr_expired' : 'qr_not_current',
         `ref #${index} is not current (current: ${cur})`, 409, { refIndex: index, currentIndex: cur });
