@@ -47,6 +47,7 @@ class Supervisor:
         self._spawn_slots = asyncio.Semaphore(settings.worker.max_concurrent_spawns)
         self._op_locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self.metrics = _make_metrics()  # GET /metrics is served when this is not None
 
     @property
     def root(self):
@@ -59,7 +60,7 @@ class Supervisor:
             if not create and not (self.root / tid / "auth").is_dir():
                 raise UnknownTenant(f"unknown tenant {tid}", tenant=tid)
             tenant = Tenant(tid, self.settings, spawn_slots=self._spawn_slots, clock=self.clock, sleep=self._sleep,
-                            rand=self._rand, on_message=self._forward_message)
+                            rand=self._rand, on_message=self._forward_message, metrics=self.metrics)
             self.tenants[tid] = tenant
         return tenant
 
@@ -169,6 +170,14 @@ class Supervisor:
                 log.error("daemon.stop_failed", error=type(result).__name__, message=str(result))
         for t in self.tenants.values():
             t.lock.release()
+
+
+def _make_metrics() -> Any:
+    try:
+        from supervisor.metrics import Metrics  # optional: prometheus_client may be absent in a slim install
+    except ImportError:
+        return None
+    return Metrics()
 
 
 def _is_loopback(host: str) -> bool:

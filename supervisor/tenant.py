@@ -61,8 +61,10 @@ def iso(ts: float | None) -> str | None:
 class Tenant:
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: asyncio.Semaphore,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 rand: Callable[[], float] = random.random, on_message: MessageHook | None = None) -> None:
+                 rand: Callable[[], float] = random.random, on_message: MessageHook | None = None,
+                 metrics: Any = None) -> None:
         self.id = tid
+        self.metrics = metrics  # supervisor.metrics.Metrics or None; every hook is cheap and never raises
         self.settings = settings
         self.dir = settings.storage.root / "whatsapp" / tid
         self.auth_dir = self.dir / "auth"
@@ -87,6 +89,7 @@ class Tenant:
         self._hello = asyncio.Event()
         self._close: tuple[protocol.Event, TenantState] | None = None
         self._fatal: str | None = None
+        self._spawn_t0 = time.monotonic()
 
     # -- the one transition function -------------------------------------------------------------------------
     def change_state(self, new: TenantState, reason: str | None = None) -> None:
@@ -100,6 +103,8 @@ class Tenant:
         if new is not S.QR:
             self.qr = None  # a QR is only valid while we are waiting for a scan
         log.info("tenant.state", tenant=self.id, from_state=old.value, to_state=new.value, reason=reason)
+        if self.metrics is not None:
+            self.metrics.on_state(self.id, old, new)
 
     @property
     def running(self) -> bool:
@@ -176,6 +181,8 @@ class Tenant:
                     self.change_state(decision.next_state, decision.reason)
                     return
                 self.restarts += 1
+                if self.metrics is not None:
+                    self.metrics.on_restart(decision.reason)
                 if decision.action is Action.BACKOFF:
                     self.next_retry_at = self.clock() + decision.delay
                     self.change_state(S.BACKOFF, decision.reason)
@@ -188,6 +195,8 @@ class Tenant:
         finally:
             self._spawned.set()
             self.worker = None
+            if self.metrics is not None:
+                self.metrics.on_rss(self.id, None)
             self.lock.clear_pidfile()
             self.lock.release()
 
@@ -195,7 +204,8 @@ class Tenant:
         assert self.lock.fd is not None
         self._close, self._hello = None, asyncio.Event()
         worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
-                                             self._on_event)
+                                             self._on_event, on_invalid_line=self._on_invalid_line)
+        self._spawn_t0 = time.monotonic()
         async with self._spawn_slots:
             try:
                 pid = await worker.spawn()
@@ -247,8 +257,18 @@ class Tenant:
         if handler is not None:
             handler(event)
 
+    def _on_invalid_line(self) -> None:
+        if self.metrics is not None:
+            self.metrics.on_invalid_line(self.id)
+
+    def _ev_heartbeat(self, event: protocol.Event) -> None:
+        if self.metrics is not None and isinstance(event.get("rss"), (int, float)):
+            self.metrics.on_rss(self.id, event.get("rss"))
+
     def _ev_hello(self, event: protocol.Event) -> None:
         self._hello.set()
+        if self.metrics is not None:
+            self.metrics.observe_spawn(time.monotonic() - self._spawn_t0)
         log.info("worker.hello", tenant=self.id, protocol=event.get("protocol"), worker=event.get("worker"),
                  baileys=event.get("baileys"), wa_version=event.get("waVersion"))
         if event.get("protocol") != protocol.PROTOCOL_VERSION:
@@ -283,6 +303,8 @@ class Tenant:
     def _ev_close(self, event: protocol.Event) -> None:
         code = event.get("code")
         self._close = (event, self.state)
+        if self.metrics is not None:
+            self.metrics.on_close(self.id, code)
         self.last_disconnect = {"code": code, "reason": event.get("reason") or reason_name(code),
                                 "message": (event.get("message") or "")[:500], "at": iso(self.clock())}
         log.info("tenant.close", tenant=self.id, code=code, reason_name=self.last_disconnect["reason"],

@@ -60,12 +60,14 @@ def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: i
 
 class WorkerProcess:
     def __init__(self, tenant: str, settings: WorkerSettings, auth_dir: Path, lock_fd: int,
-                 on_event: Callable[[protocol.Event], None]) -> None:
+                 on_event: Callable[[protocol.Event], None], *,
+                 on_invalid_line: Callable[[], None] | None = None) -> None:
         self.tenant = tenant
         self.settings = settings
         self.auth_dir = auth_dir
         self.lock_fd = lock_fd
         self.on_event = on_event
+        self.on_invalid_line = on_invalid_line
         self.proc: asyncio.subprocess.Process | None = None
         self.protocol_errors = 0
         self._last_line = time.monotonic()
@@ -142,6 +144,8 @@ class WorkerProcess:
         self.protocol_errors += 1
         log.warning("worker.protocol_error", tenant=self.tenant, kind=kind, message=message,
                     count=self.protocol_errors)
+        if self.on_invalid_line is not None:
+            self.on_invalid_line()
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
