@@ -209,7 +209,7 @@ class Tenant:
         async with self._spawn_slots:
             try:
                 pid = await worker.spawn()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in argv/env from the config
                 log.error("worker.spawn_failed", tenant=self.id, error=str(exc))
                 self._spawned.set()
                 return Ending.SPAWN, None

@@ -234,3 +234,15 @@ def test_change_state_validates(make_settings):
         tenant.change_state(TenantState.STARTING, "start")
     assert logs == [{"event": "tenant.state", "log_level": "info", "tenant": "t", "from_state": "stopped",
                      "to_state": "starting", "reason": "start"}]
+
+
+async def test_unexecutable_command_backs_off_not_crashes(make_settings):
+    clock = FakeClock(limit=30.0)
+    settings = make_settings(None, worker={"command": ("/nonexistent/worker",)}, env={"BAD": "a\x00b"})
+    sup = sup_for(settings, clock)
+    st = await sup.start_tenant("t")
+    assert st["pid"] is None
+    await asyncio.wait_for(clock.limit_reached.wait(), 10)
+    st = sup.status("t")
+    assert st["state"] == "backoff" and st["stateReason"] == "spawn_failed"
+    await sup.stop_tenant("t")
