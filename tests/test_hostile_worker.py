@@ -1,0 +1,297 @@
+"""Hostile workers against the real daemon in its own process (tests/hostile/daemon_host.py: run_daemon with the
+API and JSON logging as in production) with real worker subprocesses (tests/hostile/hostile_worker.py).
+
+What docs/protocol.md promises, checked from outside: junk on stdout is counted (baileys_supervisor_worker_invalid
+_lines) and ignored; lines over 1 MiB are dropped and counted, a line of exactly 1 MiB is accepted; a worker that
+sends no complete line for heartbeat_timeout is killed and restarted with backoff; the daemon's RSS (psutil, sampled
+every 10 ms) stays bounded; and a well-behaved tenant on the same daemon keeps answering (status latency) and keeps
+having its heartbeats processed (its `rss` counts up, read back from /metrics) while the neighbour misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "hostile"))
+from hostile_worker import flood_plan  # noqa: E402
+
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+MiB = 1 << 20
+# Headroom over the idle daemon's RSS. The framing layer holds at most one 1 MiB line plus a 64 KiB chunk per
+# stream, and the pipe transport pauses reading past 2 x 64 KiB: anything near the flood size (8-100 MB) is a leak.
+RSS_HEADROOM = 24 * MiB
+HEARTBEAT_TIMEOUT = 3.0
+FLOOD_BUDGET = 4.0  # seconds for the 2 MB junk flood (see the flood test)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A daemon process plus an RSS sampler thread."""
+
+    def __init__(self, tmp_path: Path, marker: str, **cfg) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "daemon.log"
+        storage = tmp_path / "storage"
+        storage.mkdir(exist_ok=True)
+        self.cfg = {"storage": str(storage), "port": self.port, "heartbeat_interval": 0.5,
+                    "heartbeat_timeout": HEARTBEAT_TIMEOUT, "stop_grace": 1.0,
+                    "command": [sys.executable, "-I", str(HOSTILE / "hostile_worker.py"), "--marker", marker],
+                    "restart": {"initial_delay": 0.2, "max_delay": 0.5, "jitter": 0.0}, **cfg}
+        self.proc: subprocess.Popen | None = None
+        self.peak_rss = 0
+        self._sampling = False
+        self._sampler: threading.Thread | None = None
+
+    async def __aenter__(self) -> "Daemon":
+        with open(self.log, "ab") as out:  # a file: a chatty daemon must never block on a full pipe
+            self.proc = subprocess.Popen([sys.executable, str(HOSTILE / "daemon_host.py"), json.dumps(self.cfg)],
+                                         stdout=out, stderr=subprocess.STDOUT)
+        self.ps = psutil.Process(self.proc.pid)
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+        async def up() -> bool:
+            try:
+                async with self.http.get(self.url + "/healthz") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                assert self.proc.poll() is None, self.log.read_text()[-2000:]
+                return False
+
+        deadline = time.monotonic() + 15
+        while not await up():
+            assert time.monotonic() < deadline, "daemon did not come up"
+            await asyncio.sleep(0.05)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop_sampling()
+        await self.http.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def start_sampling(self) -> None:
+        self._sampling = True
+
+        def loop() -> None:
+            while self._sampling:
+                try:
+                    self.peak_rss = max(self.peak_rss, self.rss())
+                except psutil.NoSuchProcess:
+                    return
+                time.sleep(0.01)
+
+        self._sampler = threading.Thread(target=loop, daemon=True)
+        self._sampler.start()
+
+    def stop_sampling(self) -> None:
+        self._sampling = False
+        if self._sampler is not None:
+            self._sampler.join()
+
+    async def post(self, path: str) -> dict:
+        async with self.http.post(self.url + path) as r:
+            body = await r.json()
+            assert r.status == 200, body
+            return body
+
+    async def get(self, path: str) -> dict:
+        async with self.http.get(self.url + path) as r:
+            body = await r.json()
+            assert r.status == 200, body
+            return body
+
+    async def metric(self, name: str, tenant: str) -> float:
+        async with self.http.get(self.url + "/metrics") as r:
+            text = await r.text()
+        m = re.search(rf'^baileys_supervisor_{name}(?:_total)?{{tenant="{re.escape(tenant)}"}} (\S+)$', text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+
+class Prober:
+    """Polls the good tenant's status every 20 ms and records each answer's latency."""
+
+    def __init__(self, d: Daemon, tenant: str) -> None:
+        self.d, self.tenant = d, tenant
+        self.latencies: list[float] = []
+        self.answers: list[dict] = []
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            self.answers.append(await self.d.get(f"/whatsapp/{self.tenant}/status"))
+            self.latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+
+    def __enter__(self) -> "Prober":
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._task.cancel()
+
+    def check(self, pid: int) -> None:
+        assert len(self.latencies) >= 5, "status polled too rarely: the API stalled"
+        worst = max(self.latencies)
+        # A stall this long would also let the watchdog kill healthy neighbours (heartbeat_timeout).
+        assert worst < 0.5, f"good tenant's status took {worst:.3f}s during the hostile run"
+        for a in self.answers:
+            assert (a["state"], a["pid"], a["restarts"]) == ("qr", pid, 0), a
+
+
+async def start_good(d: Daemon, tenant: str = "good-1") -> int:
+    st = await d.post(f"/whatsapp/{tenant}/start")
+    for _ in range(200):
+        st = await d.get(f"/whatsapp/{tenant}/status")
+        if st["hasQR"] and await d.metric("worker_rss_bytes", tenant) > 0:
+            return st["pid"]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"good tenant never got going: {st}")
+
+
+async def wait_status(d: Daemon, tenant: str, pred, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await d.get(f"/whatsapp/{tenant}/status")
+        if pred(st):
+            return st
+        assert time.monotonic() < deadline, f"{tenant}: condition not met within {timeout}s: {st}"
+        await asyncio.sleep(0.05)
+
+
+async def idle_baseline(d: Daemon) -> int:
+    await asyncio.sleep(0.5)  # allocator settles after the first requests
+    return d.rss()
+
+
+@pytest.mark.slow
+async def test_flood_of_junk_lines_is_counted_bounded_and_does_not_stall_neighbours(tmp_path, marker):
+    # 2 MB = 132,000 junk lines. Parsing a junk line costs a few microseconds, so the whole flood is a fraction of a
+    # second of daemon CPU when junk is only counted; FLOOD_BUDGET leaves ample room for a slow CI machine.
+    mb = 2
+    async with Daemon(tmp_path, marker, env={"BSUP_HOSTILE_MB": str(mb)}) as d:
+        good_pid = await start_good(d)
+        base = await idle_baseline(d)
+        hb_before = await d.metric("worker_rss_bytes", "good-1")
+        d.start_sampling()
+        with Prober(d, "good-1") as probe:
+            t0 = time.monotonic()
+            await d.post("/whatsapp/flood-1/start")
+            st = await wait_status(d, "flood-1", lambda s: s["hasQR"], timeout=30)
+            elapsed = time.monotonic() - t0
+            await asyncio.sleep(0.3)
+        d.stop_sampling()
+        invalid = await d.metric("worker_invalid_lines", "flood-1")
+        hb_after = await d.metric("worker_rss_bytes", "good-1")
+    _, expected = flood_plan(mb)
+    print(f"flood {mb} MB ({expected} junk lines) in {elapsed:.2f}s; daemon RSS idle {base / MiB:.1f} MiB, "
+          f"peak {d.peak_rss / MiB:.1f} MiB; good status p_max {max(probe.latencies) * 1000:.0f} ms "
+          f"over {len(probe.latencies)} polls; good heartbeats {hb_before:.0f} -> {hb_after:.0f}")
+    assert invalid == expected, (invalid, expected)
+    assert elapsed < FLOOD_BUDGET, (f"{expected} junk lines took the daemon {elapsed:.1f}s "
+                                    f"({expected / elapsed:,.0f} lines/s): junk is too expensive to ignore")
+    assert st["state"] == "qr" and st["restarts"] == 0  # junk is ignored, never a reason to restart
+    assert d.peak_rss - base < RSS_HEADROOM, f"daemon RSS grew by {(d.peak_rss - base) / MiB:.1f} MiB"
+    probe.check(good_pid)
+    # The good worker heartbeats every 0.1 s with a counting rss: its lines were processed throughout.
+    assert hb_after - hb_before >= elapsed * 10 * 0.5
+
+
+@pytest.mark.slow
+async def test_100mb_line_without_newline_then_valid_lines(tmp_path, marker):
+    async with Daemon(tmp_path, marker) as d:
+        good_pid = await start_good(d)
+        base = await idle_baseline(d)
+        d.start_sampling()
+        with Prober(d, "good-1") as probe:
+            t0 = time.monotonic()
+            await d.post("/whatsapp/hugeline-1/start")
+            # The valid qr line right after the 100 MB line's newline is processed: framing recovered.
+            st = await wait_status(d, "hugeline-1", lambda s: s["hasQR"], timeout=40)
+            elapsed = time.monotonic() - t0
+            await asyncio.sleep(0.3)
+        d.stop_sampling()
+        qr = await d.get("/whatsapp/hugeline-1/qr")
+        invalid = await d.metric("worker_invalid_lines", "hugeline-1")
+    print(f"100 MB line in {elapsed:.2f}s; daemon RSS idle {base / MiB:.1f} MiB, peak {d.peak_rss / MiB:.1f} MiB; "
+          f"good status max {max(probe.latencies) * 1000:.0f} ms")
+    assert qr["qr"] == "after-huge-line"
+    assert invalid == 1  # dropped and counted once, not once per chunk
+    assert st["restarts"] == 0
+    assert d.peak_rss - base < RSS_HEADROOM, f"daemon RSS grew by {(d.peak_rss - base) / MiB:.1f} MiB"
+    probe.check(good_pid)
+
+
+@pytest.mark.slow
+async def test_invalid_utf8_and_lines_at_the_limit(tmp_path, marker):
+    async with Daemon(tmp_path, marker) as d:
+        good_pid = await start_good(d)
+        base = await idle_baseline(d)
+        d.start_sampling()
+        with Prober(d, "good-1") as probe:
+            await d.post("/whatsapp/badutf8-1/start")
+            await d.post("/whatsapp/limit-1/start")
+            await wait_status(d, "badutf8-1", lambda s: s["hasQR"], timeout=30)
+            st = await wait_status(d, "limit-1", lambda s: s["hasQR"], timeout=30)
+            await asyncio.sleep(1.0)  # the over-limit `connecting` line has been read by now (heartbeats follow it)
+            st = await d.get("/whatsapp/limit-1/status")
+        d.stop_sampling()
+        bad = await d.metric("worker_invalid_lines", "badutf8-1")
+        limit = await d.metric("worker_invalid_lines", "limit-1")
+        qr = await d.get("/whatsapp/badutf8-1/qr")
+    assert bad == 20_000 and qr["qr"] == "after-bad-utf8"
+    # Exactly 1 MiB: accepted (state qr, hasQR). 1 MiB + 1: dropped and counted, so no `connecting` transition.
+    assert (st["state"], st["hasQR"], st["restarts"]) == ("qr", True, 0), st
+    assert limit == 1
+    assert d.peak_rss - base < RSS_HEADROOM, f"daemon RSS grew by {(d.peak_rss - base) / MiB:.1f} MiB"
+    probe.check(good_pid)
+
+
+@pytest.mark.slow
+async def test_endless_line_is_killed_by_the_watchdog_and_restarted(tmp_path, marker):
+    """No complete line for heartbeat_timeout -> killed (process group) and handled as a crash: backoff, respawn."""
+    async with Daemon(tmp_path, marker) as d:
+        good_pid = await start_good(d)
+        base = await idle_baseline(d)
+        d.start_sampling()
+        with Prober(d, "good-1") as probe:
+            first = (await d.post("/whatsapp/endless-1/start"))["pid"]
+            st = await wait_status(d, "endless-1", lambda s: s["restarts"] >= 1 and s["pid"] not in (None, first),
+                                   timeout=HEARTBEAT_TIMEOUT + 10)
+        d.stop_sampling()
+        await d.post("/whatsapp/endless-1/stop")
+        log = d.log.read_text()
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    assert '"worker.heartbeat_timeout"' in log and '"tenant": "endless-1"' in log
+    assert st["state"] in ("qr", "starting", "connecting"), st
+    assert d.peak_rss - base < RSS_HEADROOM, f"daemon RSS grew by {(d.peak_rss - base) / MiB:.1f} MiB"
+    probe.check(good_pid)
