@@ -23,8 +23,11 @@ node_worker/node_modules/.installed: node_worker/package.json node_worker/packag
 run: setup
 	$(VENV)/bin/baileys-supervisor run --config $(CONFIG)
 
+# The whole suite: the worker's node tests, the simulator's node tests (real Baileys against it), then pytest
+# (unit, integration, and the end-to-end tests of daemon + real worker + real Baileys + simulator).
 test: setup
 	cd node_worker && node --test
+	node --test tests/wa_sim/test/
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-py: setup
@@ -32,6 +35,7 @@ test-py: setup
 
 test-node: setup
 	cd node_worker && node --test
+	node --test tests/wa_sim/test/
 
 clean:
 	rm -rf $(VENV) node_worker/node_modules
