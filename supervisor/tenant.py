@@ -46,6 +46,9 @@ TRANSITIONS: dict[TenantState, frozenset[TenantState]] = {
 }
 LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server before it is stopped
 MessageHook = Callable[[str, dict[str, Any]], None]
+# on_event(tenant, kind, data): kind "state" {from, to, reason}, "qr" {qr}, "open" {serverTime, receivedAt}.
+# Called synchronously from the transition/event path; the daemon uses it for SSE, notify STATUS= and doctor.
+EventHook = Callable[["Tenant", str, dict[str, Any]], None]
 
 
 class InvalidTransition(RuntimeError):
@@ -62,8 +65,9 @@ class Tenant:
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: asyncio.Semaphore,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random, on_message: MessageHook | None = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, on_event: EventHook | None = None) -> None:
         self.id = tid
+        self.on_event = on_event
         self.metrics = metrics  # supervisor.metrics.Metrics or None; every hook is cheap and never raises
         self.settings = settings
         self.dir = settings.storage.root / "whatsapp" / tid
@@ -105,6 +109,15 @@ class Tenant:
         log.info("tenant.state", tenant=self.id, from_state=old.value, to_state=new.value, reason=reason)
         if self.metrics is not None:
             self.metrics.on_state(self.id, old, new)
+        self._emit("state", {"from": old.value, "to": new.value, "reason": reason})
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(self, kind, data)
+        except Exception as exc:  # an observer's bug must never break a transition
+            log.error("tenant.event_hook_failed", tenant=self.id, kind=kind, error=type(exc).__name__)
 
     @property
     def running(self) -> bool:
@@ -287,6 +300,7 @@ class Tenant:
             self.change_state(S.QR, "waiting_for_scan")
             self.qr = event.get("qr")  # never logged
             log.info("tenant.qr", tenant=self.id)
+            self._emit("qr", {"qr": self.qr})
 
     def _ev_pairing_code(self, event: protocol.Event) -> None:
         log.info("tenant.pairing_code", tenant=self.id)  # the code itself is a credential: not logged
@@ -297,6 +311,7 @@ class Tenant:
             self.me = me if isinstance(me, dict) else None
             self.push_name = event.get("pushName")
             self.policy.on_open(self.clock())
+            self._emit("open", {"serverTime": event.get("serverTime"), "receivedAt": self.clock()})
             self.change_state(S.CONNECTED)
             log.info("tenant.open", tenant=self.id, me=(self.me or {}).get("id"))
 
