@@ -1,0 +1,88 @@
+"""The seed's GO/NO-GO and cause 1, end to end: daemon + real worker + real Baileys + the simulator."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from e2e_harness import auth_files_parse, pair
+
+pytestmark = pytest.mark.e2e
+
+
+def test_go_no_go_scan_to_connected_through_the_515_restart(sim, make_daemon, storage_root: Path):
+    d = make_daemon(sim)
+    d.start_tenant("1")
+    # Before the scan: what the web app polls.
+    d.wait_status("1", lambda s: s["hasQR"], what="hasQR")
+    before = d.status("1")
+    assert before["connected"] is False and before["hasQR"] is True and before["state"] == "qr"
+    qr = d.qr("1")
+    assert qr["dataUrl"].startswith("data:image/png;base64,") and qr["qr"].startswith("https://wa.me/settings/")
+
+    t_scan = time.monotonic()
+    res = sim.scan(qr["qr"], pushName="Alice")
+    assert res["ok"], res
+    st = d.wait_connected("1", timeout=30)
+    print(f"\nscan -> connected: {time.monotonic() - t_scan:.3f} s")
+
+    assert st["pushName"] == "Alice"
+    assert st["me"]["id"] == res["jid"]
+    assert st["hasQR"] is False
+    # The 515 after pair-success was handled by the daemon alone: one automatic restart, nobody called start again.
+    assert st["restarts"] == 1
+    assert st["lastDisconnect"]["code"] == 515 and st["lastDisconnect"]["reason"] == "restartRequired"
+    assert st["auth"]["registered"] is True and st["auth"]["files"] > 1
+    auth = storage_root / "whatsapp" / "1" / "auth"
+    files = auth_files_parse(auth)
+    creds = json.loads((auth / "creds.json").read_text())
+    assert "creds.json" in files and creds["me"]["id"] == res["jid"]
+    c = sim.counters()
+    assert c["registrations"] == 1 and c["pairings"] == 1 and c["logins"] >= 1
+    assert c["conflicts"] == 0
+    starts = [e for e in d.log_events() if e.get("event") == "tenant.state" and e.get("reason") == "start"]
+    assert len(starts) == 1, starts  # one explicit start, the second worker came from the 515 row
+
+
+def test_cause1_fifty_concurrent_starts_one_registration_socket(sim, make_daemon):
+    d = make_daemon(sim)
+    barrier = threading.Barrier(50)
+
+    def start(_i: int) -> dict:
+        barrier.wait()  # all 50 requests leave together, like a UI calling start in a loop
+        return d.start_tenant("1")
+
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(start, range(50)))
+    assert all(a["ok"] for a in answers)
+    assert len({a["pid"] for a in answers}) == 1, {a["pid"] for a in answers}  # one worker for everyone
+
+    first_qr = d.wait_qr("1")
+    res = sim.scan(first_qr, pushName="Bob")
+    assert res["ok"], res  # the QR the first caller saw was never replaced under the user
+    st = d.wait_connected("1")
+    assert st["me"]["id"] == res["jid"]
+    state = sim.state()
+    c = state["counters"]
+    assert c["registrations"] == 1, c
+    assert c["pairings"] == 1 and c["conflicts"] == 0 and c["conflictsFromDuplicates"] == 0
+    assert state["maxConcurrentAnyDevice"] == 1
+    assert state["devices"][res["jid"]]["maxConcurrent"] == 1
+
+
+def test_serial_pairings_of_several_tenants(sim, make_daemon):
+    """Three tenants paired one after another on one daemon: each gets its own device, nobody disturbs another."""
+    d = make_daemon(sim)
+    jids = set()
+    for tid in ("a", "b", "c"):
+        r = pair(d, sim, tid)
+        jids.add(r["status"]["me"]["id"])
+    assert len(jids) == 3
+    assert all(d.status(t)["connected"] for t in ("a", "b", "c"))
+    c = sim.counters()
+    assert c["registrations"] == 3 and c["pairings"] == 3 and c["conflicts"] == 0
