@@ -46,7 +46,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "connecting": {},
     "qr": {"qr": (_STR, True)},
     "pairing_code": {"code": (_STR, True)},
-    "open": {"me": ((dict, type(None)), False), "pushName": (_NULLABLE_STR, False)},
+    "open": {"me": ((dict, type(None)), False), "pushName": (_NULLABLE_STR, False), "serverTime": (_NUM, False)},
     "close": {"code": ((int, type(None)), False), "reason": (_NULLABLE_STR, False), "message": (_NULLABLE_STR, False),
               "isNewLogin": (_BOOL, False)},
     "creds": {"registered": (_BOOL, True), "me": (_NULLABLE_STR, False)},

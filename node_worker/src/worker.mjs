@@ -308,6 +308,15 @@ async function main() {
   });
   resolveSockReady();
 
+  // The server's clock, from the `t` attribute (seconds) of the <success> node it sends at login. Reported on
+  // `open` as `serverTime` (ms) so the daemon can show clock skew (seed cause 5). Baileys registered its own
+  // CB:success listener first, so ours runs before the `open` update it eventually emits.
+  let serverTimeMs = null;
+  sock.ws.on('CB:success', (node) => {
+    const t = Number(node?.attrs?.t);
+    if (Number.isFinite(t) && t > 0) serverTimeMs = Math.round(t * 1000);
+  });
+
   let sentConnecting = false;
   sock.ev.on('connection.update', (u) => {
     if (u.connection === 'connecting' && !sentConnecting) {
@@ -324,7 +333,9 @@ async function main() {
       const out = { id: me.id ?? null };
       if (me.lid) out.lid = me.lid;
       if (me.name) out.name = me.name;
-      emit({ type: 'open', me: out, pushName: me.name ?? null });
+      const event = { type: 'open', me: out, pushName: me.name ?? null };
+      if (serverTimeMs !== null) event.serverTime = serverTimeMs;
+      emit(event);
     }
     if (u.connection === 'close') {
       onClose(u.lastDisconnect).catch((err) => {
