@@ -60,10 +60,12 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}", file=str(p)) from None
+    except UnicodeDecodeError as exc:  # found by tests/test_fuzz_config.py: a binary file is a config error too
+        raise ConfigError(f"{p}: not UTF-8 text: {exc.reason} at byte {exc.start}", file=str(p)) from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML: {exc}", file=str(p)) from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int over Python's int-string digit limit
+        raise ConfigError(f"{p}: invalid YAML: {str(exc)[:300]}", file=str(p)) from None
     return settings_from_dict({} if data is None else data, source=p)
 
 
@@ -71,14 +73,18 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
     """Validate an already-parsed mapping. Relative paths resolve against the source file's directory (or cwd)."""
     src = Path(source) if source is not None else None
     ctx = _Ctx(str(src) if src else "<config>", (src.resolve().parent if src else Path.cwd()))
-    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "logging"))
+    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "logging", "webhook"))
+    storage, api = _storage(ctx, top.get("storage")), _api(ctx, top.get("api"))
+    from .config_webhook import webhook_config  # split out: this module stays one screenful per section
+
     return Settings(
-        storage=_storage(ctx, top.get("storage")),
-        api=_api(ctx, top.get("api")),
+        storage=storage,
+        api=api,
         worker=_worker(ctx, top.get("worker")),
         restart=_restart(ctx, top.get("restart")),
         tenants=_tenants(ctx, top.get("tenants")),
         logging=_logging(ctx, top.get("logging")),
+        webhook=webhook_config(ctx, top.get("webhook"), storage_root=storage.root, api_secret=api.secret),
         source=src.resolve() if src else None,
     )
 
@@ -151,7 +157,7 @@ def _worker(ctx: _Ctx, raw: Any) -> WorkerSettings:
     out: dict[str, Any] = {}
     if d.get("command") is not None:
         cmd = d["command"]
-        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) and a for a in cmd):
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) and a and "\x00" not in a for a in cmd):
             raise ctx.fail("worker.command", "a non-empty list of strings (argv)", cmd)
         out["command"] = tuple(_resolve_argv0(ctx, cmd))
     if "env" in d:
@@ -160,8 +166,8 @@ def _worker(ctx: _Ctx, raw: Any) -> WorkerSettings:
         for k, v in env.items():
             if not isinstance(k, str) or not ENV_NAME_RE.match(k):
                 raise ctx.fail("worker.env", "environment variable names as keys", k)
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                raise ctx.fail(f"worker.env.{k}", "a string", v)
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)) or "\x00" in str(v):
+                raise ctx.fail(f"worker.env.{k}", "a string without NUL bytes", v)
             clean[k] = str(v)
         out["env"] = clean
     if "wa_url" in d and d["wa_url"] is not None:
@@ -272,8 +278,9 @@ def _mapping(ctx: _Ctx, path: str, raw: Any, allowed: tuple[str, ...] | None) ->
 
 
 def _str(ctx: _Ctx, path: str, v: Any) -> str:
-    if not isinstance(v, str):
-        raise ctx.fail(path, "a string", v)
+    # NUL bytes are refused everywhere: paths, argv and env cannot carry them (ValueError much later otherwise).
+    if not isinstance(v, str) or "\x00" in v:
+        raise ctx.fail(path, "a string without NUL bytes", v)
     return v
 
 
@@ -291,9 +298,15 @@ def _int(ctx: _Ctx, path: str, v: Any, lo: int | None = None, hi: int | None = N
 
 
 def _float(ctx: _Ctx, path: str, v: Any, pred: Callable[[float], bool], what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not pred(float(v)):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ctx.fail(path, what, v)
-    return float(v)
+    try:
+        f = float(v)  # a huge YAML int overflows here (found by tests/test_fuzz_config.py)
+    except OverflowError:
+        raise ctx.fail(path, what, v) from None
+    if not math.isfinite(f) or not pred(f):
+        raise ctx.fail(path, what, v)
+    return f
 
 
 def _pos_float(ctx: _Ctx, path: str, v: Any) -> float:

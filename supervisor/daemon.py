@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import random
 import re
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from supervisor.errors import ConfigError, InvalidTenantId, ShuttingDown, UnknownTenant
+from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
+from supervisor.eventbus import EventBus
 from supervisor.settings import Settings
 from supervisor.states import ACTIVE_STATES, TenantState
 from supervisor.tenant import MessageHook, Tenant
@@ -48,6 +47,9 @@ class Supervisor:
         self._op_locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self.metrics = _make_metrics()  # GET /metrics is served when this is not None
+        self.events = EventBus()  # live state/QR events for GET /events (SSE)
+        self.state_changed = asyncio.Event()  # set on every transition; the notify STATUS= task clears it
+        self.server_clock: dict[str, dict[str, Any]] = {}  # tenant -> the last `open` event's serverTime
 
     @property
     def root(self):
@@ -60,13 +62,37 @@ class Supervisor:
             if not create and not (self.root / tid / "auth").is_dir():
                 raise UnknownTenant(f"unknown tenant {tid}", tenant=tid)
             tenant = Tenant(tid, self.settings, spawn_slots=self._spawn_slots, clock=self.clock, sleep=self._sleep,
-                            rand=self._rand, on_message=self._forward_message, metrics=self.metrics)
+                            rand=self._rand, on_message=self._forward_message, metrics=self.metrics,
+                            on_event=self._on_tenant_event)
             self.tenants[tid] = tenant
         return tenant
 
     def _forward_message(self, tid: str, payload: dict[str, Any]) -> None:
         if self.on_message is not None:
             self.on_message(tid, payload)
+
+    def _on_tenant_event(self, tenant: Tenant, kind: str, data: dict[str, Any]) -> None:
+        if kind == "state":
+            self.events.publish(tenant.id, "state", {"from": data["from"], "state": data["to"],
+                                                     "reason": data.get("reason")})
+            self.state_changed.set()
+        elif kind == "qr":
+            self.events.publish(tenant.id, "qr", {"qr": data.get("qr")})
+        elif kind == "open":
+            self.server_clock[tenant.id] = data
+
+    def clock_info(self, tid: str) -> dict[str, Any] | None:
+        """Clock skew at the last login: our receive time minus the server time WhatsApp sent (ms; positive = our
+        clock is ahead). None when the worker never reported `serverTime`."""
+        info = self.server_clock.get(tid)
+        server = info.get("serverTime") if info else None
+        if not isinstance(server, (int, float)) or isinstance(server, bool):
+            return None
+        received = float(info["receivedAt"])
+        return {"serverTime": server, "receivedAt": received * 1000, "skewMs": round(received * 1000 - server)}
+
+    def _status(self, tenant: Tenant) -> dict[str, Any]:
+        return {**tenant.status(), "clock": self.clock_info(tenant.id)}
 
     def _op_lock(self, tid: str) -> asyncio.Lock:
         return self._op_locks.setdefault(tid, asyncio.Lock())
@@ -91,13 +117,13 @@ class Supervisor:
                 raise ShuttingDown("the daemon is shutting down")
             tenant = self._tenant(tid, create=True)
             await tenant.start()
-            return tenant.status()
+            return self._status(tenant)
 
     async def stop_tenant(self, tid: str) -> dict[str, Any]:
         tenant = self._tenant(tid, create=False)
         async with self._op_lock(tid):
             await tenant.stop("stop")
-            return tenant.status()
+            return self._status(tenant)
 
     async def restart_tenant(self, tid: str) -> dict[str, Any]:
         tenant = self._tenant(tid, create=True)
@@ -106,26 +132,26 @@ class Supervisor:
         async with self._op_lock(tid):
             await tenant.stop("restart")
             await tenant.start()
-            return tenant.status()
+            return self._status(tenant)
 
     async def logout_tenant(self, tid: str) -> dict[str, Any]:
         tenant = self._tenant(tid, create=False)
         async with self._op_lock(tid):
             await tenant.logout()
-            return tenant.status()
+            return self._status(tenant)
 
     async def pairing_code(self, tid: str, phone: str) -> str:
         return await self._tenant(tid, create=False).pairing_code(phone)
 
     def status(self, tid: str) -> dict[str, Any]:
-        return self._tenant(tid, create=False).status()
+        return self._status(self._tenant(tid, create=False))
 
     def statuses(self) -> list[dict[str, Any]]:
         with contextlib.suppress(OSError):
             for entry in self.root.iterdir():  # tenants with auth on disk are known even before a start
                 if entry.name not in self.tenants and TENANT_ID_RE.fullmatch(entry.name) and (entry / "auth").is_dir():
                     self._tenant(entry.name, create=True)
-        return [self.tenants[t].status() for t in sorted(self.tenants)]
+        return [self._status(self.tenants[t]) for t in sorted(self.tenants)]
 
     def qr(self, tid: str) -> str | None:
         return self._tenant(tid, create=False).qr
@@ -180,67 +206,9 @@ def _make_metrics() -> Any:
     return Metrics()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).is_loopback
-    return False
-
-
 async def run_daemon(settings: Settings, *, shutdown_event: asyncio.Event | None = None,
-                     supervisor: Supervisor | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `shutdown_event`); a second signal forces the workers down at once.
-    Order on the way out: stop accepting API requests, stop all workers in parallel, release locks."""
-    if settings.api.secret is None and not _is_loopback(settings.api.host):
-        raise ConfigError(f"refusing to bind {settings.api.host} without an API secret")
-    loop = asyncio.get_running_loop()
-    stop = shutdown_event or asyncio.Event()
-    force = asyncio.Event()
+                     supervisor: Supervisor | None = None, notifier: Any = None) -> None:
+    """See supervisor.runner.run_daemon (kept importable from here: tests and tools use this name)."""
+    from supervisor.runner import run_daemon as _run
 
-    def on_signal(signame: str) -> None:
-        if stop.is_set():
-            force.set()
-        stop.set()
-        log.info("daemon.signal", signal=signame, forced=force.is_set())
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    sup = supervisor or Supervisor(settings)
-    runner = None
-    try:
-        runner = await _start_api(sup)
-        log.info("daemon.started", pid=os.getpid(), host=settings.api.host, port=settings.api.port,
-                 api=runner is not None, storage=str(settings.storage.root))
-        boot = asyncio.create_task(sup.boot())
-        await stop.wait()
-        log.info("daemon.stopping", tenants=len(sup.tenants))
-        boot.cancel()  # starts still in flight are awaited by shutdown()
-        await asyncio.gather(boot, return_exceptions=True)
-    finally:
-        if runner is not None:
-            await runner.cleanup()  # stop accepting first: no start can race the shutdown
-        await sup.shutdown(force=force)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        log.info("daemon.stopped", pid=os.getpid())
-
-
-async def _start_api(sup: Supervisor):
-    try:
-        from supervisor.api import make_app  # lazy: the API module is optional for library users and tests
-    except ModuleNotFoundError as exc:
-        if exc.name != "supervisor.api":
-            raise
-        log.warning("daemon.api_unavailable")
-        return None
-    from aiohttp import web
-
-    runner = web.AppRunner(make_app(sup), shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, sup.settings.api.host, sup.settings.api.port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    await _run(settings, shutdown_event=shutdown_event, supervisor=supervisor, notifier=notifier)

@@ -63,6 +63,22 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    # Same fields as supervisor.webhook.WebhookSettings (which pulls in aiohttp): the daemon converts one into the
+    # other, so loading a config never imports the HTTP client.
+    url: str | None = None  # None: forwarding off (messages are not spooled)
+    secret: str | None = None  # X-Internal-Secret; the loader defaults it to api.secret
+    timeout: float = 10.0
+    initial_delay: float = 1.0
+    multiplier: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.2
+    max_items: int = 100_000
+    max_bytes: int | None = None
+    spool_path: Path | None = None  # None: <storage.root>/webhook-spool.sqlite3; relative: against storage.root
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -70,4 +86,5 @@ class Settings:
     restart: RestartSettings = field(default_factory=RestartSettings)
     tenants: TenantsSettings = field(default_factory=TenantsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     source: Path | None = None  # the YAML file these came from, for error messages and reload

@@ -1,0 +1,79 @@
+"""Server-Sent Events for `GET /events` and `GET /whatsapp/{tenant}/events` (docs/events.md, "Live events").
+
+Each stream starts with a `snapshot` event (current status, no id) unless the client resumes with `Last-Event-ID`
+(header, or `?lastEventId=` for clients that cannot set headers), then carries `state` and `qr` events with ids.
+A comment line (`: keep-alive`) every `heartbeat` seconds keeps proxies from closing an idle stream and lets the
+client notice a dead daemon. Auth is the API's auth middleware: QR strings only ever go to authenticated clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .eventbus import Event, EventBus
+from .errors import BadRequest, UnknownTenant
+
+HEARTBEAT = 15.0
+
+
+def format_event(ev: Event) -> bytes:
+    lines = []
+    if ev.id is not None:
+        lines.append(f"id: {ev.id}")
+    lines.append(f"event: {ev.type}")
+    lines.append("data: " + json.dumps(ev.data, separators=(",", ":"), default=str))  # one line: no \n inside
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _last_id(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest("Last-Event-ID must be a non-negative integer from this stream")
+    return int(raw)
+
+
+async def stream(request: web.Request, sup: Any, tenant: str | None) -> web.StreamResponse:
+    bus: EventBus | None = getattr(sup, "events", None)
+    if bus is None:
+        raise web.HTTPNotFound()
+    last_id = _last_id(request)
+    sub = bus.subscribe(tenant, last_id)  # before the snapshot: nothing can fall between the two
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                       "X-Accel-Buffering": "no"})  # nginx: do not buffer the stream
+    await resp.prepare(request)
+    heartbeat = float(getattr(sup, "sse_heartbeat", HEARTBEAT))
+    try:
+        await resp.write(b"retry: 2000\n\n")
+        if last_id is None:
+            await resp.write(format_event(Event(None, "snapshot", tenant, _snapshot(sup, tenant))))
+        while True:
+            try:
+                ev = await sub.get(timeout=heartbeat)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if ev is None:  # daemon shutdown or this client fell behind: it reconnects with Last-Event-ID
+                break
+            await resp.write(format_event(ev))
+    except (ConnectionResetError, asyncio.CancelledError):
+        sub.close()
+        raise
+    finally:
+        sub.close()
+    return resp
+
+
+def _snapshot(sup: Any, tenant: str | None) -> dict[str, Any]:
+    if tenant is None:
+        return {"lastEventId": sup.events.last_id, "tenants": sup.statuses()}
+    try:
+        st = sup.status(tenant)
+    except UnknownTenant:
+        st = None
+    return {"lastEventId": sup.events.last_id, "tenant": tenant, "status": st}
