@@ -44,6 +44,10 @@ TRANSITIONS: dict[TenantState, frozenset[TenantState]] = {
     S.CONFLICT: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT}),
     S.FAILED: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT}),
 }
+# Fatal worker errors that no restart can cure, so the tenant rests in `failed` (reason = the code) instead of
+# backing off forever: an untrusted server (it failed certificate verification: a wrong endpoint or an
+# interceptor) and an unparsable creds.json (the worker refuses to overwrite it with fresh creds).
+REST_ON_FATAL = frozenset({"server_verification_failed", "auth_corrupt"})
 LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server before it is stopped
 MessageHook = Callable[[str, dict[str, Any]], None]
 # on_event(tenant, kind, data): kind "state" {from, to, reason}, "qr" {qr}, "open" {serverTime, receivedAt}.
@@ -340,6 +344,8 @@ class Tenant:
     def _ev_error(self, event: protocol.Event) -> None:
         log.warning("worker.error", tenant=self.id, code=event.get("code"), message=event.get("message"),
                     fatal=event.get("fatal", False))
+        if event.get("fatal") and event.get("code") in REST_ON_FATAL:
+            self._fatal = event.get("code")  # retrying cannot help: rest in `failed` with this reason
 
     # -- storage ------------------------------------------------------------------------------------------------
     def _archive_auth(self) -> None:
