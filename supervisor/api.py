@@ -10,6 +10,7 @@ import hmac
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -21,7 +22,9 @@ SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor", object)
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # Digits of an international number without '+', E.164 allows at most 15.
 PHONE_RE = re.compile(r"^[0-9]{6,15}$")
-OPEN_PATHS = frozenset({"/healthz"})
+# /openapi.json is open on purpose: it describes the API (no secrets, no tenant data), and tools fetch it unauthenticated.
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -218,6 +221,22 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+async def events_all(request: web.Request) -> web.StreamResponse:
+    from .sse import stream
+
+    return await stream(request, request.app[SUPERVISOR], None)
+
+
+async def events_tenant(request: web.Request) -> web.StreamResponse:
+    from .sse import stream
+
+    return await stream(request, request.app[SUPERVISOR], _tenant(request))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
+
+
 def make_app(supervisor: Any) -> web.Application:
     """The control API around a `Supervisor` (see docs/design.md). The daemon serves it with AppRunner/TCPSite."""
     limit = supervisor.settings.api.max_body_bytes
@@ -232,6 +251,10 @@ def make_app(supervisor: Any) -> web.Application:
     app.router.add_get(f"{_T}/status", status)
     app.router.add_get(f"{_T}/qr", qr)
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
+    app.router.add_get("/openapi.json", openapi)
+    if getattr(supervisor, "events", None) is not None:  # supervisor/eventbus.py: live events (SSE)
+        app.router.add_get("/events", events_all)
+        app.router.add_get(f"{_T}/events", events_tenant)
     if getattr(supervisor, "metrics", None) is not None:  # supervisor/metrics.py, when the daemon owns one
         app.router.add_get("/metrics", metrics)
     return app

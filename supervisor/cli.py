@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import load_settings
-from .errors import ConfigError
+from .errors import ConfigError, SupervisorError
 from .settings import PROJECT_ROOT
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -94,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. the API port is taken: one clear line, not a traceback
         print(f"baileys-supervisor: cannot run: {exc}", file=sys.stderr)
         return EXIT_API
+    except ConfigError:
+        raise  # exit 2 in main()
+    except SupervisorError as exc:  # e.g. SpoolLocked: another daemon owns this storage's webhook spool
+        print(f"baileys-supervisor: cannot run: {exc.code}: {exc}", file=sys.stderr)
+        return EXIT_API
     return result if isinstance(result, int) else EXIT_OK
 
 
@@ -136,6 +141,32 @@ def cmd_qr(args: argparse.Namespace) -> int:
     sys.stdout.write(terminal_text(raw))
     print(f"{args.tenant}: scan with WhatsApp > Linked devices (state: {body.get('state')})")
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    from .settings import StorageSettings
+
+    url, secret = endpoint(args)
+    config = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    storage = load_settings(config).storage.root if config else StorageSettings().root
+
+    def api(method: str, path: str) -> dict[str, Any]:
+        try:
+            return call(url, method, path, secret, args.timeout)
+        except Unreachable as exc:
+            raise doctor.ApiUnavailable(str(exc)) from None
+        except ApiError as exc:
+            if exc.status == 404:
+                raise LookupError(str(exc)) from None
+            raise
+
+    tenant = args.tenant
+    if tenant is not None:
+        _q(tenant)
+    report = doctor.diagnose(api, storage, tenant)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else doctor.render(report))
+    return EXIT_OK if report.ok else EXIT_API
 
 
 COLUMNS = [("TENANT", "tenant"), ("STATE", "state"), ("CONNECTED", "connected"), ("QR", "hasQR"), ("PID", "pid"),
@@ -185,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     qr = sub.add_parser("qr", parents=[common], help="draw a tenant's current QR in the terminal")
     qr.add_argument("tenant")
     qr.set_defaults(func=cmd_qr)
+    doc = sub.add_parser("doctor", parents=[common], help="check the daemon and tenants; a verdict and a fix per check")
+    doc.add_argument("tenant", nargs="?")
+    doc.set_defaults(func=cmd_doctor)
     return parser
 
 
