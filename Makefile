@@ -37,5 +37,10 @@ test-node: setup
 	cd node_worker && node --test
 	node --test tests/wa_sim/test/
 
+# The whole pairing flow without a phone (simulator + daemon + real worker on a temporary storage); DEMO_ARGS=--auto
+# skips the keypress.
+demo: setup
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) node_worker/node_modules
