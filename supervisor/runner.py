@@ -166,7 +166,8 @@ class MessageSink:
         from .spool import SpoolFull
 
         try:
-            await self.forwarder.submit(tid, payload)
+            # docs/webhook.md's payload is the whole event, type included (Event.fields leaves `type` out)
+            await self.forwarder.submit(tid, {"type": "message", **payload})
         except SpoolFull:
             pass  # already logged (webhook.spool_full) and counted by the forwarder
         except Exception as exc:  # noqa: BLE001 - e.g. WebhookClosed during shutdown, a disk error
