@@ -42,5 +42,10 @@ test-node: setup
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
+bench: setup  # prints numbers (docs/benchmarks.md); needs wrk (apt) and supervisord (pip) for api_load
+	$(PY) bench/respawn.py
+	$(PY) bench/daemon_idle.py
+	$(PY) bench/api_load.py
+
 clean:
 	rm -rf $(VENV) node_worker/node_modules

@@ -61,7 +61,10 @@ def supervisord_conf(tmp: Path, port: int) -> Path:
 def run_supervisord(exe: str, tmp: Path, duration: int) -> dict:
     port = free_port()
     conf = supervisord_conf(tmp, port)
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # PyPI's supervisor and this project are both the top-level package `supervisor`: keep our PYTHONPATH out of
+    # supervisord (and never install it into the project venv).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         rpc = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
         deadline = time.monotonic() + 60

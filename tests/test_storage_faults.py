@@ -23,6 +23,8 @@ from conftest import live_workers, spawn_records, wait_until
 from supervisor.daemon import Supervisor
 from supervisor.errors import SupervisorError
 
+pytestmark = pytest.mark.slow  # fault injection (mounts, chattr); still run in CI
+
 READY = [{"hello": {}}, {"qr": "q"}, {"wait": True}]
 
 
