@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from e2e_harness import Daemon, Simulator, daemon_config, free_port
+from .e2e_harness import Daemon, Simulator, daemon_config, free_port
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from e2e_harness import auth_files_parse, pair
+from .e2e_harness import auth_files_parse, pair
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from e2e_harness import ROOT
+from .e2e_harness import ROOT
 
 pytestmark = pytest.mark.e2e
 

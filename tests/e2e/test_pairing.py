@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_harness import auth_files_parse, pair
+from .e2e_harness import auth_files_parse, pair
 
 pytestmark = pytest.mark.e2e
 
