@@ -7,15 +7,16 @@ Strict on purpose: a typo such as `stop_grace_s` silently falling back to a defa
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from .config_types import (  # noqa: F401 - config_webhook.py imports the scalar validators from here
+    _choice, _Ctx, _float, _int, _mapping, _names, _path, _pos_float, _str,
+)
 from .errors import ConfigError
 from .settings import (
     ApiSettings,
@@ -36,17 +37,6 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Keys of the file that are not Settings fields (they only feed the resolved api.secret).
 _API_SECRET_KEYS = ("secret", "secret_env", "secret_file")
-
-
-class _Ctx:
-    """Where we are: the file (for messages) and its directory (for relative paths)."""
-
-    def __init__(self, source: str, base: Path) -> None:
-        self.source = source
-        self.base = base
-
-    def fail(self, path: str, expected: str, value: Any) -> ConfigError:
-        return ConfigError(f"{self.source}: {path}: expected {expected}, got {value!r}", key=path, file=self.source)
 
 
 def default_settings() -> Settings:
@@ -253,72 +243,6 @@ def _logging(ctx: _Ctx, raw: Any) -> LoggingSettings:
         lvl = d["level"].lower() if isinstance(d["level"], str) else d["level"]
         out["level"] = _choice(ctx, "logging.level", lvl, LOG_LEVELS)
     return LoggingSettings(**out)
-
-
-# -- scalar helpers -------------------------------------------------------------------------------------------
-
-
-def _names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
-
-
-def _mapping(ctx: _Ctx, path: str, raw: Any, allowed: tuple[str, ...] | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ctx.fail(path or "<top level>", "a mapping", raw)
-    if allowed is not None:
-        for key in raw:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
-                raise ConfigError(
-                    f"{ctx.source}: {where}: unknown key (allowed: {', '.join(allowed)})", key=where, file=ctx.source
-                )
-    return raw
-
-
-def _str(ctx: _Ctx, path: str, v: Any) -> str:
-    # NUL bytes are refused everywhere: paths, argv and env cannot carry them (ValueError much later otherwise).
-    if not isinstance(v, str) or "\x00" in v:
-        raise ctx.fail(path, "a string without NUL bytes", v)
-    return v
-
-
-def _choice(ctx: _Ctx, path: str, v: Any, choices: tuple[str, ...]) -> str:
-    if v not in choices:
-        raise ctx.fail(path, "one of " + "|".join(choices), v)
-    return v
-
-
-def _int(ctx: _Ctx, path: str, v: Any, lo: int | None = None, hi: int | None = None, what: str | None = None) -> int:
-    ok = isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo) and (hi is None or v <= hi)
-    if not ok:
-        raise ctx.fail(path, what or (f"an integer >= {lo}" if lo is not None else "an integer"), v)
-    return v
-
-
-def _float(ctx: _Ctx, path: str, v: Any, pred: Callable[[float], bool], what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ctx.fail(path, what, v)
-    try:
-        f = float(v)  # a huge YAML int overflows here (found by tests/test_fuzz_config.py)
-    except OverflowError:
-        raise ctx.fail(path, what, v) from None
-    if not math.isfinite(f) or not pred(f):
-        raise ctx.fail(path, what, v)
-    return f
-
-
-def _pos_float(ctx: _Ctx, path: str, v: Any) -> float:
-    return _float(ctx, path, v, lambda x: x > 0, "a number > 0")
-
-
-def _path(ctx: _Ctx, path: str, v: Any) -> Path:
-    s = _str(ctx, path, v)
-    if not s:
-        raise ctx.fail(path, "a non-empty path", v)
-    p = Path(os.path.expanduser(s))
-    return p if p.is_absolute() else (ctx.base / p).resolve()
 
 
 def _is_loopback(host: str) -> bool:

@@ -17,6 +17,7 @@ import structlog
 
 from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
 from supervisor.eventbus import EventBus
+from supervisor.metrics import Metrics
 from supervisor.settings import Settings
 from supervisor.states import ACTIVE_STATES, TenantState
 from supervisor.tenant import MessageHook, Tenant
@@ -46,7 +47,7 @@ class Supervisor:
         self._spawn_slots = asyncio.Semaphore(settings.worker.max_concurrent_spawns)
         self._op_locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
-        self.metrics = _make_metrics()  # GET /metrics is served when this is not None
+        self.metrics = Metrics()  # GET /metrics (prometheus-client is a hard dependency)
         self.events = EventBus()  # live state/QR events for GET /events (SSE)
         self.state_changed = asyncio.Event()  # set on every transition; the notify STATUS= task clears it
         self.server_clock: dict[str, dict[str, Any]] = {}  # tenant -> the last `open` event's serverTime
@@ -196,14 +197,6 @@ class Supervisor:
                 log.error("daemon.stop_failed", error=type(result).__name__, message=str(result))
         for t in self.tenants.values():
             t.lock.release()
-
-
-def _make_metrics() -> Any:
-    try:
-        from supervisor.metrics import Metrics  # optional: prometheus_client may be absent in a slim install
-    except ImportError:
-        return None
-    return Metrics()
 
 
 async def run_daemon(settings: Settings, *, shutdown_event: asyncio.Event | None = None,

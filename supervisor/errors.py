@@ -62,3 +62,22 @@ class WorkerTimeout(SupervisorError):
 class ShuttingDown(SupervisorError):
     code = "shutting_down"
     status = 503
+
+
+class StorageError(SupervisorError):
+    """The tenant's storage refused a write or an open (read-only filesystem, full disk, immutable file, EIO...).
+
+    507 Insufficient Storage rather than 503: a client can tell it apart from `shutting_down` by the status alone,
+    and retrying will not help until an operator frees or fixes the disk. The message carries what the daemon tried
+    and the OS's reason (strerror), never a path outside the tenant or any file content."""
+
+    code = "storage_error"
+    status = 507
+
+    @classmethod
+    def from_os(cls, tenant: str, what: str, exc: OSError) -> "StorageError":
+        import errno
+
+        reason = exc.strerror or type(exc).__name__
+        name = errno.errorcode.get(exc.errno, None) if isinstance(exc.errno, int) else None
+        return cls(f"tenant {tenant}: cannot {what}: {reason}", tenant=tenant, errno=name)

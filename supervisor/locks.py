@@ -21,7 +21,7 @@ import psutil
 import structlog
 from filelock import lock_descriptor
 
-from supervisor.errors import TenantLocked
+from supervisor.errors import StorageError, TenantLocked
 
 log = structlog.get_logger("supervisor.locks")
 
@@ -58,11 +58,17 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)  # readers see the old or the new file, never half of one
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # readers see the old or the new file, never half of one
+    except BaseException:
+        # ENOSPC/EIO (or anything) half-way: the temporary must not stay behind as a half-written file.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 class TenantLock:
@@ -84,29 +90,46 @@ class TenantLock:
         """Take the lock or raise TenantLocked; stops a leftover worker of a dead daemon first."""
         if self.fd is not None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # O_CLOEXEC: only the tenant's own worker may inherit it (explicitly, via pass_fds), never its siblings.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if not lock_descriptor(fd, blocking=False):
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise self._storage_error("create the tenant directory", exc) from None
+        try:
+            # O_CLOEXEC: only the tenant's own worker may inherit it (explicitly, via pass_fds), never its siblings.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._storage_error("open the lock file", exc) from None
+        try:
+            try:
+                locked = lock_descriptor(fd, blocking=False)
+            except OSError as exc:  # e.g. ENOLCK; EAGAIN/EWOULDBLOCK are "held", answered with False
+                raise self._storage_error("lock the lock file", exc) from None
+            if not locked:
                 await self._take_over(fd)
             # The lock is ours; a worker recorded here that still runs without holding it would be a duplicate.
             await self._stop_leftover(read_json(self.pid_path), require_dead_daemon=False)
+            self._write_owner(fd)
         except BaseException:
+            # Closing our only copy drops the flock: a failed acquire never leaves the tenant locked.
             os.close(fd)
             raise
         self.fd = fd
-        self._write_owner()
         log.info("lock.acquired", tenant=self.tenant)
 
-    def _write_owner(self) -> None:
+    def _storage_error(self, what: str, exc: OSError) -> StorageError:
+        log.error("lock.storage_error", tenant=self.tenant, op=what, error=exc.strerror or type(exc).__name__)
+        return StorageError.from_os(self.tenant, what, exc)
+
+    def _write_owner(self, fd: int) -> None:
         """Record the owning daemon in the lock file itself, so a 409 can name it even while no worker runs."""
-        assert self.fd is not None
         me = os.getpid()
         data = json.dumps({"daemon_pid": me, "daemon_create_time": process_identity(me),
                            "locked_at": time.time()}).encode()
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError as exc:  # ENOSPC/EROFS/EIO: a storage that cannot take 100 bytes cannot host a worker either
+            raise self._storage_error("write the lock owner record", exc) from None
 
     async def _take_over(self, fd: int) -> None:
         record = read_json(self.pid_path)
@@ -145,14 +168,28 @@ class TenantLock:
         log.info("lock.leftover_stopped", tenant=self.tenant, leftover_pid=proc.pid)
         return True
 
-    def write_pidfile(self, pid: int, started_at: float) -> None:
+    def write_pidfile(self, pid: int, started_at: float) -> bool:
+        """Best effort (False when it could not be written, logged): the flock, which the worker inherited, is what
+        guarantees one worker; worker.pid only lets a later daemon find and stop a leftover of a dead one. Failing
+        the start over it would mean stopping a worker that was already spawned, for nothing."""
         me = os.getpid()
-        write_json_atomic(self.pid_path, {"pid": pid, "create_time": process_identity(pid), "daemon_pid": me,
-                                          "daemon_create_time": process_identity(me), "started_at": started_at})
+        try:
+            write_json_atomic(self.pid_path, {"pid": pid, "create_time": process_identity(pid), "daemon_pid": me,
+                                              "daemon_create_time": process_identity(me), "started_at": started_at})
+        except (OSError, psutil.Error) as exc:  # psutil: the worker already exited; its reader reports that
+            log.error("lock.pidfile_failed", tenant=self.tenant, worker_pid=pid,
+                      error=getattr(exc, "strerror", None) or type(exc).__name__)
+            return False
+        return True
 
     def clear_pidfile(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        """Never raises: it runs on the way to release(), which must always be reached."""
+        try:
             self.pid_path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # EROFS etc.: a stale record is harmless, its create_time no longer matches
+            log.warning("lock.pidfile_clear_failed", tenant=self.tenant, error=exc.strerror or type(exc).__name__)
 
     def release(self) -> None:
         if self.fd is None:

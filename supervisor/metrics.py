@@ -138,8 +138,8 @@ class Metrics:
     def observe_spawn(self, seconds: float) -> None:
         self.spawn_seconds.observe(max(0.0, seconds))
 
-    def on_invalid_line(self, tenant: str) -> None:
-        self.invalid_lines.labels(tenant=tenant).inc()
+    def on_invalid_line(self, tenant: str, n: int = 1) -> None:
+        self.invalid_lines.labels(tenant=tenant).inc(n)  # n: the worker reports a junk flood in batches
 
     # --- webhook -------------------------------------------------------------------------------------------------
     def webhook_depth(self, n: int) -> None:

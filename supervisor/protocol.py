@@ -14,7 +14,7 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20  # 1 MiB; longer lines are dropped and counted
-_READ_CHUNK = 64 * 1024
+READ_CHUNK = 64 * 1024
 
 
 class ProtocolError(ValueError):
@@ -126,36 +126,61 @@ def encode_command(cmd: str, *, id: str | None = None, **fields: Any) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
 
 
-async def read_lines(reader: asyncio.StreamReader, limit: int = MAX_LINE_BYTES) -> AsyncIterator[bytes | _TooLong]:
-    """Yield complete lines (without the newline) until EOF; an over-long line is discarded up to its newline
-    and reported once as TOO_LONG. Our own buffer instead of StreamReader.readline(), whose limit errors leave
-    the stream in an awkward state and whose limit is fixed at construction."""
-    buf = bytearray()
-    discarding = False
-    while True:
-        chunk = await reader.read(_READ_CHUNK)
-        if not chunk:
-            if buf and not discarding:
-                yield bytes(buf)  # a final line without newline is still a line
-            return
-        start = 0
+class LineSplitter:
+    """Synchronous framing: feed() bytes as they arrive, get complete lines (without the newline) back; an over-long
+    line is discarded up to its newline and reported once as TOO_LONG. Memory stays bounded by `limit` plus one
+    chunk whatever the input. The worker feeds it straight from the pipe transport (no task wake-up per line)."""
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, chunk: bytes) -> list[bytes | _TooLong]:
+        out: list[bytes | _TooLong] = []
+        buf, start = self._buf, 0
         while True:
             nl = chunk.find(b"\n", start)
             if nl < 0:
-                if not discarding:
+                if not self._discarding:
                     buf += chunk[start:]
-                    if len(buf) > limit:
+                    if len(buf) > self.limit:
                         buf.clear()
-                        discarding = True
-                        yield TOO_LONG
-                break
-            if discarding:
-                discarding = False
+                        self._discarding = True
+                        out.append(TOO_LONG)
+                return out
+            if self._discarding:
+                self._discarding = False
+            elif not buf:  # the common case: the whole line is in this chunk, one slice
+                out.append(chunk[start:nl] if nl - start <= self.limit else TOO_LONG)
             else:
                 buf += chunk[start:nl]
-                if len(buf) > limit:
-                    yield TOO_LONG
-                else:
-                    yield bytes(buf)
+                out.append(TOO_LONG if len(buf) > self.limit else bytes(buf))
                 buf.clear()
             start = nl + 1
+
+    def close(self) -> list[bytes | _TooLong]:
+        """At EOF: a final line without a newline is still a line."""
+        line = bytes(self._buf) if self._buf and not self._discarding else None
+        self._buf.clear()
+        return [line] if line is not None else []
+
+
+async def read_lines(reader: asyncio.StreamReader, limit: int = MAX_LINE_BYTES) -> AsyncIterator[bytes | _TooLong]:
+    """LineSplitter over a StreamReader (the worker's stderr, tests). Our own framing instead of
+    StreamReader.readline(), whose limit errors leave the stream in an awkward state and whose limit is fixed at
+    construction."""
+    splitter = LineSplitter(limit)
+    while True:
+        chunk = await reader.read(READ_CHUNK)
+        if not chunk:
+            for line in splitter.close():
+                yield line
+            return
+        for line in splitter.feed(chunk):
+            yield line
+        # A pipe that always has data never makes read() suspend: without this, one flooding worker's lines would
+        # be handled back to back while every other tenant's reader, the API and the watchdogs wait. A short chunk
+        # means read() emptied the reader's buffer, so the next read() suspends anyway: no extra loop turn then.
+        if len(chunk) >= READ_CHUNK:
+            await asyncio.sleep(0)

@@ -68,7 +68,7 @@ async def run_daemon(settings: Settings, *, shutdown_event: asyncio.Event | None
             await forwarder.start()
         runner = await _start_api(sup)
         log.info("daemon.started", pid=os.getpid(), host=settings.api.host, port=settings.api.port,
-                 api=runner is not None, storage=str(settings.storage.root))
+                 api=True, storage=str(settings.storage.root))
         background = [asyncio.create_task(run_watchdog(notifier, background_stop), name="watchdog"),
                       asyncio.create_task(_status_loop(sup, notifier, background_stop), name="notify-status")]
         boot = asyncio.create_task(sup.boot(), name="boot")
@@ -198,15 +198,10 @@ def _is_loopback(host: str) -> bool:
     return False
 
 
-async def _start_api(sup: Supervisor):
-    try:
-        from .api import make_app  # lazy: the API module is optional for library users and tests
-    except ModuleNotFoundError as exc:
-        if exc.name != "supervisor.api":
-            raise
-        log.warning("daemon.api_unavailable")
-        return None
+async def _start_api(sup: Supervisor) -> Any:
     from aiohttp import web
+
+    from .api import make_app
 
     runner = web.AppRunner(make_app(sup), shutdown_timeout=2.0, access_log=None)
     await runner.setup()

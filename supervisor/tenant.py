@@ -9,45 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from supervisor import protocol
 from supervisor.backoff import Action, Decision, Ending, RestartPolicy
-from supervisor.errors import NotRunning, SupervisorError
+from supervisor.errors import NotRunning, StorageError, SupervisorError
 from supervisor.locks import TenantLock
+from supervisor.storage import archive_auth, auth_info
 from supervisor.settings import Settings
 from supervisor.states import ACTIVE_STATES, TenantState, reason_name
+from supervisor.tenant_events import REST_ON_FATAL, WorkerEvents
+from supervisor.transitions import TRANSITIONS, InvalidTransition, iso
 from supervisor.worker import ExitInfo, WorkerProcess
 
 log = structlog.get_logger("supervisor.tenant")
-
 S = TenantState
-_WORKER_STATES = {S.QR, S.CONNECTING, S.CONNECTED, S.STARTING}
-_ENDED = {S.BACKOFF, S.STOPPING, S.STOPPED, S.LOGGED_OUT, S.CONFLICT, S.FAILED}
-# Allowed transitions (supervisord style). Same-state "changes" are no-ops and never validated.
-TRANSITIONS: dict[TenantState, frozenset[TenantState]] = {
-    S.STOPPED: frozenset({S.STARTING, S.LOGGED_OUT}),
-    S.STARTING: frozenset(_WORKER_STATES | _ENDED),
-    S.QR: frozenset(_WORKER_STATES | _ENDED),
-    S.CONNECTING: frozenset(_WORKER_STATES | _ENDED),
-    S.CONNECTED: frozenset({S.CONNECTING, S.STARTING} | _ENDED),
-    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT, S.FAILED}),
-    S.STOPPING: frozenset({S.STOPPED, S.LOGGED_OUT, S.FAILED}),
-    S.LOGGED_OUT: frozenset({S.STARTING, S.STOPPED}),
-    S.CONFLICT: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT}),
-    S.FAILED: frozenset({S.STARTING, S.STOPPED, S.LOGGED_OUT}),
-}
-# Fatal worker errors that no restart can cure, so the tenant rests in `failed` (reason = the code) instead of
-# backing off forever: an untrusted server (it failed certificate verification: a wrong endpoint or an
-# interceptor) and an unparsable creds.json (the worker refuses to overwrite it with fresh creds).
-REST_ON_FATAL = frozenset({"server_verification_failed", "auth_corrupt"})
+
 LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server before it is stopped
 MessageHook = Callable[[str, dict[str, Any]], None]
 # on_event(tenant, kind, data): kind "state" {from, to, reason}, "qr" {qr}, "open" {serverTime, receivedAt}.
@@ -55,17 +38,7 @@ MessageHook = Callable[[str, dict[str, Any]], None]
 EventHook = Callable[["Tenant", str, dict[str, Any]], None]
 
 
-class InvalidTransition(RuntimeError):
-    """A bug: code asked for a transition the state model forbids."""
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Tenant:
+class Tenant(WorkerEvents):
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: asyncio.Semaphore,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random, on_message: MessageHook | None = None,
@@ -172,7 +145,7 @@ class Tenant:
         await self.stop("logout")
         await self.lock.acquire()  # never move auth that another daemon's worker is using
         try:
-            self._archive_auth()
+            self._archive_auth()  # StorageError (507) if the rename is refused: the state stays as it is
         finally:
             self.lock.release()
         self.change_state(S.LOGGED_OUT, "logout")
@@ -187,14 +160,30 @@ class Tenant:
     async def _supervise(self) -> None:
         try:
             while not self._want_stop:
-                ending, info = await self._run_once()
+                storage_error: OSError | None = None
+                try:
+                    ending, info = await self._run_once()
+                except OSError as exc:  # _run_once has already made sure no worker of its own is left
+                    storage_error, ending, info = exc, Ending.SPAWN, None
+                    self._spawned.set()  # a waiting start() answers with the backoff state below
                 if self._want_stop:
                     break
                 decision = self._decide(ending)
+                if storage_error is not None:
+                    # Disk full / read-only / EIO: back off like a crash (growing delay, max_attempts -> failed)
+                    # rather than rest: such faults are usually fixed from outside, and then the tenant comes back.
+                    decision = dataclasses.replace(decision, reason="storage_error")
+                    log.error("tenant.storage_error", tenant=self.id,
+                              error=storage_error.strerror or type(storage_error).__name__)
                 self._log_decision(ending, info, decision)
                 if decision.action is Action.REST:
                     if decision.next_state is S.LOGGED_OUT:
-                        self._archive_auth()
+                        try:
+                            self._archive_auth()
+                        except StorageError as exc:  # the logged-out creds could not be moved aside
+                            log.error("tenant.storage_error", tenant=self.id, error=exc.message)
+                            self.change_state(S.FAILED, "storage_error")
+                            return
                     self.change_state(decision.next_state, decision.reason)
                     return
                 self.restarts += 1
@@ -209,15 +198,23 @@ class Tenant:
                     finally:
                         self._sleeping, self.next_retry_at = False, None
                 self.change_state(S.STARTING, decision.reason)
+        except Exception as exc:  # a bug: say so in the state instead of freezing in `starting` with no worker
+            log.error("tenant.supervise_failed", tenant=self.id, error=type(exc).__name__, message=str(exc)[:300],
+                      exc_info=True)
+            with contextlib.suppress(InvalidTransition):
+                self.change_state(S.FAILED, "internal")
         finally:
             self._spawned.set()
             self.worker = None
             if self.metrics is not None:
                 self.metrics.on_rss(self.id, None)
-            self.lock.clear_pidfile()
+            self.lock.clear_pidfile()  # never raises
             self.lock.release()
 
     async def _run_once(self) -> tuple[Ending, ExitInfo | None]:
+        """Spawn one worker and return how it ended. Once spawned, the worker is read by its run() task from the
+        very next statement on, and whatever happens here (an error, a cancellation) ends with that task awaited:
+        no path leaves a live worker that nobody reads (it would hold the inherited flock forever)."""
         assert self.lock.fd is not None
         self._close, self._hello = None, asyncio.Event()
         worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
@@ -230,18 +227,26 @@ class Tenant:
                 log.error("worker.spawn_failed", tenant=self.id, error=str(exc))
                 self._spawned.set()
                 return Ending.SPAWN, None
-            self.spawns += 1
-            self.lock.write_pidfile(pid, self.clock())
-            self._spawned.set()
             run = asyncio.create_task(worker.run(), name=f"worker:{self.id}:{pid}")
-            if self._want_stop:
-                await worker.stop()
-            # Hold the spawn slot until the worker said hello (or died): booting many tenants stays gentle.
-            hello = asyncio.create_task(self._hello.wait())
-            await asyncio.wait({run, hello}, timeout=self.settings.worker.heartbeat_timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-            hello.cancel()
-            await asyncio.gather(hello, return_exceptions=True)
+            try:
+                self.spawns += 1
+                self.lock.write_pidfile(pid, self.clock())  # best effort: logged, never raises OSError
+                self._spawned.set()
+                if self._want_stop:
+                    await worker.stop()
+                # Hold the spawn slot until the worker said hello (or died): booting many tenants stays gentle.
+                hello = asyncio.create_task(self._hello.wait())
+                try:
+                    await asyncio.wait({run, hello}, timeout=self.settings.worker.heartbeat_timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    hello.cancel()
+                    await asyncio.gather(hello, return_exceptions=True)
+            except BaseException:
+                # worker.run() kills the child when cancelled and is awaited here, so the lock goes with it.
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                raise
         info = await run
         self.lock.clear_pidfile()
         if info.heartbeat_timeout:
@@ -268,108 +273,13 @@ class Tenant:
                  returncode=info.returncode if info else None, action=d.action.value, reason=d.reason,
                  attempt=d.attempt, delay=round(d.delay, 3), next_state=d.next_state.value)
 
-    # -- worker events ----------------------------------------------------------------------------------------
-    def _on_event(self, event: protocol.Event) -> None:
-        handler = getattr(self, f"_ev_{event.type}", None)
-        if handler is not None:
-            handler(event)
-
-    def _on_invalid_line(self) -> None:
-        if self.metrics is not None:
-            self.metrics.on_invalid_line(self.id)
-
-    def _ev_heartbeat(self, event: protocol.Event) -> None:
-        if self.metrics is not None and isinstance(event.get("rss"), (int, float)):
-            self.metrics.on_rss(self.id, event.get("rss"))
-
-    def _ev_hello(self, event: protocol.Event) -> None:
-        self._hello.set()
-        if self.metrics is not None:
-            self.metrics.observe_spawn(time.monotonic() - self._spawn_t0)
-        log.info("worker.hello", tenant=self.id, protocol=event.get("protocol"), worker=event.get("worker"),
-                 baileys=event.get("baileys"), wa_version=event.get("waVersion"))
-        if event.get("protocol") != protocol.PROTOCOL_VERSION:
-            self._fatal = "protocol_mismatch"
-            log.error("worker.protocol_mismatch", tenant=self.id, expected=protocol.PROTOCOL_VERSION,
-                      got=event.get("protocol"))
-            if self.worker is not None:
-                self.worker.request_stop()
-
-    def _ev_connecting(self, event: protocol.Event) -> None:
-        if self.state in (S.STARTING, S.QR, S.CONNECTED):
-            self.change_state(S.CONNECTING)
-
-    def _ev_qr(self, event: protocol.Event) -> None:
-        if self.state in (S.STARTING, S.CONNECTING, S.QR):
-            self.change_state(S.QR, "waiting_for_scan")
-            self.qr = event.get("qr")  # never logged
-            log.info("tenant.qr", tenant=self.id)
-            self._emit("qr", {"qr": self.qr})
-
-    def _ev_pairing_code(self, event: protocol.Event) -> None:
-        log.info("tenant.pairing_code", tenant=self.id)  # the code itself is a credential: not logged
-
-    def _ev_open(self, event: protocol.Event) -> None:
-        if self.state in (S.STARTING, S.QR, S.CONNECTING):
-            me = event.get("me")
-            self.me = me if isinstance(me, dict) else None
-            self.push_name = event.get("pushName")
-            self.policy.on_open(self.clock())
-            self._emit("open", {"serverTime": event.get("serverTime"), "receivedAt": self.clock()})
-            self.change_state(S.CONNECTED)
-            log.info("tenant.open", tenant=self.id, me=(self.me or {}).get("id"))
-
-    def _ev_close(self, event: protocol.Event) -> None:
-        code = event.get("code")
-        self._close = (event, self.state)
-        if self.metrics is not None:
-            self.metrics.on_close(self.id, code)
-        self.last_disconnect = {"code": code, "reason": event.get("reason") or reason_name(code),
-                                "message": (event.get("message") or "")[:500], "at": iso(self.clock())}
-        log.info("tenant.close", tenant=self.id, code=code, reason_name=self.last_disconnect["reason"],
-                 message=self.last_disconnect["message"], state=self.state.value)
-
-    def _ev_creds(self, event: protocol.Event) -> None:
-        self.registered = bool(event.get("registered"))
-        log.info("tenant.creds", tenant=self.id, registered=self.registered)
-
-    def _ev_message(self, event: protocol.Event) -> None:
-        if self.on_message is None:
-            return
-        try:
-            self.on_message(self.id, event.fields)
-        except Exception as exc:  # a webhook bug must not take the tenant down
-            log.error("tenant.message_hook_failed", tenant=self.id, error=type(exc).__name__)
-
-    def _ev_error(self, event: protocol.Event) -> None:
-        log.warning("worker.error", tenant=self.id, code=event.get("code"), message=event.get("message"),
-                    fatal=event.get("fatal", False))
-        if event.get("fatal") and event.get("code") in REST_ON_FATAL:
-            self._fatal = event.get("code")  # retrying cannot help: rest in `failed` with this reason
-
-    # -- storage ------------------------------------------------------------------------------------------------
+    # -- storage (supervisor/storage.py) ------------------------------------------------------------------------
     def _archive_auth(self) -> None:
-        if self.auth_dir.exists():
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            target = self.dir / f"auth.logged-out-{stamp}"
-            n = 1
-            while target.exists():
-                n += 1
-                target = self.dir / f"auth.logged-out-{stamp}-{n}"
-            self.auth_dir.rename(target)  # never deleted: the operator may still need it
-            log.warning("tenant.auth_archived", tenant=self.id, archive=target.name)
+        archive_auth(self.id, self.dir, self.auth_dir)
         self.registered, self.me, self.push_name = False, None, None
 
     def auth_info(self) -> dict[str, Any]:
-        try:
-            files = sum(1 for e in self.auth_dir.iterdir() if e.is_file())
-        except OSError:
-            files = 0
-        registered = self.registered
-        if registered is None and files:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                registered = bool(json.loads((self.auth_dir / "creds.json").read_text("utf-8")).get("registered"))
-        return {"registered": bool(registered), "files": files}
+        return auth_info(self.auth_dir, self.registered)
 
     def status(self) -> dict[str, Any]:
         w = self.worker
@@ -382,4 +292,4 @@ class Tenant:
         }
 
 
-__all__ = ["Tenant", "TRANSITIONS", "InvalidTransition", "SupervisorError", "iso"]
+__all__ = ["Tenant", "TRANSITIONS", "InvalidTransition", "REST_ON_FATAL", "SupervisorError", "iso"]

@@ -312,15 +312,36 @@ async def test_request_log_has_route_status_and_no_secret(served, capsys):
             assert r.status == 200
         async with http.get(f"{url}/whatsapp/1/status", headers={"X-Internal-Secret": "nope-" + SECRET}) as r:
             assert r.status == 401
+        async with http.post(f"{url}/whatsapp/1/start", headers=H) as r:
+            assert r.status == 200
     finally:
         structlog.reset_defaults()
     out = capsys.readouterr().out
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     reqs = [e for e in events if e["event"] == "api.request"]
-    assert [(e["route"], e["status"]) for e in reqs] == [("/whatsapp/{tenant}/qr", 200),
-                                                        ("/whatsapp/{tenant}/status", 401)]
-    assert all(e["method"] == "GET" and e["duration_ms"] >= 0 and e["tenant"] == "1" for e in reqs)
+    # At info: the successful GET is not logged (debug, docs/events.md); errors and mutating requests are.
+    assert [(e["method"], e["route"], e["status"]) for e in reqs] == [("GET", "/whatsapp/{tenant}/status", 401),
+                                                                     ("POST", "/whatsapp/{tenant}/start", 200)]
+    assert all(e["level"] == "info" and e["duration_ms"] >= 0 and e["tenant"] == "1" for e in reqs)
     assert SECRET not in out and RAW_QR not in out
+
+
+async def test_successful_gets_are_logged_at_debug(served, capsys):
+    from supervisor.events import configure_logging
+
+    configure_logging("json", "debug")
+    try:
+        stub, url, http = await served()
+        stub.qr_value = RAW_QR
+        async with http.get(f"{url}/whatsapp/1/qr", headers=H) as r:
+            assert r.status == 200
+        async with http.get(f"{url}/whatsapp/nope/qr?format=gif", headers=H) as r:
+            assert r.status == 400
+    finally:
+        structlog.reset_defaults()
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    reqs = [(e["route"], e["status"], e["level"]) for e in events if e["event"] == "api.request"]
+    assert reqs == [("/whatsapp/{tenant}/qr", 200, "debug"), ("/whatsapp/{tenant}/qr", 400, "info")]
 
 
 async def raw_request(base: str, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:

@@ -207,6 +207,10 @@ def test_cli_run_subprocess_serves_and_exits_0_on_sigterm(tmp_path):
             time.sleep(0.1)
         worker_pid = st["pid"]
         assert psutil.pid_exists(worker_pid)
+        # a mutating request: logged as api.request at info (successful GETs like the status above are debug)
+        out = subprocess.run([cli_bin(), "start", "b1", "--config", str(cfg), "--json"], capture_output=True,
+                             text=True, env=env, timeout=20)
+        assert out.returncode == 0, out.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         stdout = proc.stdout.read().decode()
@@ -217,7 +221,8 @@ def test_cli_run_subprocess_serves_and_exits_0_on_sigterm(tmp_path):
     assert not psutil.pid_exists(worker_pid)
     events = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
     names = [e["event"] for e in events]
-    assert "api.request" in names
+    reqs = [e for e in events if e["event"] == "api.request"]
+    assert [(e["method"], e["route"], e["level"]) for e in reqs] == [("POST", "/whatsapp/{tenant}/start", "info")]
     assert all({"ts", "level", "pid"} <= e.keys() for e in events)
     assert SECRET not in stdout and "fake-qr-1" not in stdout
 

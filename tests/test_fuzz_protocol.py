@@ -152,10 +152,28 @@ async def test_read_lines_100mb_line_then_valid_lines_bounded() -> None:
 
     reader = asyncio.StreamReader(limit=1 << 16)
     ok = json.dumps({"type": "heartbeat"}).encode()
-    block = b"x" * (1 << 20)
+    block = b"x" * (1 << 16)
+
+    class PipeTransport(asyncio.ReadTransport):
+        """Flow control as a real pipe transport has it: the reader pauses us past 2 x limit buffered bytes.
+        (read_lines yields to the loop after every full chunk, so a feeder that ignored back-pressure would
+        outpace it and grow the StreamReader's own buffer, which a real pipe never does.)"""
+
+        paused = False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+    transport = PipeTransport()
+    reader.set_transport(transport)
 
     async def feed() -> None:
-        for _ in range(100):
+        for _ in range(100 * 16):
+            while transport.paused:
+                await asyncio.sleep(0)
             reader.feed_data(block)
             await asyncio.sleep(0)
         reader.feed_data(b"\n" + ok + b"\n" + ok + b"\n")

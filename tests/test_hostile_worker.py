@@ -37,6 +37,7 @@ MiB = 1 << 20
 RSS_HEADROOM = 24 * MiB
 HEARTBEAT_TIMEOUT = 3.0
 FLOOD_BUDGET = 4.0  # seconds for the 2 MB junk flood (see the flood test)
+STATUS_BOUND = 1.5  # seconds, worst neighbour status latency during a hostile run (see Prober.check)
 
 
 def free_port() -> int:
@@ -162,8 +163,11 @@ class Prober:
     def check(self, pid: int) -> None:
         assert len(self.latencies) >= 5, "status polled too rarely: the API stalled"
         worst = max(self.latencies)
-        # A stall this long would also let the watchdog kill healthy neighbours (heartbeat_timeout).
-        assert worst < 0.5, f"good tenant's status took {worst:.3f}s during the hostile run"
+        # A stall this long would also let the watchdog kill healthy neighbours (heartbeat_timeout). A loose safety
+        # bound, not a latency target: ~0.15 s on an idle 2-core machine, up to ~0.8 s measured when the whole
+        # suite runs next to two CPU burners (the daemon, both workers and this client then share the two cores);
+        # the unfixed daemon stalled its neighbours for 2.3 s on an idle machine.
+        assert worst < STATUS_BOUND, f"good tenant's status took {worst:.3f}s during the hostile run"
         for a in self.answers:
             assert (a["state"], a["pid"], a["restarts"]) == ("qr", pid, 0), a
 
