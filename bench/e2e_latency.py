@@ -5,77 +5,237 @@ measured from outside through the daemon's HTTP API, as the web app sees them:
   scan -> connected  simulator POST /scan until status connected (pair-success, 515, daemon respawns, login, open)
   428 re-login       simulator tcp_drop (Baileys 428) until connected again (backoff delay + spawn + login)
 
-    .venv/bin/python bench/e2e_latency.py [--pairings 20] [--initial-delay 0.2]
+    .venv/bin/python bench/e2e_latency.py [--pairings 50] [--initial-delay 0.2] [--floor 20]
+        [--worker-command '["node", "...", "worker.mjs"]'] [--variant 'LABEL=["node", ...]'] [--no-relogin]
+        [--scan-delay 0]
 
 Each pairing uses a fresh tenant, which is stopped after its measurements so only one worker runs at a time.
 Status is polled every 10 ms, so every number carries up to ~10 ms of polling granularity.
+
+Baseline (the floor for start -> QR), in the same invocation: `--floor N` runs of a bare `node` (no flags, no
+preload) that imports Baileys, opens a socket with in-memory creds against the same simulator and prints its first
+QR; measured from spawn to that line.
+
+Breakdown of scan -> connected: the daemon's JSON log (`ts` of tenant.close / worker.exited / worker.spawned /
+worker.hello / tenant.state connecting / tenant.open) and the simulator's events (`t` of connection / login /
+prekeys_uploaded), all wall-clock on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from e2e_harness import Daemon, Simulator, daemon_config, free_port, percentile, wait_for  # noqa: E402
+from e2e_harness import (TRUST_PRELOAD, WORKER, Daemon, Simulator, daemon_config, free_port,  # noqa: E402
+                         percentile, wait_for)
+
+# The shipped default flags (supervisor/settings.py) plus the simulator's test-root preload.
+DEFAULT_COMMAND = ["node", "--import", str(TRUST_PRELOAD), "--max-semi-space-size=1", "--v8-pool-size=1",
+                   str(WORKER)]
+
+FLOOR_JS = r"""
+const t0 = Date.now();
+const b = await import('@whiskeysockets/baileys');
+const tImport = Date.now();
+const { default: makeWASocket, initAuthCreds } = b;
+const creds = initAuthCreds();
+const keys = { get: async () => ({}), set: async () => {} };
+const pino = (await import('module')).createRequire(import.meta.resolve('@whiskeysockets/baileys'))('pino');
+const sock = makeWASocket({ auth: { creds, keys }, waWebSocketUrl: process.env.WA_URL,
+                            logger: pino({ level: 'silent' }) });
+sock.ev.on('connection.update', (u) => {
+  if (u.qr) {
+    process.stdout.write(JSON.stringify({ qr: true, importMs: tImport - t0, qrMs: Date.now() - t0 }) + '\n');
+    process.exit(0);
+  }
+});
+"""
 
 
-def row(name: str, xs: list[float]) -> str:
-    ms = [x * 1000 for x in xs]
-    return (f"{name:<20} n={len(ms):<3} p50={percentile(ms, 50):7.0f} ms  p95={percentile(ms, 95):7.0f} ms  "
+def row(name: str, xs: list[float], unit: float = 1000) -> str:
+    ms = [x * unit for x in xs]
+    if not ms:
+        return f"{name:<34} n=0"
+    return (f"{name:<34} n={len(ms):<3} p50={percentile(ms, 50):7.0f} ms  p95={percentile(ms, 95):7.0f} ms  "
             f"min={min(ms):7.0f} ms  max={max(ms):7.0f} ms")
+
+
+def floor_run(ws_url: str) -> float:
+    t0 = time.monotonic()
+    p = subprocess.run(["node", "--input-type=module", "-e", FLOOR_JS], cwd=ROOT / "node_worker",
+                       env={**os.environ, "WA_URL": ws_url}, capture_output=True, text=True, timeout=60)
+    dt = time.monotonic() - t0
+    if not p.stdout.startswith('{"qr":true'):
+        raise RuntimeError(f"floor run failed: {p.stdout[-500:]} {p.stderr[-2000:]}")
+    return dt
+
+
+def ts(e: dict) -> float:
+    return datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def breakdown(events: list[dict], sim_events: list[dict], tid: str, t_scan: float, t_seen: float,
+              jid: str) -> dict[str, float] | None:
+    """Phases of one scan -> connected, in seconds, from the daemon log and the simulator's events."""
+    mine = [e for e in events if e.get("tenant") == tid and ts(e) >= t_scan - 0.001]
+
+    def first(pred) -> float | None:
+        for e in mine:
+            if pred(e):
+                return ts(e)
+        return None
+
+    close = first(lambda e: e["event"] == "tenant.close" and e.get("code") == 515)
+    exited = first(lambda e: e["event"] == "worker.exited")
+    spawned = first(lambda e: e["event"] == "worker.spawned")
+    hello = first(lambda e: e["event"] == "worker.hello")
+    connecting = first(lambda e: e["event"] == "tenant.state" and e.get("to_state") == "connecting")
+    opened = first(lambda e: e["event"] == "tenant.open")
+    sims = [e for e in sim_events if e["t"] / 1000 >= t_scan - 0.001]
+    paired = next((e["t"] / 1000 for e in sims if e["type"] == "paired"), None)
+    login = next((e["t"] / 1000 for e in sims if e["type"] == "login" and e.get("jid") == jid), None)
+    login_conn = next((e["conn"] for e in sims if e["type"] == "login" and e.get("jid") == jid), None)
+    conn = next((e["t"] / 1000 for e in sims if e["type"] == "connection" and e.get("conn") == login_conn), None)
+    pk = next((e["t"] / 1000 for e in sims if e["type"] == "prekeys_uploaded" and e.get("jid") == jid), None)
+    if any(v is None for v in (paired, connecting, opened, login, conn, pk)):
+        return None
+
+    def d(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+    # Without a 515 close (a worker that reconnects in-process) the restart phases are absent (None).
+    return {
+        "scan -> pair-success sent": paired - t_scan,
+        "pair-success -> close 515 (daemon)": d(paired, close),
+        "close -> worker exited": d(close, exited),
+        "exited -> next worker spawned": d(exited, spawned),
+        "spawned -> hello (node+Baileys)": d(spawned, hello),
+        "hello -> connecting": d(hello, connecting),
+        "pair-success -> connecting": connecting - paired,
+        "connecting -> ws connection (sim)": conn - connecting,
+        "ws connection -> login (handshake)": login - conn,
+        "login -> pre-keys uploaded": pk - login,
+        "pre-keys uploaded -> open (daemon)": opened - pk,
+        "open -> status connected (poll)": t_seen - opened,
+    }
+
+
+def pairing(d: Daemon, sim: Simulator, tid: str, res_: dict, relogin: bool, scan_delay: float = 0.0) -> None:
+    t0 = time.monotonic()
+    d.start_tenant(tid)
+    wait_for(lambda: d.status(tid)["hasQR"], 30, "qr", interval=0.01)
+    res_["start_qr"].append(time.monotonic() - t0)
+    qr = d.qr(tid)["qr"]
+    time.sleep(scan_delay)  # a person takes seconds to scan; the worker may use that idle time
+    seq = sim.state()["lastEventSeq"]
+    t1, w1 = time.monotonic(), time.time()
+    res = sim.scan(qr)
+    assert res["ok"], res
+    st = wait_for(lambda: (s := d.status(tid))["connected"] and s, 60, "connected", interval=0.01)
+    res_["scan_open"].append(time.monotonic() - t1)
+    w_seen = time.time()
+    b = breakdown(d.log_events(), sim.events(seq), tid, w1, w_seen, res["jid"])
+    if b:
+        res_["phases"].append(b)
+    restarts = st["restarts"]
+    if relogin:
+        t2 = time.monotonic()
+        assert sim.kill(res["jid"], "tcp_drop")["ok"]
+        wait_for(lambda: (s := d.status(tid))["connected"] and s["restarts"] > restarts, 60, "re-login",
+                 interval=0.01)
+        res_["relogin"].append(time.monotonic() - t2)
+        assert d.status(tid)["lastDisconnect"]["code"] == 428
+    d.call("POST", f"/whatsapp/{tid}/stop")
+
+
+def report(name: str, r: dict, floor: list[float], initial_delay: float) -> None:
+    print(f"## {name}: worker.command = {' '.join(Path(a).name if '/' in a else a for a in r['command'])}")
+    print(row("start -> QR", r["start_qr"]))
+    if floor:
+        print(f"{'':<34} ratio start->QR / floor: p50 {percentile(r['start_qr'], 50) / percentile(floor, 50):.2f}x, "
+              f"p95 {percentile(r['start_qr'], 95) / percentile(floor, 95):.2f}x")
+    print(row("scan -> connected", r["scan_open"]))
+    if r["relogin"]:
+        print(row(f"428 re-login (backoff {initial_delay:g} s)", r["relogin"]))
+    ph = r["phases"]
+    if ph:
+        print(f"breakdown of scan -> connected (n={len(ph)}, per phase):")
+        for k in ph[0]:
+            xs = [p[k] for p in ph if p[k] is not None]
+            if xs:
+                print("  " + row(k, xs))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairings", type=int, default=20)
+    ap.add_argument("--pairings", type=int, default=50)
     ap.add_argument("--initial-delay", type=float, default=0.2, help="restart.initial_delay (the 428 backoff)")
+    ap.add_argument("--floor", type=int, default=20, help="bare-node start->QR baseline runs (interleaved)")
+    ap.add_argument("--worker-command", default=None, help="JSON argv for worker.command of the main run")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=JSON_ARGV",
+                    help="an extra worker.command measured interleaved with the main one (own daemon, same "
+                         "simulator), pairing by pairing, so load changes hit every variant alike")
+    ap.add_argument("--no-relogin", action="store_true")
+    ap.add_argument("--scan-delay", type=float, default=0.0, help="seconds between QR shown and the scan")
+    ap.add_argument("--label", default="")
     args = ap.parse_args()
+    command = json.loads(args.worker_command) if args.worker_command else DEFAULT_COMMAND
+    variants = [("main", command)] + [(v.split("=", 1)[0], json.loads(v.split("=", 1)[1])) for v in args.variant]
+    load0 = os.getloadavg()
+    results = {name: {"command": cmd, "start_qr": [], "scan_open": [], "relogin": [], "phases": []}
+               for name, cmd in variants}
+    floor: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bsup-bench-") as tmp:
         work = Path(tmp)
         sim = Simulator()
-        cfg = daemon_config(work / "storage", free_port(), sim.ws_url,
-                            restart={"initial_delay": args.initial_delay, "jitter": 0.0})
-        d = Daemon(work, cfg)
-        d.start()
-        start_qr, scan_open, relogin = [], [], []
+        daemons: dict[str, Daemon] = {}
         try:
-            for i in range(args.pairings):
-                tid = f"b{i}"
-                t0 = time.monotonic()
-                d.start_tenant(tid)
-                wait_for(lambda: d.status(tid)["hasQR"], 30, "qr", interval=0.01)
-                start_qr.append(time.monotonic() - t0)
-                qr = d.qr(tid)["qr"]
-                t1 = time.monotonic()
-                res = sim.scan(qr)
-                assert res["ok"], res
-                st = wait_for(lambda: (s := d.status(tid))["connected"] and s, 60, "connected", interval=0.01)
-                scan_open.append(time.monotonic() - t1)
-                restarts = st["restarts"]
-                t2 = time.monotonic()
-                assert sim.kill(res["jid"], "tcp_drop")["ok"]
-                wait_for(lambda: (s := d.status(tid))["connected"] and s["restarts"] > restarts, 60, "re-login",
-                         interval=0.01)
-                relogin.append(time.monotonic() - t2)
-                assert d.status(tid)["lastDisconnect"]["code"] == 428
-                d.call("POST", f"/whatsapp/{tid}/stop")
-                print(f"pairing {i + 1}/{args.pairings}: start->qr {start_qr[-1]*1000:.0f} ms, "
-                      f"scan->connected {scan_open[-1]*1000:.0f} ms, 428 re-login {relogin[-1]*1000:.0f} ms",
-                      file=sys.stderr)
+            for name, cmd in variants:
+                wd = work / name
+                wd.mkdir()
+                cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, worker={"command": cmd},
+                                    restart={"initial_delay": args.initial_delay, "jitter": 0.0})
+                daemons[name] = Daemon(wd, cfg)
+                daemons[name].start()
+            for i in range(max(args.pairings, args.floor)):
+                if i < args.floor:
+                    floor.append(floor_run(sim.ws_url))
+                if i >= args.pairings:
+                    continue
+                for name, _ in variants:
+                    pairing(daemons[name], sim, f"b{i}", results[name], not args.no_relogin, args.scan_delay)
+                print(f"pairing {i + 1}/{args.pairings}: " + "; ".join(
+                    f"{n}: start->qr {r['start_qr'][-1]*1000:.0f} ms, scan->connected {r['scan_open'][-1]*1000:.0f} ms"
+                    for n, r in results.items()), file=sys.stderr)
             c = sim.counters()
-            assert c["registrations"] == args.pairings and c["conflicts"] == 0, c
+            assert c["registrations"] == args.pairings * len(variants) + args.floor and c["conflicts"] == 0, c
         finally:
-            d.stop()
+            for d in daemons.values():
+                d.stop()
             sim.stop()
-    print(row("start -> QR", start_qr))
-    print(row("scan -> connected", scan_open))
-    print(row(f"428 re-login (backoff {args.initial_delay:g} s)", relogin))
+    load1 = os.getloadavg()
+    print(f"# bench/e2e_latency.py {args.label} {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  "
+          f"loadavg before {load0[0]:.2f}/{load0[1]:.2f}, after {load1[0]:.2f}/{load1[1]:.2f}")
+    if floor:
+        print(row("baseline: bare node -> first QR", floor))
+    for name, _ in variants:
+        report(name, results[name], floor, args.initial_delay)
+    if len(variants) > 1:
+        m = percentile(results["main"]["scan_open"], 50)
+        for name, _ in variants[1:]:
+            v = percentile(results[name]["scan_open"], 50)
+            print(f"scan -> connected p50: {name} {v*1000:.0f} ms vs main {m*1000:.0f} ms: "
+                  f"{(m - v)*1000:+.0f} ms gain, ratio {v / m:.2f}x")
     return 0
 
 
