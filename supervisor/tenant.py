@@ -64,6 +64,7 @@ class Tenant(WorkerEvents):
         self.next_retry_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._sleeping = False
+        self._waiting_slot = False  # queued for a spawn slot: nothing spawned yet, safe to cancel
         self._want_stop = False
         self._logout_requested = False
         self._spawned = asyncio.Event()
@@ -120,8 +121,11 @@ class Tenant(WorkerEvents):
                 self.change_state(S.STOPPED, reason)
             return
         self._want_stop = True
-        if self._sleeping:
-            task.cancel()  # only ever cancelled in the backoff sleep: never half-way through a spawn
+        if self._sleeping or self._waiting_slot:
+            # Only ever cancelled in the backoff sleep or while queued for a spawn slot, never half-way through a
+            # spawn. The queue matters at shutdown: 200 boot tenants waiting for 2 slots must not spawn one by one
+            # just to be stopped again.
+            task.cancel()
         elif self.worker is not None and self.worker.alive:
             self.change_state(S.STOPPING, reason)
             await self.worker.stop(0.0 if force else None)
@@ -220,7 +224,9 @@ class Tenant(WorkerEvents):
         worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
                                              self._on_event, on_invalid_line=self._on_invalid_line)
         self._spawn_t0 = time.monotonic()
-        async with self._spawn_slots:
+        async with self._spawn_slot():
+            if self._want_stop:  # stopped while queued: spawn nothing
+                return Ending.SPAWN, None
             try:
                 pid = await worker.spawn()
             except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in argv/env from the config
@@ -254,6 +260,19 @@ class Tenant(WorkerEvents):
         if self._close is not None:
             return Ending.CLOSE, info
         return (Ending.EXIT if info.returncode == 0 else Ending.CRASH), info
+
+    @contextlib.asynccontextmanager
+    async def _spawn_slot(self):
+        """One of the daemon's `max_concurrent_spawns` slots; while queued for it, `stop()` may cancel us."""
+        self._waiting_slot = True
+        try:
+            await self._spawn_slots.acquire()
+        finally:
+            self._waiting_slot = False
+        try:
+            yield
+        finally:
+            self._spawn_slots.release()
 
     def _decide(self, ending: Ending) -> Decision:
         attempt = self.policy.failures

@@ -19,6 +19,7 @@ from conftest import live_workers, spawn_records, wait_until
 from supervisor.daemon import Supervisor, run_daemon
 from supervisor.locks import read_json
 from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
+from supervisor.states import TenantState
 
 DAEMON = Path(__file__).resolve().parent / "daemon_proc.py"
 
@@ -220,3 +221,23 @@ async def test_sigterm_stops_all_workers_within_grace_exit_0(storage, fake_state
     finally:
         if daemon.poll() is None:
             os.kill(daemon.pid, signal.SIGKILL)
+
+
+async def test_shutdown_during_a_queued_boot_spawns_nothing_more(make_settings, fake_state):
+    """200 boot tenants behind 2 spawn slots used to be spawned one by one after SIGTERM, only to be stopped again.
+    Here 12 tenants queue behind 1 slot held by a worker that is slow to say hello: shutdown cancels the queue."""
+    script = [{"sleep": 1.0}, {"hello": {}}, {"qr": "q"}, {"wait": True}]
+    settings = make_settings(script, worker={"max_concurrent_spawns": 1},
+                             boot=tuple(f"t{i}" for i in range(12)))
+    sup = Supervisor(settings)
+    boot = asyncio.create_task(sup.boot())
+    await wait_until(lambda: len(spawn_records(fake_state)) >= 1)
+    t0 = time.monotonic()
+    await sup.shutdown()
+    await asyncio.gather(boot, return_exceptions=True)
+    elapsed = time.monotonic() - t0
+    assert len(spawn_records(fake_state)) <= 2, spawn_records(fake_state)  # the one holding the slot (+ a racer)
+    assert all(t.state is TenantState.STOPPED for t in sup.tenants.values()), {
+        t.id: t.state for t in sup.tenants.values()}
+    assert not any(t.running for t in sup.tenants.values())
+    assert elapsed < 10, elapsed  # loose bound: 12 sequential spawn+stop cycles took far longer
