@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -128,18 +129,19 @@ async def test_kill9_daemon_then_takeover_never_two_workers(storage, fake_state,
         except OSError:
             return False
 
-    first_sample: set[int] | None = None
+    seen: list[set[int]] = []  # the live worker pids of every sample, in order
 
-    async def sampler() -> None:  # the invariant, checked continuously across the whole take-over
-        nonlocal samples, first_sample
+    def sampler() -> None:  # the invariant, checked continuously across the whole take-over
+        # A thread, not a task: under load one /proc scan can take longer than the whole take-over, and a task
+        # would only get a turn between the test's own (equally slow) polls.
+        nonlocal samples
         while sampling:
             workers = by_tenant(marker)
-            if first_sample is None:
-                first_sample = {p for pids in workers.values() for p in pids}
+            seen.append({p for pids in workers.values() for p in pids})
             samples += 1
             if any(len([p for p in pids if holds_files(p)]) > 1 for pids in workers.values()):
                 violations.append(workers)
-            await asyncio.sleep(0.005)
+            time.sleep(0.005)
 
     def owners() -> set:  # the pid file is written just after the exec the scan may already see
         return {(read_json(storage / "whatsapp" / t / "worker.pid") or {}).get("daemon_pid") for t in tenants}
@@ -150,28 +152,30 @@ async def test_kill9_daemon_then_takeover_never_two_workers(storage, fake_state,
         # worker the next daemon cannot identify (409 for that tenant), a window that load makes wide enough to hit.
         await wait_until(lambda: owners() == {first.pid}, timeout=15)
         old = {t: p[0] for t, p in by_tenant(marker).items()}
-        watch = asyncio.create_task(sampler())
+        watch = threading.Thread(target=sampler, daemon=True)
+        watch.start()
         first.kill()
         first.wait()
         # The old workers still hold the flocks right after the kill (they leave on stdin EOF, ~immediately).
         second = spawn_daemon(cfg, tmp_path / "d2.log")
         await wait_until(lambda: sorted(by_tenant(marker)) == tenants
                          and not set(old.values()) & {p[0] for p in by_tenant(marker).values()}, timeout=20)
-        new_pids = [p[0] for p in by_tenant(marker).values()]
+        new_pids = {p[0] for p in by_tenant(marker).values()}
+        n = samples
+        await wait_until(lambda: samples > n + 1)  # a full sample that started after every new worker existed
         sampling = False
-        await watch
+        await asyncio.to_thread(watch.join)
         assert violations == []
-        # The sampler covered the hand-over: it was sampling before the first new worker existed and until every
-        # one did. (A fixed sample count was a timing assumption: on a loaded 2-core CI one /proc scan can take
-        # tens of ms, and the whole take-over only a second or two.)
-        assert samples >= 2 and first_sample is not None and not first_sample & set(new_pids), (samples, first_sample)
+        # The sampler covered the whole hand-over: its first sample predates every new worker, its last one saw
+        # them all. (It used to assert a fixed sample count, a timing assumption that a loaded 2-core CI broke.)
+        assert seen and not seen[0] & new_pids and new_pids <= seen[-1], (samples, seen[0], seen[-1], new_pids)
         await wait_until(lambda: owners() == {second.pid})
     finally:
         sampling = False
         for d in (first, second):
             if d is not None and d.poll() is None:
                 d.send_signal(signal.SIGTERM)
-                assert d.wait(15) == 0
+                assert d.wait(15) == 0, (tmp_path / ("d1.log" if d is first else "d2.log")).read_text()[-3000:]
 
 
 @pytest.mark.slow
