@@ -135,7 +135,11 @@ class TenantLock:
         record = read_json(self.pid_path)
         owner = read_json(self.path) or {}
         stopped = await self._stop_leftover(record, require_dead_daemon=True)
-        if stopped:
+        # The owning daemon is dead but no recorded worker was stopped: the holder is its worker, killed with the
+        # daemon before `worker.pid` was written (or one finishing its exit). It exits on stdin EOF within ~1 s, so
+        # wait for it like for a stopped leftover instead of answering 409 (a boot start would not retry).
+        orphaned = bool(owner) and _same_process(owner.get("daemon_pid"), owner.get("daemon_create_time")) is None
+        if stopped or orphaned:
             deadline = time.monotonic() + self.stop_grace + 1.0
             while time.monotonic() < deadline:
                 if lock_descriptor(fd, blocking=False):

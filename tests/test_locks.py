@@ -140,3 +140,26 @@ async def test_release_keeps_the_inherited_copy_locked(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+async def test_unrecorded_worker_of_dead_daemon_is_waited_for_not_409(tmp_path):
+    """A daemon killed between spawning a worker and writing worker.pid leaves a holder nobody recorded; it exits on
+    stdin EOF within ~1 s. The next daemon waits for it instead of answering 409 (a boot start does not retry)."""
+    tdir = tmp_path / "whatsapp" / "t1"
+    proc = holder(tdir / "auth.lock")
+    # The owner record names a daemon that is gone (a pid that exited: its create_time can never match again).
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    gone_ct = psutil.Process(gone.pid).create_time()
+    gone.wait()
+    (tdir / "auth.lock").write_text(json.dumps({"daemon_pid": gone.pid, "daemon_create_time": gone_ct}))
+    # The unrecorded worker lets go a moment later, as a real one does on stdin EOF.
+    subprocess.Popen([sys.executable, "-c", f"import os,signal,time; time.sleep(0.5); os.kill({proc.pid}, signal.SIGKILL)"])
+    lock = TenantLock("t1", tdir, stop_grace=2.0)
+    try:
+        await lock.acquire()
+        assert lock.held
+    finally:
+        lock.release()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
