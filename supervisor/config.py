@@ -14,9 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config_types import (  # noqa: F401 - config_webhook.py imports the scalar validators from here
-    _choice, _Ctx, _float, _int, _mapping, _names, _path, _pos_float, _str,
-)
+from .config_types import _backoff, _choice, _Ctx, _int, _mapping, _names, _path, _pos_float, _str
 from .errors import ConfigError
 from .settings import (
     ApiSettings,
@@ -202,14 +200,7 @@ def _resolve_argv0(ctx: _Ctx, argv: list[str]) -> list[str]:
 
 def _restart(ctx: _Ctx, raw: Any) -> RestartSettings:
     d = _mapping(ctx, "restart", raw, _names(RestartSettings))
-    out: dict[str, Any] = {}
-    for name in ("initial_delay", "max_delay", "stable_after"):
-        if name in d:
-            out[name] = _pos_float(ctx, f"restart.{name}", d[name])
-    if "multiplier" in d:
-        out["multiplier"] = _float(ctx, "restart.multiplier", d["multiplier"], lambda x: x >= 1, "a number >= 1")
-    if "jitter" in d:
-        out["jitter"] = _float(ctx, "restart.jitter", d["jitter"], lambda x: 0 <= x < 1, "a number in [0, 1)")
+    out: dict[str, Any] = _backoff(ctx, "restart", d, ("stable_after",))
     if d.get("max_attempts") is not None:
         out["max_attempts"] = _int(ctx, "restart.max_attempts", d["max_attempts"], lo=1)
     r = RestartSettings(**out)

@@ -79,6 +79,19 @@ def _pos_float(ctx: _Ctx, path: str, v: Any) -> float:
     return _float(ctx, path, v, lambda x: x > 0, "a number > 0")
 
 
+def _backoff(ctx: _Ctx, section: str, d: dict[str, Any], positive: tuple[str, ...]) -> dict[str, Any]:
+    """The backoff numbers shared by `restart:` and `webhook:` (plus the section's other positive floats)."""
+    out: dict[str, Any] = {}
+    for name in ("initial_delay", "max_delay", *positive):
+        if name in d:
+            out[name] = _pos_float(ctx, f"{section}.{name}", d[name])
+    if "multiplier" in d:
+        out["multiplier"] = _float(ctx, f"{section}.multiplier", d["multiplier"], lambda x: x >= 1, "a number >= 1")
+    if "jitter" in d:
+        out["jitter"] = _float(ctx, f"{section}.jitter", d["jitter"], lambda x: 0 <= x < 1, "a number in [0, 1)")
+    return out
+
+
 def _path(ctx: _Ctx, path: str, v: Any) -> Path:
     s = _str(ctx, path, v)
     if not s:

@@ -14,7 +14,7 @@ _KEYS = ("url", "secret", "timeout", "initial_delay", "multiplier", "max_delay",
 
 
 def webhook_config(ctx: Any, raw: Any, *, storage_root: Path, api_secret: str | None) -> WebhookConfig:
-    from .config import _float, _int, _mapping, _pos_float, _str  # the shared scalar validators
+    from .config_types import _backoff, _int, _mapping, _str  # the shared scalar validators
 
     d = _mapping(ctx, "webhook", raw, _KEYS)
     out: dict[str, Any] = {}
@@ -29,13 +29,7 @@ def webhook_config(ctx: Any, raw: Any, *, storage_root: Path, api_secret: str | 
         out["secret"] = _str(ctx, "webhook.secret", d["secret"]) or None
     else:
         out["secret"] = api_secret
-    for name in ("timeout", "initial_delay", "max_delay"):
-        if name in d:
-            out[name] = _pos_float(ctx, f"webhook.{name}", d[name])
-    if "multiplier" in d:
-        out["multiplier"] = _float(ctx, "webhook.multiplier", d["multiplier"], lambda x: x >= 1, "a number >= 1")
-    if "jitter" in d:
-        out["jitter"] = _float(ctx, "webhook.jitter", d["jitter"], lambda x: 0 <= x < 1, "a number in [0, 1)")
+    out.update(_backoff(ctx, "webhook", d, ("timeout",)))
     if "max_items" in d:
         out["max_items"] = _int(ctx, "webhook.max_items", d["max_items"], lo=1)
     if d.get("max_bytes") is not None:
