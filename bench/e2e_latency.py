@@ -99,6 +99,7 @@ def breakdown(events: list[dict], sim_events: list[dict], tid: str, t_scan: floa
     exited = first(lambda e: e["event"] == "worker.exited")
     spawned = first(lambda e: e["event"] == "worker.spawned")
     hello = first(lambda e: e["event"] == "worker.hello")
+    promoted = first(lambda e: e["event"] == "standby.promoted")  # worker.prewarm: no spawn after the scan
     connecting = first(lambda e: e["event"] == "tenant.state" and e.get("to_state") == "connecting")
     opened = first(lambda e: e["event"] == "tenant.open")
     sims = [e for e in sim_events if e["t"] / 1000 >= t_scan - 0.001]
@@ -118,6 +119,8 @@ def breakdown(events: list[dict], sim_events: list[dict], tid: str, t_scan: floa
         "scan -> pair-success sent": paired - t_scan,
         "pair-success -> close 515 (daemon)": d(paired, close),
         "close -> worker exited": d(close, exited),
+        "exited -> standby promoted (go)": d(exited, promoted),
+        "go -> connecting": d(promoted, connecting),
         "exited -> next worker spawned": d(exited, spawned),
         "spawned -> hello (node+Baileys)": d(spawned, hello),
         "hello -> connecting": d(hello, connecting),
@@ -159,7 +162,10 @@ def pairing(d: Daemon, sim: Simulator, tid: str, res_: dict, relogin: bool, scan
 
 
 def report(name: str, r: dict, floor: list[float], initial_delay: float) -> None:
-    print(f"## {name}: worker.command = {' '.join(Path(a).name if '/' in a else a for a in r['command'])}")
+    w = r["worker"]
+    extra = {k: v for k, v in w.items() if k != "command"}
+    print(f"## {name}: worker.command = {' '.join(Path(a).name if '/' in a else a for a in w['command'])}"
+          + (f"  worker settings {json.dumps(extra)}" if extra else "  (worker.prewarm: shipped default, on)"))
     print(row("start -> QR", r["start_qr"]))
     if floor:
         print(f"{'':<34} ratio start->QR / floor: p50 {percentile(r['start_qr'], 50) / percentile(floor, 50):.2f}x, "
@@ -182,28 +188,33 @@ def main() -> int:
     ap.add_argument("--initial-delay", type=float, default=0.2, help="restart.initial_delay (the 428 backoff)")
     ap.add_argument("--floor", type=int, default=20, help="bare-node start->QR baseline runs (interleaved)")
     ap.add_argument("--worker-command", default=None, help="JSON argv for worker.command of the main run")
-    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=JSON_ARGV",
-                    help="an extra worker.command measured interleaved with the main one (own daemon, same "
-                         "simulator), pairing by pairing, so load changes hit every variant alike")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=JSON",
+                    help="an extra variant measured interleaved with the main one (own daemon, same simulator), "
+                         "pairing by pairing, so load changes hit every variant alike. JSON: a worker.command argv, "
+                         'or an object of worker settings, e.g. \'no_prewarm={"prewarm": false}\'')
     ap.add_argument("--no-relogin", action="store_true")
     ap.add_argument("--scan-delay", type=float, default=0.0, help="seconds between QR shown and the scan")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     command = json.loads(args.worker_command) if args.worker_command else DEFAULT_COMMAND
-    variants = [("main", command)] + [(v.split("=", 1)[0], json.loads(v.split("=", 1)[1])) for v in args.variant]
+    variants = [("main", {"command": command})]
+    for v in args.variant:
+        label, spec = v.split("=", 1)
+        value = json.loads(spec)
+        variants.append((label, {"command": command, **value} if isinstance(value, dict) else {"command": value}))
     load0 = os.getloadavg()
-    results = {name: {"command": cmd, "start_qr": [], "scan_open": [], "relogin": [], "phases": []}
-               for name, cmd in variants}
+    results = {name: {"worker": worker, "start_qr": [], "scan_open": [], "relogin": [], "phases": []}
+               for name, worker in variants}
     floor: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bsup-bench-") as tmp:
         work = Path(tmp)
         sim = Simulator()
         daemons: dict[str, Daemon] = {}
         try:
-            for name, cmd in variants:
+            for name, worker in variants:
                 wd = work / name
                 wd.mkdir()
-                cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, worker={"command": cmd},
+                cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, worker=worker,
                                     restart={"initial_delay": args.initial_delay, "jitter": 0.0})
                 daemons[name] = Daemon(wd, cfg)
                 daemons[name].start()

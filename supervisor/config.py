@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config_types import _backoff, _choice, _Ctx, _int, _mapping, _names, _path, _pos_float, _str
+from .config_types import _backoff, _bool, _choice, _Ctx, _int, _mapping, _names, _path, _pos_float, _str
 from .errors import ConfigError
 from .settings import (
     ApiSettings,
@@ -181,6 +181,8 @@ def _worker(ctx: _Ctx, raw: Any) -> WorkerSettings:
     for name in ("heartbeat_interval", "heartbeat_timeout", "stop_grace"):
         if name in d:
             out[name] = _pos_float(ctx, f"worker.{name}", d[name])
+    if "prewarm" in d:
+        out["prewarm"] = _bool(ctx, "worker.prewarm", d["prewarm"])
     if "max_concurrent_spawns" in d:
         out["max_concurrent_spawns"] = _int(ctx, "worker.max_concurrent_spawns", d["max_concurrent_spawns"], lo=1)
     w = WorkerSettings(**out)

@@ -56,6 +56,12 @@ def _choice(ctx: _Ctx, path: str, v: Any, choices: tuple[str, ...]) -> str:
     return v
 
 
+def _bool(ctx: _Ctx, path: str, v: Any) -> bool:
+    if not isinstance(v, bool):  # YAML 1.1 yes/no/on/off already arrive as bool; "true" (a string) does not
+        raise ctx.fail(path, "true or false", v)
+    return v
+
+
 def _int(ctx: _Ctx, path: str, v: Any, lo: int | None = None, hi: int | None = None, what: str | None = None) -> int:
     ok = isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo) and (hi is None or v <= hi)
     if not ok:

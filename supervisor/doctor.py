@@ -134,7 +134,8 @@ def tenant_checks(tid: str, st: dict[str, Any] | None, tdir: Path, daemon_pid: i
     else:
         out.append(Check("qr", SKIP, "not waiting for a scan"))
     out.append(auth_check(tdir / "auth", state, t))
-    out.append(process_check(tdir, st.get("pid") if st else None, daemon_pid))
+    out.append(process_check(tdir, st.get("pid") if st else None, daemon_pid,
+                             standby_pid=st.get("standbyPid") if st else None))
     out.append(close_check(st.get("lastDisconnect") if st else None, t))
     out.append(clock_check(st.get("clock") if st else None))
     return out
@@ -181,10 +182,13 @@ def auth_users(tdir: Path, exclude: set[int]) -> dict[int, str]:
     return found
 
 
-def process_check(tdir: Path, worker_pid: int | None, daemon_pid: int | None) -> Check:
+def process_check(tdir: Path, worker_pid: int | None, daemon_pid: int | None, *,
+                  standby_pid: int | None = None) -> Check:
     if not tdir.is_dir():
         return Check("processes", SKIP, "no tenant directory")
-    users = auth_users(tdir, {p for p in (daemon_pid, os.getpid()) if p})
+    # The daemon's standby worker (worker.prewarm) holds the inherited lock but no socket and no auth file: not a
+    # second user of the session.
+    users = auth_users(tdir, {p for p in (daemon_pid, os.getpid(), standby_pid) if p})
     listed = ", ".join(f"{p} ({n})" for p, n in sorted(users.items()))
     if len(users) > 1:
         return Check("processes", FAIL, f"{len(users)} processes use the auth directory: {listed}",
@@ -196,7 +200,8 @@ def process_check(tdir: Path, worker_pid: int | None, daemon_pid: int | None) ->
     if users and worker_pid is None:
         return Check("processes", FAIL, f"no worker should run, but {listed} uses the auth",
                      "a leftover: stop it (the daemon's next start also stops leftovers it recorded)")
-    return Check("processes", PASS, f"lock holder = worker {worker_pid}" if users else "nobody uses the auth")
+    standby = f" (+ standby {standby_pid}, waiting to log in after the scan)" if standby_pid else ""
+    return Check("processes", PASS, (f"lock holder = worker {worker_pid}" if users else "nobody uses the auth") + standby)
 
 
 def close_check(last: dict[str, Any] | None, t: Callable[[str], str]) -> Check:

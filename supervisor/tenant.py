@@ -23,6 +23,7 @@ from supervisor.errors import NotRunning, StorageError, SupervisorError
 from supervisor.locks import TenantLock
 from supervisor.storage import archive_auth, auth_info
 from supervisor.settings import Settings
+from supervisor.standby import Standby
 from supervisor.states import ACTIVE_STATES, TenantState, reason_name
 from supervisor.tenant_events import REST_ON_FATAL, WorkerEvents
 from supervisor.transitions import TRANSITIONS, InvalidTransition, iso
@@ -54,6 +55,7 @@ class Tenant(WorkerEvents):
         self.clock, self._sleep, self._spawn_slots, self.on_message = clock, sleep, spawn_slots, on_message
         self.state, self.state_reason, self.since = S.STOPPED, None, clock()
         self.worker: WorkerProcess | None = None
+        self.standby: Standby | None = None  # the next worker, pre-started while a QR is shown (standby.py)
         self.qr: str | None = None
         self.push_name: str | None = None
         self.me: dict[str, Any] | None = None
@@ -128,7 +130,9 @@ class Tenant(WorkerEvents):
             task.cancel()
         elif self.worker is not None and self.worker.alive:
             self.change_state(S.STOPPING, reason)
-            await self.worker.stop(0.0 if force else None)
+            grace = 0.0 if force else None
+            # The standby goes down alongside, so a stop stays bounded by one grace, and a forced stop kills both.
+            await asyncio.gather(self.worker.stop(grace), self._stop_standby(grace))
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._task = None
@@ -208,6 +212,7 @@ class Tenant(WorkerEvents):
             with contextlib.suppress(InvalidTransition):
                 self.change_state(S.FAILED, "internal")
         finally:
+            await self._reap_standby()  # before the lock goes: a standby holds an inherited copy of it
             self._spawned.set()
             self.worker = None
             if self.metrics is not None:
@@ -221,6 +226,9 @@ class Tenant(WorkerEvents):
         no path leaves a live worker that nobody reads (it would hold the inherited flock forever)."""
         assert self.lock.fd is not None
         self._close, self._hello = None, asyncio.Event()
+        standby = await self._take_standby()
+        if standby is not None:
+            return await self._run_promoted(standby)
         worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
                                              self._on_event, on_invalid_line=self._on_invalid_line)
         self._spawn_t0 = time.monotonic()
@@ -254,12 +262,71 @@ class Tenant(WorkerEvents):
                 await asyncio.gather(run, return_exceptions=True)
                 raise
         info = await run
+        return self._ending(info)
+
+    def _ending(self, info: ExitInfo) -> tuple[Ending, ExitInfo]:
         self.lock.clear_pidfile()
         if info.heartbeat_timeout:
             return Ending.HEARTBEAT, info
         if self._close is not None:
             return Ending.CLOSE, info
         return (Ending.EXIT if info.returncode == 0 else Ending.CRASH), info
+
+    # -- the standby worker (supervisor/standby.py) -------------------------------------------------------------------
+    def _prewarm(self) -> None:
+        """Start the worker that will log in after the scan's 515, unless one exists or no worker runs. Called at the
+        worker's hello when the creds are not linked (a QR and a scan are ahead) and at every QR. Not earlier: two
+        Baileys imports at once would delay the first QR (measured +210 ms on 2 CPUs)."""
+        if (self.settings.worker.prewarm and self.standby is None and self.running and not self._want_stop
+                and self.lock.fd is not None and self.worker is not None and self.worker.alive):
+            self.standby = Standby(self.id, self.settings.worker, self.auth_dir, self.lock.fd, self._spawn_slots)
+
+    async def _take_standby(self) -> Standby | None:
+        """The standby, detached from `self.standby`, once ready: one still importing is further along than a fresh
+        spawn, so it is waited for (bounded like a spawn's hello). A dead or hung one is reaped, and the usual spawn
+        follows."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        await standby.wait_ready(self.settings.worker.heartbeat_timeout)
+        if standby.take() is None:
+            await standby.reap()
+            return None
+        return standby
+
+    async def _run_promoted(self, standby: Standby) -> tuple[Ending, ExitInfo | None]:
+        """`go` to the standby (it loads the auth the previous worker flushed, then opens its one socket); from here
+        on it is this tenant's worker, read by the standby's task, which is awaited here on every path."""
+        worker = self.worker = standby.worker
+        worker.on_event, worker.on_invalid_line = self._on_event, self._on_invalid_line
+        try:
+            try:
+                worker.notify("go")
+            except (NotRunning, ConnectionError, RuntimeError):  # it died a moment ago: a crash, handled as such
+                log.warning("standby.promote_failed", tenant=self.id, worker_pid=worker.pid)
+            else:
+                self.spawns += 1
+                self.lock.write_pidfile(worker.pid or 0, self.clock())
+                log.info("standby.promoted", tenant=self.id, worker_pid=worker.pid)
+            self._spawned.set()
+            self._hello.set()
+            info = await standby.task
+        except BaseException:
+            standby.task.cancel()  # its run() kills the child: the lock goes with it
+            await asyncio.gather(standby.task, return_exceptions=True)
+            raise
+        if info is None:  # cannot happen once taken (it was spawned and said hello); say so instead of guessing
+            return Ending.SPAWN, None
+        return self._ending(info)
+
+    async def _stop_standby(self, grace: float | None = None) -> None:
+        if self.standby is not None:
+            await self.standby.reap(grace)
+
+    async def _reap_standby(self) -> None:
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            await standby.reap()
 
     @contextlib.asynccontextmanager
     async def _spawn_slot(self):
@@ -305,7 +372,8 @@ class Tenant(WorkerEvents):
         return {
             "tenant": self.id, "state": self.state.value, "connected": self.state is S.CONNECTED,
             "hasQR": self.qr is not None, "pushName": self.push_name, "me": self.me,
-            "pid": w.pid if w is not None and w.alive else None, "restarts": self.restarts,
+            "pid": w.pid if w is not None and w.alive else None,
+            "standbyPid": self.standby.pid if self.standby is not None else None, "restarts": self.restarts,
             "lastDisconnect": self.last_disconnect, "nextRetryAt": iso(self.next_retry_at),
             "stateReason": self.state_reason, "since": iso(self.since), "auth": self.auth_info(),
         }

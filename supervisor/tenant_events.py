@@ -53,6 +53,9 @@ class WorkerEvents:
                       got=event.get("protocol"))
             if self.worker is not None:
                 self.worker.request_stop()
+            return
+        if not self.auth_info()["registered"]:
+            self._prewarm()  # not linked: a QR, a scan and its 515 restart are ahead
 
     def _ev_connecting(self: Tenant, event: protocol.Event) -> None:
         if self.state in (S.STARTING, S.QR, S.CONNECTED):
@@ -64,6 +67,7 @@ class WorkerEvents:
             self.qr = event.get("qr")  # never logged
             log.info("tenant.qr", tenant=self.id)
             self._emit("qr", {"qr": self.qr})
+            self._prewarm()
 
     def _ev_pairing_code(self: Tenant, event: protocol.Event) -> None:
         log.info("tenant.pairing_code", tenant=self.id)  # the code itself is a credential: not logged
@@ -77,6 +81,8 @@ class WorkerEvents:
             self._emit("open", {"serverTime": event.get("serverTime"), "receivedAt": self.clock()})
             self.change_state(S.CONNECTED)
             log.info("tenant.open", tenant=self.id, me=(self.me or {}).get("id"))
+            if self.standby is not None:  # linked without the usual 515 restart: the standby is not needed
+                self.standby.dismiss()
 
     def _ev_close(self: Tenant, event: protocol.Event) -> None:
         code = event.get("code")

@@ -40,7 +40,8 @@ class ExitInfo:
     stopped: bool  # the daemon asked it to stop
 
 
-def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: int) -> dict[str, str]:
+def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: int, *,
+               standby: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "BSUP_PROTOCOL": str(protocol.PROTOCOL_VERSION),
@@ -52,6 +53,8 @@ def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: i
         "BSUP_LOG_LEVEL": settings.log_level,
         "BSUP_HEARTBEAT_MS": str(int(settings.heartbeat_interval * 1000)),
     })
+    if standby:
+        env["BSUP_STANDBY"] = "1"  # up to hello, then wait for `go` (supervisor/standby.py)
     if settings.wa_url:
         env["BSUP_WA_URL"] = settings.wa_url
     if settings.socket_options:
@@ -63,8 +66,9 @@ def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: i
 class WorkerProcess:
     def __init__(self, tenant: str, settings: WorkerSettings, auth_dir: Path, lock_fd: int,
                  on_event: Callable[[protocol.Event], None], *,
-                 on_invalid_line: Callable[[int], None] | None = None) -> None:
+                 on_invalid_line: Callable[[int], None] | None = None, standby: bool = False) -> None:
         self.tenant = tenant
+        self.standby = standby
         self.settings = settings
         self.auth_dir = auth_dir
         self.lock_fd = lock_fd
@@ -106,7 +110,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.PIPE, stdout=out_w, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # own group: stop signals reach its children, terminal signals do not
                 pass_fds=(self.lock_fd,),  # the same open file description: the flock lives as long as the worker
-                env=worker_env(self.settings, self.tenant, self.auth_dir, self.lock_fd),
+                env=worker_env(self.settings, self.tenant, self.auth_dir, self.lock_fd, standby=self.standby),
             )
         except BaseException:
             os.close(out_r)
@@ -127,7 +131,7 @@ class WorkerProcess:
         transport.max_size = protocol.READ_CHUNK  # type: ignore[attr-defined]
         self._stdout_transport = transport
         self._last_line = time.monotonic()
-        log.info("worker.spawned", tenant=self.tenant, worker_pid=self.proc.pid)
+        log.info("worker.spawned", tenant=self.tenant, worker_pid=self.proc.pid, standby=self.standby)
         return self.proc.pid
 
     async def run(self) -> ExitInfo:

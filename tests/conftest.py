@@ -90,7 +90,8 @@ def make_settings(storage: Path, fake_state: Path, marker: str) -> Callable[...,
             wenv["BSUP_FAKE_SCRIPT"] = json.dumps(script)
         wenv.update(env or {})
         w = WorkerSettings(command=fake_worker_command(marker), env=wenv, heartbeat_interval=0.2,
-                           heartbeat_timeout=5.0, stop_grace=2.0)
+                           heartbeat_timeout=5.0, stop_grace=2.0,
+                           prewarm=False)  # these tests count processes per tenant; tests/test_standby.py turns it on
         r = RestartSettings(initial_delay=0.05, max_delay=0.2, jitter=0.0)
         return Settings(
             storage=StorageSettings(root=storage),

@@ -30,7 +30,7 @@ def build(cfg: dict) -> Settings:
         storage=StorageSettings(root=Path(cfg["storage"])),
         api=ApiSettings(port=0),
         worker=WorkerSettings(command=fake_worker_command(cfg["marker"]), env=env, heartbeat_interval=0.2,
-                              stop_grace=cfg.get("stop_grace", 2.0)),
+                              stop_grace=cfg.get("stop_grace", 2.0), prewarm=cfg.get("prewarm", False)),
         tenants=TenantsSettings(boot=tuple(cfg.get("boot", ()))),
     )
 

@@ -11,10 +11,13 @@ tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns
   {"stderr": "text"}          a stderr line          {"sleep": seconds}
   {"exit": code}              exit now               {"wait": true}   idle until stop/EOF/signal
   {"heartbeats": false}       stop sending heartbeats (watchdog tests)
+  {"wait_file": "name"}       idle until BSUP_FAKE_STATE_DIR/name exists (the test decides when the script goes on)
 No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Commands: stop -> exit 0; logout ->
 close 401 + exit 0; pairing_code -> reply {code} + pairing_code event; ping -> reply {}; others -> bad_command.
 BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF exits (the daemon is
 gone) unless BSUP_FAKE_IGNORE_EOF=1 (a hung leftover for take-over tests); and the inherited BSUP_LOCK_FD is kept open for the whole life of the process.
+BSUP_STANDBY=1 (a standby, supervisor/standby.py): hello at once, then wait for `go`; only then is the spawn counted
+and its script run (its hello steps skipped: hello was said). BSUP_FAKE_STANDBY_DELAY=<s> delays its hello.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 OUT = sys.stdout.buffer
 IGNORE_TERM = os.environ.get("BSUP_FAKE_IGNORE_TERM") == "1"
+STANDBY = os.environ.get("BSUP_STANDBY") == "1"
 heartbeats_on = True
 
 
@@ -89,6 +93,10 @@ async def run_steps(steps: list[dict], done: asyncio.Future) -> None:
             return done.set_result(step["exit"]) if not done.done() else None
         elif "heartbeats" in step:
             heartbeats_on = bool(step["heartbeats"])
+        elif "wait_file" in step:
+            flag = Path(os.environ["BSUP_FAKE_STATE_DIR"]) / step["wait_file"]
+            while not flag.exists():
+                await asyncio.sleep(0.02)
         elif "wait" in step:
             await asyncio.Event().wait()
 
@@ -102,7 +110,15 @@ async def heartbeat() -> None:
             emit({"type": "heartbeat", "rss": 1, "uptimeMs": int((time.monotonic() - started) * 1000)})
 
 
-async def commands(done: asyncio.Future) -> None:
+async def standby_then_steps(tenant: str, go: asyncio.Future, done: asyncio.Future) -> None:
+    await asyncio.sleep(float(os.environ.get("BSUP_FAKE_STANDBY_DELAY", "0")))
+    emit({"type": "hello", "protocol": 1, "pid": os.getpid(), "worker": "fake/1", "baileys": "fake",
+          "waVersion": [2, 3000, 1]})
+    await go
+    await run_steps([s for s in load_steps(tenant) if "hello" not in s], done)
+
+
+async def commands(done: asyncio.Future, go: asyncio.Future) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -121,6 +137,9 @@ async def commands(done: asyncio.Future) -> None:
         elif name == "pairing_code":
             emit({"type": "reply", "id": cid, "ok": True, "result": {"code": "FAKE1234"}}) if cid else None
             emit({"type": "pairing_code", "code": "FAKE1234"})
+        elif name == "go" and STANDBY and not go.done():
+            emit({"type": "reply", "id": cid, "ok": True, "result": {}}) if cid else None
+            go.set_result(None)
         elif name == "ping":
             emit({"type": "reply", "id": cid, "ok": True, "result": {}}) if cid else None
         elif cid:
@@ -143,7 +162,9 @@ async def main() -> int:
     done: asyncio.Future = loop.create_future()
     loop.add_signal_handler(signal.SIGTERM, lambda: None if IGNORE_TERM or done.done() else done.set_result(0))
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # a terminal Ctrl-C is the daemon's business
-    tasks = [asyncio.create_task(c) for c in (run_steps(load_steps(tenant), done), heartbeat(), commands(done))]
+    go: asyncio.Future = loop.create_future()
+    steps = standby_then_steps(tenant, go, done) if STANDBY else run_steps(load_steps(tenant), done)
+    tasks = [asyncio.create_task(c) for c in (steps, heartbeat(), commands(done, go))]
     code = await done
     for t in tasks:
         t.cancel()

@@ -35,7 +35,8 @@ def config(tmp_path: Path, marker: str, port: int, *, boot=(), env=None, script=
     if script is not None:
         wenv["BSUP_FAKE_SCRIPT"] = json.dumps(script)
     worker = {"command": [sys.executable, "-I", str(FAKE), "--marker", marker], "env": wenv,
-              "heartbeat_interval": 0.5, "heartbeat_timeout": 10, "stop_grace": 2}
+              "heartbeat_interval": 0.5, "heartbeat_timeout": 10, "stop_grace": 2,
+              "prewarm": False}  # process counts in these tests assume no standby (tests/test_standby.py has it)
     worker.update(extra.pop("worker", {}))
     return {"storage": {"root": "storage"}, "api": {"host": "127.0.0.1", "port": port, "secret": SECRET},
             "worker": worker, "restart": {"initial_delay": 0.05, "max_delay": 0.2, "jitter": 0.0},

@@ -56,7 +56,8 @@ def test_full_valid_config(tmp_path):
         "worker": {"command": ["python3", "./fake.py", "--flag"], "env": {"A": "1", "B": 2},
                    "wa_url": "ws://127.0.0.1:9/ws/chat", "browser": ["X", "Y", "1"], "version_policy": "2.3000.123",
                    "log_level": "info", "socket_options": {"qrTimeout": 40000, "connectTimeoutMs": 5000},
-                   "heartbeat_interval": 1, "heartbeat_timeout": 3.5, "stop_grace": 0.5, "max_concurrent_spawns": 2},
+                   "heartbeat_interval": 1, "heartbeat_timeout": 3.5, "stop_grace": 0.5, "max_concurrent_spawns": 2,
+                   "prewarm": False},
         "restart": {"initial_delay": 0.1, "multiplier": 1.5, "max_delay": 5, "jitter": 0, "stable_after": 2,
                     "max_attempts": 3},
         "tenants": {"boot": [1, "shop-2", 1]},
@@ -69,6 +70,7 @@ def test_full_valid_config(tmp_path):
     assert s.worker.env == {"A": "1", "B": "2"}
     assert s.worker.socket_options == {"qrTimeout": 40000, "connectTimeoutMs": 5000}
     assert s.worker.stop_grace == 0.5 and isinstance(s.worker.heartbeat_interval, float)
+    assert s.worker.prewarm is False
     assert s.restart.max_attempts == 3 and s.restart.jitter == 0.0
     assert s.tenants.boot == ("1", "shop-2")
     assert s.logging.level == "debug"
@@ -104,6 +106,8 @@ def test_relative_paths_resolve_against_the_config_dir_not_cwd(tmp_path, monkeyp
     ({"worker": {"log_level": "loud"}}, "worker.log_level", "one of"),
     ({"worker": {"heartbeat_interval": 10, "heartbeat_timeout": 5}}, "worker.heartbeat_timeout", "heartbeat_interval"),
     ({"worker": {"max_concurrent_spawns": 0}}, "worker.max_concurrent_spawns", ">= 1"),
+    ({"worker": {"prewarm": "true"}}, "worker.prewarm", "true or false"),
+    ({"worker": {"prewarm": 1}}, "worker.prewarm", "true or false"),
     ({"api": {"port": 70000}}, "api.port", "port"),
     ({"api": {"port": "3300"}}, "api.port", "port"),
     ({"api": {"max_body_bytes": 0}}, "api.max_body_bytes", ">= 1"),

@@ -80,6 +80,13 @@ export function parseSocketOptions(raw) {
   return out;
 }
 
+/** BSUP_STANDBY=1: start up to `hello`, then wait for the `go` command before touching auth or the network. */
+export function parseStandby(raw) {
+  if (raw === undefined || raw === '' || raw === '0') return false;
+  if (raw === '1') return true;
+  throw new EnvError('BSUP_STANDBY', `expected 0 or 1, got ${JSON.stringify(raw)}`);
+}
+
 /** Parse and validate every BSUP_* variable. Throws EnvError (the worker then exits 2). */
 export function parseEnv(env = process.env, { checkFd = true } = {}) {
   const tenant = env.BSUP_TENANT;
@@ -138,10 +145,11 @@ export function parseEnv(env = process.env, { checkFd = true } = {}) {
     logLevel,
     heartbeatMs: parsePositiveInt(env, 'BSUP_HEARTBEAT_MS', 5000, { min: 50 }),
     socketOptions: parseSocketOptions(env.BSUP_SOCKET_OPTIONS),
+    standby: parseStandby(env.BSUP_STANDBY),
   };
 }
 
-export const COMMANDS = ['stop', 'logout', 'pairing_code', 'ping'];
+export const COMMANDS = ['stop', 'logout', 'pairing_code', 'ping', 'go'];
 
 /** Parse one stdin line into a command object. Throws CommandError (carrying the id when readable). */
 export function parseCommand(line) {

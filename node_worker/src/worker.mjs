@@ -60,6 +60,12 @@ let verificationFailed = false;
 let socketClosed = false;
 let resolveSockReady;
 const sockReady = new Promise((r) => { resolveSockReady = r; });
+// Standby (BSUP_STANDBY=1): started ahead of need, e.g. while a QR is shown, so the restart WhatsApp demands
+// after a scan (515) does not wait for Node start-up and the Baileys import (~0.9 s). It does everything up to
+// `hello`, then waits for `go`: until then it has read no auth file and opened no socket.
+let resolveGo;
+const goSignal = new Promise((r) => { resolveGo = r; });
+let goReceived = false;
 let resolveFirstQr;
 const firstQr = new Promise((r) => { resolveFirstQr = r; });
 let baileys = null;
@@ -132,6 +138,19 @@ async function handleCommand(cmd) {
   switch (cmd.cmd) {
     case 'ping':
       reply(cmd, true, {});
+      return;
+    case 'go':
+      if (!settings.standby) {
+        reply(cmd, false, 'not_standby', 'this worker was not started as a standby');
+        return;
+      }
+      if (goReceived) {
+        reply(cmd, false, 'already_started', 'go was already received');
+        return;
+      }
+      goReceived = true;
+      reply(cmd, true, {});
+      resolveGo();
       return;
     case 'stop':
       reply(cmd, true, {});
@@ -278,6 +297,11 @@ async function main() {
     emit({ type: 'heartbeat', rss: process.memoryUsage.rss(), uptimeMs: Date.now() - startedAt });
   }, settings.heartbeatMs);
   if (shutdownStarted) return; // EOF/SIGTERM/stop during start-up: shutdown() exits
+  if (settings.standby) {
+    // shutdown() exits the process; a standby that is never promoted ends here, having touched nothing.
+    await goSignal;
+    if (shutdownStarted) return;
+  }
 
   const { useAtomicMultiFileAuthState, AuthCorruptError } = await import('./auth-state.mjs');
   try {

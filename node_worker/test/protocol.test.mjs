@@ -79,3 +79,13 @@ test('message events are split under the line limit; a too-large single message 
   assert.equal(errors[0].code, 'message_too_large');
   assert.match(errors[0].message, /huge/);
 });
+
+test('standby: BSUP_STANDBY is 0/1 (default off); go is a known command', () => {
+  assert.equal(parseEnv(base).standby, false);
+  assert.equal(parseEnv({ ...base, BSUP_STANDBY: '0' }).standby, false);
+  assert.equal(parseEnv({ ...base, BSUP_STANDBY: '1' }).standby, true);
+  for (const bad of ['true', '2', 'yes']) {
+    assert.throws(() => parseEnv({ ...base, BSUP_STANDBY: bad }), (e) => e instanceof EnvError && e.variable === 'BSUP_STANDBY');
+  }
+  assert.deepEqual(parseCommand('{"cmd":"go","id":"g"}'), { cmd: 'go', id: 'g' });
+});

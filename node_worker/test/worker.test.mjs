@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { rm, openSync, closeSync, readlinkSync } from 'node:fs';
+import { rm, openSync, closeSync, readlinkSync, existsSync } from 'node:fs';
 import { mkdtemp as mkdtempP, rm as rmP } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,7 +42,7 @@ async function startWorker(env = {}, { extraFds = [] } = {}) {
   });
   const send = (obj) => child.stdin.write((typeof obj === 'string' ? obj : JSON.stringify(obj)) + '\n');
   const cleanup = () => rmP(dir, { recursive: true, force: true });
-  return { child, events, waitFor, send, exited, cleanup, get stderr() { return stderr; } };
+  return { child, events, waitFor, send, exited, cleanup, authDir: join(dir, 'auth'), get stderr() { return stderr; } };
 }
 
 /** A TCP port that accepts and then says nothing: the WebSocket upgrade never completes. */
@@ -170,4 +170,61 @@ test('explicit version policy is passed through', async () => {
   await w.exited;
   assert.deepEqual(w.events.find((e) => e.type === 'hello').waVersion, [2, 3000, 1000000001]);
   await w.cleanup();
+});
+
+test('standby: hello and heartbeats, no auth dir and no socket until go; go starts the socket; a second go is refused', async () => {
+  const srv = await silentServer();
+  const w = await startWorker({ BSUP_WA_URL: srv.url, BSUP_STANDBY: '1', BSUP_SOCKET_OPTIONS: '{"connectTimeoutMs":20000}' });
+  await w.waitFor((e) => e.type === 'hello');
+  await w.waitFor((e) => e.type === 'heartbeat' && e.uptimeMs > 400);
+  assert.deepEqual(w.events.map((e) => e.type).filter((t) => t !== 'heartbeat'), ['hello'],
+    'a standby opens nothing before go');
+  assert.equal(existsSync(w.authDir), false, 'a standby has not touched the auth directory');
+  w.send({ cmd: 'go', id: 'g1' });
+  await w.waitFor((e) => e.type === 'reply' && e.id === 'g1' && e.ok === true);
+  await w.waitFor((e) => e.type === 'connecting');
+  assert.equal(existsSync(w.authDir), true, 'after go the worker loads (creates) its auth directory');
+  w.send({ cmd: 'go', id: 'g2' });
+  const again = await w.waitFor((e) => e.type === 'reply' && e.id === 'g2');
+  assert.equal(again.ok, false);
+  assert.equal(again.error, 'already_started');
+  w.send({ cmd: 'stop' });
+  assert.equal((await w.exited).code, 0);
+  srv.close();
+  await w.cleanup();
+});
+
+for (const [how, act] of [['stdin EOF', (w) => w.child.stdin.end()], ['stop command', (w) => w.send({ cmd: 'stop' })],
+  ['SIGTERM', (w) => w.child.kill('SIGTERM')]]) {
+  test(`standby never promoted exits 0 on ${how} without a close event, auth untouched`, async () => {
+    const w = await startWorker({ BSUP_WA_URL: await closedPort(), BSUP_STANDBY: '1' });
+    await w.waitFor((e) => e.type === 'hello');
+    const t0 = Date.now();
+    act(w);
+    const { code, at } = await w.exited;
+    assert.equal(code, 0);
+    assert.ok(at - t0 < 1000, `took ${at - t0} ms`);
+    assert.ok(!w.events.some((e) => e.type === 'close' || e.type === 'connecting'));
+    assert.equal(existsSync(w.authDir), false);
+    await w.cleanup();
+  });
+}
+
+test('go to a worker that is not a standby is refused; a bad BSUP_STANDBY is a bad environment', async () => {
+  const srv = await silentServer();
+  const w = await startWorker({ BSUP_WA_URL: srv.url, BSUP_SOCKET_OPTIONS: '{"connectTimeoutMs":20000}' });
+  await w.waitFor((e) => e.type === 'connecting');
+  w.send({ cmd: 'go', id: 'g' });
+  const r = await w.waitFor((e) => e.type === 'reply' && e.id === 'g');
+  assert.equal(r.ok, false);
+  assert.equal(r.error, 'not_standby');
+  w.send({ cmd: 'stop' });
+  await w.exited;
+  srv.close();
+  await w.cleanup();
+  const bad = await startWorker({ BSUP_STANDBY: 'yes' });
+  assert.equal((await bad.exited).code, 2);
+  assert.equal(bad.events[0].code, 'bad_env');
+  assert.match(bad.events[0].message, /BSUP_STANDBY/);
+  await bad.cleanup();
 });

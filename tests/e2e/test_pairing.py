@@ -24,12 +24,17 @@ def test_go_no_go_scan_to_connected_through_the_515_restart(sim, make_daemon, st
     assert before["connected"] is False and before["hasQR"] is True and before["state"] == "qr"
     qr = d.qr("1")
     assert qr["dataUrl"].startswith("data:image/png;base64,") and qr["qr"].startswith("https://wa.me/settings/")
+    # worker.prewarm (on by default): the worker for the login after the 515 is already up, waiting for `go`.
+    standby = d.wait_status("1", lambda s: s["standbyPid"], what="standbyPid")["standbyPid"]
+    assert standby != before["pid"]
+    wait_for(lambda: any(e.get("event") == "standby.ready" for e in d.log_events()), 30, "standby.ready")
 
     t_scan = time.monotonic()
     res = sim.scan(qr["qr"], pushName="Alice")
     assert res["ok"], res
     st = d.wait_connected("1", timeout=30)
     print(f"\nscan -> connected: {time.monotonic() - t_scan:.3f} s")
+    assert st["pid"] == standby and st["standbyPid"] is None  # promoted: no Node start-up after the scan
 
     assert st["pushName"] == "Alice"
     assert st["me"]["id"] == res["jid"]
@@ -47,6 +52,32 @@ def test_go_no_go_scan_to_connected_through_the_515_restart(sim, make_daemon, st
     assert c["conflicts"] == 0
     starts = [e for e in d.log_events() if e.get("event") == "tenant.state" and e.get("reason") == "start"]
     assert len(starts) == 1, starts  # one explicit start, the second worker came from the 515 row
+    assert state_max_concurrent(sim) == 1  # the standby never opened a socket of its own before `go`
+
+
+def test_without_prewarm_the_515_restart_spawns_a_new_worker(sim, make_daemon):
+    d = make_daemon(sim, worker={"prewarm": False})
+    d.start_tenant("1")
+    qr = d.wait_qr("1")
+    first = d.status("1")["pid"]
+    assert d.status("1")["standbyPid"] is None
+    res = sim.scan(qr, pushName="Carol")
+    assert res["ok"], res
+    st = d.wait_connected("1", timeout=30)
+    assert st["pid"] not in (None, first) and st["restarts"] == 1 and st["me"]["id"] == res["jid"]
+    assert not any(e.get("event", "").startswith("standby.") for e in d.log_events())
+
+
+def state_max_concurrent(sim) -> int:
+    return sim.state()["maxConcurrentAnyDevice"]
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout}s")
+        time.sleep(0.05)
 
 
 def test_cause1_fifty_concurrent_starts_one_registration_socket(sim, make_daemon):

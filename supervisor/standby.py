@@ -1,0 +1,123 @@
+"""A standby worker: the tenant's next worker, started while a QR is shown and promoted after the scan.
+
+Why: right after a successful scan WhatsApp closes the socket with 515 restartRequired, and a worker owns one socket
+per process lifetime (docs/protocol.md), so the login needs a new process. Node start-up plus the Baileys import is
+~0.9 s of the ~2 s from scan to connected (docs/benchmarks.md). A standby pays that while the user is still
+scanning: it runs up to `hello` and waits for `go` without reading auth or opening a socket. When the QR worker
+has exited (its auth flushed to disk), the tenant sends `go` and the standby logs in with the fresh creds.
+
+Invariants kept: the standby inherits the tenant's locked fd like any worker (the flock stays held by whichever
+worker lives, also if the daemon dies: a standby exits on stdin EOF); there is never more than one socket, since
+the standby connects only after `go`, and `go` is sent only once the previous worker has been reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import structlog
+
+from supervisor import protocol
+from supervisor.errors import NotRunning
+from supervisor.settings import WorkerSettings
+from supervisor.worker import ExitInfo, WorkerProcess
+
+log = structlog.get_logger("supervisor.standby")
+
+
+class Standby:
+    """Owns one standby WorkerProcess and the task that spawns and reads it (`task`: its ExitInfo, or None when
+    the spawn failed). Until `take()`, its events only tell whether it is ready; afterwards the tenant owns it."""
+
+    def __init__(self, tenant: str, settings: WorkerSettings, auth_dir: Path, lock_fd: int,
+                 spawn_slots: asyncio.Semaphore) -> None:
+        self.tenant = tenant
+        self.worker = WorkerProcess(tenant, settings, auth_dir, lock_fd, self._on_event, standby=True)
+        self._slots = spawn_slots
+        self._ready = False
+        self._dismissed = False
+        self._taken = False
+        self._settled = asyncio.Event()  # ready (hello) or gone: what a tenant waiting to promote it needs to know
+        self.task: asyncio.Task[ExitInfo | None] = asyncio.create_task(self._main(), name=f"standby:{tenant}")
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.pid if self.worker.alive else None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self.worker.alive and not self._dismissed and not self._taken
+
+    async def _main(self) -> ExitInfo | None:
+        try:
+            return await self._spawn_and_run()
+        finally:
+            self._settled.set()
+
+    async def _spawn_and_run(self) -> ExitInfo | None:
+        async with self._slots:  # a standby is a spawn like any other: booting many tenants stays gentle
+            if self._dismissed:
+                return None
+            try:
+                pid = await self.worker.spawn()
+            except (OSError, ValueError) as exc:  # logged; the tenant simply spawns the usual way later
+                log.warning("standby.spawn_failed", tenant=self.tenant, error=str(exc))
+                return None
+        log.info("standby.spawned", tenant=self.tenant, worker_pid=pid)
+        run = asyncio.create_task(self.worker.run(), name=f"standby-run:{self.tenant}:{pid}")
+        try:
+            if self._dismissed:  # dismissed while spawning
+                await self.worker.stop()
+            return await run
+        finally:
+            run.cancel()  # a no-op once it finished; on cancellation run() kills the child
+            await asyncio.gather(run, return_exceptions=True)
+
+    def _on_event(self, event: protocol.Event) -> None:
+        if event.type == "hello":
+            if event.get("protocol") != protocol.PROTOCOL_VERSION:
+                log.error("standby.protocol_mismatch", tenant=self.tenant, got=event.get("protocol"))
+                self.dismiss()
+                return
+            self._ready = True
+            self._settled.set()
+            log.info("standby.ready", tenant=self.tenant, worker_pid=self.worker.pid)
+        elif event.type == "error" and event.get("fatal"):
+            log.warning("standby.error", tenant=self.tenant, code=event.get("code"), message=event.get("message"))
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Until it said hello or is gone (at most `timeout`); True if it is ready."""
+        if not self._dismissed and not self._taken:
+            try:
+                await asyncio.wait_for(self._settled.wait(), timeout)
+            except TimeoutError:
+                log.warning("standby.not_ready", tenant=self.tenant, timeout=timeout)
+        return self.ready
+
+    def take(self) -> WorkerProcess | None:
+        """The ready standby, now the tenant's to promote (it must send `go` and await `task`), or None."""
+        if not self.ready:
+            return None
+        self._taken = True
+        return self.worker
+
+    def dismiss(self) -> None:
+        """Synchronous (callable from an event handler): ask an unneeded standby to exit. `reap()` awaits it."""
+        if self._taken or self._dismissed:
+            return
+        self._dismissed = True
+        self._settled.set()
+        if self.worker.alive:
+            log.info("standby.dismissed", tenant=self.tenant, worker_pid=self.worker.pid)
+            self.worker.request_stop()
+
+    async def reap(self, grace: float | None = None) -> None:
+        """Dismiss (unless taken) and wait until its process is gone, escalating to SIGKILL after the grace (the
+        worker's stop_grace by default; 0 kills at once)."""
+        self.dismiss()
+        if not self._taken and self.worker.alive:
+            with contextlib.suppress(NotRunning):
+                await self.worker.stop(grace)
+        await asyncio.gather(self.task, return_exceptions=True)
