@@ -185,6 +185,7 @@ class Tenant(WorkerEvents):
                               error=storage_error.strerror or type(storage_error).__name__)
                 self._log_decision(ending, info, decision)
                 if decision.action is Action.REST:
+                    await self._reap_standby()  # a resting tenant has no process at all once its state says so
                     if decision.next_state is S.LOGGED_OUT:
                         try:
                             self._archive_auth()

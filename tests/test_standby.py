@@ -10,9 +10,12 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import FakeClock, live_workers, spawn_records, wait_until
 from supervisor.daemon import Supervisor
 from supervisor.doctor import PASS, process_check
+from test_daemon import by_tenant, proc_cfg, spawn_daemon
 
 HELLO = {"hello": {}}
 QR_THEN_SCAN = [HELLO, {"emit": {"type": "connecting"}}, {"qr": "2@fake"}, {"wait_file": "scanned"}]
@@ -157,3 +160,28 @@ async def test_doctor_counts_the_standby_as_the_daemons_own(make_settings, fake_
     # without knowing it, the same two holders are reported: the check is live
     assert process_check(tdir, st["pid"], None).verdict != PASS
     await sup.shutdown()
+
+
+@pytest.mark.slow
+async def test_kill9_daemon_with_standbys_up_then_takeover(storage, fake_state, marker, tmp_path):
+    """The standby holds an inherited copy of the flock: after the daemon's kill -9 it leaves on stdin EOF like the
+    worker, and the next daemon takes every tenant over (its own worker and standby), nothing of the old one left."""
+    tenants = ["s1", "s2"]
+    cfg = proc_cfg(storage, fake_state, marker, boot=tenants, prewarm=True)
+    first = spawn_daemon(cfg, tmp_path / "d1.log")
+    second = None
+    try:
+        # a QR-showing worker and its standby per tenant, and the worker recorded in worker.pid
+        await wait_until(lambda: sorted(len(p) for p in by_tenant(marker).values()) == [2, 2], timeout=20)
+        await wait_until(lambda: all((storage / "whatsapp" / t / "worker.pid").exists() for t in tenants))
+        old = set(live_workers(marker))
+        first.kill()
+        first.wait()
+        second = spawn_daemon(cfg, tmp_path / "d2.log")
+        await wait_until(lambda: not old & set(live_workers(marker))
+                         and sorted(len(p) for p in by_tenant(marker).values()) == [2, 2], timeout=30)
+    finally:
+        for d in (first, second):
+            if d is not None and d.poll() is None:
+                d.send_signal(signal.SIGTERM)
+                d.wait(15)
