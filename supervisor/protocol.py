@@ -57,7 +57,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "error": {"code": (_STR, True), "message": (_NULLABLE_STR, False), "fatal": (_BOOL, False)},
 }
 EVENT_TYPES = frozenset(_SCHEMA)
-COMMANDS = frozenset({"stop", "logout", "pairing_code", "ping"})
+COMMANDS = frozenset({"stop", "logout", "pairing_code", "ping", "go"})
 
 
 @dataclass(frozen=True)
