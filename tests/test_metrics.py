@@ -136,3 +136,27 @@ def test_registries_are_independent_and_not_global():
     assert get(samples(a), f"{P}_restarts_total", reason="crash") == 1
     assert get(samples(b), f"{P}_restarts_total", reason="crash") is None
     assert not any(name.startswith(P) for name in REGISTRY._names_to_collectors)
+
+
+def _family_text(body: bytes, name: str) -> list[str]:
+    return [line for line in body.decode().splitlines() if name in line]
+
+
+def test_rss_exposition_is_what_a_labelled_gauge_renders():
+    """The RSS series are a dict rendered at scrape time (idle CPU); the text must be a Gauge's, byte for byte."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    m = Metrics(process_metrics=False)
+    ref_registry = CollectorRegistry()
+    ref = Gauge(f"{P}_worker_rss_bytes", "Resident memory of the tenant's worker (last heartbeat).", ["tenant"],
+                registry=ref_registry)
+    steps = [("a", 5), ("b", 1.5), ("c", 123_456_789_012), ("a", 7), ("b", None), ("b", 2), ("d", 0), ("c", None)]
+    for tenant, value in steps:
+        m.on_rss(tenant, value)
+        if value is None:
+            ref.remove(tenant)
+        else:
+            ref.labels(tenant=tenant).set(value)
+        name = f"{P}_worker_rss_bytes"
+        assert _family_text(m.render()[0], name) == _family_text(generate_latest(ref_registry), name)
+    assert get(samples(m), f"{P}_worker_rss_bytes", tenant="b") == 2
