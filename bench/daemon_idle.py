@@ -34,15 +34,18 @@ def measure(n: int, window: float, settle: float) -> dict:
             boot = start_tenants(url, [f"t{i:03d}" for i in range(n)], "connected") if n else 0.0
             ps = psutil.Process(proc.pid)
             time.sleep(settle)
-            c0, w0 = ps.cpu_times(), time.monotonic()
+            c0, w0, x0 = ps.cpu_times(), time.monotonic(), ps.num_ctx_switches().voluntary
             peak = 0
             while time.monotonic() - w0 < window:
                 peak = max(peak, ps.memory_info().rss)
                 time.sleep(0.5)
-            c1, w1 = ps.cpu_times(), time.monotonic()
+            c1, w1, x1 = ps.cpu_times(), time.monotonic(), ps.num_ctx_switches().voluntary
             cpu = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0)
+            # Voluntary context switches ~ event-loop wake-ups (one thread): idle CPU is mostly a cost per wake-up.
+            wakeups = (x1 - x0) / (w1 - w0)
             mem = ps.memory_full_info()
-            return {"rss": ps.memory_info().rss, "peak": peak, "uss": mem.uss, "cpu": cpu, "boot": boot}
+            return {"rss": ps.memory_info().rss, "peak": peak, "uss": mem.uss, "cpu": cpu, "boot": boot,
+                    "wakeups": wakeups}
 
 
 def main() -> None:
@@ -58,7 +61,7 @@ def main() -> None:
     print(f"# {machine()}")
     for name, r in (("baseline: daemon, 0 tenants", base), (f"daemon, {args.tenants} tenants connected", res)):
         print(f"{name:<34} RSS {r['rss'] / mib:6.1f} MiB (peak {r['peak'] / mib:6.1f}, USS {r['uss'] / mib:6.1f})"
-              f"   idle CPU {max(0.0, r['cpu']) * 100:5.2f} % of a core")
+              f"   idle CPU {max(0.0, r['cpu']) * 100:5.2f} % of a core, {r['wakeups']:5.1f} wake-ups/s")
     print(f"{args.tenants} tenants connected in {res['boot']:.1f}s; per tenant: "
           f"{(res['rss'] - base['rss']) / args.tenants / 1024:.0f} KiB RSS, "
           f"{(res['cpu'] - base['cpu']) * 100 / args.tenants * 1000:.1f} m% CPU")
