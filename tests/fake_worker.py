@@ -105,7 +105,10 @@ async def heartbeat() -> None:
     interval = int(os.environ.get("BSUP_HEARTBEAT_MS", "5000")) / 1000
     started = time.monotonic()
     while True:
-        await asyncio.sleep(interval)
+        # On multiples of the interval (wall clock), as node_worker's nextHeartbeatDelay: all workers' heartbeats
+        # arrive together and the daemon wakes up once for all of them instead of once per worker.
+        delay = interval - time.time() % interval
+        await asyncio.sleep(delay + interval if delay < interval / 10 else delay)
         if heartbeats_on:
             emit({"type": "heartbeat", "rss": 1, "uptimeMs": int((time.monotonic() - started) * 1000)})
 

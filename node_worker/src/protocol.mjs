@@ -246,6 +246,18 @@ export function encodeMessageEvents(upsertType, safeMessages, maxBytes = MAX_LIN
 }
 
 /**
+ * Milliseconds until this worker's next heartbeat: the next multiple of `ms` on the wall clock, not `ms` after its own
+ * start. Every worker of a daemon then writes its heartbeat at the same moment and the daemon's event loop wakes up
+ * once for all of them instead of once per worker (200 workers at 5 s: ~36 wake-ups/s -> ~5, daemon idle CPU
+ * ~0.6 % -> ~0.1 % of a core; bench/daemon_idle.py). A timer that fires just short of a boundary (timers run on the
+ * monotonic clock) skips it rather than sending two heartbeats in a row: consecutive ones stay <= 1.1 x ms apart.
+ */
+export function nextHeartbeatDelay(ms, now = Date.now()) {
+  const delay = ms - (now % ms);
+  return delay < ms / 10 ? delay + ms : delay;
+}
+
+/**
  * Event writer for stdout. stdout is a pipe to the daemon; on Linux Node writes pipes synchronously,
  * so a line written before process.exit() is not lost. Write errors (EPIPE once the daemon is gone)
  * are reported to onBroken instead of crashing the worker.

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { format } from 'node:util';
 import {
   PROTOCOL_VERSION, EnvError, CommandError, parseEnv, parseCommand, makeEmitter, makeLineSplitter,
-  encodeMessageEvents,
+  encodeMessageEvents, nextHeartbeatDelay,
 } from './protocol.mjs';
 
 const startedAt = Date.now();
@@ -73,7 +73,7 @@ let baileys = null;
 function finalExit(code) {
   if (exiting) return;
   exiting = true;
-  clearInterval(heartbeatTimer);
+  clearTimeout(heartbeatTimer);
   // stdout/stderr are written synchronously (pipes and files on Linux; pino sync destination).
   process.exit(code);
 }
@@ -97,7 +97,7 @@ async function shutdown(reason, code) {
   shutdownStarted = true;
   stopReason = reason;
   logger.info({ reason }, 'worker shutting down');
-  clearInterval(heartbeatTimer);
+  clearTimeout(heartbeatTimer);
   if (sock && !socketClosed) {
     try { sock.end(undefined); } catch (err) { logger.warn({ err }, 'sock.end failed'); }
     await new Promise((r) => setTimeout(r, CLOSE_WAIT_MS).unref());
@@ -252,7 +252,7 @@ async function resolveVersion(DEFAULT_CONNECTION_CONFIG, fetchLatestWaWebVersion
 async function onClose(lastDisconnect) {
   if (socketClosed) return;
   socketClosed = true;
-  clearInterval(heartbeatTimer);
+  clearTimeout(heartbeatTimer);
   const err = lastDisconnect?.error;
   const code = Number.isInteger(err?.output?.statusCode) ? err.output.statusCode : null;
   const reason = code !== null ? (baileys.DisconnectReason[code] ?? null) : null;
@@ -293,9 +293,11 @@ async function main() {
   const baileysVersion = JSON.parse(readFileSync(new URL('../package.json', baileysEntry), 'utf8')).version;
   emit({ type: 'hello', protocol: PROTOCOL_VERSION, pid: process.pid, worker: WORKER_NAME,
     baileys: baileysVersion, waVersion: version });
-  heartbeatTimer = setInterval(() => {
+  const heartbeat = () => {
     emit({ type: 'heartbeat', rss: process.memoryUsage.rss(), uptimeMs: Date.now() - startedAt });
-  }, settings.heartbeatMs);
+    if (!shutdownStarted) heartbeatTimer = setTimeout(heartbeat, nextHeartbeatDelay(settings.heartbeatMs));
+  };
+  heartbeatTimer = setTimeout(heartbeat, nextHeartbeatDelay(settings.heartbeatMs));
   if (shutdownStarted) return; // EOF/SIGTERM/stop during start-up: shutdown() exits
   if (settings.standby) {
     // shutdown() exits the process; a standby that is never promoted ends here, having touched nothing.

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openSync, closeSync } from 'node:fs';
-import { parseEnv, parseCommand, parseVersionPolicy, parseSocketOptions, makeLineSplitter, encodeMessageEvents, EnvError, CommandError, DEFAULT_BROWSER } from '../src/protocol.mjs';
+import { parseEnv, parseCommand, parseVersionPolicy, parseSocketOptions, makeLineSplitter, encodeMessageEvents, nextHeartbeatDelay, EnvError, CommandError, DEFAULT_BROWSER } from '../src/protocol.mjs';
 
 const base = { BSUP_TENANT: 't1', BSUP_AUTH_DIR: '/tmp/x/auth' };
 
@@ -88,4 +88,15 @@ test('standby: BSUP_STANDBY is 0/1 (default off); go is a known command', () => 
     assert.throws(() => parseEnv({ ...base, BSUP_STANDBY: bad }), (e) => e instanceof EnvError && e.variable === 'BSUP_STANDBY');
   }
   assert.deepEqual(parseCommand('{"cmd":"go","id":"g"}'), { cmd: 'go', id: 'g' });
+});
+
+test('nextHeartbeatDelay: the next multiple of the interval on the wall clock, never two beats in a row', () => {
+  assert.equal(nextHeartbeatDelay(5000, 1_700_000_001_000), 4000);
+  assert.equal(nextHeartbeatDelay(5000, 1_700_000_000_000), 5000); // on a boundary: the next one
+  assert.equal(nextHeartbeatDelay(5000, 1_700_000_004_999), 5001); // fired 1 ms early: skip that boundary
+  assert.equal(nextHeartbeatDelay(5000, 1_700_000_004_501), 5499); // < 10 % of the interval left: skip it
+  assert.equal(nextHeartbeatDelay(5000, 1_700_000_004_500), 500);
+  // Two workers started at different times beat at the same instants.
+  const at = (start) => start + nextHeartbeatDelay(250, start);
+  assert.equal(at(1_000_010), at(1_000_130));
 });
