@@ -36,12 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from e2e_harness import (TRUST_PRELOAD, WORKER, Daemon, Simulator, daemon_config, free_port,  # noqa: E402
+from e2e_harness import (WORKER_NODE_FLAGS, TRUST_PRELOAD, WORKER, Daemon, Simulator, daemon_config, free_port,  # noqa: E402
                          percentile, wait_for)
 
 # The shipped default flags (supervisor/settings.py) plus the simulator's test-root preload.
-DEFAULT_COMMAND = ["node", "--import", str(TRUST_PRELOAD), "--max-semi-space-size=1", "--v8-pool-size=1",
-                   str(WORKER)]
+DEFAULT_COMMAND = ["node", "--import", str(TRUST_PRELOAD), *WORKER_NODE_FLAGS, str(WORKER)]
 
 FLOOR_JS = r"""
 const t0 = Date.now();

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import machine  # noqa: E402
-from e2e_harness import TRUST_PRELOAD, WORKER, Daemon, Simulator, daemon_config, free_port, wait_for  # noqa: E402
+from e2e_harness import WORKER_NODE_FLAGS, TRUST_PRELOAD, WORKER, Daemon, Simulator, daemon_config, free_port, wait_for  # noqa: E402
 
 MIB = 2**20
 
@@ -60,8 +60,7 @@ class Fleet:
     def __init__(self, work: Path, sim: Simulator, marker: str) -> None:
         self.work, self.sim, self.marker = work, sim, marker
         self.storage = work / "storage"
-        self.command = ["node", "--import", str(TRUST_PRELOAD), "--max-semi-space-size=1", "--v8-pool-size=1",
-                        str(WORKER), marker]
+        self.command = ["node", "--import", str(TRUST_PRELOAD), *WORKER_NODE_FLAGS, str(WORKER), marker]
         self.n = 0
 
     def daemon(self, boot: list[str], spawns: int = 8) -> Daemon:

@@ -38,7 +38,7 @@ from real_fleet import Fleet, load, pctl  # noqa: E402
 
 MIB = 2**20
 NW = ROOT / "node_worker"
-SHIPPED = ["--max-semi-space-size=1", "--v8-pool-size=1"]
+SHIPPED = ["--max-semi-space-size=1", "--v8-pool-size=1"]  # the base every variant adds to (the command until 2026-11-25)
 LEAN = ["--no-opt", "--no-sparkplug", "--no-wasm-tier-up"]
 GC = ["--expose-gc", "--import", str(NW / "bench" / "gc-after-open-preload.mjs")]
 DEEP = NW / "bench" / ".worker-deep-import.mjs"  # written by node_worker/bench/make-deep-import-worker.mjs
@@ -62,6 +62,12 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str], Path]] = {
     "lean+gc+deep": (LEAN + GC, {}, DEEP),
     "all": (LEAN + GC + ["--optimize-for-size", "--max-lazy", "--single-threaded-gc", "--max-old-space-size=64"],
             {"MALLOC_ARENA_MAX": "1", "UV_THREADPOOL_SIZE": "1"}, DEEP),
+    # The daemon applies supervisor.settings.WORKER_MALLOC_ENV to every worker (unless worker.env sets the key), so
+    # every variant here runs with it. "current" = the shipped command since 2026-11-25 (WORKER_NODE_FLAGS, the
+    # worker's own gc() after open); "previous" = the command before (SHIPPED) with glibc's default arena count
+    # (8 x cores; the fixed trim/mmap thresholds stay: glibc cannot be told "unset" through the environment).
+    "current": (["--optimize-for-size", "--expose-gc"], {}, WORKER),
+    "previous": ([], {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}, WORKER),
     "cheap": (["--optimize-for-size", *GC],
               {"MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}, WORKER),
 }

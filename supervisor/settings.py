@@ -10,6 +10,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKER_SCRIPT = PROJECT_ROOT / "node_worker" / "src" / "worker.mjs"
 
 
+# V8 flags of the shipped worker command, measured on connected workers (node_worker/README.md, bench/worker_rss.py):
+# a 1 MiB young generation and one V8 platform thread (idle RSS ~110 -> ~85 MiB); --optimize-for-size (-4 MiB);
+# --expose-gc so the worker collects once after the login burst (-2 MiB). Not --max-old-space-size (it only lowers
+# the crash limit and slows the login), not --jitless/--lite-mode (Baileys needs WebAssembly).
+WORKER_NODE_FLAGS = ("--max-semi-space-size=1", "--v8-pool-size=1", "--optimize-for-size", "--expose-gc")
+# glibc malloc for every worker, unless the daemon's environment or worker.env sets them: one arena and fixed
+# trim/mmap thresholds return freed memory to the kernel (-6 MiB RSS per connected worker, same CPU).
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     root: Path = PROJECT_ROOT / "storage"  # tenants live under <root>/whatsapp/<tenant>/
@@ -25,10 +35,8 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    # argv of one worker. The V8 flags cut an idle worker's RSS from ~110 MiB to ~85 MiB (node_worker/bench/rss.mjs):
-    # a 1 MiB young generation and one V8 platform thread; --max-old-space-size is left alone on purpose (it only
-    # lowers the crash limit, it does not shrink an idle heap).
-    command: tuple[str, ...] = ("node", "--max-semi-space-size=1", "--v8-pool-size=1", str(DEFAULT_WORKER_SCRIPT))
+    # argv of one worker (WORKER_NODE_FLAGS: why each flag)
+    command: tuple[str, ...] = ("node", *WORKER_NODE_FLAGS, str(DEFAULT_WORKER_SCRIPT))
     env: dict[str, str] = field(default_factory=dict)  # extra environment for every worker
     wa_url: str | None = None  # WhatsApp Web endpoint override (the simulator in tests)
     browser: tuple[str, str, str] = ("AgentLocator", "Chrome", "10.0")

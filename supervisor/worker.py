@@ -24,7 +24,7 @@ import structlog
 from supervisor import protocol
 from supervisor.childwatch import HeartbeatWatch, install_child_watcher
 from supervisor.errors import NotRunning, WorkerCommandFailed, WorkerTimeout
-from supervisor.settings import WorkerSettings
+from supervisor.settings import WORKER_MALLOC_ENV, WorkerSettings
 
 log = structlog.get_logger("supervisor.worker")
 
@@ -42,7 +42,7 @@ class ExitInfo:
 
 def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: int, *,
                standby: bool = False) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**WORKER_MALLOC_ENV, **os.environ}
     env.update({
         "BSUP_PROTOCOL": str(protocol.PROTOCOL_VERSION),
         "BSUP_TENANT": tenant,

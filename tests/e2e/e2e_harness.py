@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from supervisor.settings import WORKER_NODE_FLAGS
+
 ROOT = Path(__file__).resolve().parents[2]
 SIM_MAIN = ROOT / "tests" / "wa_sim" / "main.mjs"
 TRUST_PRELOAD = ROOT / "tests" / "wa_sim" / "trust-test-root.mjs"
@@ -30,7 +32,7 @@ CLI = Path(sys.executable).with_name("baileys-supervisor")
 def worker_command(marker: str | None = None) -> list[str]:
     """The real worker, trusting the simulator's test root (test-only preload). A trailing `marker` argument is
     ignored by the worker (it reads only its environment) and lets a test find its own workers in `ps`."""
-    cmd = ["node", "--import", str(TRUST_PRELOAD), "--max-semi-space-size=1", str(WORKER)]
+    cmd = ["node", "--import", str(TRUST_PRELOAD), *WORKER_NODE_FLAGS, str(WORKER)]  # the shipped flags
     return cmd + ([marker] if marker else [])
 
 
