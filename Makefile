@@ -46,8 +46,9 @@ bench: setup  # prints numbers (docs/benchmarks.md); needs wrk (apt) and supervi
 	$(PY) bench/respawn.py
 	$(PY) bench/daemon_idle.py
 	$(PY) bench/api_load.py
-	$(PY) bench/e2e_latency.py
-	$(PY) bench/real_fleet.py $(FLEET_ARGS)  # real workers: ~20 min, 200 x ~90 MiB; e.g. FLEET_ARGS="--tenants 50 --tmpdir /dev/shm"
+	$(PY) bench/e2e_latency.py --scan-delay 2 --variant 'no_prewarm={"prewarm": false}'
+	$(PY) bench/worker_rss.py --tenants 50 --tmpdir /dev/shm  # connected worker RSS: previous vs current flags
+	$(PY) bench/real_fleet.py $(FLEET_ARGS)  # real workers: ~20 min, 200 x ~80 MiB; e.g. FLEET_ARGS="--tenants 50 --tmpdir /dev/shm"
 
 clean:
 	rm -rf $(VENV) node_worker/node_modules

@@ -119,7 +119,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tenants", type=int, default=20)
     ap.add_argument("--fresh", type=int, default=2, help="tenants paired one by one per variant (start -> QR)")
-    ap.add_argument("--variants", default="shipped,lean+gc")
+    ap.add_argument("--variants", default="previous,current")
     ap.add_argument("--settle", type=float, default=20.0)
     ap.add_argument("--spawns", type=int, default=4)
     ap.add_argument("--tmpdir", default=None)
