@@ -117,7 +117,12 @@ class Standby:
         """Dismiss (unless taken) and wait until its process is gone, escalating to SIGKILL after the grace (the
         worker's stop_grace by default; 0 kills at once)."""
         self.dismiss()
-        if not self._taken and self.worker.alive:
+        if not self._taken and self.worker.proc is None:
+            # Still queued for a spawn slot (a big boot holds them all) or inside the spawn call: nothing to stop
+            # gracefully, and waiting for a slot could hold a shutdown up. asyncio kills a child whose spawn is
+            # cancelled half-way.
+            self.task.cancel()
+        elif not self._taken and self.worker.alive:
             with contextlib.suppress(NotRunning):
                 await self.worker.stop(grace)
         await asyncio.gather(self.task, return_exceptions=True)

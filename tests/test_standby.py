@@ -185,3 +185,20 @@ async def test_kill9_daemon_with_standbys_up_then_takeover(storage, fake_state, 
             if d is not None and d.poll() is None:
                 d.send_signal(signal.SIGTERM)
                 d.wait(15)
+
+
+async def test_a_standby_queued_for_a_spawn_slot_is_cancelled_not_waited_for(make_settings, fake_state, marker):
+    sup = prewarm_sup(make_settings, QR_THEN_SCAN)
+    await sup.start_tenant("t")
+    tenant = sup.tenants["t"]
+    await ready_standby(sup)
+    await tenant._reap_standby()
+    held = [await sup._spawn_slots.acquire() for _ in range(sup.settings.worker.max_concurrent_spawns)]  # a big boot
+    tenant._prewarm()
+    queued = tenant.standby
+    assert queued is not None and queued.worker.proc is None
+    await asyncio.wait_for(sup.stop_tenant("t"), 5)  # does not wait for a slot that never comes
+    assert queued.task.done() and tenant.standby is None and live_workers(marker) == {}
+    for _ in held:
+        sup._spawn_slots.release()
+    await sup.shutdown()
