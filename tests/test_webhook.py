@@ -366,8 +366,12 @@ async def test_payload_and_secret_never_logged(make, target):
 
 # The child: a forwarder in its own process, submitting in order and printing an ACK after each submit returned.
 CHILD = r"""
-import asyncio, sys, structlog
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout carries only ACK lines
+import asyncio, os, sys, structlog
+# stdout carries only ACK lines: the pipe moves to a private fd and fd 1 becomes stderr, so nothing else the child
+# (or a library in it) prints can land between them; each ACK is one write(2) below PIPE_BUF, so never torn.
+ACK_FD = os.dup(1)
+os.dup2(2, 1)
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 from supervisor.webhook import WebhookForwarder, WebhookSettings
 
 async def main(url, root, tenants, count):
@@ -377,7 +381,7 @@ async def main(url, root, tenants, count):
     for n in range(count):
         for t in tenants:
             await fw.submit(t, {"type": "message", "upsertType": "notify", "n": n, "messages": []})
-            print("ACK", t, n, flush=True)
+            os.write(ACK_FD, f"ACK {t} {n}\n".encode())
         await asyncio.sleep(0.003)
     await asyncio.sleep(60)
 
@@ -397,7 +401,9 @@ async def test_sigkill_mid_queue_then_restart(target, tmp_path):
     async def read_acks() -> None:
         assert proc.stdout is not None
         async for line in proc.stdout:
-            _, t, n = line.decode().split()
+            fields = line.decode().split()
+            assert len(fields) == 3 and fields[0] == "ACK", f"not an ACK line from the child: {line!r}"
+            _, t, n = fields
             acked[t].append(int(n))
 
     reader = asyncio.create_task(read_acks())
