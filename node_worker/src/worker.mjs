@@ -231,6 +231,19 @@ function isRegistered(creds) {
   return Boolean(creds?.registered || (creds?.account && creds?.me?.id));
 }
 
+/** requestPairingCode saves creds.me = {id: PHONE@s.whatsapp.net} (and companion_finish `registered: true`) before
+ *  the phone has linked anything; only pair-success adds `account`. Baileys logs in whenever creds.me is set, so a
+ *  socket that closed before pair-success (code never typed, wrong code, QR refs ran out: 408) would make every later
+ *  start log in as device 0 of that number and get 401, which the daemon treats as a logout. Such creds were never
+ *  linked: forget the attempt so this start registers again and shows a QR. */
+function dropUnfinishedCodePairing(creds) {
+  if (!creds.pairingCode || creds.account || !creds.me) return;
+  logger.warn('creds hold an unfinished pairing-code attempt (no pair-success); registering again');
+  creds.me = undefined;
+  creds.registered = false;
+  creds.pairingCode = undefined;
+}
+
 async function resolveVersion(DEFAULT_CONNECTION_CONFIG, fetchLatestWaWebVersion) {
   const bundled = DEFAULT_CONNECTION_CONFIG.version;
   const policy = settings.version;
@@ -323,6 +336,7 @@ async function main() {
     return;
   }
   if (shutdownStarted) return;
+  dropUnfinishedCodePairing(auth.state.creds);
 
   sock = makeWASocket({
     auth: auth.state,

@@ -87,6 +87,10 @@ class Simulator:
     def scan(self, qr: str, **kw: Any) -> dict[str, Any]:
         return self.call("POST", "/scan", {"qr": qr, **kw})
 
+    def enter_code(self, phone: str, code: str, **kw: Any) -> dict[str, Any]:
+        """The phone of `phone` types a companion's link code (pairing by code; tests/wa_sim/link_code.mjs)."""
+        return self.call("POST", "/enter-code", {"phone": phone, "code": code, **kw})
+
     def kill(self, jid: str, variant: str) -> dict[str, Any]:
         return self.call("POST", "/kill", {"jid": jid, "variant": variant})
 

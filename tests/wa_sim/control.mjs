@@ -22,6 +22,7 @@ export function makeControlServer(sim) {
       return { ok: true, events: sim.events.filter(e => e.seq > since) };
     },
     'POST /scan': (b) => sim.scan(b),
+    'POST /enter-code': (b) => sim.linkCodes.enterCode(b), // the phone types a companion's link code
     'POST /kill': (b) => sim.kill(b),
     'POST /faults': (b) => ({ ok: true, pendingFaults: sim.addFault(b) }),
     'DELETE /faults': () => { sim.faults = []; return { ok: true, pendingFaults: [] }; },

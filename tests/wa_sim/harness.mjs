@@ -43,6 +43,7 @@ export async function startSim(args = []) {
     ...ready, proc, control,
     state: () => control('GET', '/state'),
     scan: (qr, extra = {}) => control('POST', '/scan', { qr, ...extra }),
+    enterCode: (phone, code, extra = {}) => control('POST', '/enter-code', { phone, code, ...extra }),
     kill: (jid, variant) => control('POST', '/kill', { jid, variant }),
     fault: (fault, extra = {}) => control('POST', '/faults', { fault, ...extra }),
     configure: (cfg) => control('POST', '/config', cfg),

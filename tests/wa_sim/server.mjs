@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { B, ws as wsPkg } from './baileys.mjs';
 import { ServerNoise, makeServerIdentity } from './noise.mjs';
 import { PhoneAccount, parseQr, QrParseError } from './phone.mjs';
+import { LinkCodes } from './link_code.mjs';
 
 const { getBinaryNodeChild, getBinaryNodeChildren } = B;
 const S_WA = 's.whatsapp.net';
@@ -69,8 +70,9 @@ export class WaSimulator extends EventEmitter {
       upgrades: 0, connections: 0, handshakes: 0, registrations: 0, qrRefsIssued: 0,
       scans: 0, scanFailures: 0, pairings: 0, logins: 0, loginFailures: 0,
       conflicts: 0, conflictsFromDuplicates: 0, kills: {}, faultsApplied: {},
-      preKeyUploads: 0, pings: 0, iqs: 0
+      preKeyUploads: 0, pings: 0, iqs: 0, linkCodeRequests: 0, codeEntries: 0, codeEntryFailures: 0
     };
+    this.linkCodes = new LinkCodes(this); // pairing by phone-number code (link_code.mjs)
   }
 
   configure(patch = {}) {
@@ -182,6 +184,7 @@ export class WaSimulator extends EventEmitter {
   }
 
   waitForIq(conn, id, timeoutMs) {
+    if (conn.closed) return Promise.reject(new SimError('connection_closed', 'connection closed'));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         conn.waiters.delete(id);
@@ -256,13 +259,18 @@ export class WaSimulator extends EventEmitter {
     return k < conn.refs.length ? k : -1;
   }
 
-  async scan({ qr, pushName, phone } = {}) {
-    this.counters.scans++;
+  scan({ qr, pushName, phone } = {}) {
+    return this.phoneAction('scans', 'scanFailures', 'scan_failed', () => this.doScan({ qr, pushName, phone }));
+  }
+
+  /** Count a phone action (scan, code entry) and its failures; a failure is also an event. */
+  async phoneAction(counter, failCounter, failEvent, fn) {
+    this.counters[counter]++;
     try {
-      return await this.doScan({ qr, pushName, phone });
+      return await fn();
     } catch (err) {
-      this.counters.scanFailures++;
-      this.event('scan_failed', { error: err.code ?? 'error', message: err.message });
+      this.counters[failCounter]++;
+      this.event(failEvent, { error: err.code ?? 'error', message: err.message });
       throw err;
     }
   }
@@ -292,43 +300,54 @@ export class WaSimulator extends EventEmitter {
     if (!parsed.noisePub.equals(conn.reg.noisePub) || !parsed.identityPub.equals(conn.reg.identityPub)) {
       throw new SimError('key_mismatch', 'QR keys do not match the registering socket', 409);
     }
-    let account;
-    if (phone != null) {
-      account = this.accounts.get(String(phone));
-      if (!account) this.accounts.set(String(phone), account = new PhoneAccount(phone, pushName ?? `Sim ${phone}`));
-      if (pushName) account.pushName = pushName;
-    } else {
-      const p = String(this.nextPhone++);
-      this.accounts.set(p, account = new PhoneAccount(p, pushName ?? `Sim ${p}`));
-    }
+    const account = this.accountFor(phone, pushName);
+    const linked = await this.linkDevice(conn, { account, ...parsed, via: 'qr' });
+    return { ...linked, refIndex: index };
+  }
+
+  /** The phone's account: `phone` links another device of that number; without it, a new account. */
+  accountFor(phone, pushName) {
+    const p = String(phone ?? this.nextPhone++);
+    let account = this.accounts.get(p);
+    if (!account) this.accounts.set(p, account = new PhoneAccount(p, pushName ?? `Sim ${p}`));
+    if (pushName) account.pushName = pushName;
+    return account;
+  }
+
+  /**
+   * The phone approved this registration socket (QR scanned or link code confirmed): pair-success on
+   * that same socket (notes §3.9), HMAC'd with the companion's adv secret, check <pair-device-sign>,
+   * register the device, then 515.
+   */
+  async linkDevice(conn, { account, identityPub, noisePub, advSecret, platformId, via }) {
     conn.pairing = true;
     const id = `ps-${conn.id}`;
-    const pending = account.buildPairSuccess({ id, identityPub: parsed.identityPub, advSecret: parsed.advSecret });
+    const pending = account.buildPairSuccess({ id, identityPub, advSecret });
     const t0 = Date.now();
     const replyP = this.waitForIq(conn, id, this.config.pairReplyTimeoutMs);
-    this.send(conn, pending.node); // same socket that issued the ref (notes §3.9)
+    this.send(conn, pending.node);
     const reply = await replyP;
     const signMs = Date.now() - t0;
-    const bad = account.checkPairDeviceSign(reply, pending, parsed.identityPub);
+    const bad = account.checkPairDeviceSign(reply, pending, identityPub);
     if (bad) {
       this.sendAndClose(conn, { tag: 'failure', attrs: { reason: '401' } });
       throw new SimError('bad_pair_device_sign', bad, 502);
     }
     const dev = {
       jid: pending.jid, lid: pending.lid, phone: account.phone, device: pending.device,
-      pushName: account.pushName, noisePub: parsed.noisePub, identityPub: parsed.identityPub,
+      pushName: account.pushName, noisePub, identityPub, via,
       preKeys: this.config.preKeysOnNewDevice, removed: false, live: new Map(), maxConcurrent: 0,
-      logins: 0, conflicts: 0, pairedAt: Date.now(), lastLoginAt: null, platformId: parsed.platformId
+      logins: 0, conflicts: 0, pairedAt: Date.now(), lastLoginAt: null, platformId
     };
     this.devices.set(dev.jid, dev);
     conn.jid = dev.jid;
     this.counters.pairings++;
-    this.event('paired', { conn: conn.id, jid: dev.jid, lid: dev.lid, signMs });
+    this.event('paired', { conn: conn.id, jid: dev.jid, lid: dev.lid, via, signMs });
     // WhatsApp then asks the companion to reconnect; Baileys reports 515 "restart required".
     this.sendAndClose(conn, { tag: 'stream:error', attrs: { code: '515' } });
     return {
       ok: true, jid: dev.jid, lid: dev.lid, phone: dev.phone, device: dev.device,
-      pushName: dev.pushName, conn: conn.id, refIndex: index, pairSuccessToSignMs: signMs
+      pushName: dev.pushName, conn: conn.id, pairSuccessToSignMs: signMs
     };
   }
 
@@ -375,14 +394,19 @@ export class WaSimulator extends EventEmitter {
 
   // ---------------------------------------------------------------- stanzas
 
+  /** Hand a node to whoever waits for it on this connection (waitForIq); false if nobody does. */
+  resolveWaiter(conn, key, node) {
+    const w = conn.waiters.get(key);
+    if (w) { conn.waiters.delete(key); w.resolve(node); }
+    return Boolean(w);
+  }
+
   onNode(conn, node) {
-    if (node.tag !== 'iq') return; // presence, ib (unified_session), acks: no answer needed
+    // An ack of a notification we sent may be awaited (link_code.mjs) under `ack:<id>`.
+    if (node.tag === 'ack') return this.resolveWaiter(conn, `ack:${node.attrs.id}`, node);
+    if (node.tag !== 'iq') return; // presence, ib (unified_session): no answer needed
     const { type, id, xmlns } = node.attrs;
-    if (type === 'result' || type === 'error') {
-      const w = conn.waiters.get(id);
-      if (w) { conn.waiters.delete(id); w.resolve(node); }
-      return;
-    }
+    if (type === 'result' || type === 'error') return this.resolveWaiter(conn, id, node);
     this.counters.iqs++;
     const child = Array.isArray(node.content) ? node.content[0] : undefined;
     const result = (content) => this.send(conn, { tag: 'iq', attrs: { from: S_WA, type: 'result', id }, ...(content ? { content } : {}) });
@@ -412,6 +436,8 @@ export class WaSimulator extends EventEmitter {
       case 'privacy/get/privacy':
         return result([{ tag: 'privacy', attrs: {}, content: ['last', 'online', 'profile', 'status', 'readreceipts', 'groupadd']
           .map(name => ({ tag: 'category', attrs: { name, value: 'all' } })) }]);
+      case 'md/set/link_code_companion_reg':
+        return this.linkCodes.onIq(conn, node);
       case 'w:p/get/ping':
         this.counters.pings++;
         return result();
@@ -497,7 +523,7 @@ export class WaSimulator extends EventEmitter {
       maxConcurrent = Math.max(maxConcurrent, d.maxConcurrent);
       devices[d.jid] = {
         jid: d.jid, lid: d.lid, phone: d.phone, device: d.device, pushName: d.pushName,
-        removed: d.removed, live: d.live.size, liveConnections: [...d.live.keys()],
+        via: d.via, removed: d.removed, live: d.live.size, liveConnections: [...d.live.keys()],
         maxConcurrent: d.maxConcurrent, logins: d.logins, conflicts: d.conflicts, preKeys: d.preKeys,
         pairedAt: d.pairedAt, lastLoginAt: d.lastLoginAt
       };
@@ -511,6 +537,7 @@ export class WaSimulator extends EventEmitter {
         ...(c.kind === 'registration' ? { currentRefIndex: this.currentRefIndex(c, now), refs: c.refs.length } : {})
       })),
       pendingFaults: this.faults,
+      pendingLinkCodes: this.linkCodes.state(now),
       lastEventSeq: this.eventSeq
     };
   }
