@@ -17,6 +17,8 @@ from typing import Any
 
 import psutil
 
+from supervisor.storage import read_creds_linked
+
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 SKEW_WARN_MS, SKEW_FAIL_MS = 5_000, 60_000  # WhatsApp's login and message timestamps get unreliable past a minute
 
@@ -162,8 +164,7 @@ def auth_check(auth: Path, state: str | None, t: Callable[[str], str]) -> Check:
     if not creds.exists():
         verdict = PASS if state in ("qr", "starting", "connecting") else WARN
         return Check("auth", verdict, f"{len(files)} files, no creds.json yet", "scan the QR to create it")
-    registered = bool(json.loads(creds.read_text("utf-8")).get("registered"))
-    return Check("auth", PASS, f"{len(files)} files, creds.json parseable, registered={registered}")
+    return Check("auth", PASS, f"{len(files)} files, creds.json parseable, registered={read_creds_linked(auth)}")
 
 
 def auth_users(tdir: Path, exclude: set[int]) -> dict[int, str]:

@@ -70,11 +70,27 @@ def count_files(auth_dir: Path) -> int:
     return files
 
 
+def creds_linked(creds: Any) -> bool:
+    """Whether saved Baileys creds are a linked device, the same test as the worker's `isRegistered`. Only
+    pair-success (QR or code) adds `account`; `registered` is no help: Baileys sets it in the pairing-code flow only,
+    so a QR-linked creds.json says `"registered": false`."""
+    if not isinstance(creds, dict):
+        return False
+    me = creds.get("me")
+    return bool(creds.get("account") and isinstance(me, dict) and me.get("id"))
+
+
+def read_creds_linked(auth_dir: Path) -> bool:
+    """`creds_linked` of `auth_dir/creds.json`; False when it is missing or unreadable. Never raises."""
+    with contextlib.suppress(OSError, ValueError):
+        return creds_linked(json.loads((auth_dir / "creds.json").read_text("utf-8")))
+    return False
+
+
 def auth_info(auth_dir: Path, registered: bool | None) -> dict[str, Any]:
     """`status.auth`: whether the creds are linked (the worker's last `creds` event, else creds.json) and how many
     files the auth directory holds. Never raises: a status must answer even on broken storage."""
     files = count_files(auth_dir)
     if registered is None and files:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            registered = bool(json.loads((auth_dir / "creds.json").read_text("utf-8")).get("registered"))
+        registered = read_creds_linked(auth_dir)
     return {"registered": bool(registered), "files": files}

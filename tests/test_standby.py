@@ -5,6 +5,7 @@ need for it (open without 515, stop, forced shutdown, a rest)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -112,6 +113,38 @@ async def test_open_without_a_515_dismisses_the_standby(make_settings, fake_stat
     await wait_until(lambda: sup.status("t")["state"] == "connected")
     await wait_until(lambda: standby_pid not in live_workers(marker))
     assert set(live_workers(marker)) == {st["pid"]}
+    await sup.shutdown()
+
+
+LINKED_QR = {"registered": False, "me": {"id": "1:2@s.whatsapp.net", "name": "~"}, "account": {"details": "AA=="}}
+LINKED_CODE = {**LINKED_QR, "registered": True, "pairingCode": "ABCD1234"}
+CODE_UNFINISHED = {"registered": True, "me": {"id": "1@s.whatsapp.net", "name": "~"}, "pairingCode": "ABCD1234"}
+
+
+@pytest.mark.parametrize(("creds", "standby"), [
+    (LINKED_QR, False), (LINKED_CODE, False), (CODE_UNFINISHED, True), ({"registered": False}, True), (None, True),
+], ids=["qr-linked", "code-linked", "code-unfinished", "fresh", "no-creds"])
+async def test_only_a_tenant_without_linked_creds_gets_a_standby_at_hello(make_settings, fake_state, storage, marker,
+                                                                          creds, standby):
+    # A daemon (re)start finds linked creds on disk: the worker logs in, no QR, no 515 ahead, so a standby would be
+    # one more Baileys process per tenant spawned for nothing, competing with the boot for spawn slots.
+    auth = storage / "whatsapp" / "t" / "auth"
+    auth.mkdir(parents=True)
+    if creds is not None:
+        (auth / "creds.json").write_text(json.dumps(creds))
+    sup = prewarm_sup(make_settings, [HELLO, {"emit": {"type": "connecting"}}, {"wait_file": "go_on"},
+                                      {"open": "1@s.whatsapp.net"}, {"wait": True}])
+    st = await sup.start_tenant("t")
+    tenant = sup.tenants["t"]
+    await wait_until(lambda: sup.status("t")["state"] == "connecting")  # its hello has been handled
+    assert sup.status("t")["auth"]["registered"] is not standby
+    if standby:
+        await ready_standby(sup)
+    else:
+        assert tenant.standby is None and set(live_workers(marker)) == {st["pid"]}
+    (fake_state / "go_on").touch()
+    await wait_until(lambda: sup.status("t")["state"] == "connected")
+    await wait_until(lambda: set(live_workers(marker)) == {st["pid"]})
     await sup.shutdown()
 
 

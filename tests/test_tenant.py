@@ -71,7 +71,9 @@ async def test_resting_rows_do_not_restart(make_settings, fake_state, code, stat
 async def test_401_archives_auth_never_deletes(make_settings, storage):
     auth = storage / "whatsapp" / "t" / "auth"
     auth.mkdir(parents=True)
-    (auth / "creds.json").write_text(json.dumps({"registered": True}))
+    # as Baileys saves a QR-linked device: `account` and `me`, and `registered` false (set by the code flow only)
+    (auth / "creds.json").write_text(json.dumps({"registered": False, "me": {"id": "1:2@s.whatsapp.net"},
+                                                 "account": {"details": "AA=="}}))
     sup = sup_for(make_settings(OPEN + [{"close": 401, "reason": "loggedOut"}]))
     assert sup.status("t")["auth"] == {"registered": True, "files": 1}  # known from disk before any start
     await sup.start_tenant("t")

@@ -226,9 +226,10 @@ process.stdin.on('error', () => shutdown('stdin error', 0));
 
 // ---- Baileys --------------------------------------------------------------------------------------
 function isRegistered(creds) {
-  // rc14 sets creds.registered only in the pairing-code flow; a QR-linked device has `account` (the
-  // ADV identity from pair-success) and `me`. Either means the next start logs in instead of showing a QR.
-  return Boolean(creds?.registered || (creds?.account && creds?.me?.id));
+  // Only pair-success (QR or code) adds `account` (the ADV identity); with `me` it means the next start logs in
+  // instead of showing a QR. `creds.registered` is no help: rc14 sets it in the pairing-code flow only, and already
+  // at companion_finish, before the link is done. The daemon's storage.creds_linked is the same test.
+  return Boolean(creds?.account && creds?.me?.id);
 }
 
 /** requestPairingCode saves creds.me = {id: PHONE@s.whatsapp.net} (and companion_finish `registered: true`) before
