@@ -49,6 +49,20 @@ class NotRunning(SupervisorError):
     status = 409
 
 
+class AlreadyLinked(SupervisorError):
+    """A pairing code was asked for a tenant whose creds are already linked: `logout` first to link another phone."""
+
+    code = "already_linked"
+    status = 409
+
+
+class NotReady(SupervisorError):
+    """The worker runs but has no registration socket yet (starting, reconnecting): retry in a moment."""
+
+    code = "not_ready"
+    status = 409
+
+
 class WorkerCommandFailed(SupervisorError):
     code = "worker_error"
     status = 502

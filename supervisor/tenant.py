@@ -19,7 +19,8 @@ import structlog
 
 from supervisor import protocol
 from supervisor.backoff import Action, Decision, Ending, RestartPolicy
-from supervisor.errors import NotRunning, StorageError, SupervisorError
+from supervisor.errors import (AlreadyLinked, NotReady, NotRunning, StorageError, SupervisorError,
+                               WorkerCommandFailed)
 from supervisor.locks import TenantLock
 from supervisor.storage import archive_auth, auth_info
 from supervisor.settings import Settings
@@ -162,7 +163,15 @@ class Tenant(WorkerEvents, StandbyHandling):
     async def pairing_code(self, phone: str, timeout: float = 30.0) -> str:
         if self.worker is None or not self.worker.alive:
             raise NotRunning(f"tenant {self.id} has no live worker")
-        result = await self.worker.request("pairing_code", timeout, phone=phone)
+        try:
+            result = await self.worker.request("pairing_code", timeout, phone=phone)
+        except WorkerCommandFailed as exc:
+            # The tenant's state, not a fault of the worker: a 409 the caller can act on, not a 502.
+            if exc.details.get("worker_error") == "already_registered":
+                raise AlreadyLinked(f"tenant {self.id} is already linked; logout first to link another phone") from None
+            if exc.details.get("worker_error") == "not_ready":
+                raise NotReady(f"tenant {self.id} is not showing a QR yet: {exc.message}") from None
+            raise
         return str(result.get("code", ""))
 
     # -- the supervise loop -----------------------------------------------------------------------------------

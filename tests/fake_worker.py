@@ -13,7 +13,7 @@ tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns
   {"heartbeats": false}       stop sending heartbeats (watchdog tests)
   {"wait_file": "name"}       idle until BSUP_FAKE_STATE_DIR/name exists (the test decides when the script goes on)
 No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Commands: stop -> exit 0; logout ->
-close 401 + exit 0; pairing_code -> reply {code} + pairing_code event; ping -> reply {}; others -> bad_command.
+close 401 + exit 0; pairing_code -> reply {code} + pairing_code event (BSUP_FAKE_PAIRING_ERROR: that error); ping -> reply {}; others -> bad_command.
 BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF exits (the daemon is
 gone) unless BSUP_FAKE_IGNORE_EOF=1 (a hung leftover for take-over tests); and the inherited BSUP_LOCK_FD is kept open for the whole life of the process.
 BSUP_STANDBY=1 (a standby, supervisor/standby.py): hello at once, then wait for `go`; only then is the spawn counted
@@ -34,6 +34,7 @@ from pathlib import Path
 OUT = sys.stdout.buffer
 IGNORE_TERM = os.environ.get("BSUP_FAKE_IGNORE_TERM") == "1"
 STANDBY = os.environ.get("BSUP_STANDBY") == "1"
+PAIRING_ERROR = os.environ.get("BSUP_FAKE_PAIRING_ERROR")  # the worker's error code for pairing_code, e.g. not_ready
 heartbeats_on = True
 
 
@@ -137,6 +138,8 @@ async def commands(done: asyncio.Future, go: asyncio.Future) -> None:
         elif name == "logout":
             emit({"type": "close", "code": 401, "reason": "loggedOut", "message": "logged out"})
             done.done() or done.set_result(0)
+        elif name == "pairing_code" and PAIRING_ERROR:
+            emit({"type": "reply", "id": cid, "ok": False, "error": PAIRING_ERROR, "message": "as the worker says"})
         elif name == "pairing_code":
             emit({"type": "reply", "id": cid, "ok": True, "result": {"code": "FAKE1234"}}) if cid else None
             emit({"type": "pairing_code", "code": "FAKE1234"})

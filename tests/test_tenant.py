@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from conftest import FakeClock, live_workers, spawn_records, wait_until
 from supervisor.daemon import Supervisor
+from supervisor.errors import SupervisorError
 from supervisor.settings import RestartSettings
 from supervisor.states import TenantState
 from supervisor.tenant import InvalidTransition
@@ -248,3 +249,20 @@ async def test_unexecutable_command_backs_off_not_crashes(make_settings):
     st = sup.status("t")
     assert st["state"] == "backoff" and st["stateReason"] == "spawn_failed"
     await sup.stop_tenant("t")
+
+
+@pytest.mark.parametrize(("worker_error", "error", "status"), [
+    ("already_registered", "already_linked", 409), ("not_ready", "not_ready", 409),
+    ("pairing_failed", "worker_error", 502),
+])
+async def test_pairing_code_refusals_map_to_what_the_caller_can_do(make_settings, worker_error, error, status):
+    # A linked tenant or one without a QR yet is the caller's situation (409: logout first / retry), not a worker
+    # fault (502); the worker's message stays in the error.
+    sup = sup_for(make_settings(QR + [{"wait": True}], env={"BSUP_FAKE_PAIRING_ERROR": worker_error}))
+    await sup.start_tenant("t")
+    await settle(sup, "t", "qr")
+    with pytest.raises(SupervisorError) as info:
+        await sup.pairing_code("t", "15550001234")
+    assert (info.value.code, info.value.status) == (error, status)
+    assert sup.status("t")["state"] == "qr"  # a refused code changes nothing
+    await sup.shutdown()

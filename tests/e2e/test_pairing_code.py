@@ -62,7 +62,7 @@ def test_code_links_through_the_515_restart_and_a_restart_needs_no_new_code(sim,
     assert c2["registrations"] == 1 and c2["logins"] == c["logins"] + 1 and c2["conflicts"] == 0
     # A linked tenant cannot hand out another code.
     code_, body = d.call("POST", "/whatsapp/1/pairing-code", {"phone": PHONE})
-    assert code_ == 502 and body["error"] == "worker_error" and "already linked" in body["message"], body
+    assert code_ == 409 and body["error"] == "already_linked" and "logout first" in body["message"], body
 
 
 def test_wrong_code_leaves_the_tenant_waiting_on_the_same_worker(sim, make_daemon):
