@@ -99,6 +99,39 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _bridge_stdlib(_level_number(level))
+
+
+class StdlibBridge(logging.Handler):
+    """Records of the standard `logging` module (asyncio's "Task exception was never retrieved", aiohttp's "Error
+    handling request", Python warnings) as `python.log` events through the same processors, scrubber and renderer.
+    Without it they reach logging's last-resort handler: plain, multi-line text on stderr that a log shipper reading
+    the journal cannot parse."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name, "msg": record.getMessage()[:_MAX_LIB_MSG]}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exc_info"] = record.exc_info  # format_exc_info renders it as `exception`
+            method = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+                      logging.ERROR: "error"}.get(record.levelno, "critical" if record.levelno > 40 else "warning")
+            getattr(structlog.get_logger(), method)("python.log", **fields)
+        except Exception:  # a logging failure must never take the daemon down; logging reports it on stderr
+            self.handleError(record)
+
+
+_MAX_LIB_MSG = 2000  # a library's message; its traceback (`exception`) is kept whole
+
+
+def _bridge_stdlib(level: int) -> None:
+    """Route the root logger into StdlibBridge (idempotent: a reload reconfigures without stacking handlers)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, StdlibBridge)]:
+        root.removeHandler(h)
+    root.addHandler(StdlibBridge())
+    # Libraries' info chatter is not ours to ship; their warnings and errors are. A debug daemon gets everything.
+    root.setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+    logging.captureWarnings(True)
 
 
 def get_logger(**bind: Any) -> Any:

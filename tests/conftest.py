@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor.events import StdlibBridge
 from supervisor.settings import (
     ApiSettings,
     RestartSettings,
@@ -130,6 +132,17 @@ def kill_marked(marker: str) -> None:
             psutil.Process(pid).kill()
         except psutil.NoSuchProcess:
             pass
+
+
+@pytest.fixture(autouse=True)
+def _no_stdlib_bridge_left():
+    """configure_logging() routes the root logger into structlog, whose output a test points at its own buffer: undo
+    it after each test, so later library records never go to a finished test's stream."""
+    yield
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, StdlibBridge)]:
+        root.removeHandler(h)
+    logging.captureWarnings(False)
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
+import logging
 import json
 import os
+import warnings
 from datetime import datetime, timezone
 
 import pytest
@@ -125,3 +129,42 @@ def test_scrub_never_leaks_a_value_under_a_sensitive_key(value):
     assert marker not in json.dumps(scrub(doc))
     # scrubbing is idempotent and keeps structure JSON-safe
     assert scrub(scrub(doc)) == scrub(doc)
+
+
+def test_stdlib_records_become_python_log_events():
+    # asyncio reports a task whose exception nobody retrieved through the logging module: it must reach the log
+    # shipper as one JSON line with its traceback, not as lastResort's multi-line text on stderr.
+    buf = io.StringIO()
+    configure_logging("json", "info", buf)
+
+    async def main() -> None:
+        async def fail() -> None:
+            raise ValueError("boom")
+
+        task = asyncio.create_task(fail())
+        await asyncio.sleep(0)
+        assert task.done()
+        del task
+        gc.collect()  # the task's finaliser calls the loop's exception handler -> logging.getLogger("asyncio")
+
+    asyncio.run(main())
+    logging.getLogger("aiohttp.access").info("chatter")  # libraries' info is not shipped at level info
+    logging.getLogger("aiohttp.server").warning("Error handling request from %s", "127.0.0.1")
+    (task_ev, server_ev) = lines(buf)
+    assert task_ev["event"] == "python.log" and task_ev["logger"] == "asyncio" and task_ev["level"] == "error"
+    assert task_ev["msg"].startswith("Task exception was never retrieved") and task_ev["exception"].endswith(
+        "ValueError: boom")
+    assert server_ev["level"] == "warning" and server_ev["logger"] == "aiohttp.server" and "pid" in server_ev
+    assert server_ev["msg"] == "Error handling request from 127.0.0.1"
+
+
+def test_stdlib_bridge_follows_the_level_and_is_not_stacked_by_a_reload():
+    buf = io.StringIO()
+    configure_logging("json", "error", buf)
+    configure_logging("json", "debug", buf)  # a reload: still one bridge, now at debug
+    logging.getLogger("aiohttp.access").debug("detail %d", 1)
+    assert [(e["event"], e["msg"]) for e in lines(buf)] == [("python.log", "detail 1")]
+    configure_logging("json", "error", buf)
+    logging.getLogger("asyncio").warning("below the daemon's level")
+    warnings.warn("a library's deprecation", UserWarning)  # warnings go through logging too, at warning
+    assert len(lines(buf)) == 1
