@@ -19,6 +19,7 @@ from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
 from supervisor.eventbus import EventBus
 from supervisor.metrics import Metrics
 from supervisor.settings import Settings
+from supervisor.slots import SpawnSlots
 from supervisor.states import ACTIVE_STATES, TenantState
 from supervisor.tenant import MessageHook, Tenant
 
@@ -44,7 +45,7 @@ class Supervisor:
         self.tenants: dict[str, Tenant] = {}
         self.shutting_down = False
         self.started_at = clock()
-        self._spawn_slots = asyncio.Semaphore(settings.worker.max_concurrent_spawns)
+        self.spawn_slots = SpawnSlots(settings.worker.max_concurrent_spawns)  # a reload resizes it
         self._op_locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self.metrics = Metrics()  # GET /metrics (prometheus-client is a hard dependency)
@@ -62,7 +63,7 @@ class Supervisor:
         if tenant is None:
             if not create and not (self.root / tid / "auth").is_dir():
                 raise UnknownTenant(f"unknown tenant {tid}", tenant=tid)
-            tenant = Tenant(tid, self.settings, spawn_slots=self._spawn_slots, clock=self.clock, sleep=self._sleep,
+            tenant = Tenant(tid, self.settings, spawn_slots=self.spawn_slots, clock=self.clock, sleep=self._sleep,
                             rand=self._rand, on_message=self._forward_message, metrics=self.metrics,
                             on_event=self._on_tenant_event)
             self.tenants[tid] = tenant

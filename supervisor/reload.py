@@ -6,8 +6,9 @@
 What is applied live, and how:
 - tenants.boot: tenants added to the list start, tenants removed from it stop (operator-started tenants that were
   never in the list are left alone);
-- worker.*: every running tenant restarts with the new worker settings (they all share one worker section);
-  worker.max_concurrent_spawns keeps its old value until the daemon restarts (the semaphore is shared);
+- worker.*: every running tenant restarts with the new worker settings (they all share one worker section), except
+  when only daemon-side fields changed (DAEMON_SIDE_WORKER_FIELDS): `max_concurrent_spawns` resizes the shared spawn
+  slots at once (spawns in flight finish), `prewarm` applies from the next QR; no worker is restarted for those;
 - restart.*: swapped into every tenant's restart policy in place (failure counts are kept);
 - logging.*: re-configured at once.
 Not applied (logged as `config.reload_not_applied`, the old values stay in force until a restart): api.*
@@ -27,6 +28,8 @@ from .settings import Settings
 
 log = structlog.get_logger("supervisor.reload")
 RESTART_REQUIRED = ("api", "storage", "webhook")
+# worker.* fields the daemon reads for itself, never passed to a worker: changing them restarts nobody.
+DAEMON_SIDE_WORKER_FIELDS = frozenset({"max_concurrent_spawns", "prewarm"})
 
 
 @dataclass
@@ -43,10 +46,16 @@ def plan_reload(old: Settings, new: Settings, running: set[str]) -> ReloadPlan:
     changed = [s for s in sections if getattr(old, s) != getattr(new, s)]
     old_boot, new_boot = set(old.tenants.boot), set(new.tenants.boot)
     stop = sorted(old_boot - new_boot)
-    restart = sorted(running - set(stop)) if "worker" in changed else []
+    restart = sorted(running - set(stop)) if _workers_change(old, new) else []
     start = sorted(new_boot - old_boot - set(restart))
     return ReloadPlan(start=start, stop=stop, restart=restart, changed=changed,
                       not_applied=[s for s in changed if s in RESTART_REQUIRED])
+
+
+def _workers_change(old: Settings, new: Settings) -> bool:
+    """Whether running workers would be started differently: a worker.* field other than the daemon-side ones."""
+    daemon_side = {f: getattr(old.worker, f) for f in DAEMON_SIDE_WORKER_FIELDS}
+    return replace(new.worker, **daemon_side) != old.worker
 
 
 def effective(old: Settings, new: Settings) -> Settings:
@@ -69,6 +78,7 @@ async def apply_reload(sup: Any, new: Settings) -> ReloadPlan:
         tenant.settings = eff
         tenant.policy.settings = eff.restart
         tenant.lock.stop_grace = eff.worker.stop_grace
+    sup.spawn_slots.limit = eff.worker.max_concurrent_spawns
     if "logging" in plan.changed:
         from .events import configure_logging
 

@@ -22,6 +22,7 @@ import structlog
 from supervisor import protocol
 from supervisor.errors import NotRunning
 from supervisor.settings import WorkerSettings
+from supervisor.slots import SpawnSlots
 from supervisor.worker import ExitInfo, WorkerProcess
 
 log = structlog.get_logger("supervisor.standby")
@@ -32,7 +33,7 @@ class Standby:
     the spawn failed). Until `take()`, its events only tell whether it is ready; afterwards the tenant owns it."""
 
     def __init__(self, tenant: str, settings: WorkerSettings, auth_dir: Path, lock_fd: int,
-                 spawn_slots: asyncio.Semaphore) -> None:
+                 spawn_slots: SpawnSlots) -> None:
         self.tenant = tenant
         self.worker = WorkerProcess(tenant, settings, auth_dir, lock_fd, self._on_event, standby=True)
         self._slots = spawn_slots

@@ -24,6 +24,7 @@ from supervisor.errors import (AlreadyLinked, NotReady, NotRunning, StorageError
 from supervisor.locks import TenantLock
 from supervisor.storage import archive_auth, auth_info
 from supervisor.settings import Settings
+from supervisor.slots import SpawnSlots
 from supervisor.standby import Standby
 from supervisor.states import ACTIVE_STATES, TenantState, reason_name
 from supervisor.tenant_events import REST_ON_FATAL, WorkerEvents
@@ -42,7 +43,7 @@ EventHook = Callable[["Tenant", str, dict[str, Any]], None]
 
 
 class Tenant(WorkerEvents, StandbyHandling):
-    def __init__(self, tid: str, settings: Settings, *, spawn_slots: asyncio.Semaphore,
+    def __init__(self, tid: str, settings: Settings, *, spawn_slots: SpawnSlots,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random, on_message: MessageHook | None = None,
                  metrics: Any = None, on_event: EventHook | None = None) -> None:

@@ -35,3 +35,9 @@ def test_reload_plan():
     assert plan.not_applied == ["api"]
     same = plan_reload(old, settings_from_dict({"tenants": {"boot": ["a", "b"]}}), running={"a", "b"})
     assert (same.start, same.stop, same.restart, same.changed) == ([], [], [], [])
+    # daemon-side worker fields (spawn slots, prewarm) restart nobody; any other worker field restarts all
+    for worker in ({"max_concurrent_spawns": 2}, {"prewarm": False}, {"max_concurrent_spawns": 3, "prewarm": False}):
+        live = plan_reload(old, settings_from_dict({"tenants": {"boot": ["a", "b"]}, "worker": worker}), running={"a"})
+        assert live.changed == ["worker"] and live.restart == [], worker
+    both = settings_from_dict({"tenants": {"boot": ["a", "b"]}, "worker": {"max_concurrent_spawns": 2, "stop_grace": 9}})
+    assert plan_reload(old, both, running={"a"}).restart == ["a"]

@@ -69,6 +69,16 @@ def test_notify_reload_diff_and_shutdown(tmp_path, marker, notify):
         assert wait_log(log, "config.reload_not_applied")[0]["section"] == "api"
         assert pids(port) == changed
 
+        # 5. daemon-side worker fields (spawn slots, prewarm) apply without restarting any worker
+        plans = len([e for e in log_events(log) if e.get("event") == "config.reload_plan"])
+        write(cfg_path, config(tmp_path, marker, port, boot=["b", "c"], env={"X_NEW": "1"},
+                               worker={"max_concurrent_spawns": 3, "prewarm": True}))
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for(lambda m: m.startswith("READY=1"))
+        plan = wait_log(log, "config.reload_plan", n=plans + 1)[-1]
+        assert plan["changed"] == ["worker"] and plan["restart"] == []
+        assert pids(port) == changed
+
         proc.send_signal(signal.SIGTERM)
         notify.wait_for(lambda m: m.startswith("STOPPING=1"))
         assert proc.wait(15) == 0

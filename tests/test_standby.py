@@ -226,12 +226,12 @@ async def test_a_standby_queued_for_a_spawn_slot_is_cancelled_not_waited_for(mak
     tenant = sup.tenants["t"]
     await ready_standby(sup)
     await tenant._reap_standby()
-    held = [await sup._spawn_slots.acquire() for _ in range(sup.settings.worker.max_concurrent_spawns)]  # a big boot
+    held = [await sup.spawn_slots.acquire() for _ in range(sup.settings.worker.max_concurrent_spawns)]  # a big boot
     tenant._prewarm()
     queued = tenant.standby
     assert queued is not None and queued.worker.proc is None
     await asyncio.wait_for(sup.stop_tenant("t"), 5)  # does not wait for a slot that never comes
     assert queued.task.done() and tenant.standby is None and live_workers(marker) == {}
     for _ in held:
-        sup._spawn_slots.release()
+        sup.spawn_slots.release()
     await sup.shutdown()
