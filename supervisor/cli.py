@@ -34,10 +34,14 @@ class Unreachable(Exception):
     pass
 
 
-def call(url: str, method: str, path: str, secret: str | None, timeout: float) -> dict[str, Any]:
+def call(url: str, method: str, path: str, secret: str | None, timeout: float,
+         body: dict[str, Any] | None = None) -> dict[str, Any]:
     """One API call; JSON in, JSON out. Raises ApiError (HTTP error answer) or Unreachable (no answer)."""
-    req = urllib.request.Request(url.rstrip("/") + path, method=method, data=b"" if method == "POST" else None)
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    req = urllib.request.Request(url.rstrip("/") + path, method=method, data=data)
     req.add_header("Accept", "application/json")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
     if secret:
         req.add_header("X-Internal-Secret", secret)
     try:
@@ -143,6 +147,19 @@ def cmd_qr(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_pairing_code(args: argparse.Namespace) -> int:
+    url, secret = endpoint(args)
+    body = call(url, "POST", f"/whatsapp/{_q(args.tenant)}/pairing-code", secret, args.timeout, {"phone": args.phone})
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return EXIT_OK
+    code = str(body.get("code") or "")
+    shown = f"{code[:4]}-{code[4:]}" if len(code) == 8 else code  # how WhatsApp itself shows a code
+    print(f"{args.tenant}: on the phone of {args.phone}: WhatsApp > Linked devices > Link a device > "
+          f"Link with phone number instead, then enter {shown}")
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     from .settings import StorageSettings
@@ -216,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     qr = sub.add_parser("qr", parents=[common], help="draw a tenant's current QR in the terminal")
     qr.add_argument("tenant")
     qr.set_defaults(func=cmd_qr)
+    pc = sub.add_parser("pairing-code", parents=[common],
+                        help="link a tenant by phone number instead of a QR: prints the code to type on the phone")
+    pc.add_argument("tenant")
+    pc.add_argument("phone", help="the WhatsApp number to link, international format (e.g. 972501234567)")
+    pc.set_defaults(func=cmd_pairing_code)
     doc = sub.add_parser("doctor", parents=[common], help="check the daemon and tenants; a verdict and a fix per check")
     doc.add_argument("tenant", nargs="?")
     doc.set_defaults(func=cmd_doctor)

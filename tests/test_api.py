@@ -68,7 +68,7 @@ class StubSupervisor:
     async def pairing_code(self, tid: str, phone: str) -> str:
         self.calls.append(("pairing_code", (tid, phone)))
         self._check(tid)
-        return "ABCD-1234"
+        return "ABCD1234"  # Baileys: 8 characters, no dash
 
     def status(self, tid: str) -> dict:
         self.calls.append(("status", tid))
@@ -232,7 +232,7 @@ async def test_pairing_code_normalises_phone(served):
     stub, url, http = await served()
     async with http.post(f"{url}/whatsapp/1/pairing-code", headers=H, json={"phone": "+972 50-123 4567"}) as r:
         assert r.status == 200
-        assert (await r.json()) == {"ok": True, "tenant": "1", "code": "ABCD-1234"}
+        assert (await r.json()) == {"ok": True, "tenant": "1", "code": "ABCD1234"}
     assert stub.calls == [("pairing_code", ("1", "972501234567"))]
 
 

@@ -107,6 +107,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def test_pairing_code_sends_the_phone_and_prints_the_code_as_whatsapp_shows_it(daemon, capsys):
+    stub, _, cfg = daemon
+    assert await cli("pairing-code", "1", "+972 50-123 4567", "--config", str(cfg)) == 0
+    out = capsys.readouterr().out
+    assert "enter ABCD-1234" in out and "Link with phone number" in out
+    assert stub.calls[-1] == ("pairing_code", ("1", "972501234567"))  # the API normalised what the CLI sent
+    assert await cli("pairing-code", "1", "972501234567", "--config", str(cfg), "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "tenant": "1", "code": "ABCD1234"}
+    assert await cli("pairing-code", "1", "12ab", "--config", str(cfg)) == 1
+    assert "bad_request" in capsys.readouterr().err
+
+
 def test_unreachable_daemon_is_exit_3(capsys):
     assert main(["status", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "2"]) == 3
     assert "cannot reach" in capsys.readouterr().err

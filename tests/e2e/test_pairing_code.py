@@ -4,18 +4,30 @@ code (`POST /whatsapp/<t>/pairing-code`, then the simulator's `POST /enter-code`
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from .e2e_harness import CLI
 
 pytestmark = pytest.mark.e2e
 
 PHONE = "972501234567"
 
 
-def request_code(d, tid: str, phone: str = PHONE) -> str:
-    code, body = d.call("POST", f"/whatsapp/{tid}/pairing-code", {"phone": f"+{phone}"})
-    assert code == 200 and body["ok"] is True, body
+def request_code(d, tid: str, phone: str = PHONE, *, via_cli: bool = False) -> str:
+    if via_cli:  # what an operator types: `baileys-supervisor pairing-code T PHONE`, URL from the daemon's config
+        env = {k: v for k, v in os.environ.items() if k != "INTERNAL_SECRET"}
+        out = subprocess.run([str(CLI), "pairing-code", tid, f"+{phone}", "--config", str(d.config_path), "--json"],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        body = json.loads(out.stdout)
+    else:
+        code, body = d.call("POST", f"/whatsapp/{tid}/pairing-code", {"phone": f"+{phone}"})
+        assert code == 200, body
+    assert body["ok"] is True, body
     assert len(body["code"]) == 8, body  # Baileys' 8-character code, as the worker got it
     return body["code"]
 
@@ -34,7 +46,7 @@ def test_code_links_through_the_515_restart_and_a_restart_needs_no_new_code(sim,
     standby = None
     if prewarm is None:  # the product's default: the login worker after the 515 is already waiting
         standby = d.wait_status("1", lambda s: s["standbyPid"], what="standbyPid")["standbyPid"]
-    code = request_code(d, "1")
+    code = request_code(d, "1", via_cli=prewarm is False)
     res = sim.enter_code(PHONE, f"{code[:4]}-{code[4:]}", pushName="Erin")
     assert res["ok"] is True and res["linked"] is True, res
 
