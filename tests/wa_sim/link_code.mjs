@@ -115,13 +115,17 @@ export class LinkCodes {
       throw new SimError('connection_closed', 'the socket that asked for this code is gone', 409);
     }
     if (conn.pairing) throw new SimError('already_paired', 'this companion already paired', 409);
-    if (conn.waiters.has(FINISH)) throw new SimError('code_entry_in_progress', 'a code entry for this companion is running', 409);
+    // Set before the first await (the PBKDF2 below): two entries at once must not both send primary_hello.
+    if (p.entering) throw new SimError('code_entry_in_progress', 'a code entry for this companion is running', 409);
+    p.entering = true;
     p.attempts++;
     try {
       return await this.exchange(number, p, typed, pushName);
     } catch (err) {
       if (conn.closed && this.pending.get(number) === p) this.pending.delete(number); // closed meanwhile
       throw err;
+    } finally {
+      p.entering = false;
     }
   }
 
@@ -151,6 +155,9 @@ export class LinkCodes {
       ] }]
     });
     const finish = await finishP;
+    // A QR scan may have paired this socket, or it may have closed, while the phone waited.
+    if (conn.closed) throw new SimError('connection_closed', 'the socket that asked for this code is gone', 409);
+    if (conn.pairing) throw new SimError('already_paired', 'this companion already paired', 409);
     const opened = this.openBundle(finish, { p, conn, account, eph, companionEphPub });
     if (opened.error) {
       // The phone could not open the bundle: it shows "incorrect code"; nothing links, the companion's

@@ -117,6 +117,19 @@ test('enter-code errors: no pending request, malformed input, the asking socket 
   assert.equal(st.counters.pairings, 0);
 });
 
+test('two entries of one code at once: one links, the other is refused as in progress', async () => {
+  await sim.control('POST', '/reset');
+  const { c, code } = await requestCode();
+  const [a, b] = await Promise.all([sim.enterCode(PHONE, code), sim.enterCode(PHONE, code)]);
+  const [ok, refused] = a.ok ? [a, b] : [b, a];
+  assert.equal(ok.linked, true, JSON.stringify(ok));
+  assert.equal(refused.error, 'code_entry_in_progress', JSON.stringify(refused));
+  assert.equal(refused.status, 409);
+  assert.equal((await c.waitClose(5000)).statusCode, 515);
+  assert.equal((await sim.state()).counters.pairings, 1);
+  await c.end();
+});
+
 test('unmodified Baileys: creds of a code request that never linked log in as device 0 and get 401', async () => {
   // What node_worker's dropUnfinishedCodePairing guards against (Baileys issue #2494: 408, reconnect, 401).
   await sim.control('POST', '/reset');
