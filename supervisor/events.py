@@ -7,9 +7,13 @@ creds or a message body to the log.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import re
 import sys
+import traceback
 from typing import Any, Mapping, MutableMapping, TextIO
 
 import structlog
@@ -104,23 +108,55 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
 
 class StdlibBridge(logging.Handler):
     """Records of the standard `logging` module (asyncio's "Task exception was never retrieved", aiohttp's "Error
-    handling request", Python warnings) as `python.log` events through the same processors, scrubber and renderer.
-    Without it they reach logging's last-resort handler: plain, multi-line text on stderr that a log shipper reading
-    the journal cannot parse."""
+    handling request", Python warnings) as `python.log` events through the same processors and renderer. Without it
+    they reach logging's last-resort handler: plain, multi-line text on stderr that a log shipper cannot parse. Their
+    text is free-form, so the key-name scrubber cannot help there: URLs in it lose userinfo and query string."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields: dict[str, Any] = {"logger": record.name, "msg": record.getMessage()[:_MAX_LIB_MSG]}
-            if record.exc_info and record.exc_info[0] is not None:
-                fields["exc_info"] = record.exc_info  # format_exc_info renders it as `exception`
-            method = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
-                      logging.ERROR: "error"}.get(record.levelno, "critical" if record.levelno > 40 else "warning")
-            getattr(structlog.get_logger(), method)("python.log", **fields)
+            method, fields = _python_log(record)
         except Exception:  # a logging failure must never take the daemon down; logging reports it on stderr
             self.handleError(record)
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            _write_python_log(method, fields)
+        else:
+            # asyncio's never-retrieved exceptions are logged by finalisers, which the garbage collector can run in the
+            # middle of one of our own writes, while this thread holds the output's lock (not reentrant): writing now
+            # would wait for ourselves. The loop writes the record on its next turn instead.
+            loop.call_soon(_write_python_log, method, fields)
 
 
 _MAX_LIB_MSG = 2000  # a library's message; its traceback (`exception`) is kept whole
+_URL = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^\s/@'\"<>]+@)?(?P<rest>[^\s?#'\"<>]*)"
+                  r"(?P<query>\?[^\s#'\"<>]*)?", re.IGNORECASE)
+
+
+def redact_urls(text: str) -> str:
+    """URLs in free text keep scheme, host and path; userinfo and query string (where tokens travel) are redacted."""
+    return _URL.sub(lambda m: m["scheme"] + (f"{REDACTED}@" if m["user"] else "") + m["rest"]
+                    + (f"?{REDACTED}" if m["query"] else ""), text)
+
+
+def _python_log(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    n = record.levelno
+    method = "debug" if n < 20 else "info" if n < 30 else "warning" if n < 40 else "error" if n < 50 else "critical"
+    fields: dict[str, Any] = {"logger": record.name, "msg": redact_urls(record.getMessage()[:_MAX_LIB_MSG])}
+    if record.exc_info and record.exc_info[0] is not None:
+        fields["exception"] = redact_urls("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+    return method, fields
+
+
+def _write_python_log(method: str, fields: dict[str, Any]) -> None:
+    try:
+        getattr(structlog.get_logger(), method)("python.log", **fields)
+    except Exception:  # noqa: BLE001 - never raise from here: the loop would log that, through here, again
+        with contextlib.suppress(Exception):
+            sys.__stderr__.write(f"python.log not written: {fields.get('logger')}: {fields.get('msg')}\n")
 
 
 def _bridge_stdlib(level: int) -> None:

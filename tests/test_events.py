@@ -168,3 +168,45 @@ def test_stdlib_bridge_follows_the_level_and_is_not_stacked_by_a_reload():
     logging.getLogger("asyncio").warning("below the daemon's level")
     warnings.warn("a library's deprecation", UserWarning)  # warnings go through logging too, at warning
     assert len(lines(buf)) == 1
+
+
+@pytest.mark.timeout(10)
+async def test_a_record_made_inside_one_of_our_writes_does_not_deadlock():
+    # The garbage collector can run a finaliser (asyncio's never-retrieved exception) while our writer holds the
+    # output's lock; the record it logs must not wait for that lock in the same thread.
+    class Reentrant(io.StringIO):
+        fired = False
+
+        def write(self, s: str) -> int:
+            if not self.fired:
+                self.fired = True
+                logging.getLogger("asyncio").error("made inside a write")
+            return super().write(s)
+
+    buf = Reentrant()
+    configure_logging("json", "info", buf)
+    get_logger().info("outer")
+    await asyncio.sleep(0)  # the loop's next turn writes the record
+    assert [(e["event"], e.get("msg")) for e in lines(buf)] == [("outer", None), ("python.log", "made inside a write")]
+
+
+def test_urls_in_library_text_lose_userinfo_and_query():
+    buf = io.StringIO()
+    configure_logging("json", "info", buf)
+    try:
+        raise ConnectionError("POST https://bot:pw@hooks.example.com/in?token=s3cr3t failed")
+    except ConnectionError:
+        logging.getLogger("aiohttp.client").exception("request to %s", "http://127.0.0.1:9/x?secret=abc&b=2")
+    (e,) = lines(buf)
+    assert e["msg"] == "request to http://127.0.0.1:9/x?[redacted]"
+    assert "https://[redacted]@hooks.example.com/in?[redacted] failed" in e["exception"]
+    assert "s3cr3t" not in buf.getvalue() and "pw@" not in buf.getvalue() and "abc" not in buf.getvalue()
+
+
+def test_library_levels_between_the_standard_ones_round_down():
+    buf = io.StringIO()
+    configure_logging("json", "info", buf)
+    for n in (15, 35, 45, 55):
+        logging.getLogger("lib").log(n, "at %d", n)
+    assert [(e["msg"], e["level"]) for e in lines(buf)] == [("at 35", "warning"), ("at 45", "error"),
+                                                             ("at 55", "critical")]
