@@ -193,10 +193,9 @@ async def test_a_record_made_inside_one_of_our_writes_does_not_deadlock():
 def test_urls_in_library_text_lose_userinfo_and_query():
     buf = io.StringIO()
     configure_logging("json", "info", buf)
-    try:
-        raise ConnectionError("POST https://bot:pw@hooks.example.com/in?token=s3cr3t failed")
-    except ConnectionError:
-        logging.getLogger("aiohttp.client").exception("request to %s", "http://127.0.0.1:9/x?secret=abc&b=2")
+    err = ConnectionError("POST https://bot:pw@hooks.example.com/in?token=s3cr3t failed")
+    logging.getLogger("aiohttp.client").error("request to %s", "http://127.0.0.1:9/x?secret=abc&b=2",
+                                              exc_info=(ConnectionError, err, None))
     (e,) = lines(buf)
     assert e["msg"] == "request to http://127.0.0.1:9/x?[redacted]"
     assert "https://[redacted]@hooks.example.com/in?[redacted] failed" in e["exception"]
