@@ -49,6 +49,7 @@ class Supervisor:
         self._op_locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self.metrics = Metrics()  # GET /metrics (prometheus-client is a hard dependency)
+        self.metrics.watch_spawn_slots(self.spawn_slots)
         self.events = EventBus()  # live state/QR events for GET /events (SSE)
         self.state_changed = asyncio.Event()  # set on every transition; the notify STATUS= task clears it
         self.server_clock: dict[str, dict[str, Any]] = {}  # tenant -> the last `open` event's serverTime

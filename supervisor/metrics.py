@@ -14,6 +14,7 @@ Interface (the daemon owns one `Metrics` and calls these; every method is cheap,
     m.webhook_depth(n)                             # spool size: WebhookForwarder(on_depth=m.webhook_depth)
     m.webhook_result(result)                       # "delivered" | "retry" | "dead_letter" | "spool_full":
                                                    # WebhookForwarder(on_result=m.webhook_result)
+    m.watch_spawn_slots(slots)                     # SpawnSlots: limit / in use / waiting, read at scrape time
     m.forget(tenant)                               # tenant removed (e.g. dropped by reload): its series go away
     body, content_type = m.render()                # bytes + the Content-Type header value to send
 
@@ -34,6 +35,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from . import PROTOCOL_VERSION, __version__
+from .slots import SpawnSlots
 from .states import TenantState, reason_name
 
 PREFIX = "baileys_supervisor"
@@ -78,6 +80,30 @@ class LatestValueGauge:
         family = self._family()
         for key, value in self.values.items():
             family.add_metric([key], value)
+        return [family]
+
+
+class SpawnSlotsCollector:
+    """`baileys_supervisor_spawn_slots{kind="limit|in_use|waiting"}`, read from the daemon's SpawnSlots when scraped:
+    during a boot of many tenants `waiting` says how many are still queued for a spawn."""
+
+    def __init__(self, slots: SpawnSlots, *, registry: CollectorRegistry) -> None:
+        self.slots = slots
+        registry.register(self)
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"{PREFIX}_spawn_slots", "Worker spawn slots (worker.max_concurrent_spawns): the "
+                                 "limit, how many are in use, how many spawns wait for one.", labels=["kind"])
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        for kind, value in (("limit", self.slots.limit), ("in_use", self.slots.in_use),
+                            ("waiting", self.slots.waiting)):
+            family.add_metric([kind], value)
         return [family]
 
 
@@ -176,6 +202,9 @@ class Metrics:
 
     def on_invalid_line(self, tenant: str, n: int = 1) -> None:
         self.invalid_lines.labels(tenant=tenant).inc(n)  # n: the worker reports a junk flood in batches
+
+    def watch_spawn_slots(self, slots: SpawnSlots) -> None:
+        SpawnSlotsCollector(slots, registry=self.registry)
 
     # --- webhook -------------------------------------------------------------------------------------------------
     def webhook_depth(self, n: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from prometheus_client import REGISTRY
@@ -160,3 +161,24 @@ def test_rss_exposition_is_what_a_labelled_gauge_renders():
         name = f"{P}_worker_rss_bytes"
         assert _family_text(m.render()[0], name) == _family_text(generate_latest(ref_registry), name)
     assert get(samples(m), f"{P}_worker_rss_bytes", tenant="b") == 2
+
+
+async def test_spawn_slots_are_read_at_scrape_time():
+    from supervisor.slots import SpawnSlots
+
+    slots, m = SpawnSlots(2), Metrics(process_metrics=False)
+    m.watch_spawn_slots(slots)
+
+    def kinds() -> dict[str, float]:
+        fam = {f.name: f for f in text_string_to_metric_families(m.render()[0].decode())}["baileys_supervisor_spawn_slots"]
+        return {s.labels["kind"]: s.value for s in fam.samples}
+
+    assert kinds() == {"limit": 2, "in_use": 0, "waiting": 0}
+    await slots.acquire()
+    await slots.acquire()
+    waiter = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    assert kinds() == {"limit": 2, "in_use": 2, "waiting": 1}
+    slots.limit = 3  # a reload
+    await waiter
+    assert kinds() == {"limit": 3, "in_use": 3, "waiting": 0}
