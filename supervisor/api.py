@@ -16,7 +16,9 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from .errors import BadRequest, InvalidTenantId, SupervisorError, UnknownTenant
+from . import stream_token
 from .events import get_logger
+from .transitions import iso
 
 SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor", object)
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -86,9 +88,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     secret = request.app[SUPERVISOR].settings.api.secret
-    if secret and request.path not in OPEN_PATHS and not _authorized(request, secret):
+    if secret and request.path not in OPEN_PATHS and not _authorized(request, secret) \
+            and not _stream_token_ok(request, secret):
         return error_response(401, "unauthorized", "missing or wrong secret (X-Internal-Secret or Bearer)")
     return await handler(request)
+
+
+def _stream_token_ok(request: web.Request, secret: str) -> bool:
+    """`?token=` opens one tenant's event stream and nothing else (supervisor/stream_token.py)."""
+    token = request.query.get("token")
+    if token is None or request.method != "GET" or _route(request) != "/whatsapp/{tenant}/events":
+        return False
+    tid = request.match_info.get("tenant")
+    return _valid_tenant(tid) and stream_token.valid(secret, str(tid), token, time.time())
 
 
 @web.middleware
@@ -234,6 +246,14 @@ async def events_tenant(request: web.Request) -> web.StreamResponse:
     return await stream(request, request.app[SUPERVISOR], _tenant(request))
 
 
+async def events_token(request: web.Request) -> web.Response:
+    tid = _tenant(request)
+    secret = request.app[SUPERVISOR].settings.api.secret or ""  # without a secret the stream is open anyway
+    token, expires = stream_token.issue(secret, tid, time.time())
+    return json_response({"ok": True, "tenant": tid, "token": token, "expiresAt": iso(expires),
+                          "url": f"/whatsapp/{tid}/events?token={token}"})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
 
@@ -256,6 +276,7 @@ def make_app(supervisor: Any) -> web.Application:
     if getattr(supervisor, "events", None) is not None:  # supervisor/eventbus.py: live events (SSE)
         app.router.add_get("/events", events_all)
         app.router.add_get(f"{_T}/events", events_tenant)
+        app.router.add_post(f"{_T}/events-token", events_token)
     if getattr(supervisor, "metrics", None) is not None:  # supervisor/metrics.py, when the daemon owns one
         app.router.add_get("/metrics", metrics)
     return app
