@@ -134,3 +134,22 @@ def wrk(url: str, *, connections: int, duration: int, threads: int = 2, script: 
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     res["errors"] = sum(int(x) for x in m.groups()) if m else 0
     return res
+
+
+def teardown(daemons: list, sim, marker: str, grace: float) -> int:
+    """Stop every daemon (each within `grace` s) and the simulator, then SIGKILL the process group of any worker still
+    carrying `marker` in its argv. Returns how many were left, for the report: a bench must not leak workers."""
+    for d in daemons:
+        try:
+            d.stop(grace)
+        except Exception as exc:  # noqa: BLE001 - one daemon's failure must not leave the others running
+            print(f"stop failed: {exc}", file=sys.stderr)
+    sim.stop()
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    for pid in left:
+        try:
+            os.killpg(int(pid), signal.SIGKILL)  # workers lead their own session (start_new_session)
+        except OSError:
+            pass
+    return len(left)

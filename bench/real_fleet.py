@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import machine  # noqa: E402
+from _common import machine, teardown  # noqa: E402
 from e2e_harness import WORKER_NODE_FLAGS, TRUST_PRELOAD, WORKER, Daemon, Simulator, daemon_config, free_port, wait_for  # noqa: E402
 
 MIB = 2**20
@@ -106,6 +105,20 @@ class Fleet:
             elif e["event"] == "worker.exited":
                 cur["pid"] = None
         return st
+
+    def pair(self, d: Daemon, tids: list[str]) -> None:
+        """Start `tids` on `d`, scan each one's QR with the simulator's phone, wait until all are connected."""
+        for t in tids:
+            d.start_tenant(t)
+        self.wait_all(d, tids, lambda s: s["state"] == "qr", 300, "qr")
+        for t in tids:
+            for _ in range(3):  # a QR can rotate between GET /qr and the scan under load
+                res = self.sim.scan(d.qr(t)["qr"])
+                if res.get("ok") or res.get("error") not in ("qr_not_current", "qr_expired"):
+                    break
+                time.sleep(0.5)
+            assert res.get("ok"), res
+        self.wait_all(d, tids, lambda s: s["connected"], 300, "paired+connected", 0.5)
 
     def wait_all(self, d: Daemon, tids: list[str], pred, timeout: float, what: str, interval: float = 0.1) -> float:
         t0 = time.monotonic()
@@ -185,17 +198,7 @@ def main() -> int:
             first_rss = None
             for b0 in range(0, n, args.batch):
                 batch = tids[b0:b0 + args.batch]
-                for t in batch:
-                    d.start_tenant(t)
-                fleet.wait_all(d, batch, lambda s: s["state"] == "qr", 300, "qr")
-                for t in batch:
-                    for _ in range(3):  # a QR can rotate between GET /qr and the scan under load
-                        res = sim.scan(d.qr(t)["qr"])
-                        if res.get("ok") or res.get("error") not in ("qr_not_current", "qr_expired"):
-                            break
-                        time.sleep(0.5)
-                    assert res.get("ok"), res
-                fleet.wait_all(d, batch, lambda s: s["connected"], 300, "paired+connected", 0.5)
+                fleet.pair(d, batch)
                 if first_rss is None:
                     time.sleep(args.settle)
                     rss, _ = worker_rss({t: s for t, s in fleet.states(d).items() if t in batch})
@@ -287,21 +290,9 @@ def main() -> int:
                 f"old workers still alive {alive_old}")
             d2.stop(120)
         finally:
-            for dd in daemons:
-                try:
-                    dd.stop(120)
-                except Exception as exc:  # noqa: BLE001
-                    print(f"stop failed: {exc}", file=sys.stderr)
-            sim.stop()
-            time.sleep(1)
-            left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
-            for pid in left:
-                try:
-                    os.killpg(int(pid), 9)
-                except OSError:
-                    pass
+            left = teardown(daemons, sim, marker, 120)
             if left:
-                out.append(f"# WARNING: {len(left)} leftover workers killed")
+                out.append(f"# WARNING: {left} leftover workers killed")
     out.append(f"# end: {load()}")
     print("\n".join(out))
     return 0

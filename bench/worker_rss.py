@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import machine  # noqa: E402
+from _common import machine, teardown  # noqa: E402
 from e2e_harness import TRUST_PRELOAD, WORKER, Daemon, Simulator  # noqa: E402
 from real_fleet import Fleet, load, pctl  # noqa: E402
 
@@ -159,17 +159,7 @@ def main() -> int:
             d = fleet.daemon([], spawns=args.spawns)
             daemons.append(d)
             d.start()
-            for t in tids:
-                d.start_tenant(t)
-            fleet.wait_all(d, tids, lambda s: s["state"] == "qr", 300, "qr")
-            for t in tids:
-                for _ in range(3):
-                    res = sim.scan(d.qr(t)["qr"])
-                    if res.get("ok") or res.get("error") not in ("qr_not_current", "qr_expired"):
-                        break
-                    time.sleep(0.5)
-                assert res.get("ok"), res
-            fleet.wait_all(d, tids, lambda s: s["connected"], 300, "paired+connected", 0.5)
+            fleet.pair(d, tids)
             d.stop(60)
             say(f"paired {n} ({load()})")
 
@@ -231,21 +221,9 @@ def main() -> int:
                 say(row)
                 d.stop(60)
         finally:
-            for dd in daemons:
-                try:
-                    dd.stop(60)
-                except Exception as exc:  # noqa: BLE001
-                    print(f"stop failed: {exc}", file=sys.stderr)
-            sim.stop()
-            time.sleep(1)
-            left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
-            for pid in left:
-                try:
-                    os.kill(int(pid), 9)
-                except OSError:
-                    pass
+            left = teardown(daemons, sim, marker, 60)
             if left:
-                rows.append(f"# WARNING: {len(left)} leftover workers killed")
+                rows.append(f"# WARNING: {left} leftover workers killed")
             DEEP.unlink(missing_ok=True)  # generated above; not part of the tree
     print(f"# bench/worker_rss.py {' '.join(sys.argv[1:])}  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(f"# {machine()}")

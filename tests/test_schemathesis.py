@@ -26,6 +26,8 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import (content_type_conformance, not_a_server_error,  # noqa: E402
                                  response_schema_conformance, status_code_conformance)
 
+from conftest import kill_marked, live_workers  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 FAKE = HERE / "fake_worker.py"
 CLI = Path(sys.executable).with_name("baileys-supervisor")
@@ -85,12 +87,8 @@ def _stop(proc, log, marker: str) -> None:
         proc.kill()
         proc.wait(5)
     log.close()
-    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
-    for pid in left:
-        try:
-            os.kill(int(pid), 9)
-        except OSError:
-            pass
+    left = live_workers(marker)
+    kill_marked(marker)
     assert not left, f"workers left behind: {left}"
     assert proc.returncode == 0, proc.returncode
 
