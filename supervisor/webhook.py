@@ -29,33 +29,19 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import structlog
 
+from .settings import WebhookSettings
 from .spool import Item, Spool, SpoolError, SpoolFull, SpoolLocked
 
-__all__ = ["WebhookSettings", "WebhookForwarder", "WebhookClosed", "SpoolFull", "SpoolLocked", "backoff_delay"]
+__all__ = ["WebhookForwarder", "WebhookClosed", "SpoolFull", "SpoolLocked", "backoff_delay"]
 
 log = structlog.get_logger()
 SPOOL_FILENAME = "webhook-spool.sqlite3"
 BATCH = 100  # rows fetched per spool read while draining a tenant
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    url: str | None = None  # None: forwarding disabled, submit() returns False and nothing is spooled
-    secret: str | None = None  # sent as X-Internal-Secret (the seed's contract)
-    timeout: float = 10.0  # total seconds per POST
-    initial_delay: float = 1.0  # retry backoff: first delay
-    multiplier: float = 2.0
-    max_delay: float = 60.0  # cap
-    jitter: float = 0.2  # +- fraction, so tenants do not retry in lockstep
-    max_items: int = 100_000  # spool bound (pending items); reached -> SpoolFull
-    max_bytes: int | None = None  # optional bound on pending payload bytes
-    spool_path: Path | None = None  # None: <storage.root>/webhook-spool.sqlite3
 
 
 class WebhookClosed(SpoolError):

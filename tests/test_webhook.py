@@ -19,7 +19,8 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from supervisor.spool import Spool
-from supervisor.webhook import SpoolFull, WebhookClosed, WebhookForwarder, WebhookSettings, backoff_delay
+from supervisor.settings import WebhookSettings
+from supervisor.webhook import SpoolFull, WebhookClosed, WebhookForwarder, backoff_delay
 
 PATH = "/webhook/whatsapp/incoming"
 
@@ -372,7 +373,8 @@ import asyncio, os, sys, structlog
 ACK_FD = os.dup(1)
 os.dup2(2, 1)
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-from supervisor.webhook import WebhookForwarder, WebhookSettings
+from supervisor.settings import WebhookSettings
+from supervisor.webhook import WebhookForwarder
 
 async def main(url, root, tenants, count):
     s = WebhookSettings(url=url, initial_delay=0.02, max_delay=0.1, timeout=2.0)
