@@ -10,6 +10,7 @@ Interface for the daemon:
                                         # webhook.spool_full and reported via on_result("spool_full"))
     fw.depth                            # pending items
     await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
+    await fw.stats()                    # {"enabled", "queued", "deadLetters", "refused"}: GET /webhook
     await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
 
 Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (a uuid stored with the
@@ -260,6 +261,12 @@ class WebhookForwarder:
         if self._spool is None or not self._started or self._closing:
             return []
         return await self._db(self._spool.dead_letters, tenant, limit)
+
+    async def stats(self) -> dict[str, object]:
+        """GET /webhook: is forwarding on, how much waits, how much the target refused for good (dead letters)."""
+        running = self._spool is not None and self._started and not self._closing
+        dead = await self._db(self._spool.dead_letter_count) if running else None  # type: ignore[union-attr]
+        return {"enabled": self.enabled, "queued": self.depth, "deadLetters": dead, "refused": self.refused}
 
     async def _db(self, fn: Callable, *args: object):  # noqa: ANN202 - returns whatever fn returns
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))

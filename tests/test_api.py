@@ -15,6 +15,7 @@ from aiohttp import ClientSession
 
 from supervisor.api import make_app, start_api
 from supervisor.errors import NotRunning, TenantLocked, UnknownTenant
+from supervisor.eventbus import EventBus
 from supervisor.settings import ApiSettings, Settings
 
 SECRET = "s3cret-value"
@@ -97,9 +98,9 @@ async def served():
     runners = []
     async with ClientSession() as http:
 
-        async def make(secret: str | None = SECRET, max_body: int = 65536):
+        async def make(secret: str | None = SECRET, max_body: int = 65536, events: EventBus | None = None):
             stub = StubSupervisor(_settings(secret, max_body))
-            runner, port = await start_api(stub, "127.0.0.1", 0)
+            runner, port = await start_api(make_app(stub, stub.settings.api, events=events), "127.0.0.1", 0)
             runners.append(runner)
             return stub, f"http://127.0.0.1:{port}", http
 
@@ -366,9 +367,9 @@ async def test_metrics_route_when_the_supervisor_has_metrics(served):
     async with http.get(f"{url}/metrics", headers=H) as r:
         assert r.status == 404  # no metrics object: no route
     stub2 = StubSupervisor(_settings())
-    stub2.metrics = Metrics()
-    stub2.metrics.on_state("1", None, "qr")
-    runner, port = await start_api(stub2, "127.0.0.1", 0)
+    metrics = Metrics()
+    metrics.on_state("1", None, "qr")
+    runner, port = await start_api(make_app(stub2, stub2.settings.api, metrics=metrics), "127.0.0.1", 0)
     try:
         async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
             assert r.status == 401  # metrics need the secret too

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 
-from supervisor.api import start_api
+from supervisor.api import make_app, start_api
 from supervisor.config import settings_from_dict
 from supervisor.daemon import Supervisor
 from test_api import raw_request
@@ -57,7 +57,7 @@ async def live(tmp_path):
     """(supervisor, base_url, http session) for a real Supervisor behind the real API."""
     settings = settings_from_dict(config_dict(tmp_path), tmp_path / "c.yaml")
     sup = Supervisor(settings)
-    runner, port = await start_api(sup, "127.0.0.1", 0)
+    runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
     try:
         async with ClientSession() as http:
             yield sup, f"http://127.0.0.1:{port}", http

@@ -17,9 +17,10 @@ import psutil
 import pytest
 
 from conftest import live_workers, spawn_records, wait_until
-from supervisor.daemon import Supervisor, run_daemon
+from supervisor.daemon import Supervisor
+from supervisor.runner import run_daemon
 from supervisor.locks import read_json
-from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
+from supervisor.errors import ConfigError, InvalidTenantId, ShuttingDown, UnknownTenant
 from supervisor.states import TenantState
 
 DAEMON = Path(__file__).resolve().parent / "daemon_proc.py"
