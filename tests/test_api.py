@@ -182,6 +182,18 @@ async def test_65_chars_and_empty_are_400_invalid_tenant(served):
         assert status == 400 and json.loads(body)["error"] == "invalid_tenant", (path, body)
 
 
+async def test_a_trailing_newline_is_not_a_tenant_id(served):
+    """`abc%0A` is "abc\n", which re.match with `$` accepted (events-token issued a token for it): every route that
+    takes a tenant refuses it, the ones that never reach the supervisor included (supervisor/ids.py)."""
+    stub, url, _ = await served(events=EventBus())
+    for method, path in [("POST", "/whatsapp/abc%0A/start"), ("GET", "/whatsapp/abc%0A/status"),
+                         ("POST", "/whatsapp/abc%0A/events-token"), ("GET", "/whatsapp/abc%0A/events")]:
+        # bounded: a wrongly accepted /events would stream forever
+        status, body = await asyncio.wait_for(raw_request(url, method, path, H), 30)
+        assert status == 400 and json.loads(body)["error"] == "invalid_tenant", (path, status, body)
+    assert stub.calls == []
+
+
 async def test_64_chars_is_a_valid_tenant(served):
     stub, url, http = await served()
     tid = "A" + "b_-" * 21

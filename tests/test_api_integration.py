@@ -158,6 +158,18 @@ async def test_qr_status_pairing_and_stop_through_the_api(live):
         assert r.status == 409 and (await r.json())["error"] == "not_running"
 
 
+async def test_start_and_restart_during_shutdown_are_503_and_spawn_nothing(live):
+    sup, url, http = live
+    async with http.post(f"{url}/whatsapp/r1/start", headers=H) as r:
+        assert r.status == 200
+    await sup.shutdown()  # what the daemon does while its API may still be answering a last request
+    for action in ("restart", "start"):
+        async with http.post(f"{url}/whatsapp/r1/{action}", headers=H) as r:
+            body = await r.json()
+        assert r.status == 503 and body["error"] == "shutting_down", (action, body)
+    assert sup.status("r1")["pid"] is None and sup.tenants["r1"].running is False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ from aiohttp import ClientSession
 
 from supervisor.api import OPENAPI_PATH, make_app, start_api
 from supervisor.daemon import Supervisor
+from supervisor.ids import TENANT_ID_PATTERN
 
 SPEC = json.loads(OPENAPI_PATH.read_text())
 H = {"X-Internal-Secret": "oa"}
@@ -60,6 +61,12 @@ def test_validator_can_fail():
     with pytest.raises(AssertionError):
         validate({"ok": True, "pid": 1, "uptime": 1, "tenants": 0, "states": {}, "shuttingDown": False, "x": 1},
                  {"$ref": "#/components/schemas/Health"})
+
+
+def test_tenant_parameters_use_the_one_tenant_id_pattern():
+    patterns = [p["schema"]["pattern"] for ops in SPEC["paths"].values() for op in ops.values()
+                for p in op.get("parameters", []) if p["name"] == "tenant"]
+    assert len(patterns) == sum("{tenant}" in path for path in SPEC["paths"]) and set(patterns) == {TENANT_ID_PATTERN}
 
 
 def test_every_route_is_documented_and_nothing_else(make_settings):
