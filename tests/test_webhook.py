@@ -62,7 +62,7 @@ class Target:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)  # same port again after stop(): "back up"
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self.runner is not None:
