@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,6 +29,11 @@ from .notify import Notifier, run_watchdog, status_summary
 from .reload import apply_reload
 from .settings import Settings
 from .webhook_sink import MessageSink, make_forwarder
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .webhook import WebhookForwarder
 
 log = structlog.get_logger("supervisor.daemon")
 STATUS_MIN_INTERVAL = 1.0  # at most one STATUS= per second: a boot of 500 tenants is not 2000 datagrams
@@ -53,9 +58,9 @@ class Daemon:
         self.reload_requested = asyncio.Event()
         self._background_stop = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
-        self._api: Any = None  # the aiohttp AppRunner once listening
+        self._api: web.AppRunner | None = None  # once listening
         self._boot: asyncio.Task[None] | None = None
-        self._forwarder: Any = None
+        self._forwarder: WebhookForwarder | None = None
         self._sink: MessageSink | None = None
 
     async def run(self) -> None:
@@ -115,6 +120,7 @@ class Daemon:
             await _wait_any(self.should_exit, self.reload_requested)
             if self.reload_requested.is_set() and not self.should_exit.is_set():
                 self.reload_requested.clear()
+                assert self.sup is not None and self.notifier is not None  # set by run() and startup()
                 await _reload(self.sup, self.notifier)
 
     async def shutdown(self) -> None:
@@ -145,7 +151,7 @@ class Daemon:
         log.info("daemon.stopped", pid=os.getpid())
 
 
-async def _reload(sup: Any, notifier: Any) -> None:
+async def _reload(sup: Supervisor, notifier: Notifier) -> None:
     notifier.reloading("reloading configuration")
     source = sup.settings.source
     try:
