@@ -2,6 +2,7 @@
 
 Order of checks for a request: route (404/405) -> auth (401) -> body size (413) -> tenant id (400) -> supervisor.
 The tenant id is validated here, before the supervisor (and therefore the filesystem) sees it.
+`make_app` takes everything it serves as arguments (the runner wires them): no attribute probing of the supervisor.
 """
 
 from __future__ import annotations
@@ -11,31 +12,37 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .errors import BadRequest, InvalidTenantId, SupervisorError, UnknownTenant
 from . import stream_token
+from .errors import BadRequest, SupervisorError, UnknownTenant
+from .eventbus import EventBus
 from .events import get_logger
+from .ids import is_tenant_id, validate_tenant_id
+from .settings import ApiSettings
+from .sse import HEARTBEAT, stream
 from .transitions import iso
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .webhook import WebhookForwarder
+
+# What make_app serves. SUPERVISOR: the tenant operations of docs/design.md's Supervisor interface (a stub in tests).
 SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor", object)
-TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+API: web.AppKey[ApiSettings] = web.AppKey("api", ApiSettings)
+EVENTS: web.AppKey[EventBus | None] = web.AppKey("events")
+SSE_HEARTBEAT: web.AppKey[float] = web.AppKey("sse_heartbeat", float)
+METRICS: web.AppKey[Metrics | None] = web.AppKey("metrics")
+WEBHOOK: web.AppKey[WebhookForwarder | None] = web.AppKey("webhook")
 # Digits of an international number without '+', E.164 allows at most 15.
 PHONE_RE = re.compile(r"^[0-9]{6,15}$")
 # /openapi.json is open on purpose: it describes the API (no secrets, no tenant data), and tools fetch it unauthenticated.
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-}
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "body_too_large", 415: "unsupported_media_type"}
 # `{tenant:[^/]*}` also matches the empty id, so `/whatsapp//start` is a clear 400 instead of a bare 404.
 _T = "/whatsapp/{tenant:[^/]*}"
 
@@ -78,7 +85,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         "api.request",
         method=request.method,
         route=_route(request),
-        tenant=request.match_info.get("tenant") if _valid_tenant(request.match_info.get("tenant")) else None,
+        tenant=request.match_info.get("tenant") if is_tenant_id(request.match_info.get("tenant")) else None,
         status=response.status,
         duration_ms=round((time.monotonic() - started) * 1000, 2),
     )
@@ -87,7 +94,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    secret = request.app[SUPERVISOR].settings.api.secret
+    secret = request.app[API].secret
     if secret and request.path not in OPEN_PATHS and not _authorized(request, secret) \
             and not _stream_token_ok(request, secret):
         return error_response(401, "unauthorized", "missing or wrong secret (X-Internal-Secret or Bearer)")
@@ -100,13 +107,13 @@ def _stream_token_ok(request: web.Request, secret: str) -> bool:
     if token is None or request.method != "GET" or _route(request) != "/whatsapp/{tenant}/events":
         return False
     tid = request.match_info.get("tenant")
-    return _valid_tenant(tid) and stream_token.valid(secret, str(tid), token, time.time())
+    return is_tenant_id(tid) and stream_token.valid(secret, str(tid), token, time.time())
 
 
 @web.middleware
 async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """413 before any handler runs, also for routes that ignore their body (a 1 MiB POST /start)."""
-    limit = request.app[SUPERVISOR].settings.api.max_body_bytes
+    limit = request.app[API].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return error_response(413, "body_too_large", f"request body over {limit} bytes")
     if request.body_exists and request.content_length is None:
@@ -131,16 +138,8 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "<unmatched>"
 
 
-def _valid_tenant(tid: str | None) -> bool:
-    return tid is not None and TENANT_RE.match(tid) is not None
-
-
 def _tenant(request: web.Request) -> str:
-    tid = request.match_info.get("tenant", "")
-    if not _valid_tenant(tid):
-        # Echo a bounded, repr'd id only: the message must stay readable even for hostile input.
-        raise InvalidTenantId(f"invalid tenant id {tid[:80]!r}: expected ^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$")
-    return tid
+    return validate_tenant_id(request.match_info.get("tenant", ""))
 
 
 def _json_safe(details: dict[str, Any]) -> dict[str, Any]:
@@ -228,43 +227,57 @@ async def pairing_code(request: web.Request) -> web.Response:
     return json_response({"ok": True, "tenant": tid, "code": code})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[SUPERVISOR].metrics.render()
+async def metrics_route(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    assert m is not None  # the route exists only with a Metrics object
+    body, content_type = m.render()
     # headers=, not content_type=: aiohttp refuses a content_type that carries parameters (version=0.0.4).
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def events_all(request: web.Request) -> web.StreamResponse:
-    from .sse import stream
-
-    return await stream(request, request.app[SUPERVISOR], None)
+    return await _events(request, None)
 
 
 async def events_tenant(request: web.Request) -> web.StreamResponse:
-    from .sse import stream
+    return await _events(request, _tenant(request))
 
-    return await stream(request, request.app[SUPERVISOR], _tenant(request))
+
+async def _events(request: web.Request, tenant: str | None) -> web.StreamResponse:
+    bus = request.app[EVENTS]
+    assert bus is not None  # the routes exist only with an EventBus
+    return await stream(request, bus, request.app[SUPERVISOR], tenant, request.app[SSE_HEARTBEAT])
 
 
 async def events_token(request: web.Request) -> web.Response:
     tid = _tenant(request)
-    secret = request.app[SUPERVISOR].settings.api.secret or ""  # without a secret the stream is open anyway
+    secret = request.app[API].secret or ""  # without a secret the stream is open anyway
     token, expires = stream_token.issue(secret, tid, time.time())
     return json_response({"ok": True, "tenant": tid, "token": token, "expiresAt": iso(expires),
                           "url": f"/whatsapp/{tid}/events?token={token}"})
+
+
+async def webhook_status(request: web.Request) -> web.Response:
+    """The forwarder's counters for operators; all null/0 when `webhook.url` is unset (the spool is not opened)."""
+    fw = request.app[WEBHOOK]
+    if fw is None:
+        return json_response({"enabled": False, "queued": 0, "deadLetters": None, "refused": 0})
+    return json_response(await fw.stats())
 
 
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
 
 
-def make_app(supervisor: Any) -> web.Application:
-    """The control API around a `Supervisor` (see docs/design.md). The daemon serves it with AppRunner/TCPSite."""
-    limit = supervisor.settings.api.max_body_bytes
+def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = None, metrics: Metrics | None = None,
+             webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT) -> web.Application:
+    """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
+    `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder. Serve it with `start_api`."""
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware, body_limit_middleware], client_max_size=limit
+        middlewares=[errors_middleware, auth_middleware, body_limit_middleware], client_max_size=api.max_body_bytes
     )
-    app[SUPERVISOR] = supervisor
+    app[SUPERVISOR], app[API], app[EVENTS], app[SSE_HEARTBEAT] = supervisor, api, events, sse_heartbeat
+    app[METRICS], app[WEBHOOK] = metrics, webhook
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/whatsapp", list_tenants)
     for name in ("start", "stop", "restart", "logout"):
@@ -273,23 +286,25 @@ def make_app(supervisor: Any) -> web.Application:
     app.router.add_get(f"{_T}/qr", qr)
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
     app.router.add_get("/openapi.json", openapi)
-    if getattr(supervisor, "events", None) is not None:  # supervisor/eventbus.py: live events (SSE)
+    app.router.add_get("/webhook", webhook_status)
+    if events is not None:
         app.router.add_get("/events", events_all)
         app.router.add_get(f"{_T}/events", events_tenant)
         app.router.add_post(f"{_T}/events-token", events_token)
-    if getattr(supervisor, "metrics", None) is not None:  # supervisor/metrics.py, when the daemon owns one
-        app.router.add_get("/metrics", metrics)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics_route)
     return app
 
 
-async def start_api(supervisor: Any, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, int]:
-    """Serve `make_app(supervisor)` on host:port (defaults from settings). Returns the runner and the bound port
-    (useful with port 0). Stop with `await runner.cleanup()`."""
-    api = supervisor.settings.api
-    runner = web.AppRunner(make_app(supervisor), access_log=None)  # api.request replaces the access log
+async def start_api(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port; returns the runner (stop with `await runner.cleanup()`) and the bound port (the
+    one the kernel chose for port 0)."""
+    # access_log=None: api.request replaces it. shutdown_timeout: cleanup() waits this long for requests in flight.
+    runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or api.host, api.port if port is None else port)
-    await site.start()
-    sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 - the only way to learn port 0's port
-    bound = sockets[0].getsockname()[1] if sockets else (api.port if port is None else port)
-    return runner, bound
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]

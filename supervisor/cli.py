@@ -87,7 +87,7 @@ def _q(tenant: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)  # first: a bad config exits 2 before anything starts
 
-    from .daemon import run_daemon  # the daemon pulls in everything; operator commands stay light
+    from .runner import run_daemon  # the daemon pulls in everything; operator commands stay light
     from .events import configure_logging
 
     configure_logging(settings.logging.format, settings.logging.level)

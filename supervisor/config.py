@@ -16,6 +16,7 @@ import yaml
 
 from .config_types import _backoff, _bool, _choice, _Ctx, _int, _mapping, _names, _path, _pos_float, _str
 from .errors import ConfigError
+from .ids import TENANT_ID_PATTERN, is_tenant_id
 from .settings import (
     ApiSettings,
     LoggingSettings,
@@ -26,7 +27,6 @@ from .settings import (
     WorkerSettings,
 )
 
-TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^2\.3000\.\d+$")
 SOCKET_OPTION_KEYS = ("connectTimeoutMs", "keepAliveIntervalMs", "defaultQueryTimeoutMs", "qrTimeout")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -35,10 +35,6 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Keys of the file that are not Settings fields (they only feed the resolved api.secret).
 _API_SECRET_KEYS = ("secret", "secret_env", "secret_file")
-
-
-def default_settings() -> Settings:
-    return Settings()
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -100,7 +96,7 @@ def _api(ctx: _Ctx, raw: Any) -> ApiSettings:
         out["max_body_bytes"] = _int(ctx, "api.max_body_bytes", d["max_body_bytes"], lo=1)
     out["secret"] = _secret(ctx, d)
     settings = ApiSettings(**out)
-    if not settings.secret and not _is_loopback(settings.host):
+    if not settings.secret and not is_loopback(settings.host):
         raise ConfigError(
             f"{ctx.source}: api.host: {settings.host!r} is not a loopback address; "
             "set api.secret, api.secret_file or the api.secret_env variable before exposing the API",
@@ -220,8 +216,8 @@ def _tenants(ctx: _Ctx, raw: Any) -> TenantsSettings:
     for i, t in enumerate(boot):
         if isinstance(t, int) and not isinstance(t, bool):
             t = str(t)  # `- 1` in YAML is the seed's tenant "1"
-        if not isinstance(t, str) or not TENANT_RE.match(t):
-            raise ctx.fail(f"tenants.boot[{i}]", "a tenant id matching ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", t)
+        if not is_tenant_id(t):
+            raise ctx.fail(f"tenants.boot[{i}]", f"a tenant id matching {TENANT_ID_PATTERN}", t)
         if t not in ids:
             ids.append(t)
     return TenantsSettings(boot=tuple(ids))
@@ -238,7 +234,9 @@ def _logging(ctx: _Ctx, raw: Any) -> LoggingSettings:
     return LoggingSettings(**out)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the API on this machine: the one condition under which no secret is needed
+    (checked here for config files and again by the runner for Settings built in code)."""
     if host == "localhost":
         return True
     try:

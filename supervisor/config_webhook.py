@@ -6,14 +6,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .settings import WebhookConfig
+from .settings import WebhookSettings
 
 URL_RE = re.compile(r"^https?://[^\s/]+", re.IGNORECASE)
 _KEYS = ("url", "secret", "timeout", "initial_delay", "multiplier", "max_delay", "jitter", "max_items", "max_bytes",
          "spool_path")
 
 
-def webhook_config(ctx: Any, raw: Any, *, storage_root: Path, api_secret: str | None) -> WebhookConfig:
+def webhook_config(ctx: Any, raw: Any, *, storage_root: Path, api_secret: str | None) -> WebhookSettings:
     from .config_types import _backoff, _int, _mapping, _str  # the shared scalar validators
 
     d = _mapping(ctx, "webhook", raw, _KEYS)
@@ -40,7 +40,7 @@ def webhook_config(ctx: Any, raw: Any, *, storage_root: Path, api_secret: str | 
             raise ctx.fail("webhook.spool_path", "a non-empty path", s)
         p = Path(s).expanduser()
         out["spool_path"] = p if p.is_absolute() else (storage_root / p)  # relative to storage, not the file
-    w = WebhookConfig(**out)
+    w = WebhookSettings(**out)
     if w.max_delay < w.initial_delay:
         raise ctx.fail("webhook.max_delay", f"a number >= initial_delay ({w.initial_delay})", w.max_delay)
     return w

@@ -1,6 +1,5 @@
-"""`Supervisor` (tenant registry, single-flight start, boot, shutdown) and `run_daemon()` (signals, API, ordered
-shutdown). Signal handlers only set events (uvicorn style); `run_daemon` is the one owner that awaits everything.
-"""
+"""`Supervisor`: tenant registry, single-flight start, boot, shutdown (the daemon's process, signals and API are
+supervisor/runner.py's)."""
 
 from __future__ import annotations
 
@@ -8,15 +7,15 @@ import asyncio
 import contextlib
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
+from supervisor.errors import ShuttingDown, UnknownTenant
 from supervisor.eventbus import EventBus
+from supervisor.ids import is_tenant_id, validate_tenant_id
 from supervisor.metrics import Metrics
 from supervisor.settings import Settings
 from supervisor.slots import SpawnSlots
@@ -24,16 +23,6 @@ from supervisor.states import ACTIVE_STATES, TenantState
 from supervisor.tenant import MessageHook, Tenant
 
 log = structlog.get_logger("supervisor.daemon")
-
-TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-def validate_tenant_id(tid: object) -> str:
-    """Checked before any path is built from it: the id becomes a directory name."""
-    if not isinstance(tid, str) or not TENANT_ID_RE.fullmatch(tid):
-        raise InvalidTenantId("tenant id must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", tenant=str(tid)[:80])
-    return tid
-
 
 class Supervisor:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
@@ -152,7 +141,7 @@ class Supervisor:
     def statuses(self) -> list[dict[str, Any]]:
         with contextlib.suppress(OSError):
             for entry in self.root.iterdir():  # tenants with auth on disk are known even before a start
-                if entry.name not in self.tenants and TENANT_ID_RE.fullmatch(entry.name) and (entry / "auth").is_dir():
+                if entry.name not in self.tenants and is_tenant_id(entry.name) and (entry / "auth").is_dir():
                     self._tenant(entry.name, create=True)
         return [self._status(self.tenants[t]) for t in sorted(self.tenants)]
 
@@ -209,10 +198,3 @@ class Supervisor:
             if isinstance(result, BaseException):
                 log.error("daemon.stop_failed", error=type(result).__name__, message=str(result))
 
-
-async def run_daemon(settings: Settings, *, shutdown_event: asyncio.Event | None = None,
-                     supervisor: Supervisor | None = None, notifier: Any = None) -> None:
-    """See supervisor.runner.run_daemon (kept importable from here: tests and tools use this name)."""
-    from supervisor.runner import run_daemon as _run
-
-    await _run(settings, shutdown_event=shutdown_event, supervisor=supervisor, notifier=notifier)

@@ -10,7 +10,6 @@ Interface (everything is a no-op returning False when $NOTIFY_SOCKET is unset, e
     notifier.status(text) -> bool              # STATUS=<one line>  (shown by `systemctl status`)
     notifier.reloading(status=None) -> bool    # RELOADING=1 + MONOTONIC_USEC=: at the start of a SIGHUP reload
     notifier.stopping(status=None) -> bool     # STOPPING=1: as soon as shutdown begins
-    notifier.extend_timeout(seconds) -> bool   # EXTEND_TIMEOUT_USEC=: a long boot/stop asks for more time
     notifier.watchdog() -> bool                # WATCHDOG=1 (use run_watchdog instead of calling this by hand)
     notifier.close() -> None
 
@@ -150,10 +149,6 @@ class Notifier:
         if status is not None:
             parts.append("STATUS=" + _one_line(status))
         return self.send(*parts)
-
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for `seconds` more than the current start/stop timeout (TimeoutStartSec/TimeoutStopSec)."""
-        return self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
 
     def watchdog(self) -> bool:
         return self.send("WATCHDOG=1")

@@ -1,103 +1,151 @@
-"""`run_daemon()`: the one owner of the daemon's tasks, signals and shutdown order (uvicorn style: signal handlers
-only set events; this function awaits every task it creates).
+"""`run_daemon()`: one run of the daemon, as `Daemon.run()` = startup -> main_loop -> shutdown (uvicorn's
+Server.serve shape). Signal handlers only set events; the Daemon awaits every task it creates.
 
-Start-up:  notifier from $NOTIFY_SOCKET (removed from the env before any worker is spawned) -> webhook forwarder
+startup:   notifier from $NOTIFY_SOCKET (removed from the env before any worker is spawned) -> webhook forwarder
            (so boot tenants' messages are spooled) -> API listening -> watchdog + STATUS tasks -> boot tenants
            -> READY=1 (only now: the API answers and every boot tenant has its worker or its error).
-SIGHUP:    RELOADING=1 -> re-read the config file -> apply the diff (supervisor/reload.py) -> READY=1. An invalid
-           file is logged (`config.reload_failed`) and the old config keeps running.
-Shutdown:  SIGTERM/SIGINT -> STOPPING=1 -> SSE streams end -> API closed (no new calls) -> all workers stopped in
-           parallel within the grace (a second signal kills them at once) -> pending spool writes finished ->
-           webhook forwarder closed (after the workers: their last messages are spooled) -> watchdog stops.
+main_loop: SIGHUP: RELOADING=1 -> re-read the config file -> apply the diff (supervisor/reload.py) -> READY=1. An
+           invalid file is logged (`config.reload_failed`) and the old config keeps running.
+shutdown:  (SIGTERM/SIGINT, or a failed start-up) STOPPING=1 -> SSE streams end -> API closed (no new calls) -> all
+           workers stopped in parallel within the grace (a second signal kills them at once) -> pending spool writes
+           finished -> webhook forwarder closed (after the workers: their last messages are spooled) -> watchdog stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import ipaddress
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .config import load_settings
+from .api import make_app, start_api
+from .config import is_loopback, load_settings
 from .daemon import Supervisor
 from .errors import ConfigError
 from .notify import Notifier, run_watchdog, status_summary
 from .reload import apply_reload
 from .settings import Settings
+from .webhook_sink import MessageSink, make_forwarder
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .webhook import WebhookForwarder
 
 log = structlog.get_logger("supervisor.daemon")
 STATUS_MIN_INTERVAL = 1.0  # at most one STATUS= per second: a boot of 500 tenants is not 2000 datagrams
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 async def run_daemon(settings: Settings, *, shutdown_event: asyncio.Event | None = None,
                      supervisor: Supervisor | None = None, notifier: Notifier | None = None) -> None:
-    if settings.api.secret is None and not _is_loopback(settings.api.host):
-        raise ConfigError(f"refusing to bind {settings.api.host} without an API secret")
-    notifier = notifier if notifier is not None else Notifier.from_env(unset=True)
-    loop = asyncio.get_running_loop()
-    stop = shutdown_event or asyncio.Event()
-    force, reload_requested, background_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    """Run until SIGTERM/SIGINT or `shutdown_event`; ConfigError before anything starts when the API would be
+    reachable from other machines without a secret."""
+    await Daemon(settings, shutdown_event=shutdown_event, supervisor=supervisor, notifier=notifier).run()
 
-    def on_signal(signame: str) -> None:
-        if stop.is_set():
-            force.set()
-        stop.set()
-        log.info("daemon.signal", signal=signame, forced=force.is_set())
 
-    def on_hup() -> None:
-        reload_requested.set()
+class Daemon:
+    def __init__(self, settings: Settings, *, shutdown_event: asyncio.Event | None = None,
+                 supervisor: Supervisor | None = None, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.sup = supervisor
+        self.notifier = notifier
+        self.should_exit = shutdown_event or asyncio.Event()
+        self.force_exit = asyncio.Event()  # a second SIGTERM/SIGINT: workers are killed without their grace
+        self.reload_requested = asyncio.Event()
+        self._background_stop = asyncio.Event()
+        self._background: list[asyncio.Task[Any]] = []
+        self._api: web.AppRunner | None = None  # once listening
+        self._boot: asyncio.Task[None] | None = None
+        self._forwarder: WebhookForwarder | None = None
+        self._sink: MessageSink | None = None
+
+    async def run(self) -> None:
+        api = self.settings.api
+        if api.secret is None and not is_loopback(api.host):
+            raise ConfigError(f"refusing to bind {api.host} without an API secret")
+        if self.notifier is None:
+            self.notifier = Notifier.from_env(unset=True)
+        self._install_signal_handlers()
+        try:
+            await self.startup()
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+
+    # -- signals: handlers only set events ----------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_exit_signal, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_exit_signal(self, signame: str) -> None:
+        if self.should_exit.is_set():
+            self.force_exit.set()
+        self.should_exit.set()
+        log.info("daemon.signal", signal=signame, forced=self.force_exit.is_set())
+
+    def _on_hup(self) -> None:
+        self.reload_requested.set()
         log.info("daemon.signal", signal="SIGHUP", forced=False)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    sup = supervisor or Supervisor(settings)
-    forwarder = _make_forwarder(sup)
-    sink = MessageSink(forwarder) if forwarder is not None else None
-    if sink is not None:
-        sup.on_message = sink
-    runner = boot = None
-    background: list[asyncio.Task[Any]] = []
-    try:
-        if forwarder is not None:
-            await forwarder.start()
-        runner = await _start_api(sup)
-        log.info("daemon.started", pid=os.getpid(), host=settings.api.host, port=settings.api.port,
-                 api=True, storage=str(settings.storage.root))
-        background = [asyncio.create_task(run_watchdog(notifier, background_stop), name="watchdog"),
-                      asyncio.create_task(_status_loop(sup, notifier, background_stop), name="notify-status")]
-        boot = asyncio.create_task(sup.boot(), name="boot")
-        await _wait_any(stop, boot)
-        if not stop.is_set():
+    # -- the three steps ----------------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Returns once every boot tenant has its worker or its error (then READY=1), or when asked to exit."""
+        s, notifier = self.settings, self.notifier
+        assert notifier is not None
+        sup = self.sup = self.sup or Supervisor(s)
+        self._forwarder = make_forwarder(s.webhook, s.storage.root, sup.metrics)
+        if self._forwarder is not None:
+            self._sink = sup.on_message = MessageSink(self._forwarder)
+            await self._forwarder.start()
+        app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder)
+        self._api, port = await start_api(app, s.api.host, s.api.port)
+        log.info("daemon.started", pid=os.getpid(), host=s.api.host, port=port, api=True, storage=str(s.storage.root))
+        self._background = [
+            asyncio.create_task(run_watchdog(notifier, self._background_stop), name="watchdog"),
+            asyncio.create_task(_status_loop(sup, notifier, self._background_stop), name="notify-status")]
+        self._boot = asyncio.create_task(sup.boot(), name="boot")
+        await _wait_any(self.should_exit, self._boot)
+        if not self.should_exit.is_set():
             notifier.ready(_summary(sup))
             log.info("daemon.ready", tenants=len(sup.tenants), notify=notifier.enabled)
-        while not stop.is_set():
-            await _wait_any(stop, reload_requested)
-            if reload_requested.is_set() and not stop.is_set():
-                reload_requested.clear()
-                await _reload(sup, notifier)
-    finally:
+
+    async def main_loop(self) -> None:
+        while not self.should_exit.is_set():
+            await _wait_any(self.should_exit, self.reload_requested)
+            if self.reload_requested.is_set() and not self.should_exit.is_set():
+                self.reload_requested.clear()
+                assert self.sup is not None and self.notifier is not None  # set by run() and startup()
+                await _reload(self.sup, self.notifier)
+
+    async def shutdown(self) -> None:
+        """Undo whatever startup() got to, in order; also after a start-up that failed half-way."""
+        sup, notifier = self.sup, self.notifier
+        assert notifier is not None
         notifier.stopping("stopping")
-        log.info("daemon.stopping", tenants=len(sup.tenants))
-        sup.events.close()  # open SSE streams end now, so closing the API below does not wait for them
-        if runner is not None:
-            await runner.cleanup()  # stop accepting first: no start can race the shutdown
-        if boot is not None:
-            boot.cancel()  # starts still in flight are awaited by shutdown()
-            await asyncio.gather(boot, return_exceptions=True)
-        await sup.shutdown(force=force)
-        if sink is not None:
-            await sink.drain()
-        if forwarder is not None:
-            await forwarder.aclose()
-        background_stop.set()
-        await asyncio.gather(*background, return_exceptions=True)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        log.info("daemon.stopping", tenants=len(sup.tenants) if sup else 0)
+        if sup is not None:
+            sup.events.close()  # open SSE streams end now, so closing the API below does not wait for them
+        if self._api is not None:
+            await self._api.cleanup()  # stop accepting first: no start can race the shutdown
+        if self._boot is not None:
+            self._boot.cancel()  # starts still in flight are awaited by shutdown()
+            await asyncio.gather(self._boot, return_exceptions=True)
+        if sup is not None:
+            await sup.shutdown(force=self.force_exit)
+        if self._sink is not None:
+            await self._sink.drain()
+        if self._forwarder is not None:
+            await self._forwarder.aclose()
+        self._background_stop.set()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        for sig in SIGNALS:
             loop.remove_signal_handler(sig)
         notifier.close()
         log.info("daemon.stopped", pid=os.getpid())
@@ -147,67 +195,3 @@ async def _wait_any(*waitables: asyncio.Event | asyncio.Task[Any]) -> None:
         for t in own:
             t.cancel()
         await asyncio.gather(*own, return_exceptions=True)
-
-
-class MessageSink:
-    """Tenant.on_message is synchronous; spooling is not. One task per message, created in arrival order: each runs
-    submit() up to its spool write before yielding, so the spool order is the arrival order."""
-
-    def __init__(self, forwarder: Any) -> None:
-        self.forwarder = forwarder
-        self.pending: set[asyncio.Task[None]] = set()
-
-    def __call__(self, tid: str, payload: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._submit(tid, payload))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _submit(self, tid: str, payload: dict[str, Any]) -> None:
-        from .spool import SpoolFull
-
-        try:
-            # docs/webhook.md's payload is the whole event, type included (Event.fields leaves `type` out)
-            await self.forwarder.submit(tid, {"type": "message", **payload})
-        except SpoolFull:
-            pass  # already logged (webhook.spool_full) and counted by the forwarder
-        except Exception as exc:  # noqa: BLE001 - e.g. WebhookClosed during shutdown, a disk error
-            log.error("webhook.submit_failed", tenant=tid, error=type(exc).__name__, message=str(exc)[:300])
-
-    async def drain(self) -> None:
-        while self.pending:
-            await asyncio.gather(*list(self.pending), return_exceptions=True)
-
-
-def _make_forwarder(sup: Supervisor) -> Any:
-    cfg = sup.settings.webhook
-    if cfg.url is None:
-        return None
-    from .webhook import WebhookForwarder, WebhookSettings  # aiohttp client: only loaded when forwarding is on
-
-    m = sup.metrics
-    return WebhookForwarder(WebhookSettings(**dataclasses.asdict(cfg)), storage_root=sup.settings.storage.root,
-                            on_depth=m.webhook_depth if m is not None else None,
-                            on_result=m.webhook_result if m is not None else None)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).is_loopback
-    return False
-
-
-async def _start_api(sup: Supervisor) -> Any:
-    from aiohttp import web
-
-    from .api import make_app
-
-    runner = web.AppRunner(make_app(sup), shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, sup.settings.api.host, sup.settings.api.port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner

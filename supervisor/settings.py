@@ -74,18 +74,17 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
-class WebhookConfig:
-    # Same fields as supervisor.webhook.WebhookSettings (which pulls in aiohttp): the daemon converts one into the
-    # other, so loading a config never imports the HTTP client.
+class WebhookSettings:
+    # Here, not in supervisor/webhook.py (which pulls in aiohttp): loading a config never imports the HTTP client.
     url: str | None = None  # None: forwarding off (messages are not spooled)
-    secret: str | None = None  # X-Internal-Secret; the loader defaults it to api.secret
-    timeout: float = 10.0
-    initial_delay: float = 1.0
+    secret: str | None = None  # sent as X-Internal-Secret; the loader defaults it to api.secret
+    timeout: float = 10.0  # total seconds per POST
+    initial_delay: float = 1.0  # retry backoff: first delay
     multiplier: float = 2.0
-    max_delay: float = 60.0
-    jitter: float = 0.2
-    max_items: int = 100_000
-    max_bytes: int | None = None
+    max_delay: float = 60.0  # cap
+    jitter: float = 0.2  # +- fraction, so tenants do not retry in lockstep
+    max_items: int = 100_000  # spool bound (pending items); reached -> SpoolFull
+    max_bytes: int | None = None  # optional bound on pending payload bytes
     spool_path: Path | None = None  # None: <storage.root>/webhook-spool.sqlite3; relative: against storage.root
 
 
@@ -97,5 +96,5 @@ class Settings:
     restart: RestartSettings = field(default_factory=RestartSettings)
     tenants: TenantsSettings = field(default_factory=TenantsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
-    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
     source: Path | None = None  # the YAML file these came from, for error messages and reload

@@ -38,20 +38,18 @@ def _last_id(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def stream(request: web.Request, sup: Any, tenant: str | None) -> web.StreamResponse:
-    bus: EventBus | None = getattr(sup, "events", None)
-    if bus is None:
-        raise web.HTTPNotFound()
+async def stream(request: web.Request, bus: EventBus, sup: Any, tenant: str | None,
+                 heartbeat: float = HEARTBEAT) -> web.StreamResponse:
+    """`bus` carries the events; `sup` answers the snapshot (statuses() / status(tenant))."""
     last_id = _last_id(request)
     sub = bus.subscribe(tenant, last_id)  # before the snapshot: nothing can fall between the two
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                        "X-Accel-Buffering": "no"})  # nginx: do not buffer the stream
     await resp.prepare(request)
-    heartbeat = float(getattr(sup, "sse_heartbeat", HEARTBEAT))
     try:
         await resp.write(b"retry: 2000\n\n")
         if last_id is None:
-            await resp.write(format_event(Event(None, "snapshot", tenant, _snapshot(sup, tenant))))
+            await resp.write(format_event(Event(None, "snapshot", tenant, _snapshot(bus, sup, tenant))))
         while True:
             try:
                 ev = await sub.get(timeout=heartbeat)
@@ -69,11 +67,11 @@ async def stream(request: web.Request, sup: Any, tenant: str | None) -> web.Stre
     return resp
 
 
-def _snapshot(sup: Any, tenant: str | None) -> dict[str, Any]:
+def _snapshot(bus: EventBus, sup: Any, tenant: str | None) -> dict[str, Any]:
     if tenant is None:
-        return {"lastEventId": sup.events.last_id, "tenants": sup.statuses()}
+        return {"lastEventId": bus.last_id, "tenants": sup.statuses()}
     try:
         st = sup.status(tenant)
     except UnknownTenant:
         st = None
-    return {"lastEventId": sup.events.last_id, "tenant": tenant, "status": st}
+    return {"lastEventId": bus.last_id, "tenant": tenant, "status": st}

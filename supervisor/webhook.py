@@ -10,6 +10,7 @@ Interface for the daemon:
                                         # webhook.spool_full and reported via on_result("spool_full"))
     fw.depth                            # pending items
     await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
+    await fw.stats()                    # {"enabled", "queued", "deadLetters", "refused"}: GET /webhook
     await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
 
 Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (a uuid stored with the
@@ -29,33 +30,19 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import structlog
 
+from .settings import WebhookSettings
 from .spool import Item, Spool, SpoolError, SpoolFull, SpoolLocked
 
-__all__ = ["WebhookSettings", "WebhookForwarder", "WebhookClosed", "SpoolFull", "SpoolLocked", "backoff_delay"]
+__all__ = ["WebhookForwarder", "WebhookClosed", "SpoolFull", "SpoolLocked", "backoff_delay"]
 
 log = structlog.get_logger()
 SPOOL_FILENAME = "webhook-spool.sqlite3"
 BATCH = 100  # rows fetched per spool read while draining a tenant
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    url: str | None = None  # None: forwarding disabled, submit() returns False and nothing is spooled
-    secret: str | None = None  # sent as X-Internal-Secret (the seed's contract)
-    timeout: float = 10.0  # total seconds per POST
-    initial_delay: float = 1.0  # retry backoff: first delay
-    multiplier: float = 2.0
-    max_delay: float = 60.0  # cap
-    jitter: float = 0.2  # +- fraction, so tenants do not retry in lockstep
-    max_items: int = 100_000  # spool bound (pending items); reached -> SpoolFull
-    max_bytes: int | None = None  # optional bound on pending payload bytes
-    spool_path: Path | None = None  # None: <storage.root>/webhook-spool.sqlite3
 
 
 class WebhookClosed(SpoolError):
@@ -274,6 +261,12 @@ class WebhookForwarder:
         if self._spool is None or not self._started or self._closing:
             return []
         return await self._db(self._spool.dead_letters, tenant, limit)
+
+    async def stats(self) -> dict[str, object]:
+        """GET /webhook: is forwarding on, how much waits, how much the target refused for good (dead letters)."""
+        running = self._spool is not None and self._started and not self._closing
+        dead = await self._db(self._spool.dead_letter_count) if running else None  # type: ignore[union-attr]
+        return {"enabled": self.enabled, "queued": self.depth, "deadLetters": dead, "refused": self.refused}
 
     async def _db(self, fn: Callable, *args: object):  # noqa: ANN202 - returns whatever fn returns
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))

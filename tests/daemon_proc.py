@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import fake_worker_command  # noqa: E402
 
-from supervisor.daemon import Supervisor, run_daemon  # noqa: E402
+from supervisor.daemon import Supervisor  # noqa: E402
+from supervisor.runner import run_daemon  # noqa: E402
 from supervisor.errors import SupervisorError  # noqa: E402
 from supervisor.settings import ApiSettings, Settings, StorageSettings, TenantsSettings, WorkerSettings  # noqa: E402
 

@@ -15,6 +15,7 @@ from aiohttp import ClientSession
 
 from supervisor.api import make_app, start_api
 from supervisor.errors import NotRunning, TenantLocked, UnknownTenant
+from supervisor.eventbus import EventBus
 from supervisor.settings import ApiSettings, Settings
 
 SECRET = "s3cret-value"
@@ -97,9 +98,9 @@ async def served():
     runners = []
     async with ClientSession() as http:
 
-        async def make(secret: str | None = SECRET, max_body: int = 65536):
+        async def make(secret: str | None = SECRET, max_body: int = 65536, events: EventBus | None = None):
             stub = StubSupervisor(_settings(secret, max_body))
-            runner, port = await start_api(stub, "127.0.0.1", 0)
+            runner, port = await start_api(make_app(stub, stub.settings.api, events=events), "127.0.0.1", 0)
             runners.append(runner)
             return stub, f"http://127.0.0.1:{port}", http
 
@@ -179,6 +180,18 @@ async def test_65_chars_and_empty_are_400_invalid_tenant(served):
     for path in ("/whatsapp/" + "a" * 65 + "/start", "/whatsapp//start", "/whatsapp/a%2Fb/start"):
         status, body = await raw_request(url, "POST", path, H)
         assert status == 400 and json.loads(body)["error"] == "invalid_tenant", (path, body)
+
+
+async def test_a_trailing_newline_is_not_a_tenant_id(served):
+    """`abc%0A` is "abc\n", which re.match with `$` accepted (events-token issued a token for it): every route that
+    takes a tenant refuses it, the ones that never reach the supervisor included (supervisor/ids.py)."""
+    stub, url, _ = await served(events=EventBus())
+    for method, path in [("POST", "/whatsapp/abc%0A/start"), ("GET", "/whatsapp/abc%0A/status"),
+                         ("POST", "/whatsapp/abc%0A/events-token"), ("GET", "/whatsapp/abc%0A/events")]:
+        # bounded: a wrongly accepted /events would stream forever
+        status, body = await asyncio.wait_for(raw_request(url, method, path, H), 30)
+        assert status == 400 and json.loads(body)["error"] == "invalid_tenant", (path, status, body)
+    assert stub.calls == []
 
 
 async def test_64_chars_is_a_valid_tenant(served):
@@ -366,9 +379,9 @@ async def test_metrics_route_when_the_supervisor_has_metrics(served):
     async with http.get(f"{url}/metrics", headers=H) as r:
         assert r.status == 404  # no metrics object: no route
     stub2 = StubSupervisor(_settings())
-    stub2.metrics = Metrics()
-    stub2.metrics.on_state("1", None, "qr")
-    runner, port = await start_api(stub2, "127.0.0.1", 0)
+    metrics = Metrics()
+    metrics.on_state("1", None, "qr")
+    runner, port = await start_api(make_app(stub2, stub2.settings.api, metrics=metrics), "127.0.0.1", 0)
     try:
         async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
             assert r.status == 401  # metrics need the secret too

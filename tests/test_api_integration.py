@@ -19,7 +19,7 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 
-from supervisor.api import start_api
+from supervisor.api import make_app, start_api
 from supervisor.config import settings_from_dict
 from supervisor.daemon import Supervisor
 from test_api import raw_request
@@ -57,7 +57,7 @@ async def live(tmp_path):
     """(supervisor, base_url, http session) for a real Supervisor behind the real API."""
     settings = settings_from_dict(config_dict(tmp_path), tmp_path / "c.yaml")
     sup = Supervisor(settings)
-    runner, port = await start_api(sup, "127.0.0.1", 0)
+    runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
     try:
         async with ClientSession() as http:
             yield sup, f"http://127.0.0.1:{port}", http
@@ -156,6 +156,18 @@ async def test_qr_status_pairing_and_stop_through_the_api(live):
         assert r.status == 404 and (await r.json())["error"] == "no_qr"
     async with http.post(f"{url}/whatsapp/q1/pairing-code", headers=H, json={"phone": "15550001234"}) as r:
         assert r.status == 409 and (await r.json())["error"] == "not_running"
+
+
+async def test_start_and_restart_during_shutdown_are_503_and_spawn_nothing(live):
+    sup, url, http = live
+    async with http.post(f"{url}/whatsapp/r1/start", headers=H) as r:
+        assert r.status == 200
+    await sup.shutdown()  # what the daemon does while its API may still be answering a last request
+    for action in ("restart", "start"):
+        async with http.post(f"{url}/whatsapp/r1/{action}", headers=H) as r:
+            body = await r.json()
+        assert r.status == 503 and body["error"] == "shutting_down", (action, body)
+    assert sup.status("r1")["pid"] is None and sup.tenants["r1"].running is False
 
 
 def free_port() -> int:

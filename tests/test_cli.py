@@ -12,7 +12,7 @@ import pytest
 import structlog
 import yaml
 
-from supervisor.api import start_api
+from supervisor.api import make_app, start_api
 from supervisor.cli import format_table, main
 from supervisor.events import configure_logging
 from test_api import RAW_QR, SECRET, StubSupervisor, _settings
@@ -35,7 +35,7 @@ def quiet_api_log():
 async def daemon(tmp_path):
     """A stub supervisor behind the real API on a free port, plus a config file pointing at it."""
     stub = StubSupervisor(_settings(SECRET))
-    runner, port = await start_api(stub, "127.0.0.1", 0)
+    runner, port = await start_api(make_app(stub, stub.settings.api), "127.0.0.1", 0)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"api": {"port": port, "secret": SECRET}, "storage": {"root": "s"}}))
     yield stub, port, cfg

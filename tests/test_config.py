@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from supervisor.config import load_settings, settings_from_dict
+from supervisor.config import is_loopback, load_settings, settings_from_dict
 from supervisor.errors import ConfigError
 from supervisor.settings import DEFAULT_WORKER_SCRIPT, PROJECT_ROOT, Settings
 
@@ -121,6 +121,7 @@ def test_relative_paths_resolve_against_the_config_dir_not_cwd(tmp_path, monkeyp
     ({"restart": {"max_attempts": 0}}, "restart.max_attempts", ">= 1"),
     ({"tenants": {"boot": ["../etc"]}}, "tenants.boot[0]", "tenant id"),
     ({"tenants": {"boot": ["ok", "a" * 65]}}, "tenants.boot[1]", "tenant id"),
+    ({"tenants": {"boot": ["abc\n"]}}, "tenants.boot[0]", "tenant id"),  # re.match with `$` accepted it
     ({"tenants": {"boot": "1"}}, "tenants.boot", "list"),
     ({"logging": {"format": "xml"}}, "logging.format", "auto|json|console"),
     ({"logging": {"level": "verbose"}}, "logging.level", "one of"),
@@ -170,6 +171,15 @@ def test_empty_env_secret_counts_as_none(tmp_path, monkeypatch):
 def test_loopback_hosts_need_no_secret(tmp_path):
     for host in ("127.0.0.1", "::1", "localhost", "127.1.2.3"):
         assert settings_from_dict({"api": {"host": host}}, tmp_path / "c.yaml").api.secret is None
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("10.0.0.1", False), ("", False),
+    ("localhost.example.com", False), ("127.0.0.1.nip.io", False), ("example.com", False),
+])
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
 
 
 def test_settings_from_dict_without_source_uses_placeholder_name():

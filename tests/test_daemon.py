@@ -17,9 +17,10 @@ import psutil
 import pytest
 
 from conftest import live_workers, spawn_records, wait_until
-from supervisor.daemon import Supervisor, run_daemon
+from supervisor.daemon import Supervisor
+from supervisor.runner import run_daemon
 from supervisor.locks import read_json
-from supervisor.errors import InvalidTenantId, ShuttingDown, UnknownTenant
+from supervisor.errors import ConfigError, InvalidTenantId, ShuttingDown, UnknownTenant
 from supervisor.states import TenantState
 
 DAEMON = Path(__file__).resolve().parent / "daemon_proc.py"
@@ -89,6 +90,19 @@ async def test_run_daemon_boot_and_shutdown_event(make_settings, marker):
     stop.set()
     await asyncio.wait_for(task, 10)
     assert live_workers(marker) == {} and all(s["state"] == "stopped" for s in sup.statuses())
+
+
+async def test_run_daemon_refuses_a_non_loopback_host_without_a_secret(make_settings, fake_state):
+    """The runner's own guard (Settings built in code never meet the config loader's check): nothing starts."""
+    stop = asyncio.Event()
+    stop.set()  # a daemon that does start stops again at once, instead of raising
+    for host in ("0.0.0.0", "::", "192.0.2.1"):
+        with pytest.raises(ConfigError, match="without an API secret"):
+            await asyncio.wait_for(run_daemon(make_settings(api={"host": host}, boot=("g1",)), shutdown_event=stop), 30)
+    assert spawn_records(fake_state) == []
+    # the other side of the guard: loopback hosts need no secret, other hosts start with one
+    for api in ({"host": "127.0.0.1"}, {"host": "localhost"}, {"host": "0.0.0.0", "secret": "s3"}):
+        await asyncio.wait_for(run_daemon(make_settings(api=api), shutdown_event=stop), 30)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from aiohttp import ClientSession
 
 from supervisor.api import OPENAPI_PATH, make_app, start_api
 from supervisor.daemon import Supervisor
+from supervisor.ids import TENANT_ID_PATTERN
 
 SPEC = json.loads(OPENAPI_PATH.read_text())
 H = {"X-Internal-Secret": "oa"}
@@ -62,8 +63,15 @@ def test_validator_can_fail():
                  {"$ref": "#/components/schemas/Health"})
 
 
+def test_tenant_parameters_use_the_one_tenant_id_pattern():
+    patterns = [p["schema"]["pattern"] for ops in SPEC["paths"].values() for op in ops.values()
+                for p in op.get("parameters", []) if p["name"] == "tenant"]
+    assert len(patterns) == sum("{tenant}" in path for path in SPEC["paths"]) and set(patterns) == {TENANT_ID_PATTERN}
+
+
 def test_every_route_is_documented_and_nothing_else(make_settings):
-    app = make_app(Supervisor(make_settings()))
+    sup = Supervisor(make_settings())
+    app = make_app(sup, sup.settings.api, events=sup.events, metrics=sup.metrics)
     routes = set()
     for route in app.router.routes():
         if route.method == "HEAD":
@@ -76,7 +84,8 @@ def test_every_route_is_documented_and_nothing_else(make_settings):
 
 async def test_real_answers_validate(make_settings):
     sup = Supervisor(make_settings(api={"secret": "oa"}))
-    runner, port = await start_api(sup, "127.0.0.1", 0)
+    runner, port = await start_api(make_app(sup, sup.settings.api, events=sup.events, metrics=sup.metrics),
+                                   "127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"
 
     async def check(method: str, path: str, template: str, status: int = 200, **kw) -> None:
@@ -98,6 +107,7 @@ async def test_real_answers_validate(make_settings):
             await check("GET", "/whatsapp/nobody/status", "/whatsapp/{tenant}/status", 404)
             await check("POST", "/whatsapp/v1/pairing-code", "/whatsapp/{tenant}/pairing-code", 400, data=b"{")
             await check("POST", "/whatsapp/v1/stop", "/whatsapp/{tenant}/stop")
+            await check("GET", "/webhook", "/webhook")  # webhook.url unset: "disabled", deadLetters null
     finally:
         await runner.cleanup()
         await sup.shutdown()

@@ -8,7 +8,7 @@ import json
 import pytest
 from aiohttp import ClientSession
 
-from supervisor.api import start_api
+from supervisor.api import make_app, start_api
 from supervisor.daemon import Supervisor
 from supervisor.eventbus import EventBus
 
@@ -50,8 +50,8 @@ async def read_events(resp, n: int, timeout: float = 10.0, *, comments_count: bo
 @pytest.fixture
 async def live(make_settings):
     sup = Supervisor(make_settings(api={"secret": SECRET}))
-    sup.sse_heartbeat = 0.2
-    runner, port = await start_api(sup, "127.0.0.1", 0)
+    app = make_app(sup, sup.settings.api, events=sup.events, sse_heartbeat=0.2)
+    runner, port = await start_api(app, "127.0.0.1", 0)
     try:
         async with ClientSession() as http:
             yield sup, f"http://127.0.0.1:{port}", http

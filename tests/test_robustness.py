@@ -190,12 +190,12 @@ async def test_storage_error_while_running_backs_off_with_reason(make_settings, 
 async def test_api_answers_storage_errors_with_507(make_settings, storage):
     from aiohttp import ClientSession
 
-    from supervisor.api import start_api
+    from supervisor.api import make_app, start_api
 
     sup = Supervisor(make_settings(READY))
     (storage / "whatsapp").mkdir(parents=True)
     (storage / "whatsapp" / "t1").write_text("not a directory")  # mkdir of the tenant dir fails: EEXIST/ENOTDIR
-    runner, port = await start_api(sup, "127.0.0.1", 0)
+    runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
     try:
         async with ClientSession() as http:
             async with http.post(f"http://127.0.0.1:{port}/whatsapp/t1/start") as r:

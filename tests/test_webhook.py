@@ -19,7 +19,8 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from supervisor.spool import Spool
-from supervisor.webhook import SpoolFull, WebhookClosed, WebhookForwarder, WebhookSettings, backoff_delay
+from supervisor.settings import WebhookSettings
+from supervisor.webhook import SpoolFull, WebhookClosed, WebhookForwarder, backoff_delay
 
 PATH = "/webhook/whatsapp/incoming"
 
@@ -61,7 +62,7 @@ class Target:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)  # same port again after stop(): "back up"
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -230,6 +231,39 @@ async def test_4xx_dead_letters_and_queue_moves_on(make, target):
     assert ev["tenant"] == "1" and ev["status"] == 422 and ev["log_level"] == "error"
 
 
+async def test_get_webhook_shows_queue_and_dead_letters_to_operators(make, target):
+    """GET /webhook through the real API and a real forwarder: the dead letters an operator has to look at."""
+    from aiohttp import ClientSession
+
+    from supervisor.api import make_app, start_api
+    from supervisor.settings import ApiSettings
+
+    api = ApiSettings(secret="api-s3cret", port=0)
+    rec = Recorder()
+    target.default["1"] = 422  # the target refuses tenant 1 for good; tenant 2 is delivered
+    fw = await make(rec)
+    on, on_port = await start_api(make_app(object(), api, webhook=fw), "127.0.0.1", 0)
+    off, off_port = await start_api(make_app(object(), api), "127.0.0.1", 0)
+    try:
+        for n in range(2):
+            await fw.submit("1", msg(n))
+        await fw.submit("2", msg(0))
+        await wait_until(lambda: sorted(rec.results) == ["dead_letter", "dead_letter", "delivered"])
+        auth = {"X-Internal-Secret": "api-s3cret"}
+        async with ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{on_port}/webhook") as r:
+                assert r.status == 401  # operators' data: the secret is required
+            async with http.get(f"http://127.0.0.1:{on_port}/webhook", headers=auth) as r:
+                assert r.status == 200
+                assert await r.json() == {"enabled": True, "queued": 0, "deadLetters": 2, "refused": 0}
+            async with http.get(f"http://127.0.0.1:{off_port}/webhook", headers=auth) as r:  # webhook.url unset
+                assert r.status == 200
+                assert await r.json() == {"enabled": False, "queued": 0, "deadLetters": None, "refused": 0}
+    finally:
+        await on.cleanup()
+        await off.cleanup()
+
+
 @pytest.mark.parametrize("status", [408, 429, 500, 503, 302])
 async def test_retryable_statuses(make, target, status):
     rec = Recorder()
@@ -372,7 +406,8 @@ import asyncio, os, sys, structlog
 ACK_FD = os.dup(1)
 os.dup2(2, 1)
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-from supervisor.webhook import WebhookForwarder, WebhookSettings
+from supervisor.settings import WebhookSettings
+from supervisor.webhook import WebhookForwarder
 
 async def main(url, root, tenants, count):
     s = WebhookSettings(url=url, initial_delay=0.02, max_delay=0.1, timeout=2.0)

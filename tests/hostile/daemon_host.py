@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from supervisor.daemon import run_daemon
+from supervisor.runner import run_daemon
 from supervisor.events import configure_logging
 from supervisor.settings import (ApiSettings, LoggingSettings, RestartSettings, Settings, StorageSettings,
                                  TenantsSettings, WorkerSettings)
