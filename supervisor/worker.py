@@ -25,6 +25,7 @@ from supervisor.childwatch import HeartbeatWatch, install_child_watcher
 from supervisor.errors import NotRunning, WorkerCommandFailed, WorkerTimeout
 from supervisor.worker_io import StderrForwarder, worker_env
 from supervisor.settings import WorkerSettings
+from supervisor.storage import make_private_dir
 
 log = structlog.get_logger("supervisor.worker")
 
@@ -74,7 +75,7 @@ class WorkerProcess:
 
     async def spawn(self) -> int:
         """Start the process (raises OSError if the command cannot run). Returns the pid."""
-        self.auth_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.auth_dir)  # 0700 whatever the umask: it holds the session's private keys
         install_child_watcher()  # children's exits via pidfds in the loop, not one waitpid thread per worker
         # stdout is our own pipe, read by _StdoutProtocol straight from the loop's reader callback: asyncio's
         # subprocess pipes would cost two extra loop turns per line (a call_soon to the subprocess protocol, then
