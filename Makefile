@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "needs Python >= 3.11 (PYTHON=$(PYTHON) is older; e.g. make run PYTHON=python3.11)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
-	  { rm -rf $(VENV); echo "cannot create $(VENV): install python3-venv (Debian/Ubuntu: apt install python3-venv)" >&2; exit 1; }
+	  { rm -rf $(VENV); echo "cannot create $(VENV): install python3-venv (apt install python3-venv)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
 	touch $@

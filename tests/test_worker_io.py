@@ -92,7 +92,8 @@ async def test_a_real_worker_gets_an_explicit_environment_without_the_api_secret
     assert env["HTTPS_PROXY"] == "http://proxy:3128"  # worker.env passes anything the operator lists
 
 
-@pytest.mark.parametrize("name", ["NOTIFY_SOCKET", "WATCHDOG_USEC", "PYTHONPATH", "SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS"])
+@pytest.mark.parametrize("name", ["NOTIFY_SOCKET", "WATCHDOG_USEC", "PYTHONPATH", "SSH_AUTH_SOCK",
+                                  "DBUS_SESSION_BUS_ADDRESS"])
 def test_service_manager_and_session_variables_are_not_inherited(name):
     from supervisor.worker_io import inherited_env
 
