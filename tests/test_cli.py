@@ -141,21 +141,12 @@ def test_usage_errors_are_exit_2():
     assert main(["--help"]) == 0
 
 
-class StatefulStub(StubSupervisor):
-    """The stub with a status the test sets (state, lastDisconnect, ...) and a pairing-code answer."""
-
-    def __init__(self, settings) -> None:
-        super().__init__(settings)
-        self.extra: dict = {}
-        self.pairing_error: Exception | None = None
-
-    def _st(self, tid: str, state: str = "qr") -> dict:
-        return {**super()._st(tid, state), **self.extra}
-
-    async def pairing_code(self, tid: str, phone: str) -> str:
-        if self.pairing_error:
-            raise self.pairing_error
-        return await super().pairing_code(tid, phone)
+def with_status(stub, monkeypatch) -> dict:
+    """Make the stub's status carry what the test puts in the returned dict (state, lastDisconnect, ...)."""
+    extra: dict = {}
+    base = stub._st
+    monkeypatch.setattr(stub, "_st", lambda tid, state="qr": {**base(tid, state), **extra})
+    return extra
 
 
 OFFLINE = {"state": "backoff", "connected": False, "restarts": 5, "stateReason": "close",
@@ -163,30 +154,21 @@ OFFLINE = {"state": "backoff", "connected": False, "restarts": 5, "stateReason":
                "code": 408, "reason": "timedOut", "message": "getaddrinfo ENOTFOUND web.whatsapp.com", "at": "x"}}
 
 
-@pytest.fixture
-async def stateful(tmp_path):
-    stub = StatefulStub(_settings(SECRET))
-    runner, port = await start_api(stub, "127.0.0.1", 0)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"api": {"port": port, "secret": SECRET}, "storage": {"root": "s"}}))
-    yield stub, cfg
-    await runner.cleanup()
-
-
-async def test_status_shows_the_real_cause_next_to_the_close_code(stateful, capsys):
-    stub, cfg = stateful
-    stub.extra = OFFLINE
+async def test_status_shows_the_real_cause_next_to_the_close_code(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    with_status(stub, monkeypatch).update(OFFLINE)
     assert await cli("status", "--config", str(cfg)) == 0
     assert "408 timedOut: getaddrinfo ENOTFOUND web.whatsapp.com" in capsys.readouterr().out
 
 
-async def test_qr_right_after_start_waits_for_the_qr(stateful, capsys):
-    stub, cfg = stateful
-    stub.extra = {"state": "starting"}
+async def test_qr_right_after_start_waits_for_the_qr(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    extra = with_status(stub, monkeypatch)
+    extra["state"] = "starting"
 
     async def qr_appears() -> None:
         await asyncio.sleep(1.0)
-        stub.extra = {"state": "qr"}
+        extra["state"] = "qr"
         stub.qr_value = RAW_QR
 
     shown = asyncio.create_task(qr_appears())
@@ -195,33 +177,37 @@ async def test_qr_right_after_start_waits_for_the_qr(stateful, capsys):
     assert "scan with WhatsApp" in capsys.readouterr().out
 
 
-async def test_qr_without_a_qr_coming_says_why_at_once_without_a_python_repr(stateful, capsys):
-    stub, cfg = stateful
-    stub.extra = OFFLINE
+async def test_qr_without_a_qr_coming_says_why_at_once_without_a_python_repr(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    extra = with_status(stub, monkeypatch)
+    extra.update(OFFLINE)
     t0 = asyncio.get_running_loop().time()
     assert await cli("qr", "1", "--config", str(cfg), "--wait", "30") == 1
     assert asyncio.get_running_loop().time() - t0 < 20  # backoff: no QR is coming, no point in waiting
     err = capsys.readouterr().err
     assert "reconnecting after a failure" in err and "getaddrinfo ENOTFOUND" in err and "2026-12-01T14:00:32Z" in err
     assert "False" not in err and "connected:" not in err
-    stub.extra = {"state": "stopped"}
     assert await cli("qr", "never-started", "--config", str(cfg)) == 1
     assert "`start` it first" in capsys.readouterr().err
 
 
-async def test_start_during_backoff_says_when_it_will_try(stateful, capsys):
-    stub, cfg = stateful
-    stub.extra = OFFLINE
+async def test_start_during_backoff_says_when_it_will_try(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    with_status(stub, monkeypatch).update(OFFLINE)
     assert await cli("start", "1", "--config", str(cfg)) == 0
     assert "next attempt at 2026-12-01T14:00:32Z" in capsys.readouterr().err
 
 
-async def test_pairing_code_errors_say_the_reason(stateful, capsys):
+async def test_pairing_code_errors_say_the_reason(daemon, capsys, monkeypatch):
     from supervisor.errors import NotRunning
 
-    stub, cfg = stateful
-    stub.extra = OFFLINE
-    stub.pairing_error = NotRunning("tenant 1 has no live worker")
+    stub, _, cfg = daemon
+    with_status(stub, monkeypatch).update(OFFLINE)
+
+    async def not_running(tid: str, phone: str) -> str:
+        raise NotRunning("tenant 1 has no live worker")
+
+    monkeypatch.setattr(stub, "pairing_code", not_running)
     assert await cli("pairing-code", "1", "972501234567", "--config", str(cfg)) == 1
     err = capsys.readouterr().err
     assert "not_running" in err and "reconnecting after a failure" in err and "ENOTFOUND" in err
