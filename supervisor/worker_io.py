@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from supervisor import protocol
-from supervisor.events import scrub_text
+from supervisor.events import is_sensitive, scrub_text
 from supervisor.settings import WORKER_MALLOC_ENV, WorkerSettings
 
 log = structlog.get_logger("supervisor.worker")
@@ -32,7 +32,10 @@ _INHERITED_PREFIXES = ("LC_", "NODE_", "MALLOC_")  # locale; Node's own (NODE_OP
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in environ.items() if k in _INHERITED or k.startswith(_INHERITED_PREFIXES)}
+    # A name that says secret/token/password/... never passes, even under an allowed prefix (NODE_AUTH_TOKEN, an
+    # api.secret_env called NODE_SECRET): worker.env can still pass one on purpose.
+    return {k: v for k, v in environ.items()
+            if (k in _INHERITED or k.startswith(_INHERITED_PREFIXES)) and not is_sensitive(k)}
 
 
 def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: int, *,

@@ -93,7 +93,7 @@ async def test_a_real_worker_gets_an_explicit_environment_without_the_api_secret
 
 
 @pytest.mark.parametrize("name", ["NOTIFY_SOCKET", "WATCHDOG_USEC", "PYTHONPATH", "SSH_AUTH_SOCK",
-                                  "DBUS_SESSION_BUS_ADDRESS"])
+                                  "DBUS_SESSION_BUS_ADDRESS", "NODE_AUTH_TOKEN", "NODE_SECRET", "LC_PASSWORD"])
 def test_service_manager_and_session_variables_are_not_inherited(name):
     from supervisor.worker_io import inherited_env
 
