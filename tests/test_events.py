@@ -216,6 +216,8 @@ def test_phone_numbers_jids_and_key_material_are_scrubbed_by_value_under_any_key
     configure_logging("json", "info", buf)
     log = get_logger(tenant="shop-1")
     log.info("tenant.open", me="972501234567:12@s.whatsapp.net")  # what tenant_events logs at open
+    log.info("tenant.status", me={"id": "972501234567:12@s.whatsapp.net", "lid": "123456789012345:3@lid",
+                                  "name": "Shop"})  # the whole `me` of a status
     log.warning("worker.error", code="message_too_large",
                 message="message 3EB0C431C26A1916A6 from 972501234567@s.whatsapp.net is 70000 bytes encoded")
     log.info("x", lid="123456789012345:3@lid", spaced="call +972 50-123-4567", nested={"a": ["+14155550123"]},
@@ -225,8 +227,9 @@ def test_phone_numbers_jids_and_key_material_are_scrubbed_by_value_under_any_key
     for leak in ("972501234567", "123456789012345", "4155550123", "50-123-4567", "38 4a 5b", "0123456789abcdef",
                  "BUbQ3mT2"):
         assert leak not in raw, leak
-    opened, error, x = lines(buf)
+    opened, status, error, x = lines(buf)
     assert opened["me"] == "[redacted]@s.whatsapp.net" and opened["tenant"] == "shop-1"
+    assert status["me"] == {"id": "[redacted]@s.whatsapp.net", "lid": "[redacted]@lid", "name": "Shop"}
     # what an operator needs stays: the message id, the server part, the size
     assert error["message"] == "message 3EB0C431C26A1916A6 from [redacted]@s.whatsapp.net is 70000 bytes encoded"
     assert x["lid"] == "[redacted]@lid" and x["note"] == "privKey: <Buffer [redacted]>"
