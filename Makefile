@@ -6,17 +6,28 @@ PY := $(VENV)/bin/python
 CONFIG ?= config/baileys-supervisor.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-py test-node demo bench clean
+.PHONY: setup setup-test run test test-py test-node demo bench clean
 
+# `make run` needs only the runtime packages; the test extras (pytest, hypothesis, schemathesis: ~40 packages more)
+# come with the targets that run tests.
 setup: $(VENV)/.installed node_worker/node_modules/.installed
+setup-test: setup $(VENV)/.installed-test
 
 $(VENV)/.installed: setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "needs Python >= 3.11 (PYTHON=$(PYTHON) is older; e.g. make run PYTHON=python3.11)" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
+	  { rm -rf $(VENV); echo "cannot create $(VENV): install python3-venv (apt install python3-venv)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 node_worker/node_modules/.installed: node_worker/package.json node_worker/package-lock.json
+	@command -v npm >/dev/null || { echo "needs Node.js >= 20 with npm (https://nodejs.org or NodeSource)" >&2; exit 1; }
 	cd node_worker && npm ci --no-audit --no-fund
 	touch $@
 
@@ -25,15 +36,15 @@ run: setup
 
 # The whole suite: the worker's node tests, the simulator's node tests (real Baileys against it), then pytest
 # (unit, integration, and the end-to-end tests of daemon + real worker + real Baileys + simulator).
-test: setup
+test: setup-test
 	cd node_worker && node --test
 	node --test tests/wa_sim/test/
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-py: setup
+test-py: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-node: setup
+test-node: setup-test
 	cd node_worker && node --test
 	node --test tests/wa_sim/test/
 
@@ -42,7 +53,7 @@ test-node: setup
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-bench: setup  # prints numbers (docs/benchmarks.md); needs wrk (apt) and supervisord (pip) for api_load
+bench: setup-test  # prints numbers (docs/benchmarks.md); needs wrk (apt) and supervisord (pip) for api_load
 	$(PY) bench/respawn.py
 	$(PY) bench/daemon_idle.py
 	$(PY) bench/api_load.py

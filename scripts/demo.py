@@ -22,6 +22,14 @@ from e2e_harness import Daemon, Simulator, daemon_config, free_port  # noqa: E40
 from supervisor.qr import terminal_text  # noqa: E402
 
 
+def ask(prompt: str) -> None:
+    """Wait for Enter; at end of input (`make demo < /dev/null`, a closed pipe, Ctrl-D) go on as --auto does."""
+    try:
+        input(prompt)
+    except EOFError:
+        print("\n(no input: going on without the keypress)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--auto", action="store_true", help="scan without waiting for a keypress")
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"status: connected={st['connected']} hasQR={st['hasQR']} state={st['state']}\n")
             print(terminal_text(daemon.qr(args.tenant)["qr"]))
             if not args.auto:
-                input("Press Enter to scan this QR with the simulated phone... ")
+                ask("Press Enter to scan this QR with the simulated phone... ")
             qr = daemon.qr(args.tenant)["qr"]  # the QR shown *now* (it rotates), like a phone camera would see
             t_scan = time.monotonic()
             res = sim.scan(qr, pushName=args.push_name)
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             files = sorted(p.name for p in (work / "storage" / "whatsapp" / args.tenant / "auth").iterdir())
             print(f"auth files: {len(files)} (creds.json present: {'creds.json' in files})")
             if not args.auto:
-                input("\nPress Enter to stop the daemon and the simulator... ")
+                ask("\nPress Enter to stop the daemon and the simulator... ")
             return 0
         finally:
             daemon.stop()

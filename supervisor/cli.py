@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,7 +20,10 @@ from typing import Any, Sequence
 
 from .config import load_settings
 from .errors import ConfigError, SupervisorError
+from .cli_render import HINT_401, format_table, why_not_running
 from .settings import PROJECT_ROOT
+
+__all__ = ["main", "format_table", "call", "endpoint"]  # format_table: re-exported for its tests
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "baileys-supervisor.yaml"
@@ -28,6 +33,9 @@ class ApiError(Exception):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(body.get("message") or f"HTTP {status}")
         self.status, self.body = status, body
+        self.hint: str | None = None  # what to do, when the CLI knows more than the API's message
+
+
 
 
 class Unreachable(Exception):
@@ -126,30 +134,64 @@ def cmd_action(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(format_table([result]))
+        if result.get("state") == "backoff":  # "ok" alone would hide that nothing happens until the next retry
+            print(f"{args.tenant}: {why_not_running(result)}", file=sys.stderr)
     return EXIT_OK
+
+
+_NO_QR_COMING = {"connected", "stopped", "failed", "logged_out", "conflict", "backoff"}
 
 
 def cmd_qr(args: argparse.Namespace) -> int:
+    """Right after `start` there is no QR yet: wait for one (up to --wait s) unless the state says none is coming."""
     from .qr import terminal_text
 
     url, secret = endpoint(args)
-    body = call(url, "GET", f"/whatsapp/{_q(args.tenant)}/qr", secret, args.timeout)
+    deadline = time.monotonic() + args.wait
+    while True:
+        body = call(url, "GET", f"/whatsapp/{_q(args.tenant)}/qr", secret, args.timeout)
+        state = body.get("state")
+        if body.get("qr") or state in _NO_QR_COMING or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    raw = body.get("qr")
     if args.json:
         print(json.dumps({k: body.get(k) for k in ("tenant", "state", "connected", "qr")}, indent=2))
-        return EXIT_OK if body.get("qr") else EXIT_API
-    raw = body.get("qr")
-    if not raw:
-        print(f"{args.tenant}: no QR right now (state: {body.get('state')}, connected: {body.get('connected')})",
-              file=sys.stderr)
-        return EXIT_OK if body.get("connected") else EXIT_API
-    sys.stdout.write(terminal_text(raw))
-    print(f"{args.tenant}: scan with WhatsApp > Linked devices (state: {body.get('state')})")
-    return EXIT_OK
+        return EXIT_OK if raw or body.get("connected") else EXIT_API
+    if raw:
+        sys.stdout.write(terminal_text(raw))
+        print(f"{args.tenant}: scan with WhatsApp > Linked devices > Link a device (state: {state})")
+        return EXIT_OK
+    if body.get("connected"):
+        print(f"{args.tenant}: no QR needed: already linked and connected")
+        return EXIT_OK
+    try:
+        st = call(url, "GET", f"/whatsapp/{_q(args.tenant)}/status", secret, args.timeout)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        st = {"state": "stopped", "stateReason": "never started"}
+    waited = "" if state in _NO_QR_COMING else f" after waiting {args.wait:g} s"
+    hint = {"stopped": "`start` it first", "logged_out": "`start` it for a new QR",
+            "backoff": "run `qr` again after the next attempt", "conflict": "stop the other client, then `start`",
+            "failed": "see the reason, fix it, then `start`"}.get(str(state), "try again in a few seconds")
+    print(f"{args.tenant}: no QR{waited}: {why_not_running(st)}; {hint}", file=sys.stderr)
+    return EXIT_API
 
 
 def cmd_pairing_code(args: argparse.Namespace) -> int:
     url, secret = endpoint(args)
-    body = call(url, "POST", f"/whatsapp/{_q(args.tenant)}/pairing-code", secret, args.timeout, {"phone": args.phone})
+    try:
+        body = call(url, "POST", f"/whatsapp/{_q(args.tenant)}/pairing-code", secret, args.timeout,
+                    {"phone": args.phone})
+    except ApiError as exc:
+        if exc.body.get("error") in ("not_running", "not_ready"):  # say why: the state, its reason, the last close
+            with contextlib.suppress(ApiError, Unreachable):
+                st = call(url, "GET", f"/whatsapp/{_q(args.tenant)}/status", secret, args.timeout)
+                exc.hint = f"{args.tenant} is {why_not_running(st)}" + (
+                    "; `start` it and wait for its QR, then ask for the code" if exc.body["error"] == "not_running"
+                    else "; the code can be asked for once a QR is shown: retry in a few seconds")
+        raise
     if args.json:
         print(json.dumps(body, indent=2))
         return EXIT_OK
@@ -186,27 +228,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_API
 
 
-COLUMNS = [("TENANT", "tenant"), ("STATE", "state"), ("CONNECTED", "connected"), ("QR", "hasQR"), ("PID", "pid"),
-           ("RESTARTS", "restarts"), ("LAST CLOSE", "lastDisconnect"), ("NEXT RETRY", "nextRetryAt"),
-           ("REASON", "stateReason")]
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    def cell(row: dict[str, Any], key: str) -> str:
-        v = row.get(key)
-        if key == "lastDisconnect" and isinstance(v, dict):
-            return f"{v.get('code')} {v.get('reason') or ''}".strip()
-        if isinstance(v, bool):
-            return "yes" if v else "no"
-        return "-" if v is None else str(v)
-
-    if not rows:
-        return "no tenants"
-    table = [[h for h, _ in COLUMNS]] + [[cell(r, k) for _, k in COLUMNS] for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
-
-
 # -- parser ---------------------------------------------------------------------------------------------------
 
 
@@ -232,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_action)
     qr = sub.add_parser("qr", parents=[common], help="draw a tenant's current QR in the terminal")
     qr.add_argument("tenant")
+    qr.add_argument("--wait", type=float, default=20.0,
+                    help="seconds to wait for a QR while the tenant starts (default 20; 0: do not wait)")
     qr.set_defaults(func=cmd_qr)
     pc = sub.add_parser("pairing-code", parents=[common],
                         help="link a tenant by phone number instead of a QR: prints the code to type on the phone")
@@ -253,11 +276,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"baileys-supervisor: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, "config_error", str(exc))
     except ApiError as exc:
-        print(f"baileys-supervisor: {exc.body.get('error')}: {exc} (HTTP {exc.status})", file=sys.stderr)
-        return EXIT_API
+        hint = HINT_401 if exc.status == 401 else exc.hint
+        return _fail(args, EXIT_API, str(exc.body.get("error")), f"{exc} (HTTP {exc.status})", exc.status, hint)
     except Unreachable as exc:
-        print(f"baileys-supervisor: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _fail(args, EXIT_UNREACHABLE, "unreachable", str(exc))
+
+
+def _fail(args: argparse.Namespace, code: int, error: str, message: str, status: int | None = None,
+          hint: str | None = None) -> int:
+    """An error on stderr for people; with --json, as JSON on stdout too, where a script reads the answers."""
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": error, "message": message, "status": status, "hint": hint,
+                          "exitCode": code}, indent=2))
+    print(f"baileys-supervisor: {error}: {message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
+    return code

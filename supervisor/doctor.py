@@ -129,6 +129,12 @@ def tenant_checks(tid: str, st: dict[str, Any] | None, tdir: Path, daemon_pid: i
     else:
         verdict, text, fix = _STATE_ADVICE.get(state, (WARN, state, ""))
         reason = f" (reason: {st.get('stateReason')})" if st.get("stateReason") else ""
+        restarts = st.get("restarts") if isinstance(st.get("restarts"), int) else 0
+        if state == "backoff" and restarts >= FAILING_RESTARTS:
+            # Backoff heals a blip; after several restarts in a row it is an outage the operator must see (a
+            # machine without DNS looked "OK" after five failed connects).
+            verdict, text = FAIL, f"keeps failing: {restarts} restarts, still reconnecting"
+            fix = network_fix(st.get("lastDisconnect")) or "see the last close check and the worker's log"
         out.append(Check("state", verdict, f"{state}: {text}{reason}", t(fix)))
     if state == "qr":
         out.append(Check("qr", PASS if st.get("hasQR") else FAIL, "a QR is waiting" if st.get("hasQR") else
@@ -212,8 +218,34 @@ def close_check(last: dict[str, Any] | None, t: Callable[[str], str]) -> Check:
     meaning, fix = CLOSE_CODES.get(code, ("unknown or no code", "see the worker's log (journalctl) around "
                                           f"{last.get('at')}"))
     verdict = FAIL if code in (401, 403, 411, 440) else (PASS if code == 515 else WARN)
-    return Check("last_close", verdict, f"{code} {last.get('reason') or ''} at {last.get('at')}: {meaning}".strip(),
-                 t(fix))
+    message = " ".join(str(last.get("message") or "").split())[:200]  # the worker's words: the real cause
+    said = f" (worker: {message})" if message else ""
+    return Check("last_close", verdict,
+                 f"{code} {last.get('reason') or ''} at {last.get('at')}: {meaning}{said}".strip(),
+                 network_fix(last) or t(fix))
+
+
+FAILING_RESTARTS = 3  # restarts while in backoff from which the state check fails
+# Node's network errors in a close message -> what they mean on this host.
+_NETWORK_ERRORS = (
+    (("ENOTFOUND", "EAI_AGAIN"), "DNS: this host cannot resolve WhatsApp's name; check /etc/resolv.conf, the "
+                                 "network, or a proxy"),
+    (("ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH"), "network: this host cannot reach WhatsApp; check the "
+                                                      "route, the firewall (outbound 443) or a proxy"),
+    (("ETIMEDOUT", "ECONNRESET", "socket hang up"), "network: connections to WhatsApp time out or are cut; "
+                                                    "check the firewall (outbound 443), a proxy, or the link"),
+    (("certificate", "CERT_", "self signed"), "TLS: the certificate chain is not trusted; a TLS-intercepting "
+                                              "proxy needs NODE_EXTRA_CA_CERTS in worker.env"),
+)
+
+
+def network_fix(last: dict[str, Any] | None) -> str:
+    """What to do when the worker's close message names a network error ("" when it does not)."""
+    message = str((last or {}).get("message") or "")
+    for needles, fix in _NETWORK_ERRORS:
+        if any(n.lower() in message.lower() for n in needles):
+            return fix
+    return ""
 
 
 def clock_check(clock: dict[str, Any] | None) -> Check:
@@ -235,5 +267,7 @@ def render(report: Report) -> str:
             lines.append(f"  {c.verdict.upper():5} {c.name:11} {c.detail}")
             if c.fix and c.verdict in (WARN, FAIL):
                 lines.append(f"        fix: {c.fix}")
-    lines.append("verdict: " + ("OK" if report.ok else "PROBLEMS FOUND"))
+    warnings = sum(c.verdict == WARN for c in report.daemon + [c for cs in report.tenants.values() for c in cs])
+    lines.append("verdict: " + ("PROBLEMS FOUND" if not report.ok else
+                                f"OK with {warnings} warning(s)" if warnings else "OK"))
     return "\n".join(lines)

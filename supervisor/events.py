@@ -29,6 +29,42 @@ _SENSITIVE_EXACT = frozenset(
 )
 # `code` is deliberately not listed: close codes and error codes are what operators need to read.
 _MAX_DEPTH = 6
+# Keys whose string values are identifiers the operator chose and needs to correlate lines: kept as they are (so a
+# tenant id must not be a phone number; README "Logs").
+_VALUE_KEPT = frozenset({"tenant", "event", "ts", "level"})
+
+# By value: a careless field name (`me`, `message`, a library's free text) must not carry a number or a key either.
+# - WhatsApp JIDs (972501234567:12@s.whatsapp.net, ...@lid, groups): the user part goes, the server stays readable.
+# - Node's inspection of key material: <Buffer 05 1a ...>, Uint8Array(32) [ 12, 34, ... ].
+# - hex runs >= 32 (a 16-byte key; message ids are ~22) and base64 runs >= 40 with digits and both cases (a 32-byte
+#   key is 43-44 characters; paths and words lack one of the three).
+# - digit runs >= 9 (an international number with its country code; +972 50-123-4567 spelt with separators too).
+_VALUE_PATTERNS = re.compile(
+    # (each alternative starts only where its run starts, and the JID's user part is bounded: linear time on any
+    # input, also a 64 KiB line without a space)
+    r"(?P<jid>(?<![^\s@'\"<>(){}\[\],;=])[^\s@'\"<>(){}\[\],;=]{1,96}"
+    r"@(?=(?:s\.whatsapp\.net|c\.us|g\.us|lid|broadcast|newsletter|hosted(?:\.lid)?)\b))"
+    r"|(?P<buffer><Buffer(?: [0-9a-f]{2})+(?: \.\.\. \d+ more bytes)?>?)"
+    r"|(?P<bytes>\[\s*\d{1,3}(?:,\s*\d{1,3}){7,}(?:,\s*\.\.\. \d+ more items?)?\s*\]?)"
+    r"|(?P<hex>(?<![0-9A-Za-z])[0-9A-Fa-f]{32,}(?![0-9A-Za-z]))"
+    r"|(?P<b64>(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*\d)(?=[A-Za-z0-9+/]*[A-Z])(?=[A-Za-z0-9+/]*[a-z])"
+    r"[A-Za-z0-9+/]{40,}={0,2})"
+    r"|(?P<phone>\+\d(?:[ -]?\d){7,14}|\d{9,})"
+)
+_VALUE_REPLACEMENT = {"jid": REDACTED + "@", "buffer": "<Buffer [redacted]>", "bytes": "[bytes redacted]",
+                      "hex": REDACTED, "b64": REDACTED, "phone": REDACTED}
+
+
+# Every pattern above needs a digit or an "@" (hex keys and base64 without a digit: ~1e-14 and excluded): the common
+# value without either costs one fast C scan instead of the alternation at every position.
+_MAYBE_SENSITIVE = re.compile(r"[0-9@]")
+
+
+def scrub_text(text: str) -> str:
+    """`text` with phone numbers, JIDs' user parts and key material replaced (idempotent)."""
+    if len(text) < 9 or not _MAYBE_SENSITIVE.search(text):
+        return text
+    return _VALUE_PATTERNS.sub(lambda m: _VALUE_REPLACEMENT[m.lastgroup or "phone"], text)
 
 
 def is_sensitive(key: str) -> bool:
@@ -37,15 +73,20 @@ def is_sensitive(key: str) -> bool:
 
 
 def scrub(value: Any, depth: int = 0) -> Any:
-    """Return a copy of `value` with sensitive keys redacted, recursing into mappings and sequences."""
+    """Return a copy of `value` with sensitive keys redacted and every string scrubbed by value (`scrub_text`),
+    recursing into mappings and sequences."""
     if depth > _MAX_DEPTH:
         return "[truncated]"
+    if isinstance(value, str):
+        return scrub_text(value)
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
-            ks = str(k)
+            ks = scrub_text(str(k))  # libsignal keys its chains by base64 public keys
             if is_sensitive(ks):
                 out[ks] = REDACTED if v is not None else None
+            elif ks in _VALUE_KEPT and isinstance(v, str):
+                out[ks] = v
             else:
                 out[ks] = scrub(v, depth + 1)
         return out

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ import structlog
 from filelock import lock_descriptor
 
 from supervisor.errors import StorageError, TenantLocked
+from supervisor.storage import make_private_dir
 
 log = structlog.get_logger("supervisor.locks")
 
@@ -57,18 +60,46 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # mkstemp: a fresh name, O_EXCL (a planted file or symlink at a guessable name is never opened, let alone
+    # truncated) and mode 0600 whatever the umask.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)  # readers see the old or the new file, never half of one
+        os.replace(tmp, path)  # readers see the old or the new file, never half of one (a symlink there is replaced)
     except BaseException:
         # ENOSPC/EIO (or anything) half-way: the temporary must not stay behind as a half-written file.
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def holds_file(pid: int, target: os.stat_result) -> bool:
+    """Whether process `pid` has an open descriptor on the file `target` (same device and inode): for a worker,
+    the auth.lock it inherited. False when that cannot be read (another user's process: not provably ours)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{pid}/fd/{fd}")  # follows the magic link to the open file itself
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                return True
+    return False
+
+
+def env_names_auth_dir(pid: int, auth_dir: Path) -> bool:
+    """Whether process `pid` was started as the worker of `auth_dir` (BSUP_AUTH_DIR in its environment)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            environ = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return b"BSUP_AUTH_DIR=" + os.fsencode(str(auth_dir.resolve())) in environ
 
 
 class TenantLock:
@@ -91,14 +122,19 @@ class TenantLock:
         if self.fd is not None:
             return
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dir(self.dir, tighten=2)  # <root>/whatsapp/<tenant>: ours, 0700 whatever the umask
         except OSError as exc:
             raise self._storage_error("create the tenant directory", exc) from None
         try:
             # O_CLOEXEC: only the tenant's own worker may inherit it (explicitly, via pass_fds), never its siblings.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a symlink planted as auth.lock is refused, not followed (its target would be truncated).
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                exc = OSError(exc.errno, "auth.lock is a symbolic link (refused: it could point at any file)")
             raise self._storage_error("open the lock file", exc) from None
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)  # an older version's file may be 0644
         try:
             try:
                 locked = lock_descriptor(fd, blocking=False)
@@ -107,7 +143,7 @@ class TenantLock:
             if not locked:
                 await self._take_over(fd)
             # The lock is ours; a worker recorded here that still runs without holding it would be a duplicate.
-            await self._stop_leftover(read_json(self.pid_path), require_dead_daemon=False)
+            await self._stop_leftover(read_json(self.pid_path), fd, require_dead_daemon=False)
             self._write_owner(fd)
         except BaseException:
             # Closing our only copy drops the flock: a failed acquire never leaves the tenant locked.
@@ -134,7 +170,7 @@ class TenantLock:
     async def _take_over(self, fd: int) -> None:
         record = read_json(self.pid_path)
         owner = read_json(self.path) or {}
-        stopped = await self._stop_leftover(record, require_dead_daemon=True)
+        stopped = await self._stop_leftover(record, fd, require_dead_daemon=True)
         # The owning daemon is dead but no recorded worker was stopped: the holder is its worker, killed with the
         # daemon before `worker.pid` was written (or one finishing its exit). It exits on stdin EOF within ~1 s, so
         # wait for it like for a stopped leftover instead of answering 409 (a boot start would not retry).
@@ -155,8 +191,9 @@ class TenantLock:
         log.warning("lock.busy", **details)
         raise TenantLocked(f"tenant {self.tenant} is owned by another process", **details)
 
-    async def _stop_leftover(self, record: dict[str, Any] | None, *, require_dead_daemon: bool) -> bool:
-        """Stop the worker recorded in `record` if it still runs and no live daemon owns it. True if one was stopped."""
+    async def _stop_leftover(self, record: dict[str, Any] | None, fd: int, *, require_dead_daemon: bool) -> bool:
+        """Stop the worker recorded in `record` if it still runs, no live daemon owns it, and it provably is this
+        tenant's worker. True if one was stopped."""
         if not record:
             return False
         proc = _same_process(record.get("pid"), record.get("create_time"))
@@ -167,6 +204,12 @@ class TenantLock:
             return False  # one of ours (the caller guarantees it is not a live tenant of this daemon)
         if require_dead_daemon and _same_process(daemon_pid, record.get("daemon_create_time")):
             return False  # a live daemon owns it: 409, never kill another daemon's worker
+        # worker.pid is a file anyone with access to the tenant directory can write: pid + create_time only prove
+        # that the recorded process still runs, not that it is a worker. A forged record could name any process of
+        # ours; only one that holds this tenant's auth.lock (inherited) or was started for its auth directory is.
+        if not (holds_file(proc.pid, os.fstat(fd)) or env_names_auth_dir(proc.pid, self.dir / "auth")):
+            log.warning("lock.leftover_unproven", tenant=self.tenant, recorded_pid=proc.pid)
+            return False
         log.warning("lock.leftover_stopping", tenant=self.tenant, leftover_pid=proc.pid, daemon_pid=daemon_pid)
         await kill_group(proc, self.stop_grace)
         log.info("lock.leftover_stopped", tenant=self.tenant, leftover_pid=proc.pid)
@@ -206,27 +249,50 @@ class TenantLock:
 
 
 async def kill_group(proc: psutil.Process, grace: float) -> None:
-    """SIGTERM the process group led by `proc`, wait up to `grace`, then SIGKILL the group."""
+    """SIGTERM the process group led by `proc`, wait up to `grace`, then SIGKILL the group.
+
+    The wait is the loop's own (a pidfd becomes readable when the process exits), not `to_thread(proc.wait)`: the
+    default pool has cpu_count + 4 threads, so N hung leftovers of a killed daemon were stopped 6 at a time on 2
+    cores, the last after ceil(N/6) x grace. The pidfd also pins the process: a pid reused after our identity check
+    is never signalled."""
     try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # gone already
         return
-    # Workers lead their own session; anything else gets only a direct signal, never someone else's group.
-    group = pgid == proc.pid
-
-    def send(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group:
-                os.killpg(pgid, sig)
-            elif proc.is_running():
-                proc.send_signal(sig)
-
-    send(signal.SIGTERM)
     try:
-        await asyncio.to_thread(proc.wait, grace)
-    except psutil.TimeoutExpired:
-        send(signal.SIGKILL)
-        with contextlib.suppress(psutil.TimeoutExpired):
-            await asyncio.to_thread(proc.wait, grace)
-    except psutil.NoSuchProcess:
-        pass
+        if not proc.is_running():  # psutil compares create_time: the pid was reused before the pidfd pinned it
+            return
+        try:
+            pgid = os.getpgid(proc.pid)
+        except ProcessLookupError:
+            return
+        # Workers lead their own session; anything else gets only a direct signal, never someone else's group.
+        group = pgid == proc.pid
+
+        def send(sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if group:
+                    os.killpg(pgid, sig)
+                else:
+                    signal.pidfd_send_signal(pidfd, sig)
+
+        send(signal.SIGTERM)
+        if not await _exited(pidfd, grace):
+            send(signal.SIGKILL)
+            await _exited(pidfd, grace)
+    finally:
+        os.close(pidfd)
+
+
+async def _exited(pidfd: int, timeout: float) -> bool:
+    """Wait up to `timeout` for the process behind `pidfd` to exit; True if it did."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await asyncio.wait_for(done, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SupervisorError
+from .storage import create_private_file, make_private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -95,7 +96,7 @@ class Spool:
         self._lock_fd: int | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent, tighten=0)  # created 0700; an existing storage root is the operator's
         # flock on a side file (SQLite's own locks are fcntl locks on the db, which flock does not interfere with).
         # It belongs to this open file description, so a SIGKILLed owner releases it at once.
         fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -106,6 +107,11 @@ class Spool:
             raise SpoolLocked(f"webhook spool {self.path} is in use by another process", path=str(self.path))
         self._lock_fd = fd
         try:
+            # The spool holds message bodies: 0600 whatever the umask. SQLite creates its files 0644 & ~umask and
+            # gives -wal and -shm the mode of the database file, so the database is created (or fixed) first.
+            for suffix in ("", "-wal", "-shm"):
+                if suffix == "" or os.path.lexists(f"{self.path}{suffix}"):
+                    create_private_file(Path(f"{self.path}{suffix}"))
             # isolation_level=None: autocommit; multi-statement changes use explicit BEGIN IMMEDIATE.
             db = sqlite3.connect(self.path, isolation_level=None)
             self._db = db

@@ -7,8 +7,10 @@ docs/design.md "Storage layout" and nothing about workers or states.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,53 @@ import structlog
 from supervisor.errors import StorageError
 
 log = structlog.get_logger("supervisor.tenant")
+
+
+def make_private_dir(path: Path, *, tighten: int = 1) -> None:
+    """`mkdir -p path` where every directory created gets mode 0700 whatever the umask (mkdir's `mode` is masked by
+    it, and `parents=True` ignores it for the parents: storage/whatsapp came out 0755). The last `tighten` components
+    are ours (e.g. 2: whatsapp/<tenant>) and are set to 0700 also when they already exist, as an older version left
+    them; an existing directory above them (e.g. /var/lib/...) is the operator's and is left alone. Raises OSError."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent mkdir: tightened below like any existing one
+            os.mkdir(d, 0o700)
+    for d in [path, *path.parents][:max(tighten, len(missing))]:
+        _chmod_private(d)
+    if not path.is_dir():  # e.g. a dangling symlink or a file in its place (as Path.mkdir(exist_ok=True) says)
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
+
+
+def _chmod_private(d: Path) -> None:
+    # O_NOFOLLOW: a symlink in our place (e.g. auth moved to another disk) is not followed to chmod its target.
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` (if missing) with mode 0600 whatever the umask, never through a symlink; an existing file of
+    ours is set to 0600. For files another library then opens by name (SQLite: its -wal and -shm copy this mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def archive_auth(tenant: str, tenant_dir: Path, auth_dir: Path) -> Path | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import signal
 import time
@@ -24,12 +23,12 @@ import structlog
 from supervisor import protocol
 from supervisor.childwatch import HeartbeatWatch, install_child_watcher
 from supervisor.errors import NotRunning, WorkerCommandFailed, WorkerTimeout
-from supervisor.settings import WORKER_MALLOC_ENV, WorkerSettings
+from supervisor.worker_io import StderrForwarder, worker_env
+from supervisor.settings import WorkerSettings
+from supervisor.storage import make_private_dir
 
 log = structlog.get_logger("supervisor.worker")
 
-_PINO_LEVELS = {10: "debug", 20: "debug", 30: "info", 40: "warning", 50: "error", 60: "critical"}
-_MAX_LOG_MSG = 500  # worker log lines are truncated: a runaway worker must not flood the daemon's log
 _PROTOCOL_LOG_FIRST = 10  # protocol errors logged one by one; after that only at powers of two (see _protocol_error)
 
 
@@ -38,29 +37,6 @@ class ExitInfo:
     returncode: int | None
     heartbeat_timeout: bool  # the watchdog killed it
     stopped: bool  # the daemon asked it to stop
-
-
-def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: int, *,
-               standby: bool = False) -> dict[str, str]:
-    env = {**WORKER_MALLOC_ENV, **os.environ}
-    env.update({
-        "BSUP_PROTOCOL": str(protocol.PROTOCOL_VERSION),
-        "BSUP_TENANT": tenant,
-        "BSUP_AUTH_DIR": str(auth_dir.resolve()),
-        "BSUP_LOCK_FD": str(lock_fd),
-        "BSUP_BROWSER": json.dumps(list(settings.browser)),
-        "BSUP_VERSION_POLICY": settings.version_policy,
-        "BSUP_LOG_LEVEL": settings.log_level,
-        "BSUP_HEARTBEAT_MS": str(int(settings.heartbeat_interval * 1000)),
-    })
-    if standby:
-        env["BSUP_STANDBY"] = "1"  # up to hello, then wait for `go` (supervisor/standby.py)
-    if settings.wa_url:
-        env["BSUP_WA_URL"] = settings.wa_url
-    if settings.socket_options:
-        env["BSUP_SOCKET_OPTIONS"] = json.dumps(settings.socket_options)
-    env.update(settings.env)
-    return env
 
 
 class WorkerProcess:
@@ -78,6 +54,7 @@ class WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.protocol_errors = 0
         self._protocol_logged = 0  # protocol_errors at the last logged one: the next log says how many it skipped
+        self._stderr = StderrForwarder(tenant)
         self._last_line = time.monotonic()
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -98,7 +75,7 @@ class WorkerProcess:
 
     async def spawn(self) -> int:
         """Start the process (raises OSError if the command cannot run). Returns the pid."""
-        self.auth_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.auth_dir)  # 0700 whatever the umask: it holds the session's private keys
         install_child_watcher()  # children's exits via pidfds in the loop, not one waitpid thread per worker
         # stdout is our own pipe, read by _StdoutProtocol straight from the loop's reader callback: asyncio's
         # subprocess pipes would cost two extra loop turns per line (a call_soon to the subprocess protocol, then
@@ -161,7 +138,8 @@ class WorkerProcess:
                     fut.set_exception(NotRunning(f"worker of {self.tenant} exited"))
             self._pending.clear()
         log.info("worker.exited", tenant=self.tenant, worker_pid=self.proc.pid, returncode=rc,
-                 heartbeat_timeout=self._heartbeat_killed, protocol_errors=self.protocol_errors)
+                 heartbeat_timeout=self._heartbeat_killed, protocol_errors=self.protocol_errors,
+                 log_suppressed=self._stderr.suppressed)
         return ExitInfo(rc, self._heartbeat_killed, self._stopping)
 
     def _on_stdout_line(self, line: bytes | protocol._TooLong) -> None:
@@ -213,14 +191,7 @@ class WorkerProcess:
             if line is protocol.TOO_LONG or not line.strip():
                 continue
             assert isinstance(line, bytes)
-            text = line.decode("utf-8", "replace")
-            level, msg = "info", text
-            with contextlib.suppress(ValueError):
-                obj = json.loads(text)
-                if isinstance(obj, dict):  # pino: only level and msg pass; other fields may hold creds/messages
-                    level = _PINO_LEVELS.get(obj.get("level"), "info") if isinstance(obj.get("level"), int) else "info"
-                    msg = str(obj.get("msg", ""))
-            log.log(_level_no(level), "worker.log", tenant=self.tenant, worker_level=level, msg=msg[:_MAX_LOG_MSG])
+            self._stderr.forward(line.decode("utf-8", "replace"))
 
     def deadline(self) -> float:
         """time.monotonic() by which the next line must arrive (read by the loop's HeartbeatWatch)."""
@@ -328,9 +299,3 @@ class _StdoutProtocol(asyncio.Protocol):
         fut = self.worker._stdout_closed
         if fut is not None and not fut.done():
             fut.set_result(None)
-
-
-def _level_no(name: str) -> int:
-    import logging
-
-    return getattr(logging, name.upper(), logging.INFO)

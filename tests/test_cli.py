@@ -93,7 +93,7 @@ async def test_wrong_secret_is_exit_1(daemon, tmp_path, capsys):
 
 async def test_qr_draws_in_terminal(daemon, capsys):
     stub, _, cfg = daemon
-    assert await cli("qr", "1", "--config", str(cfg)) == 1  # no QR yet
+    assert await cli("qr", "1", "--config", str(cfg), "--wait", "0") == 1  # no QR yet
     assert "no QR" in capsys.readouterr().err
     stub.qr_value = RAW_QR
     assert await cli("qr", "1", "--config", str(cfg)) == 0
@@ -139,6 +139,92 @@ def test_usage_errors_are_exit_2():
     assert main(["start"]) == 2
     assert main(["frobnicate"]) == 2
     assert main(["--help"]) == 0
+
+
+def with_status(stub, monkeypatch) -> dict:
+    """Make the stub's status carry what the test puts in the returned dict (state, lastDisconnect, ...)."""
+    extra: dict = {}
+    base = stub._st
+    monkeypatch.setattr(stub, "_st", lambda tid, state="qr": {**base(tid, state), **extra})
+    return extra
+
+
+OFFLINE = {"state": "backoff", "connected": False, "restarts": 5, "stateReason": "close",
+           "nextRetryAt": "2026-12-01T14:00:32Z", "lastDisconnect": {
+               "code": 408, "reason": "timedOut", "message": "getaddrinfo ENOTFOUND web.whatsapp.com", "at": "x"}}
+
+
+async def test_status_shows_the_real_cause_next_to_the_close_code(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    with_status(stub, monkeypatch).update(OFFLINE)
+    assert await cli("status", "--config", str(cfg)) == 0
+    assert "408 timedOut: getaddrinfo ENOTFOUND web.whatsapp.com" in capsys.readouterr().out
+
+
+async def test_qr_right_after_start_waits_for_the_qr(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    extra = with_status(stub, monkeypatch)
+    extra["state"] = "starting"
+
+    async def qr_appears() -> None:
+        await asyncio.sleep(1.0)
+        extra["state"] = "qr"
+        stub.qr_value = RAW_QR
+
+    shown = asyncio.create_task(qr_appears())
+    assert await cli("qr", "1", "--config", str(cfg), "--wait", "30") == 0
+    await shown
+    assert "scan with WhatsApp" in capsys.readouterr().out
+
+
+async def test_qr_without_a_qr_coming_says_why_at_once_without_a_python_repr(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    extra = with_status(stub, monkeypatch)
+    extra.update(OFFLINE)
+    t0 = asyncio.get_running_loop().time()
+    assert await cli("qr", "1", "--config", str(cfg), "--wait", "30") == 1
+    assert asyncio.get_running_loop().time() - t0 < 20  # backoff: no QR is coming, no point in waiting
+    err = capsys.readouterr().err
+    assert "reconnecting after a failure" in err and "getaddrinfo ENOTFOUND" in err and "2026-12-01T14:00:32Z" in err
+    assert "False" not in err and "connected:" not in err
+    assert await cli("qr", "never-started", "--config", str(cfg)) == 1
+    assert "`start` it first" in capsys.readouterr().err
+
+
+async def test_start_during_backoff_says_when_it_will_try(daemon, capsys, monkeypatch):
+    stub, _, cfg = daemon
+    with_status(stub, monkeypatch).update(OFFLINE)
+    assert await cli("start", "1", "--config", str(cfg)) == 0
+    assert "next attempt at 2026-12-01T14:00:32Z" in capsys.readouterr().err
+
+
+async def test_pairing_code_errors_say_the_reason(daemon, capsys, monkeypatch):
+    from supervisor.errors import NotRunning
+
+    stub, _, cfg = daemon
+    with_status(stub, monkeypatch).update(OFFLINE)
+
+    async def not_running(tid: str, phone: str) -> str:
+        raise NotRunning("tenant 1 has no live worker")
+
+    monkeypatch.setattr(stub, "pairing_code", not_running)
+    assert await cli("pairing-code", "1", "972501234567", "--config", str(cfg)) == 1
+    err = capsys.readouterr().err
+    assert "not_running" in err and "reconnecting after a failure" in err and "ENOTFOUND" in err
+
+
+async def test_401_points_to_the_secret_and_json_errors_are_json(daemon, tmp_path, capsys):
+    _, port, _ = daemon
+    cfg = tmp_path / "nosecret.yaml"
+    cfg.write_text(yaml.safe_dump({"api": {"port": port}}))
+    assert await cli("status", "--config", str(cfg)) == 1
+    err = capsys.readouterr().err
+    assert "unauthorized" in err and "INTERNAL_SECRET" in err and "--config" in err
+    assert await cli("status", "--config", str(cfg), "--json") == 1
+    body = json.loads(capsys.readouterr().out)
+    assert body["ok"] is False and body["error"] == "unauthorized" and body["status"] == 401 and body["exitCode"] == 1
+    assert main(["status", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "2", "--json"]) == 3
+    assert json.loads(capsys.readouterr().out)["error"] == "unreachable"
 
 
 def test_format_table():

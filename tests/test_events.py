@@ -209,3 +209,49 @@ def test_library_levels_between_the_standard_ones_round_down():
         logging.getLogger("lib").log(n, "at %d", n)
     assert [(e["msg"], e["level"]) for e in lines(buf)] == [("at 35", "warning"), ("at 45", "error"),
                                                              ("at 55", "critical")]
+
+
+def test_phone_numbers_jids_and_key_material_are_scrubbed_by_value_under_any_key():
+    buf = io.StringIO()
+    configure_logging("json", "info", buf)
+    log = get_logger(tenant="shop-1")
+    log.info("tenant.open", me="972501234567:12@s.whatsapp.net")  # what tenant_events logs at open
+    log.info("tenant.status", me={"id": "972501234567:12@s.whatsapp.net", "lid": "123456789012345:3@lid",
+                                  "name": "Shop"})  # the whole `me` of a status
+    log.warning("worker.error", code="message_too_large",
+                message="message 3EB0C431C26A1916A6 from 972501234567@s.whatsapp.net is 70000 bytes encoded")
+    log.info("x", lid="123456789012345:3@lid", spaced="call +972 50-123-4567", nested={"a": ["+14155550123"]},
+             note="privKey: <Buffer 38 4a 5b 6c 7d 8e 9f a0 b1 c2 d3 e4 f5 06 17 28 39 4a 5b 6c>",
+             hexkey="k=" + "0123456789abcdef" * 4, b64key="BUbQ3mT2w9r0Z1x8yV7uK6jH5gF4dS3aP2oI1uY0tR9e=")
+    raw = buf.getvalue()
+    for leak in ("972501234567", "123456789012345", "4155550123", "50-123-4567", "38 4a 5b", "0123456789abcdef",
+                 "BUbQ3mT2"):
+        assert leak not in raw, leak
+    opened, status, error, x = lines(buf)
+    assert opened["me"] == "[redacted]@s.whatsapp.net" and opened["tenant"] == "shop-1"
+    assert status["me"] == {"id": "[redacted]@s.whatsapp.net", "lid": "[redacted]@lid", "name": "Shop"}
+    # what an operator needs stays: the message id, the server part, the size
+    assert error["message"] == "message 3EB0C431C26A1916A6 from [redacted]@s.whatsapp.net is 70000 bytes encoded"
+    assert x["lid"] == "[redacted]@lid" and x["note"] == "privKey: <Buffer [redacted]>"
+
+
+@pytest.mark.parametrize("text", [
+    "2026-12-01T14:20:45.123456Z", "archive auth.logged-out-20261201T142045Z-2", "10.0.0.1:3300", "pid 4194304",
+    "/srv/baileys-supervisor/node_worker/node_modules/libsignal/src/session_record.js:270",
+    "getaddrinfo ENOTFOUND web.whatsapp.com", "408 timedOut: Connection Terminated",
+])
+def test_operational_text_survives_value_scrubbing(text):
+    from supervisor.events import scrub_text
+
+    assert scrub_text(text) == text
+
+
+def test_value_scrubbing_is_linear_on_hostile_strings():
+    import time
+
+    from supervisor.events import scrub_text
+
+    t0 = time.process_time()
+    for s in ("a" * 65536, "x@" * 32768, "A1b/" * 16384, "[" + "1, " * 20000, "1a" * 32768):
+        scrub_text(s)
+    assert time.process_time() - t0 < 2.0  # quadratic backtracking would take minutes

@@ -163,3 +163,108 @@ async def test_unrecorded_worker_of_dead_daemon_is_waited_for_not_409(tmp_path):
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+def sleeper() -> tuple[subprocess.Popen, float]:
+    """An unrelated live process of ours (not a worker: no lock fd, no BSUP_AUTH_DIR) and its create_time."""
+    p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    return p, psutil.Process(p.pid).create_time()
+
+
+async def test_a_forged_worker_pid_naming_an_unrelated_process_is_never_signalled(tmp_path):
+    """worker.pid is writable by anyone who can write the tenant directory: pid + create_time only prove the named
+    process still runs. A forged record (matching create_time, a dead daemon) must not make us signal it."""
+    tdir = tmp_path / "t"
+    tdir.mkdir()
+    victim, ct = sleeper()
+    try:
+        record(tdir, victim.pid, ct, dead_pid(), 0.0)
+        lock = TenantLock("t", tdir, stop_grace=0.3)
+        await lock.acquire()  # the lock was free: the record is checked as a possible duplicate
+        lock.release()
+        # ...and while the lock is held by a real leftover nobody recorded: still not the victim
+        h = holder(tdir / "auth.lock")
+        try:
+            record(tdir, victim.pid, ct, dead_pid(), 0.0)
+            with pytest.raises(TenantLocked):
+                await TenantLock("t", tdir, stop_grace=0.3).acquire()
+        finally:
+            h.kill()
+            h.wait()
+            h.stdout.close()
+        assert victim.poll() is None  # never got SIGTERM (sleep dies of it; kill_group waits for the exit)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+async def test_a_symlink_planted_as_auth_lock_is_refused_and_its_target_untouched(tmp_path):
+    from supervisor.errors import StorageError
+
+    tdir = tmp_path / "t"
+    tdir.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tdir / "auth.lock").symlink_to(target)
+    with pytest.raises(StorageError) as info:
+        await TenantLock("t", tdir).acquire()
+    assert info.value.status == 507 and "auth.lock is a symbolic link" in str(info.value)
+    assert target.read_text() == "keep me"
+
+
+def test_the_pid_file_is_written_through_a_fresh_private_temporary_never_a_planted_one(tmp_path):
+    tdir = tmp_path / "t"
+    tdir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in (f".worker.pid.{os.getpid()}.tmp", ".worker.pid.tmp"):  # the old predictable name, and a guess
+        (tdir / name).symlink_to(victim)
+    lock = TenantLock("t", tdir)
+    assert lock.write_pidfile(os.getpid(), time.time())
+    assert victim.read_text() == "keep me"
+    assert read_json(tdir / "worker.pid")["pid"] == os.getpid()
+    assert not (tdir / "worker.pid").is_symlink() and (tdir / "worker.pid").stat().st_mode & 0o777 == 0o600
+
+
+HUNG = 'trap "" TERM; exec sleep 120'  # SIG_IGN survives exec: a leftover that ignores SIGTERM
+
+
+async def test_hung_leftovers_of_a_killed_daemon_are_stopped_in_parallel(tmp_path):
+    """24 hung workers of a SIGKILLed daemon, each holding its tenant's flock. They used to be waited for with
+    to_thread(proc.wait) on the default pool (cpu_count + 4 threads: 6 on the 2-core machine of the report, set here
+    so the test means the same on any machine), so the last was stopped after ceil(N/6) x grace."""
+    import asyncio
+    import fcntl as _fcntl
+    from concurrent.futures import ThreadPoolExecutor
+
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(6))
+    grace, n = 1.0, 24
+    procs = []
+    try:
+        for i in range(n):
+            tdir = tmp_path / f"t{i}"
+            tdir.mkdir()
+            fd = os.open(tdir / "auth.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            _fcntl.flock(fd, _fcntl.LOCK_EX)
+            p = subprocess.Popen(["sh", "-c", HUNG], pass_fds=(fd,), start_new_session=True)
+            os.close(fd)  # the leftover's inherited copy is the only holder now
+            procs.append(p)
+        deadline = time.monotonic() + 30
+        while not all(psutil.Process(p.pid).name() == "sleep" for p in procs):  # trap set, exec done (same pid)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for i, p in enumerate(procs):
+            record(tmp_path / f"t{i}", p.pid, psutil.Process(p.pid).create_time(), dead_pid(), 0.0)
+        locks = [TenantLock(f"t{i}", tmp_path / f"t{i}", stop_grace=grace) for i in range(n)]
+        t0 = time.monotonic()
+        await asyncio.gather(*(lock.acquire() for lock in locks))
+        elapsed = time.monotonic() - t0
+        assert all(lock.held for lock in locks) and all(p.wait(5) == -9 for p in procs)
+        assert elapsed < 3 * grace, elapsed  # ~1 grace; the pool made it ~4
+        for lock in locks:
+            lock.release()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -82,3 +82,26 @@ def test_close_codes_and_clock_unknown():
     assert doctor.close_check({"code": 408, "at": "x"}, t).verdict == "warn"
     assert doctor.clock_check(None).verdict == "skip" and "unknown" in doctor.clock_check(None).detail
     assert doctor.clock_check({"skewMs": 1200}).verdict == "pass"
+
+
+OFFLINE = {"tenant": "1", "state": "backoff", "connected": False, "hasQR": False, "pid": None, "restarts": 5,
+           "stateReason": "close", "lastDisconnect": {"code": 408, "reason": "timedOut", "at": "x",
+                                                      "message": "getaddrinfo ENOTFOUND web.whatsapp.com"}}
+
+
+def test_repeated_failed_connects_are_a_failure_with_the_real_cause(tmp_path):
+    """Five failed connects on a host without DNS used to end in `verdict: OK`."""
+    t = lambda s: s  # noqa: E731
+    checks = {c.name: c for c in doctor.tenant_checks("1", OFFLINE, tmp_path / "1", None, True)}
+    assert checks["state"].verdict == "fail" and "5 restarts" in checks["state"].detail
+    assert checks["state"].fix.startswith("DNS")
+    last = doctor.close_check(OFFLINE["lastDisconnect"], t)
+    assert "getaddrinfo ENOTFOUND web.whatsapp.com" in last.detail and last.fix.startswith("DNS")
+    report = doctor.Report(tenants={"1": list(checks.values())})
+    assert not report.ok and doctor.render(report).endswith("verdict: PROBLEMS FOUND")
+    # a first blip is still only a warning, and says so in the verdict
+    blip = {**OFFLINE, "restarts": 1}
+    (tmp_path / "1" / "auth").mkdir(parents=True)
+    (tmp_path / "1" / "auth" / "creds.json").write_text("{}")
+    report = doctor.Report(tenants={"1": doctor.tenant_checks("1", blip, tmp_path / "1", None, True)})
+    assert report.ok and doctor.render(report).endswith("verdict: OK with 2 warning(s)")  # state, last close

@@ -160,6 +160,22 @@ def test_readme_sample_config_loads_and_matches_the_unit(tmp_path):
     assert settings.logging.format == "json"
     timeout_stop = seconds(parse_unit(UNIT.read_text())["Service"]["TimeoutStopSec"][0])
     assert timeout_stop >= settings.worker.stop_grace + 10
+    # An explicit worker.command replaces the default one whole: it must keep the memory-tuned V8 flags.
+    from supervisor.settings import WORKER_NODE_FLAGS
+
+    cmd = settings.worker.command
+    assert cmd[0] == "/usr/bin/node" and cmd[-1] == "/opt/baileys-supervisor/node_worker/src/worker.mjs"
+    assert tuple(cmd[1:-1]) == WORKER_NODE_FLAGS, cmd
+
+
+def test_readme_operator_commands_pass_the_daemons_config():
+    """Without --config the CLI reads the repository's config (no secret, another storage): every command the README
+    tells an operator to run against the installed daemon must name the installed config."""
+    rows = [line for line in README.read_text().splitlines() if "bin/baileys-supervisor " in line and "`" in line]
+    commands = [c for line in rows for c in re.findall(r"`([^`]*bin/baileys-supervisor [^`]*)`", line)]
+    assert commands, "systemd/README.md lost its operator commands"
+    for command in commands:
+        assert "--config /etc/baileys-supervisor/baileys-supervisor.yaml" in command, command
 
 
 
