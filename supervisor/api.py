@@ -18,7 +18,7 @@ from aiohttp import web
 from .errors import BadRequest, InvalidTenantId, SupervisorError, UnknownTenant
 from . import stream_token
 from .events import get_logger
-from .transitions import iso
+from .states import iso
 
 SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor", object)
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
