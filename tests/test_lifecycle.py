@@ -200,3 +200,24 @@ def test_how_a_worker_ended():
     assert ending(closed(S.CONNECTED, 515), heartbeat_timeout=False, returncode=1) is Ending.CLOSE
     assert ending(Life(), heartbeat_timeout=False, returncode=0) is Ending.EXIT
     assert ending(Life(), heartbeat_timeout=False, returncode=-15) is Ending.CRASH
+
+
+def test_tenant_has_an_executor_for_every_event_action(make_settings):
+    # The executing side (no worker, no loop needed): a new action type without an executor would raise TypeError.
+    from supervisor import lifecycle
+    from supervisor.slots import SpawnSlots
+    from supervisor.tenant import Tenant
+
+    tenant = Tenant("t", make_settings(), spawn_slots=SpawnSlots(1))
+    close = Close(515, S.CONNECTING, None, "m")
+    samples = [Hello({}), ProtocolMismatch(2), StopWorker(), Prewarm(), DismissStandby(), ShowQR("2@x"),
+               Opened(None, None, None), Closed(close), Creds(True), Forward({}), Rss(1), WorkerError({}),
+               PairingCode(), Restarting("crash"), Enter(S.STARTING, "start")]
+    exit_only = {ReapStandby, ArchiveAuth}  # they await: executed by Tenant._apply_exit
+    declared = {c for c in vars(lifecycle).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+                and c.__module__ == lifecycle.__name__} - {Life, Close}
+    assert declared == {type(a) for a in samples} | exit_only
+    for action in samples:
+        tenant._do(action)
+    assert (tenant.state, tenant.restarts, tenant.registered, tenant.last_disconnect["code"]) == (
+        S.STARTING, 1, True, 515)
