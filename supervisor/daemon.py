@@ -37,6 +37,27 @@ def validate_tenant_id(tid: object) -> str:
     return tid
 
 
+class _SupervisorHooks(TenantObserver):
+    """Tenant events -> the live event bus (SSE), notify's STATUS= wake-up, the clock check and the webhook."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def on_state(self, tenant: str, old: TenantState, new: TenantState, reason: str | None) -> None:
+        self.sup.events.publish(tenant, "state", {"from": old.value, "state": new.value, "reason": reason})
+        self.sup.state_changed.set()
+
+    def on_qr(self, tenant: str, qr: str) -> None:
+        self.sup.events.publish(tenant, "qr", {"qr": qr})
+
+    def on_open(self, tenant: str, server_time: Any, received_at: float) -> None:
+        self.sup.server_clock[tenant] = {"serverTime": server_time, "receivedAt": received_at}
+
+    def on_message(self, tenant: str, payload: dict[str, Any]) -> None:
+        if self.sup.on_message is not None:  # set by the runner when webhook forwarding is on
+            self.sup.on_message(tenant, payload)
+
+
 class Supervisor:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -205,24 +226,3 @@ async def run_daemon(settings: Settings, *, shutdown_event: asyncio.Event | None
     from supervisor.runner import run_daemon as _run
 
     await _run(settings, shutdown_event=shutdown_event, supervisor=supervisor, notifier=notifier)
-
-
-class _SupervisorHooks(TenantObserver):
-    """Tenant events -> the live event bus (SSE), notify's STATUS= wake-up, the clock check and the webhook."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
-
-    def on_state(self, tenant: str, old: TenantState, new: TenantState, reason: str | None) -> None:
-        self.sup.events.publish(tenant, "state", {"from": old.value, "state": new.value, "reason": reason})
-        self.sup.state_changed.set()
-
-    def on_qr(self, tenant: str, qr: str) -> None:
-        self.sup.events.publish(tenant, "qr", {"qr": qr})
-
-    def on_open(self, tenant: str, server_time: Any, received_at: float) -> None:
-        self.sup.server_clock[tenant] = {"serverTime": server_time, "receivedAt": received_at}
-
-    def on_message(self, tenant: str, payload: dict[str, Any]) -> None:
-        if self.sup.on_message is not None:  # set by the runner when webhook forwarding is on
-            self.sup.on_message(tenant, payload)
