@@ -1,7 +1,8 @@
 """What worker events mean for a tenant, and what follows a worker's end: pure functions, supervisord style.
 
-    on_event(life, event, now=, linked=) -> (life', actions)     a protocol line of the tenant's current worker
-    on_exit(life, ending, settings, now=, draw=, ...) -> (life', Decision, actions)   the worker is gone
+    on_event(life, event, now=, linked=) -> (life', actions)                 a line of the tenant's current worker
+    on_exit(life, ending, settings, now=, draw=) -> (life', Decision, actions)   the worker is gone
+    after_backoff(life, decision) -> (life', actions)                            the backoff delay has passed
 
 `Life` is what the decisions depend on (state, the close of the current worker, a fatal error, a requested logout,
 the restart policy's streak). Actions are small frozen dataclasses that `Tenant` executes in order (`Enter` is a
@@ -212,6 +213,11 @@ def on_exit(life: Life, ending: Ending, settings: RestartSettings, *, now: float
                 (Restarting(decision.reason), Enter(S.BACKOFF, decision.reason)))
     return (dataclasses.replace(life, state=S.STARTING), decision,
             (Restarting(decision.reason), Enter(S.STARTING, decision.reason)))
+
+
+def after_backoff(life: Life, decision: Decision) -> Step:
+    """The backoff delay has passed without a stop: the next worker starts."""
+    return dataclasses.replace(life, state=S.STARTING), (Enter(S.STARTING, decision.reason),)
 
 
 def started(life: Life) -> Life:

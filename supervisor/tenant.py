@@ -265,7 +265,7 @@ class Tenant:
                         await self._sleep(decision.delay)
                     finally:
                         self._sleeping, self.next_retry_at = False, None
-                    self.change_state(S.STARTING, decision.reason)
+                    self._apply(*lifecycle.after_backoff(self.life, decision))
         except Exception as exc:  # a bug: say so in the state instead of freezing in `starting` with no worker
             log.error("tenant.supervise_failed", tenant=self.id, error=type(exc).__name__, message=str(exc)[:300],
                       exc_info=True)

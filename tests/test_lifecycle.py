@@ -10,8 +10,8 @@ import pytest
 from supervisor.backoff import Action, Ending, Streak
 from supervisor.lifecycle import (ArchiveAuth, Close, Closed, Creds, DismissStandby, Enter, Forward, Hello, Life,
                                   Opened, PairingCode, Prewarm, ProtocolMismatch, ReapStandby, Restarting, Rss,
-                                  ShowQR, StopWorker, WorkerError, ending, on_event, on_exit, spawning,
-                                  started)
+                                  ShowQR, StopWorker, WorkerError, after_backoff, ending, on_event, on_exit,
+                                  spawning, started)
 from supervisor.protocol import PROTOCOL_VERSION, Event
 from supervisor.settings import RestartSettings
 from supervisor.states import RESTING_STATES, TRANSITIONS, TenantState as S
@@ -149,10 +149,12 @@ def test_515_restarts_at_once():
 
 
 @pytest.mark.parametrize("ending", [Ending.CRASH, Ending.EXIT, Ending.HEARTBEAT, Ending.SPAWN])
-def test_process_endings_back_off_and_count(ending):
+def test_process_endings_back_off_and_count_then_start_after_the_delay(ending):
     life, decision, actions = end(Life(S.CONNECTING), ending)
     assert (decision.action, decision.delay, life.state, life.streak.failures) == (Action.BACKOFF, 1.0, S.BACKOFF, 1)
     assert actions == (Restarting(ending.value), Enter(S.BACKOFF, ending.value))
+    assert after_backoff(life, decision) == (dataclasses.replace(life, state=S.STARTING),
+                                             (Enter(S.STARTING, ending.value),))
 
 
 def test_logout_and_fatal_outrank_the_table():
