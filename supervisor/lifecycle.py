@@ -140,6 +140,9 @@ Step = tuple[Life, tuple[Any, ...]]
 def on_event(life: Life, event: protocol.Event, *, now: float, linked: bool = False) -> Step:
     """`linked`: whether the tenant's creds are a linked device (only read for `hello`: a QR is ahead if not)."""
     t, st = event.type, life.state
+    if t == "heartbeat":  # first: nearly every line an idle daemon reads
+        rss = event.get("rss")
+        return life, (Rss(rss),) if isinstance(rss, (int, float)) and not isinstance(rss, bool) else ()
     if t == "hello":
         if event.get("protocol") != protocol.PROTOCOL_VERSION:
             # a worker speaking another protocol: stop it, and rest in `failed` instead of restarting it
@@ -165,8 +168,6 @@ def on_event(life: Life, event: protocol.Event, *, now: float, linked: bool = Fa
         return life, (Creds(bool(event.get("registered"))),)
     if t == "message":
         return life, (Forward(event.fields),)
-    if t == "heartbeat" and isinstance(event.get("rss"), (int, float)) and not isinstance(event.get("rss"), bool):
-        return life, (Rss(event.get("rss")),)
     if t == "pairing_code":
         return life, (PairingCode(),)
     if t == "error":

@@ -99,7 +99,8 @@ class Tenant:
         self._apply(life, actions)
 
     def _apply(self, life: lifecycle.Life, actions: Iterable[Any]) -> None:
-        self.life = dataclasses.replace(life, state=self.state)  # the state moves only through Enter -> change_state
+        if life is not self.life:  # heartbeats, nearly all an idle daemon reads, change nothing: no copy for them
+            self.life = dataclasses.replace(life, state=self.state)  # the state moves only via Enter -> change_state
         for action in actions:
             self._do(action)
 
@@ -108,6 +109,8 @@ class Tenant:
 
     def _do(self, action: Any) -> None:  # noqa: C901 - one flat dispatch over the action types
         match action:
+            case Rss(rss):  # first: every heartbeat
+                self.observer.on_rss(self.id, rss)
             case Enter(state, reason):
                 self.change_state(state, reason)
             case Hello(fields):
@@ -143,8 +146,6 @@ class Tenant:
                 log.info("tenant.creds", tenant=self.id, registered=registered)
             case Forward(payload):
                 self.observer.on_message(self.id, payload)
-            case Rss(rss):
-                self.observer.on_rss(self.id, rss)
             case WorkerError(fields):
                 log.warning("worker.error", tenant=self.id, code=fields.get("code"), message=fields.get("message"),
                             fatal=fields.get("fatal", False))
