@@ -23,7 +23,7 @@ from .events import get_logger
 from .ids import is_tenant_id, validate_tenant_id
 from .settings import ApiSettings
 from .sse import HEARTBEAT, stream
-from .transitions import iso
+from .states import iso
 
 if TYPE_CHECKING:
     from .metrics import Metrics

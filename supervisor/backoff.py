@@ -1,15 +1,16 @@
-"""Restart policy: the ONE place that maps how a worker ended to what happens next (docs/design.md table).
+"""The restart table (docs/design.md) and the one backoff formula, as pure functions.
 
-`RestartPolicy.decide()` is pure logic over (close code, state at close, how the process ended, now); the tenant
-applies the Decision. Randomness and time are injected so tests are exact.
+`decide()` maps how a worker ended (close code, state at close, process ending) and the failure streak so far to a
+Decision and the next streak; `lifecycle.on_exit()` is its one caller (it adds what outranks the table: a logout,
+a fatal worker error, a storage fault). `delay()` is also the webhook's retry delay. No clock, no randomness inside:
+the caller passes `now` and a uniform draw in [0, 1), so tests are exact.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from supervisor.settings import RestartSettings
 from supervisor.states import TenantState, reason_name
@@ -42,51 +43,61 @@ class Decision:
     attempt: int  # consecutive failures so far (after this one)
 
 
-class RestartPolicy:
-    def __init__(self, settings: RestartSettings, *, rand: Callable[[], float] = random.random) -> None:
-        self.settings = settings
-        self._rand = rand
-        self.failures = 0  # consecutive failures since the last stable open
-        self._immediate = 0  # consecutive 515s since the last open
-        self._opened_at: float | None = None
+@dataclass(frozen=True)
+class Streak:
+    """What the policy remembers between decisions. An explicit start begins with `Streak()`."""
+    failures: int = 0  # consecutive failures since the last stable open
+    immediate: int = 0  # consecutive 515s since the last open
+    opened_at: float | None = None  # when the current worker's connection opened
 
-    def reset(self) -> None:
-        """An explicit start: the operator asked, history no longer counts."""
-        self.failures = 0
-        self._immediate = 0
-        self._opened_at = None
+    def opened(self, now: float) -> Streak:
+        return Streak(self.failures, 0, now)
 
-    def on_open(self, now: float) -> None:
-        self._opened_at = now
-        self._immediate = 0
 
-    def delay_for(self, failures: int) -> float:
-        s = self.settings
-        base = min(s.max_delay, s.initial_delay * s.multiplier ** max(0, failures - 1))
-        # Symmetric jitter around the capped base keeps the mean rate at the cap while spreading many tenants.
-        return max(0.0, base * (1.0 + s.jitter * (2.0 * self._rand() - 1.0)))
+class BackoffShape(Protocol):
+    """RestartSettings and the webhook's settings both have these."""
+    initial_delay: float
+    multiplier: float
+    max_delay: float
+    jitter: float
 
-    def decide(self, code: int | None, state: TenantState, ending: Ending, now: float) -> Decision:
-        """`state` is the tenant's state when the socket closed (QR matters for 408)."""
-        if self._opened_at is not None and now - self._opened_at >= self.settings.stable_after:
-            self.failures = 0  # the connection was stable: this is a fresh problem, not a continuing one
-        self._opened_at = None
-        name = reason_name(code) or (str(code) if code is not None else ending.value)
-        if ending is Ending.CLOSE:
-            if code == 515 and self._immediate < MAX_IMMEDIATE_RESTARTS:
-                self._immediate += 1
-                return Decision(Action.RESTART, 0.0, TenantState.STARTING, name, self.failures)
-            if code == 401:
-                return Decision(Action.REST, 0.0, TenantState.LOGGED_OUT, name, self.failures)
-            if code == 440:
-                return Decision(Action.REST, 0.0, TenantState.CONFLICT, name, self.failures)
-            if code in (403, 411):
-                return Decision(Action.REST, 0.0, TenantState.FAILED, name, self.failures)
-            if code == 408 and state is TenantState.QR:
-                return Decision(Action.REST, 0.0, TenantState.STOPPED, "qr_timeout", self.failures)
-        # Everything else (408/428/500/503/unknown codes, crashes, exits without close, watchdog kills): backoff.
-        self.failures += 1
-        max_attempts = self.settings.max_attempts
-        if max_attempts is not None and self.failures > max_attempts:
-            return Decision(Action.REST, 0.0, TenantState.FAILED, "max_attempts", self.failures)
-        return Decision(Action.BACKOFF, self.delay_for(self.failures), TenantState.BACKOFF, name, self.failures)
+
+def delay(attempt: int, s: BackoffShape, draw: float) -> float:
+    """Delay after the `attempt`-th consecutive failure (1-based): initial * multiplier^(attempt-1), capped at
+    max_delay, then +- jitter around it (`draw` uniform in [0, 1)). Symmetric jitter around the capped base keeps the
+    mean rate at the cap while spreading many tenants."""
+    try:
+        base = min(s.max_delay, s.initial_delay * s.multiplier ** max(0, attempt - 1))
+    except OverflowError:  # a streak of ~1000 failures (17 h at the cap) must not crash the tenant
+        base = s.max_delay
+    return max(0.0, base * (1.0 + s.jitter * (2.0 * draw - 1.0)))
+
+
+def decide(s: RestartSettings, streak: Streak, code: int | None, state: TenantState, ending: Ending, now: float,
+           draw: float) -> tuple[Decision, Streak]:
+    """The restart table. `state` is the tenant's state when the socket closed (QR matters for 408)."""
+    failures, immediate = streak.failures, streak.immediate
+    if streak.opened_at is not None and now - streak.opened_at >= s.stable_after:
+        failures = 0  # the connection was stable: this is a fresh problem, not a continuing one
+    name = reason_name(code) or (str(code) if code is not None else ending.value)
+
+    def rest(next_state: TenantState, reason: str) -> tuple[Decision, Streak]:
+        return Decision(Action.REST, 0.0, next_state, reason, failures), Streak(failures, immediate)
+
+    if ending is Ending.CLOSE:
+        if code == 515 and immediate < MAX_IMMEDIATE_RESTARTS:
+            return Decision(Action.RESTART, 0.0, TenantState.STARTING, name, failures), Streak(failures, immediate + 1)
+        if code == 401:
+            return rest(TenantState.LOGGED_OUT, name)
+        if code == 440:
+            return rest(TenantState.CONFLICT, name)
+        if code in (403, 411):
+            return rest(TenantState.FAILED, name)
+        if code == 408 and state is TenantState.QR:
+            return rest(TenantState.STOPPED, "qr_timeout")
+    # Everything else (408/428/500/503/unknown codes, crashes, exits without close, watchdog kills): backoff.
+    failures += 1
+    if s.max_attempts is not None and failures > s.max_attempts:
+        return rest(TenantState.FAILED, "max_attempts")
+    return Decision(Action.BACKOFF, delay(failures, s, draw), TenantState.BACKOFF, name, failures), \
+        Streak(failures, immediate)

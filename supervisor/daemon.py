@@ -17,12 +17,36 @@ from supervisor.errors import ShuttingDown, UnknownTenant
 from supervisor.eventbus import EventBus
 from supervisor.ids import is_tenant_id, validate_tenant_id
 from supervisor.metrics import Metrics
+from supervisor.observer import Observers, TenantObserver
 from supervisor.settings import Settings
 from supervisor.slots import SpawnSlots
 from supervisor.states import ACTIVE_STATES, TenantState
-from supervisor.tenant import MessageHook, Tenant
+from supervisor.tenant import Tenant
 
 log = structlog.get_logger("supervisor.daemon")
+MessageHook = Callable[[str, dict[str, Any]], None]
+
+
+class _SupervisorHooks(TenantObserver):
+    """Tenant events -> the live event bus (SSE), notify's STATUS= wake-up, the clock check and the webhook."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def on_state(self, tenant: str, old: TenantState, new: TenantState, reason: str | None) -> None:
+        self.sup.events.publish(tenant, "state", {"from": old.value, "state": new.value, "reason": reason})
+        self.sup.state_changed.set()
+
+    def on_qr(self, tenant: str, qr: str) -> None:
+        self.sup.events.publish(tenant, "qr", {"qr": qr})
+
+    def on_open(self, tenant: str, server_time: Any, received_at: float) -> None:
+        self.sup.server_clock[tenant] = {"serverTime": server_time, "receivedAt": received_at}
+
+    def on_message(self, tenant: str, payload: dict[str, Any]) -> None:
+        if self.sup.on_message is not None:  # set by the runner when webhook forwarding is on
+            self.sup.on_message(tenant, payload)
+
 
 class Supervisor:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
@@ -42,6 +66,8 @@ class Supervisor:
         self.events = EventBus()  # live state/QR events for GET /events (SSE)
         self.state_changed = asyncio.Event()  # set on every transition; the notify STATUS= task clears it
         self.server_clock: dict[str, dict[str, Any]] = {}  # tenant -> the last `open` event's serverTime
+        # What every tenant reports to: metrics, then the live events / notify / clock / webhook glue below.
+        self.observers = Observers(self.metrics, _SupervisorHooks(self))
 
     @property
     def root(self):
@@ -54,24 +80,9 @@ class Supervisor:
             if not create and not (self.root / tid / "auth").is_dir():
                 raise UnknownTenant(f"unknown tenant {tid}", tenant=tid)
             tenant = Tenant(tid, self.settings, spawn_slots=self.spawn_slots, clock=self.clock, sleep=self._sleep,
-                            rand=self._rand, on_message=self._forward_message, metrics=self.metrics,
-                            on_event=self._on_tenant_event)
+                            rand=self._rand, observer=self.observers)
             self.tenants[tid] = tenant
         return tenant
-
-    def _forward_message(self, tid: str, payload: dict[str, Any]) -> None:
-        if self.on_message is not None:
-            self.on_message(tid, payload)
-
-    def _on_tenant_event(self, tenant: Tenant, kind: str, data: dict[str, Any]) -> None:
-        if kind == "state":
-            self.events.publish(tenant.id, "state", {"from": data["from"], "state": data["to"],
-                                                     "reason": data.get("reason")})
-            self.state_changed.set()
-        elif kind == "qr":
-            self.events.publish(tenant.id, "qr", {"qr": data.get("qr")})
-        elif kind == "open":
-            self.server_clock[tenant.id] = data
 
     def clock_info(self, tid: str) -> dict[str, Any] | None:
         """Clock skew at the last login: our receive time minus the server time WhatsApp sent (ms; positive = our

@@ -17,28 +17,12 @@ from typing import Any
 
 import psutil
 
+from supervisor.states import CLOSE_CODES
 from supervisor.storage import read_creds_linked
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 SKEW_WARN_MS, SKEW_FAIL_MS = 5_000, 60_000  # WhatsApp's login and message timestamps get unreliable past a minute
 
-# code -> (meaning, what to do). Baileys' DisconnectReason values.
-CLOSE_CODES: dict[int, tuple[str, str]] = {
-    401: ("logged out: the phone removed this linked device or the session was revoked",
-          "relink: `baileys-supervisor start T` then scan the new QR; on the phone, Linked devices: remove old "
-          "entries of this service"),
-    403: ("forbidden: WhatsApp refused this account (banned or restricted)",
-          "check the number in the WhatsApp app; the daemon cannot fix this, the tenant rests in `failed`"),
-    408: ("connection lost / timed out (network)", "nothing: backoff reconnects; if it repeats check the network"),
-    411: ("multi-device mismatch: the saved auth does not fit the account",
-          "`baileys-supervisor logout T`, then start and scan a new QR"),
-    428: ("connection closed by the server (network)", "nothing: backoff reconnects"),
-    440: ("conflict: another client uses this session (same auth directory elsewhere)",
-          "stop the other process or daemon using this auth (see the processes check), then `start T`"),
-    500: ("bad session: the server rejected the session state", "backoff retries; if it repeats: logout and relink"),
-    503: ("WhatsApp unavailable (server side)", "nothing: backoff reconnects"),
-    515: ("restart required: normal right after a QR scan", "nothing: the worker restarts at once"),
-}
 _STATE_ADVICE = {
     "connected": (PASS, "connected", ""),
     "qr": (WARN, "waiting for a QR scan", "scan it: `baileys-supervisor qr T` or GET /whatsapp/T/qr"),
@@ -215,8 +199,9 @@ def close_check(last: dict[str, Any] | None, t: Callable[[str], str]) -> Check:
     if not last:
         return Check("last_close", PASS, "no close recorded since the daemon started")
     code = last.get("code")
-    meaning, fix = CLOSE_CODES.get(code, ("unknown or no code", "see the worker's log (journalctl) around "
-                                          f"{last.get('at')}"))
+    entry = CLOSE_CODES.get(code) if isinstance(code, int) else None
+    meaning, fix = ((entry.meaning, entry.fix) if entry is not None else
+                    ("unknown or no code", f"see the worker's log (journalctl) around {last.get('at')}"))
     verdict = FAIL if code in (401, 403, 411, 440) else (PASS if code == 515 else WARN)
     message = " ".join(str(last.get("message") or "").split())[:200]  # the worker's words: the real cause
     said = f" (worker: {message})" if message else ""

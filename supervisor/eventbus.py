@@ -1,7 +1,7 @@
 """In-memory live event stream for `GET /events` (SSE): numbered events, a bounded replay buffer, fan-out queues.
 
     bus = EventBus(buffer=1000)
-    bus.publish(tenant, "state", {...})        # sync, cheap: called from Tenant.on_event on the transition path
+    bus.publish(tenant, "state", {...})        # sync, cheap: from a TenantObserver, on the transition path
     sub = bus.subscribe(tenant=None, last_id=None)   # replay from last_id (or a `reset` first) + live events
     async for ev in sub: ...                   # ends on bus.close() or when the subscriber fell too far behind
     bus.close()                                # daemon shutdown: every stream ends, handlers return

@@ -1,16 +1,18 @@
 """Prometheus metrics for `GET /metrics`, on a registry of their own (never prometheus_client's global REGISTRY,
 so several Supervisors in one test process, or two daemons in one interpreter, never clash).
 
-Interface (the daemon owns one `Metrics` and calls these; every method is cheap, sync and never raises on odd input):
+Interface (the daemon owns one `Metrics`; every method is cheap, sync and never raises on odd input). The tenant
+hooks are those of `observer.TenantObserver`: the daemon adds its Metrics to the observers every Tenant reports to.
 
     m = Metrics(version=__version__)               # registry=None -> a fresh CollectorRegistry
-    m.on_state(tenant, old, new)                   # every TenantState change (from Tenant.change_state)
+    m.on_state(tenant, old, new, reason=None)      # every TenantState change (from Tenant.change_state)
     m.on_close(tenant, code)                       # a worker's `close` event (code: int | None)
-    m.on_restart(reason)                           # an automatic restart: the backoff Decision.reason ("restartRequired",
-                                                   # "timedOut", "crash", "heartbeat", ...): a small vocabulary, it is a label
+    m.on_restart(tenant, reason)                   # an automatic restart, by the restart Decision.reason
+                                                   # ("restartRequired", "timedOut", "crash", "heartbeat_timeout", ...):
+                                                   # a small vocabulary, it is a label (the tenant is not)
     m.on_rss(tenant, rss_bytes)                    # each worker heartbeat; None clears it (worker gone)
-    m.observe_spawn(seconds)                       # spawn -> `hello` line of a worker
-    m.on_invalid_line(tenant)                      # a stdout line that is not protocol (worker.protocol_error)
+    m.on_spawn(tenant, seconds)                    # spawn -> `hello` line of a worker
+    m.on_invalid_line(tenant, n=1)                 # stdout lines that are not protocol (worker.protocol_error)
     m.webhook_depth(n)                             # spool size: WebhookForwarder(on_depth=m.webhook_depth)
     m.webhook_result(result)                       # "delivered" | "retry" | "dead_letter" | "spool_full":
                                                    # WebhookForwarder(on_result=m.webhook_result)
@@ -35,8 +37,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from . import PROTOCOL_VERSION, __version__
+from .observer import TenantObserver
 from .slots import SpawnSlots
-from .states import TenantState, reason_name
+from .states import RESTING_STATES, TenantState, reason_name
 
 PREFIX = "baileys_supervisor"
 
@@ -45,9 +48,7 @@ PREFIX = "baileys_supervisor"
 SPAWN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 # States whose worker is gone: its last RSS would be a lie.
-_NO_WORKER = frozenset(
-    {TenantState.STOPPED, TenantState.BACKOFF, TenantState.LOGGED_OUT, TenantState.CONFLICT, TenantState.FAILED}
-)
+_NO_WORKER = frozenset(s.value for s in RESTING_STATES | {TenantState.BACKOFF})
 
 
 class LatestValueGauge:
@@ -113,7 +114,7 @@ def _state_value(state: TenantState | str | None) -> str | None:
     return state.value if isinstance(state, TenantState) else str(state)
 
 
-class Metrics:
+class Metrics(TenantObserver):
     def __init__(
         self,
         version: str = __version__,
@@ -164,16 +165,17 @@ class Metrics:
             self.tenants.labels(state=state.value).set(0)
 
     # --- tenants -------------------------------------------------------------------------------------------------
-    def on_state(self, tenant: str, old: TenantState | str | None, new: TenantState | str) -> None:
-        """Record a state change. `old` is accepted for the call site's convenience; the gauge is recomputed from
-        this object's own record, so a missed or duplicated call cannot make the counts drift."""
-        del old
+    def on_state(self, tenant: str, old: TenantState | str | None, new: TenantState | str,
+                 reason: str | None = None) -> None:
+        """Record a state change. `old` and `reason` are part of the observer interface; the gauge is recomputed
+        from this object's own record, so a missed or duplicated call cannot make the counts drift."""
+        del old, reason
         value = _state_value(new)
         assert value is not None
         self._states[tenant] = value
         self._recount()
         self.connected.labels(tenant=tenant).set(1 if value == TenantState.CONNECTED.value else 0)
-        if value in {s.value for s in _NO_WORKER}:
+        if value in _NO_WORKER:
             self.rss.remove(tenant)
 
     def forget(self, tenant: str) -> None:
@@ -188,7 +190,8 @@ class Metrics:
         del tenant  # closes are counted per code, not per tenant: the tenant is in the `worker.close` log event
         self.closes.labels(code="none" if code is None else str(code), reason=reason_name(code) or "unknown").inc()
 
-    def on_restart(self, reason: str) -> None:
+    def on_restart(self, tenant: str, reason: str) -> None:
+        del tenant  # restarts are counted per reason; the tenant is in the `tenant.decision` log event
         self.restarts.labels(reason=reason).inc()
 
     def on_rss(self, tenant: str, rss_bytes: int | float | None) -> None:
@@ -197,7 +200,8 @@ class Metrics:
         else:
             self.rss.set(tenant, rss_bytes)
 
-    def observe_spawn(self, seconds: float) -> None:
+    def on_spawn(self, tenant: str, seconds: float) -> None:
+        del tenant  # one histogram for all tenants: spawn latency is a property of the host
         self.spawn_seconds.observe(max(0.0, seconds))
 
     def on_invalid_line(self, tenant: str, n: int = 1) -> None:

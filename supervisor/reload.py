@@ -76,7 +76,6 @@ async def apply_reload(sup: Any, new: Settings) -> ReloadPlan:
         # Read at the next spawn (worker) and the next failure (restart): changing them here is enough for tenants
         # that are not restarted below.
         tenant.settings = eff
-        tenant.policy.settings = eff.restart
         tenant.lock.stop_grace = eff.worker.stop_grace
     sup.spawn_slots.limit = eff.worker.max_concurrent_spawns
     if "logging" in plan.changed:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -26,6 +27,8 @@ from supervisor.slots import SpawnSlots
 from supervisor.worker import ExitInfo, WorkerProcess
 
 log = structlog.get_logger("supervisor.standby")
+EventHook = Callable[[protocol.Event], None]
+InvalidLineHook = Callable[[int], None]
 
 
 class Standby:
@@ -127,3 +130,68 @@ class Standby:
             with contextlib.suppress(NotRunning):
                 await self.worker.stop(grace)
         await asyncio.gather(self.task, return_exceptions=True)
+
+
+class StandbySlot:
+    """A tenant's one standby, or none: pre-start it, hand it to a restart, dismiss it, reap it. It is given what it
+    needs explicitly and knows nothing of the Tenant; the Tenant decides *when* (lifecycle.Prewarm, a restart)."""
+
+    def __init__(self, tenant: str, spawn_slots: SpawnSlots) -> None:
+        self.tenant = tenant
+        self._slots = spawn_slots
+        self.current: Standby | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.current.pid if self.current is not None else None
+
+    def prewarm(self, settings: WorkerSettings, auth_dir: Path, lock_fd: int) -> None:
+        """Start the worker that will log in after the scan's 515, unless `worker.prewarm` is off or one is up."""
+        if settings.prewarm and self.current is None:
+            self.current = Standby(self.tenant, settings, auth_dir, lock_fd, self._slots)
+
+    def dismiss(self) -> None:
+        """Synchronous (event path): the standby is not needed (linked without a 515); `reap()` awaits its end."""
+        if self.current is not None:
+            self.current.dismiss()
+
+    async def take(self, timeout: float) -> Standby | None:
+        """The standby, detached from this slot, once ready: one still importing is further along than a fresh
+        spawn, so it is waited for (at most `timeout`, like a spawn's hello). A dead or hung one is reaped, and None
+        tells the caller to spawn the usual way."""
+        standby, self.current = self.current, None
+        if standby is None:
+            return None
+        await standby.wait_ready(timeout)
+        if standby.take() is None:
+            await standby.reap()
+            return None
+        return standby
+
+    @staticmethod
+    def promote(standby: Standby, on_event: EventHook, on_invalid_line: InvalidLineHook) -> bool:
+        """`go` to a taken standby: it loads the auth the previous worker flushed, then opens its one socket; its
+        events go to the tenant from now on. False when it died a moment ago (its end is then handled as a crash);
+        either way the caller owns `standby.task` and must await it."""
+        worker = standby.worker
+        worker.on_event, worker.on_invalid_line = on_event, on_invalid_line
+        try:
+            worker.notify("go")
+        except (NotRunning, ConnectionError, RuntimeError):
+            log.warning("standby.promote_failed", tenant=standby.tenant, worker_pid=worker.pid)
+            return False
+        log.info("standby.promoted", tenant=standby.tenant, worker_pid=worker.pid)
+        return True
+
+    async def reap(self, grace: float | None = None) -> None:
+        """Take the standby down (SIGKILL after `grace`; the worker's stop_grace by default) and wait until it is
+        gone. A no-op without one. It stays in the slot until gone, so a second, forced reap (a second signal
+        during a graceful stop) still reaches it."""
+        standby = self.current
+        if standby is None:
+            return
+        try:
+            await standby.reap(grace)
+        finally:
+            if self.current is standby:
+                self.current = None

@@ -1,8 +1,9 @@
-"""One tenant: the state machine (one `change_state()`), its worker's life cycle and the restart loop.
+"""One tenant: the one `change_state()`, its worker's life cycle and the restart loop (`_supervise()`, the one task
+per tenant, owned here).
 
-The worker posts events (`_on_event`), the tenant reacts; when a worker ends, `backoff.RestartPolicy` decides what
-happens next and `_supervise()` (the one task per tenant, owned here) applies it. Clock and sleep are injected so
-the restart schedule is testable with a fake clock.
+What a worker event or a worker's end *means* is decided by the pure functions in lifecycle.py; this class executes
+their actions (state changes, observers, the standby, the worker) and owns everything that awaits. Clock, sleep and
+randomness are injected so the restart schedule is testable with a fake clock.
 """
 
 from __future__ import annotations
@@ -12,53 +13,49 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
 
-from supervisor import protocol
-from supervisor.backoff import Action, Decision, Ending, RestartPolicy
-from supervisor.errors import (AlreadyLinked, NotReady, NotRunning, StorageError, SupervisorError,
-                               WorkerCommandFailed)
+from supervisor import lifecycle, protocol
+from supervisor.backoff import Action, Decision, Ending
+from supervisor.errors import AlreadyLinked, NotReady, NotRunning, StorageError, WorkerCommandFailed
+from supervisor.lifecycle import (ArchiveAuth, Closed, Creds, DismissStandby, Enter, Forward, Hello, Opened,
+                                  PairingCode, Prewarm, ProtocolMismatch, ReapStandby, Restarting, Rss, ShowQR,
+                                  StopWorker, WorkerError)
 from supervisor.locks import TenantLock
-from supervisor.storage import archive_auth, auth_info
+from supervisor.observer import Observers, TenantObserver
 from supervisor.settings import Settings
 from supervisor.slots import SpawnSlots
-from supervisor.standby import Standby
-from supervisor.states import ACTIVE_STATES, TenantState, reason_name
-from supervisor.tenant_events import REST_ON_FATAL, WorkerEvents
-from supervisor.tenant_standby import StandbyHandling
-from supervisor.transitions import TRANSITIONS, InvalidTransition, iso
+from supervisor.standby import Standby, StandbySlot
+from supervisor.states import RESTING_STATES, TRANSITIONS, InvalidTransition, TenantState, iso, reason_name
+from supervisor.storage import archive_auth, auth_info
 from supervisor.worker import ExitInfo, WorkerProcess
 
 log = structlog.get_logger("supervisor.tenant")
 S = TenantState
 
 LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server before it is stopped
-MessageHook = Callable[[str, dict[str, Any]], None]
-# on_event(tenant, kind, data): kind "state" {from, to, reason}, "qr" {qr}, "open" {serverTime, receivedAt}.
-# Called synchronously from the transition/event path; the daemon uses it for SSE, notify STATUS= and doctor.
-EventHook = Callable[["Tenant", str, dict[str, Any]], None]
 
 
-class Tenant(WorkerEvents, StandbyHandling):
+class Tenant:
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: SpawnSlots,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 rand: Callable[[], float] = random.random, on_message: MessageHook | None = None,
-                 metrics: Any = None, on_event: EventHook | None = None) -> None:
+                 rand: Callable[[], float] = random.random, observer: TenantObserver | None = None) -> None:
         self.id = tid
-        self.on_event = on_event
-        self.metrics = metrics  # supervisor.metrics.Metrics or None; every hook is cheap and never raises
-        self.settings = settings
+        # Always a guarded fan-out: an observer's bug never breaks a transition (observer.py).
+        self.observer = observer if isinstance(observer, Observers) else Observers(*filter(None, [observer]))
+        self.settings = settings  # replaced by a reload; read at each spawn and each decision
         self.dir = settings.storage.root / "whatsapp" / tid
         self.auth_dir = self.dir / "auth"
         self.lock = TenantLock(tid, self.dir, stop_grace=settings.worker.stop_grace)
-        self.policy = RestartPolicy(settings.restart, rand=rand)
-        self.clock, self._sleep, self._spawn_slots, self.on_message = clock, sleep, spawn_slots, on_message
-        self.state, self.state_reason, self.since = S.STOPPED, None, clock()
+        self.clock, self._sleep, self._rand, self._spawn_slots = clock, sleep, rand, spawn_slots
+        self.life = lifecycle.Life()  # what the decisions depend on; its `state` changes only in change_state()
+        self.state_reason: str | None = None
+        self.since = clock()
         self.worker: WorkerProcess | None = None
-        self.standby: Standby | None = None  # the next worker, pre-started while a QR is shown (standby.py)
+        self.standby = StandbySlot(tid, spawn_slots)  # the next worker, pre-started while a QR is shown
         self.qr: str | None = None
         self.push_name: str | None = None
         self.me: dict[str, Any] | None = None
@@ -71,12 +68,13 @@ class Tenant(WorkerEvents, StandbyHandling):
         self._sleeping = False
         self._waiting_slot = False  # queued for a spawn slot: nothing spawned yet, safe to cancel
         self._want_stop = False
-        self._logout_requested = False
         self._spawned = asyncio.Event()
         self._hello = asyncio.Event()
-        self._close: tuple[protocol.Event, TenantState] | None = None
-        self._fatal: str | None = None
         self._spawn_t0 = time.monotonic()
+
+    @property
+    def state(self) -> TenantState:
+        return self.life.state
 
     # -- the one transition function -------------------------------------------------------------------------
     def change_state(self, new: TenantState, reason: str | None = None) -> None:
@@ -86,21 +84,85 @@ class Tenant(WorkerEvents, StandbyHandling):
             return
         if new not in TRANSITIONS[old]:
             raise InvalidTransition(f"{self.id}: {old.value} -> {new.value}")
-        self.state, self.state_reason, self.since = new, reason, self.clock()
+        self.life = dataclasses.replace(self.life, state=new)
+        self.state_reason, self.since = reason, self.clock()
         if new is not S.QR:
             self.qr = None  # a QR is only valid while we are waiting for a scan
         log.info("tenant.state", tenant=self.id, from_state=old.value, to_state=new.value, reason=reason)
-        if self.metrics is not None:
-            self.metrics.on_state(self.id, old, new)
-        self._emit("state", {"from": old.value, "to": new.value, "reason": reason})
+        self.observer.on_state(self.id, old, new, reason)
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        if self.on_event is None:
-            return
-        try:
-            self.on_event(self, kind, data)
-        except Exception as exc:  # an observer's bug must never break a transition
-            log.error("tenant.event_hook_failed", tenant=self.id, kind=kind, error=type(exc).__name__)
+    # -- worker events: lifecycle.on_event decides, _do executes ----------------------------------------------
+    def _on_event(self, event: protocol.Event) -> None:
+        # Only `hello` needs to know whether the creds are linked, and that may read creds.json: not per heartbeat.
+        linked = event.type == "hello" and self.auth_info()["registered"]
+        life, actions = lifecycle.on_event(self.life, event, now=self.clock(), linked=linked)
+        self._apply(life, actions)
+
+    def _apply(self, life: lifecycle.Life, actions: Iterable[Any]) -> None:
+        if life is not self.life:  # heartbeats, nearly all an idle daemon reads, change nothing: no copy for them
+            self.life = dataclasses.replace(life, state=self.state)  # the state moves only via Enter -> change_state
+        for action in actions:
+            self._do(action)
+
+    def _on_invalid_line(self, n: int) -> None:
+        self.observer.on_invalid_line(self.id, n)
+
+    def _do(self, action: Any) -> None:  # noqa: C901 - one flat dispatch over the action types
+        match action:
+            case Rss(rss):  # first: every heartbeat
+                self.observer.on_rss(self.id, rss)
+            case Enter(state, reason):
+                self.change_state(state, reason)
+            case Hello(fields):
+                self._hello.set()
+                self.observer.on_spawn(self.id, time.monotonic() - self._spawn_t0)
+                log.info("worker.hello", tenant=self.id, protocol=fields.get("protocol"), worker=fields.get("worker"),
+                         baileys=fields.get("baileys"), wa_version=fields.get("waVersion"))
+            case ProtocolMismatch(got):
+                log.error("worker.protocol_mismatch", tenant=self.id, expected=protocol.PROTOCOL_VERSION, got=got)
+            case StopWorker():
+                if self.worker is not None:
+                    self.worker.request_stop()
+            case Prewarm():
+                self._prewarm()
+            case DismissStandby():
+                self.standby.dismiss()
+            case ShowQR(qr):
+                self.qr = qr  # never logged
+                log.info("tenant.qr", tenant=self.id)
+                self.observer.on_qr(self.id, qr)
+            case Opened(me, push_name, server_time):
+                self.me, self.push_name = me, push_name
+                self.observer.on_open(self.id, server_time, self.clock())
+                log.info("tenant.open", tenant=self.id, me=(me or {}).get("id"))
+            case Closed(close):
+                self.observer.on_close(self.id, close.code)
+                self.last_disconnect = {"code": close.code, "reason": close.reason or reason_name(close.code),
+                                        "message": close.message[:500], "at": iso(self.clock())}
+                log.info("tenant.close", tenant=self.id, code=close.code, reason_name=self.last_disconnect["reason"],
+                         message=self.last_disconnect["message"], state=close.state.value)
+            case Creds(registered):
+                self.registered = registered
+                log.info("tenant.creds", tenant=self.id, registered=registered)
+            case Forward(payload):
+                self.observer.on_message(self.id, payload)
+            case WorkerError(fields):
+                log.warning("worker.error", tenant=self.id, code=fields.get("code"), message=fields.get("message"),
+                            fatal=fields.get("fatal", False))
+            case PairingCode():
+                log.info("tenant.pairing_code", tenant=self.id)  # the code itself is a credential: not logged
+            case Restarting(reason):
+                self.restarts += 1
+                self.observer.on_restart(self.id, reason)
+            case _:
+                raise TypeError(f"no executor for {action!r}")  # a bug: a new action type without one
+
+    def _prewarm(self) -> None:
+        """Pre-start the standby while this tenant's worker lives. Not before its hello: two Baileys imports at once
+        would delay the first QR (measured +210 ms on 2 CPUs)."""
+        if (self.running and not self._want_stop and self.lock.fd is not None and self.worker is not None
+                and self.worker.alive):
+            self.standby.prewarm(self.settings.worker, self.auth_dir, self.lock.fd)
 
     @property
     def running(self) -> bool:
@@ -112,8 +174,8 @@ class Tenant(WorkerEvents, StandbyHandling):
         if self.running:
             return
         await self.lock.acquire()
-        self.policy.reset()
-        self.restarts, self._want_stop, self._logout_requested, self._fatal = 0, False, False, None
+        self.life = lifecycle.started(self.life)
+        self.restarts, self._want_stop = 0, False
         self.change_state(S.STARTING, "start")
         self._spawned.clear()
         self._task = asyncio.create_task(self._supervise(), name=f"tenant:{self.id}")
@@ -122,7 +184,7 @@ class Tenant(WorkerEvents, StandbyHandling):
     async def stop(self, reason: str = "stop", *, force: bool = False) -> None:
         task = self._task
         if task is None or task.done():
-            if self.state is not S.STOPPED and self.state in ACTIVE_STATES | {S.BACKOFF}:
+            if self.state not in RESTING_STATES:
                 self.change_state(S.STOPPED, reason)
             return
         self._want_stop = True
@@ -135,18 +197,18 @@ class Tenant(WorkerEvents, StandbyHandling):
             self.change_state(S.STOPPING, reason)
             grace = 0.0 if force else None
             # The standby goes down alongside, so a stop stays bounded by one grace, and a forced stop kills both.
-            await asyncio.gather(self.worker.stop(grace), self._stop_standby(grace))
+            await asyncio.gather(self.worker.stop(grace), self.standby.reap(grace))
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._task = None
-        if self.state in ACTIVE_STATES | {S.BACKOFF}:
+        if self.state not in RESTING_STATES:
             self.change_state(S.STOPPED, reason)
 
     async def logout(self) -> None:
         """Log the device out (server side when a worker is live) and archive auth; the tenant rests in logged_out."""
         worker = self.worker
         if self.running and worker is not None and worker.alive and self._task is not None:
-            self._logout_requested = True
+            self.life = dataclasses.replace(self.life, logout_requested=True)
             with contextlib.suppress(NotRunning):
                 worker.notify("logout")
                 with contextlib.suppress(TimeoutError):
@@ -187,48 +249,34 @@ class Tenant(WorkerEvents, StandbyHandling):
                     self._spawned.set()  # a waiting start() answers with the backoff state below
                 if self._want_stop:
                     break
-                decision = self._decide(ending)
                 if storage_error is not None:
-                    # Disk full / read-only / EIO: back off like a crash (growing delay, max_attempts -> failed)
-                    # rather than rest: such faults are usually fixed from outside, and then the tenant comes back.
-                    decision = dataclasses.replace(decision, reason="storage_error")
                     log.error("tenant.storage_error", tenant=self.id,
                               error=storage_error.strerror or type(storage_error).__name__)
+                life, decision, actions = lifecycle.on_exit(self.life, ending, self.settings.restart, now=self.clock(),
+                                                            draw=self._rand(), storage_error=storage_error is not None)
                 self._log_decision(ending, info, decision)
-                if decision.action is Action.REST:
-                    await self._reap_standby()  # a resting tenant has no process at all once its state says so
-                    if decision.next_state is S.LOGGED_OUT:
-                        try:
-                            self._archive_auth()
-                        except StorageError as exc:  # the logged-out creds could not be moved aside
-                            log.error("tenant.storage_error", tenant=self.id, error=exc.message)
-                            self.change_state(S.FAILED, "storage_error")
-                            return
-                    self.change_state(decision.next_state, decision.reason)
-                    return
-                self.restarts += 1
-                if self.metrics is not None:
-                    self.metrics.on_restart(decision.reason)
                 if decision.action is Action.BACKOFF:
-                    self.next_retry_at = self.clock() + decision.delay
-                    self.change_state(S.BACKOFF, decision.reason)
+                    self.next_retry_at = self.clock() + decision.delay  # before the state says backoff
+                await self._apply_exit(life, actions)
+                if decision.action is Action.REST:
+                    return
+                if decision.action is Action.BACKOFF:
                     self._sleeping = True
                     try:
                         await self._sleep(decision.delay)
                     finally:
                         self._sleeping, self.next_retry_at = False, None
-                self.change_state(S.STARTING, decision.reason)
+                    self._apply(*lifecycle.after_backoff(self.life, decision))
         except Exception as exc:  # a bug: say so in the state instead of freezing in `starting` with no worker
             log.error("tenant.supervise_failed", tenant=self.id, error=type(exc).__name__, message=str(exc)[:300],
                       exc_info=True)
             with contextlib.suppress(InvalidTransition):
                 self.change_state(S.FAILED, "internal")
         finally:
-            await self._reap_standby()  # before the lock goes: a standby holds an inherited copy of it
+            await self.standby.reap()  # before the lock goes: a standby holds an inherited copy of it
             self._spawned.set()
             self.worker = None
-            if self.metrics is not None:
-                self.metrics.on_rss(self.id, None)
+            self.observer.on_rss(self.id, None)
             self.lock.clear_pidfile()  # never raises
             self.lock.release()
 
@@ -237,8 +285,8 @@ class Tenant(WorkerEvents, StandbyHandling):
         very next statement on, and whatever happens here (an error, a cancellation) ends with that task awaited:
         no path leaves a live worker that nobody reads (it would hold the inherited flock forever)."""
         assert self.lock.fd is not None
-        self._close, self._hello = None, asyncio.Event()
-        standby = await self._take_standby()
+        self.life, self._hello = lifecycle.spawning(self.life), asyncio.Event()
+        standby = await self.standby.take(self.settings.worker.heartbeat_timeout)
         if standby is not None:
             return await self._run_promoted(standby)
         worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
@@ -278,11 +326,7 @@ class Tenant(WorkerEvents, StandbyHandling):
 
     def _ending(self, info: ExitInfo) -> tuple[Ending, ExitInfo]:
         self.lock.clear_pidfile()
-        if info.heartbeat_timeout:
-            return Ending.HEARTBEAT, info
-        if self._close is not None:
-            return Ending.CLOSE, info
-        return (Ending.EXIT if info.returncode == 0 else Ending.CRASH), info
+        return lifecycle.ending(self.life, heartbeat_timeout=info.heartbeat_timeout, returncode=info.returncode), info
 
     @contextlib.asynccontextmanager
     async def _spawn_slot(self):
@@ -297,20 +341,43 @@ class Tenant(WorkerEvents, StandbyHandling):
         finally:
             self._spawn_slots.release()
 
-    def _decide(self, ending: Ending) -> Decision:
-        attempt = self.policy.failures
-        if self._logout_requested:
-            return Decision(Action.REST, 0.0, S.LOGGED_OUT, "logout", attempt)
-        if self._fatal is not None:
-            return Decision(Action.REST, 0.0, S.FAILED, self._fatal, attempt)
-        code, state = None, self.state
-        if self._close is not None:
-            event, state = self._close
-            code = event.get("code")
-        return self.policy.decide(code, state, ending, self.clock())
+    async def _apply_exit(self, life: lifecycle.Life, actions: Iterable[Any]) -> None:
+        """`_apply` for lifecycle.on_exit's actions, some of which await."""
+        self.life = dataclasses.replace(life, state=self.state)
+        for action in actions:
+            if isinstance(action, ReapStandby):
+                await self.standby.reap()  # a resting tenant has no process at all once its state says so
+            elif isinstance(action, ArchiveAuth):
+                try:
+                    self._archive_auth()
+                except StorageError as exc:  # the logged-out creds could not be moved aside: an operator must look
+                    log.error("tenant.storage_error", tenant=self.id, error=exc.message)
+                    self.change_state(S.FAILED, "storage_error")
+                    return
+            else:
+                self._do(action)
+
+    async def _run_promoted(self, standby: Standby) -> tuple[Ending, ExitInfo | None]:
+        """The taken standby is this tenant's worker from here on, read by the standby's task, which is awaited here
+        on every path (its run() kills the child when cancelled: the lock goes with it)."""
+        worker = self.worker = standby.worker
+        try:
+            if StandbySlot.promote(standby, self._on_event, self._on_invalid_line):
+                self.spawns += 1
+                self.lock.write_pidfile(worker.pid or 0, self.clock())
+            self._spawned.set()
+            self._hello.set()
+            info = await standby.task
+        except BaseException:
+            standby.task.cancel()
+            await asyncio.gather(standby.task, return_exceptions=True)
+            raise
+        if info is None:  # cannot happen once taken (it was spawned and said hello); say so instead of guessing
+            return Ending.SPAWN, None
+        return self._ending(info)
 
     def _log_decision(self, ending: Ending, info: ExitInfo | None, d: Decision) -> None:
-        code = self._close[0].get("code") if self._close else None
+        code = self.life.close.code if self.life.close else None
         log.info("tenant.decision", tenant=self.id, ending=ending.value, code=code, reason_name=reason_name(code),
                  returncode=info.returncode if info else None, action=d.action.value, reason=d.reason,
                  attempt=d.attempt, delay=round(d.delay, 3), next_state=d.next_state.value)
@@ -329,10 +396,8 @@ class Tenant(WorkerEvents, StandbyHandling):
             "tenant": self.id, "state": self.state.value, "connected": self.state is S.CONNECTED,
             "hasQR": self.qr is not None, "pushName": self.push_name, "me": self.me,
             "pid": w.pid if w is not None and w.alive else None,
-            "standbyPid": self.standby.pid if self.standby is not None else None, "restarts": self.restarts,
+            "standbyPid": self.standby.pid, "restarts": self.restarts,
             "lastDisconnect": self.last_disconnect, "nextRetryAt": iso(self.next_retry_at),
             "stateReason": self.state_reason, "since": iso(self.since), "auth": self.auth_info(),
         }
 
-
-__all__ = ["Tenant", "TRANSITIONS", "InvalidTransition", "REST_ON_FATAL", "SupervisorError", "iso"]

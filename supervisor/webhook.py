@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
+from . import backoff
 from .settings import WebhookSettings
 from .spool import Item, Spool, SpoolError, SpoolFull, SpoolLocked
 
@@ -51,12 +52,8 @@ class WebhookClosed(SpoolError):
 
 
 def backoff_delay(attempt: int, s: WebhookSettings, rng: Callable[[], float] = random.random) -> float:
-    """Delay after the `attempt`-th failed try (1-based): initial * multiplier^(attempt-1), capped, +- jitter."""
-    try:
-        base = min(s.max_delay, s.initial_delay * s.multiplier ** (attempt - 1))
-    except OverflowError:
-        base = s.max_delay
-    return max(0.0, base * (1 + s.jitter * (2 * rng() - 1)))
+    """Delay after the `attempt`-th failed try (1-based): the restart policy's formula (backoff.delay)."""
+    return backoff.delay(attempt, s, rng())
 
 
 def classify(status: int) -> str:

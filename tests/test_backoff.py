@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.backoff import MAX_IMMEDIATE_RESTARTS, Action, Ending, RestartPolicy
+from supervisor.backoff import MAX_IMMEDIATE_RESTARTS, Action, Ending, Streak, decide, delay
 from supervisor.settings import RestartSettings
 from supervisor.states import TenantState as S
 
 T0 = 1_000.0
 
 
-def policy(**kw) -> RestartPolicy:
-    return RestartPolicy(RestartSettings(**{"jitter": 0.0, **kw}), rand=lambda: 0.5)
+class Policy:
+    """The streak threaded through successive decisions, as Tenant does via lifecycle.Life."""
+
+    def __init__(self, **kw) -> None:
+        self.settings = RestartSettings(**{"jitter": 0.0, **kw})
+        self.streak = Streak()
+
+    def decide(self, code, state, ending, now):
+        d, self.streak = decide(self.settings, self.streak, code, state, ending, now, 0.5)
+        return d
+
+
+def policy(**kw) -> Policy:
+    return Policy(**kw)
 
 
 @pytest.mark.parametrize("code,state,next_state,reason", [
@@ -45,26 +57,35 @@ def test_515_restarts_at_once_without_growth_then_guards_the_loop():
     p.decide(500, S.CONNECTED, Ending.CLOSE, T0)  # one earlier failure
     for _ in range(MAX_IMMEDIATE_RESTARTS):
         d = p.decide(515, S.CONNECTING, Ending.CLOSE, T0)
-        assert (d.action, d.delay, d.next_state, p.failures) == (Action.RESTART, 0.0, S.STARTING, 1)
+        assert (d.action, d.delay, d.next_state, p.streak.failures) == (Action.RESTART, 0.0, S.STARTING, 1)
     d = p.decide(515, S.CONNECTING, Ending.CLOSE, T0)
     assert d.action is Action.BACKOFF and d.delay == 2.0  # a 515 storm is a failure like any other
+    p.streak = p.streak.opened(T0)  # an open ends the storm: 515 restarts at once again
+    assert p.decide(515, S.CONNECTING, Ending.CLOSE, T0 + 1).action is Action.RESTART
 
 
 def test_growth_cap_and_stable_reset():
     p = policy()
     delays = [p.decide(None, S.STARTING, Ending.CRASH, T0).delay for _ in range(9)]
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
-    p.on_open(T0)
+    p.streak = p.streak.opened(T0)
     assert p.decide(428, S.CONNECTED, Ending.CLOSE, T0 + 10).delay == 60  # not stable long enough
-    p.on_open(T0 + 100)
+    p.streak = p.streak.opened(T0 + 100)
     assert p.decide(428, S.CONNECTED, Ending.CLOSE, T0 + 130).delay == 1  # open >= stable_after: reset
 
 
 def test_jitter_bounds():
-    lo = RestartPolicy(RestartSettings(jitter=0.2), rand=lambda: 0.0)
-    hi = RestartPolicy(RestartSettings(jitter=0.2), rand=lambda: 0.999999)
-    assert lo.delay_for(3) == pytest.approx(3.2)
-    assert hi.delay_for(3) == pytest.approx(4.8, rel=1e-5)
+    s = RestartSettings(jitter=0.2)
+    assert delay(3, s, 0.0) == pytest.approx(3.2)
+    assert delay(3, s, 0.999999) == pytest.approx(4.8, rel=1e-5)
+
+
+def test_a_very_long_streak_stays_at_the_cap():
+    # 2.0 ** 1100 overflows a float: a tenant failing for ~17 h at the cap must not crash its restart loop
+    assert delay(1100, RestartSettings(jitter=0.0), 0.5) == 60.0
+    p = policy()
+    p.streak = Streak(failures=5000)
+    assert p.decide(None, S.STARTING, Ending.CRASH, T0).delay == 60.0
 
 
 def test_max_attempts_turns_into_failed():
@@ -73,5 +94,5 @@ def test_max_attempts_turns_into_failed():
     assert p.decide(None, S.STARTING, Ending.CRASH, T0).action is Action.BACKOFF
     d = p.decide(None, S.STARTING, Ending.CRASH, T0)
     assert (d.action, d.next_state, d.reason) == (Action.REST, S.FAILED, "max_attempts")
-    p.reset()
+    p.streak = Streak()  # an explicit start
     assert p.decide(None, S.STARTING, Ending.CRASH, T0).action is Action.BACKOFF

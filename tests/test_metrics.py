@@ -69,9 +69,9 @@ def test_closes_restarts_invalid_lines_and_webhook_counters():
     m.on_close("a", 401)
     m.on_close("a", 999)
     m.on_close("a", None)
-    m.on_restart("close_515")
-    m.on_restart("close_515")
-    m.on_restart("crash")
+    m.on_restart("a", "close_515")
+    m.on_restart("a", "close_515")
+    m.on_restart("a", "crash")
     m.on_invalid_line("a")
     m.on_invalid_line("a")
     m.webhook_depth(7)
@@ -94,7 +94,7 @@ def test_closes_restarts_invalid_lines_and_webhook_counters():
 def test_spawn_histogram():
     m = Metrics()
     for seconds in (0.03, 0.3, 0.3, 4.0, 100.0):
-        m.observe_spawn(seconds)
+        m.on_spawn("a", seconds)
     smp = samples(m)
     h = f"{P}_worker_spawn_seconds"
     assert get(smp, f"{h}_count") == 5
@@ -133,7 +133,7 @@ def test_forget_removes_every_tenant_series():
 
 def test_registries_are_independent_and_not_global():
     a, b = Metrics(), Metrics()  # would raise "Duplicated timeseries" on a shared registry
-    a.on_restart("crash")
+    a.on_restart("t", "crash")
     assert get(samples(a), f"{P}_restarts_total", reason="crash") == 1
     assert get(samples(b), f"{P}_restarts_total", reason="crash") is None
     assert not any(name.startswith(P) for name in REGISTRY._names_to_collectors)

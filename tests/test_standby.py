@@ -32,8 +32,8 @@ def prewarm_sup(make_settings, script, env=None, **worker) -> Supervisor:
 
 async def ready_standby(sup: Supervisor, tid: str = "t") -> int:
     tenant = sup.tenants[tid]
-    await wait_until(lambda: tenant.standby is not None and tenant.standby.ready)
-    assert tenant.standby is not None and tenant.standby.pid is not None
+    await wait_until(lambda: tenant.standby.current is not None and tenant.standby.current.ready)
+    assert tenant.standby.pid is not None
     return tenant.standby.pid
 
 
@@ -67,9 +67,9 @@ async def test_a_standby_still_starting_at_the_515_is_waited_for_and_promoted(ma
     sup = prewarm_sup(make_settings, {"spawns": [SCAN_515, LOGIN]}, env={"BSUP_FAKE_STANDBY_DELAY": "1.0"})
     await sup.start_tenant("t")
     tenant = sup.tenants["t"]
-    await wait_until(lambda: tenant.standby is not None and tenant.standby.pid is not None)
+    await wait_until(lambda: tenant.standby.pid is not None)
     slow_pid = tenant.standby.pid
-    assert not tenant.standby.ready
+    assert not tenant.standby.current.ready
     scan(fake_state)  # the 515 comes before its hello: it is further along than a fresh spawn would be
     await wait_until(lambda: sup.status("t")["state"] == "connected")
     assert sup.status("t")["pid"] == slow_pid
@@ -82,7 +82,7 @@ async def test_a_hung_standby_is_reaped_after_the_bound_and_a_worker_spawned(mak
                       heartbeat_timeout=1.0)  # the bound for a standby's hello, like a spawn's
     await sup.start_tenant("t")
     tenant = sup.tenants["t"]
-    await wait_until(lambda: tenant.standby is not None and tenant.standby.pid is not None)
+    await wait_until(lambda: tenant.standby.pid is not None)
     slow_pid = tenant.standby.pid
     scan(fake_state)
     await wait_until(lambda: sup.status("t")["state"] == "connected")
@@ -141,7 +141,7 @@ async def test_only_a_tenant_without_linked_creds_gets_a_standby_at_hello(make_s
     if standby:
         await ready_standby(sup)
     else:
-        assert tenant.standby is None and set(live_workers(marker)) == {st["pid"]}
+        assert tenant.standby.current is None and set(live_workers(marker)) == {st["pid"]}
     (fake_state / "go_on").touch()
     await wait_until(lambda: sup.status("t")["state"] == "connected")
     await wait_until(lambda: set(live_workers(marker)) == {st["pid"]})
@@ -225,13 +225,13 @@ async def test_a_standby_queued_for_a_spawn_slot_is_cancelled_not_waited_for(mak
     await sup.start_tenant("t")
     tenant = sup.tenants["t"]
     await ready_standby(sup)
-    await tenant._reap_standby()
+    await tenant.standby.reap()
     held = [await sup.spawn_slots.acquire() for _ in range(sup.settings.worker.max_concurrent_spawns)]  # a big boot
     tenant._prewarm()
-    queued = tenant.standby
+    queued = tenant.standby.current
     assert queued is not None and queued.worker.proc is None
     await asyncio.wait_for(sup.stop_tenant("t"), 5)  # does not wait for a slot that never comes
-    assert queued.task.done() and tenant.standby is None and live_workers(marker) == {}
+    assert queued.task.done() and tenant.standby.current is None and live_workers(marker) == {}
     for _ in held:
         sup.spawn_slots.release()
     await sup.shutdown()

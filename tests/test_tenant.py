@@ -16,7 +16,7 @@ from supervisor.daemon import Supervisor
 from supervisor.errors import SupervisorError
 from supervisor.settings import RestartSettings
 from supervisor.states import TenantState
-from supervisor.tenant import InvalidTransition
+from supervisor.states import InvalidTransition
 
 HELLO = {"hello": {}}
 QR = [HELLO, {"emit": {"type": "connecting"}}, {"qr": "2@fake"}]
