@@ -1,13 +1,17 @@
-// The worker side of the line protocol (docs/protocol.md, version 1): environment parsing, command
-// parsing, event encoding. Pure functions except `makeEmitter`, so tests need no Baileys and no socket.
+// The worker side of the line protocol (docs/protocol.md): environment parsing, command parsing, event
+// encoding. Pure functions except `makeEmitter`, so tests need no Baileys and no socket.
+// Names, fields, version and limits come from supervisor/protocol.json, the one description the daemon reads too
+// (tests/test_protocol_contract.py checks both sides against it).
 import { isAbsolute } from 'node:path';
-import { fstatSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 
-export const PROTOCOL_VERSION = 1;
-/** The daemon drops stdout lines longer than this (docs/protocol.md). */
-export const MAX_LINE_BYTES = 1024 * 1024;
+export const DESCRIPTION_PATH = new URL('../../supervisor/protocol.json', import.meta.url);
+export const DESCRIPTION = JSON.parse(readFileSync(DESCRIPTION_PATH, 'utf8'));
+export const PROTOCOL_VERSION = DESCRIPTION.version;
+/** The daemon drops stdout lines longer than this. */
+export const MAX_LINE_BYTES = DESCRIPTION.maxLineBytes;
 /** Commands are tiny; a longer stdin line is a bug on the other side, not something to buffer forever. */
-export const MAX_COMMAND_BYTES = 64 * 1024;
+export const MAX_COMMAND_BYTES = DESCRIPTION.maxCommandBytes;
 
 export const SOCKET_OPTION_KEYS = ['connectTimeoutMs', 'keepAliveIntervalMs', 'defaultQueryTimeoutMs', 'qrTimeout'];
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -149,7 +153,29 @@ export function parseEnv(env = process.env, { checkFd = true } = {}) {
   };
 }
 
-export const COMMANDS = ['stop', 'logout', 'pairing_code', 'ping', 'go'];
+export const COMMANDS = Object.keys(DESCRIPTION.commands);
+
+const TYPE_CHECKS = {
+  int: Number.isInteger,
+  number: (v) => typeof v === 'number' && Number.isFinite(v),
+  string: (v) => typeof v === 'string',
+  bool: (v) => typeof v === 'boolean',
+  object: (v) => v !== null && typeof v === 'object' && !Array.isArray(v),
+  array: Array.isArray,
+  null: (v) => v === null,
+};
+const typeOk = (spec, v) => [spec.type].flat().some((t) => TYPE_CHECKS[t](v));
+
+/** Why `value` does not fit the field `spec` of the description (type, pattern, length), or null when it does. */
+function fieldProblem(name, spec, value) {
+  if (!typeOk(spec, value)) return `${name} must be ${[spec.type].flat().join(' or ')}`;
+  if (typeof value !== 'string') return null;
+  if (spec.pattern && !new RegExp(spec.pattern).test(value)) return `${name} must be ${spec.expected ?? spec.pattern}`;
+  if (value.length < (spec.minLength ?? 0) || value.length > (spec.maxLength ?? Infinity)) {
+    return `${name} must be ${spec.minLength ?? 0}-${spec.maxLength} characters`;
+  }
+  return null;
+}
 
 /** Parse one stdin line into a command object. Throws CommandError (carrying the id when readable). */
 export function parseCommand(line) {
@@ -163,20 +189,45 @@ export function parseCommand(line) {
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new CommandError('command must be a JSON object');
   let id;
   if (obj.id !== undefined) {
-    if (typeof obj.id !== 'string' || obj.id.length === 0 || obj.id.length > 200) throw new CommandError('id must be a non-empty string');
+    if (fieldProblem('id', DESCRIPTION.commandId, obj.id)) throw new CommandError('id must be a non-empty string');
     id = obj.id;
   }
   if (typeof obj.cmd !== 'string') throw new CommandError('missing cmd', id);
-  if (!COMMANDS.includes(obj.cmd)) throw new CommandError(`unknown cmd ${JSON.stringify(obj.cmd.slice(0, 50))}`, id);
+  if (!Object.hasOwn(DESCRIPTION.commands, obj.cmd)) {
+    throw new CommandError(`unknown cmd ${JSON.stringify(obj.cmd.slice(0, 50))}`, id);
+  }
   const cmd = { cmd: obj.cmd, id };
-  if (obj.cmd === 'pairing_code') {
-    // E.164 without '+': country code + subscriber number, at most 15 digits.
-    if (typeof obj.phone !== 'string' || !/^[1-9]\d{5,14}$/.test(obj.phone)) {
-      throw new CommandError('phone must be 6-15 digits, E.164 without +', id);
+  for (const [name, spec] of Object.entries(DESCRIPTION.commands[obj.cmd])) {
+    if (obj[name] === undefined) {
+      if (spec.required) throw new CommandError(`${name} is required`, id);
+      continue;
     }
-    cmd.phone = obj.phone;
+    const problem = fieldProblem(name, spec, obj[name]);
+    if (problem) throw new CommandError(problem, id);
+    cmd[name] = obj[name];
   }
   return cmd;
+}
+
+/** What is wrong with an event this worker is about to write, by the description ([] = nothing). Strict: a field
+ *  the description does not list is a problem too (the daemon would keep it, but nobody would read it). */
+export function checkEvent(event) {
+  const fields = DESCRIPTION.events[event?.type];
+  if (!fields) return [`unknown event type ${JSON.stringify(event?.type)}`];
+  const specs = { ...DESCRIPTION.eventCommon, ...fields };
+  const problems = [];
+  for (const [name, spec] of Object.entries(specs)) {
+    if (event[name] === undefined) {
+      if (spec.required) problems.push(`${event.type}.${name} is required`);
+    } else {
+      const problem = fieldProblem(`${event.type}.${name}`, spec, event[name]);
+      if (problem) problems.push(problem);
+    }
+  }
+  for (const name of Object.keys(event)) {
+    if (name !== 'type' && !(name in specs)) problems.push(`${event.type}.${name} is not in the description`);
+  }
+  return problems;
 }
 
 /**
