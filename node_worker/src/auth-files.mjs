@@ -9,7 +9,10 @@
 //     it. Writes queued behind an in-flight write of the same file are coalesced into one (the data is
 //     serialised when the write starts, as stock useMultiFileAuthState does inside its mutex).
 //   - new files are created with mode 0600 (they hold private keys).
+//   - writeNow() does the same steps synchronously: the file is durable when it returns, before any other code
+//     runs (creds.json: Baileys sends the pair-success reply right after emitting creds.update; README "Creds").
 import { open, rename, readFile, unlink, mkdir, stat, readdir } from 'node:fs/promises';
+import { openSync, writeFileSync, fsyncSync, closeSync, renameSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { BufferJSON } from '@whiskeysockets/baileys';
 
@@ -80,6 +83,25 @@ export function makeFileQueue() {
   return { enqueue, track, flush, get pending() { return pending.size; } };
 }
 
+/** Temp file, fsync, rename, directory fsync: all synchronous. */
+function writeAtomicSync(folder, filePath, tmp, text) {
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeFileSync(fd, text, 'utf8');
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(tmp, filePath);
+  } catch (err) {
+    try { unlinkSync(tmp); } catch { /* already gone */ }
+    throw err;
+  }
+  const dir = openSync(folder, 'r');
+  try { fsyncSync(dir); } finally { closeSync(dir); }
+}
+
 /** Create the directory (0700) if needed and delete temp files a killed writer left behind. */
 export async function prepareDir(folder) {
   const info = await stat(folder).catch(() => null);
@@ -92,7 +114,9 @@ export async function prepareDir(folder) {
 
 /**
  * The store: write(value, file), remove(file), read(file) -> value | null (throws with `corrupt: true` when the
- * file cannot be read or parsed), flush(), pending. Write/remove failures also go to onWriteError(err, file).
+ * file cannot be read or parsed), writeNow(value, file) (synchronous; throws), flush(), pending. Write/remove
+ * failures also go to onWriteError(err, file). A file written with writeNow must not also go through write/remove:
+ * an older queued write renamed after it would undo it.
  */
 export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32 } = {}) {
   const limit = makeLimiter(maxConcurrentWrites);
@@ -174,5 +198,11 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
     });
   };
 
-  return { write, remove, read, flush: queue.flush, get pending() { return queue.pending; } };
+  const writeNow = (data, file) => {
+    const name = fixFileName(file);
+    writeAtomicSync(folder, join(folder, name), join(folder, `.${name}.tmp-${process.pid}-${++seq}`),
+      JSON.stringify(data, BufferJSON.replacer));
+  };
+
+  return { write, remove, read, writeNow, flush: queue.flush, get pending() { return queue.pending; } };
 }

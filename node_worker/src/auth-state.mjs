@@ -9,6 +9,9 @@
 //   - a missing key file is `null`; a missing creds.json means fresh creds (initAuthCreds)
 // Differences, all deliberate:
 //   - every write is atomic and durable, and one file's operations run in call order (auth-files.mjs).
+//   - creds.json is written synchronously (`saveCredsNow()`; `saveCreds()` is the same behind a promise): it is
+//     on disk, durably, before the code that emitted creds.update goes on. At pair-success that code sends the
+//     reply that makes the phone show the new device (node_worker/README.md, "Creds before the pairing reply").
 //   - `flush()` resolves when every queued write/remove has finished; the worker awaits it before exit.
 //   - a creds.json that exists but cannot be parsed (empty, truncated, not JSON) is NOT replaced by
 //     fresh creds: that would silently throw away the linked device and show a new QR. We throw
@@ -79,9 +82,19 @@ export async function useAtomicMultiFileAuthState(folder, {
   await prepareDir(folder);
   const files = makeAuthFiles(folder, { onWriteError, maxConcurrentWrites });
   const creds = await loadCreds(files);
+  const saveCredsNow = () => {
+    try {
+      files.writeNow(creds, 'creds.json');
+    } catch (err) {
+      onWriteError(err, 'creds.json');
+      throw err;
+    }
+  };
   return {
     state: { creds, keys: makeKeyStore(files, onCorruptKey) },
-    saveCreds: () => files.write(creds, 'creds.json'),
+    /** Durable when it returns; throws (after onWriteError) when the write failed. */
+    saveCredsNow,
+    saveCreds: async () => saveCredsNow(),
     /** Resolves once every write/remove queued so far (and any queued while waiting) has settled. */
     flush: files.flush,
     get pendingWrites() { return files.pending; },

@@ -64,14 +64,14 @@ function onConnectionUpdates(w, serverTime) {
   };
 }
 
+/** Synchronous on purpose: Baileys emits creds.update and then goes on in the same turn, at pair-success by sending
+ *  the reply that links the device on the phone (Socket/socket.js, CB:iq,,pair-success). Written here, the linked
+ *  creds are durable before that reply leaves. A failed write throws into Baileys' emit: at pair-success that ends
+ *  the socket without the reply (nothing linked, nothing lost); the fatal error already ends the worker. */
 function onCredsUpdate(w) {
-  return async () => {
+  return () => {
     // Baileys merged the update into auth.state.creds in its own (earlier) listener.
-    try {
-      await w.auth.saveCreds();
-    } catch {
-      return; // onWriteError already reported it
-    }
+    w.auth.saveCredsNow(); // onWriteError reports a failure (fatal)
     const creds = w.auth.state.creds;
     w.emit({ type: 'creds', registered: isRegistered(creds), me: creds.me?.id ?? null });
   };
