@@ -1,8 +1,8 @@
 """The line protocol's contract: the daemon (supervisor/protocol.py, supervisor/worker.py), the Node worker
-(node_worker/src/protocol.mjs, run here in a real `node`) and docs/protocol.md all agree with the one description,
-supervisor/protocol.json. Each side is exercised, not just compared: Python-encoded commands go through the worker's
-parseCommand, the same sample events through both validators, and the environment the daemon sets through the
-worker's parseEnv."""
+(node_worker/src/protocol.mjs and env.mjs, run here in a real `node`) and docs/protocol.md all agree with the one
+description, supervisor/protocol.json. Each side is exercised, not just compared: Python-encoded commands go through
+the worker's parseCommand, the same sample events through both validators, and the environment the daemon sets
+through the worker's parseEnv."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from supervisor.worker import worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_MJS = ROOT / "node_worker" / "src" / "protocol.mjs"
+ENV_MJS = ROOT / "node_worker" / "src" / "env.mjs"
 DOC = ROOT / "docs" / "protocol.md"
 EVENTS: dict[str, dict[str, Any]] = DESCRIPTION["events"]
 COMMANDS: dict[str, dict[str, Any]] = DESCRIPTION["commands"]
@@ -34,10 +35,11 @@ PROBES = [True, "s", 1.5, 7, {}, [], None]
 NODE_SCRIPT = """
 import { readFileSync } from 'node:fs';
 const p = await import(process.argv[1]);
+const { parseEnv } = await import(process.argv[2]);
 const input = JSON.parse(readFileSync(0, 'utf8'));
 const read = new Set();
 const env = new Proxy(input.env, { get(t, k) { if (typeof k === 'string') read.add(k); return t[k]; } });
-p.parseEnv(env, { checkFd: false });
+parseEnv(env, { checkFd: false });
 const parsed = input.commands.map((line) => {
   try { return { ok: true, cmd: p.parseCommand(line) }; } catch (e) { return { ok: false, error: e.message }; }
 });
@@ -52,7 +54,8 @@ process.stdout.write(JSON.stringify({
 def run_node(commands: list[bytes], events: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     stdin = json.dumps({"commands": [c.decode().rstrip("\n") for c in commands], "events": events,
                         "env": env or {"BSUP_TENANT": "t", "BSUP_AUTH_DIR": "/a"}})
-    out = subprocess.run(["node", "--input-type=module", "-e", NODE_SCRIPT, PROTOCOL_MJS.as_uri()], input=stdin,
+    out = subprocess.run(["node", "--input-type=module", "-e", NODE_SCRIPT, PROTOCOL_MJS.as_uri(),
+                          ENV_MJS.as_uri()], input=stdin,
                          capture_output=True, text=True, timeout=60, check=True)
     return json.loads(out.stdout)
 

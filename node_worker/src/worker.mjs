@@ -5,7 +5,8 @@
 // Start-up, in order: settings (bad env: one `error`, exit 2) -> log -> commands -> Baileys + the verification
 // patch -> `hello` + heartbeats -> [standby: wait for `go`] -> auth state -> socket (socket.mjs).
 import { readFileSync } from 'node:fs';
-import { PROTOCOL_VERSION, EnvError, parseEnv, makeEmitter, nextHeartbeatDelay } from './protocol.mjs';
+import { PROTOCOL_VERSION, makeEmitter, nextHeartbeatDelay } from './protocol.mjs';
+import { EnvError, parseEnv } from './env.mjs';
 import { makeLogger } from './logging.mjs';
 import { installLifecycle, installProcessHandlers } from './lifecycle.mjs';
 import { listenForCommands } from './commands.mjs';

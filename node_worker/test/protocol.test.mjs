@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openSync, closeSync } from 'node:fs';
-import { parseEnv, parseCommand, parseVersionPolicy, parseSocketOptions, makeLineSplitter, encodeMessageEvents, nextHeartbeatDelay, checkEvent, EnvError, CommandError, DEFAULT_BROWSER } from '../src/protocol.mjs';
+import { parseCommand, makeLineSplitter, encodeMessageEvents, nextHeartbeatDelay, checkEvent, CommandError } from '../src/protocol.mjs';
+import { parseEnv, parseVersionPolicy, parseSocketOptions, EnvError, DEFAULT_BROWSER } from '../src/env.mjs';
 
 const base = { BSUP_TENANT: 't1', BSUP_AUTH_DIR: '/tmp/x/auth' };
 
