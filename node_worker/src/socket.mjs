@@ -66,12 +66,17 @@ function onConnectionUpdates(w, serverTime) {
 
 /** Synchronous on purpose: Baileys emits creds.update and then goes on in the same turn, at pair-success by sending
  *  the reply that links the device on the phone (Socket/socket.js, CB:iq,,pair-success). Written here, the linked
- *  creds are durable before that reply leaves. A failed write throws into Baileys' emit: at pair-success that ends
- *  the socket without the reply (nothing linked, nothing lost); the fatal error already ends the worker. */
+ *  creds are durable before that reply leaves (README "Creds before the pairing reply"). */
 function onCredsUpdate(w) {
   return () => {
     // Baileys merged the update into auth.state.creds in its own (earlier) listener.
-    w.auth.saveCredsNow(); // onWriteError reports a failure (fatal)
+    try {
+      w.auth.saveCredsNow();
+    } catch {
+      // onWriteError made it fatal, and shutdown() ended the socket before returning here: at pair-success the
+      // reply then finds it closed and is never sent (nothing linked on the phone, nothing lost).
+      return;
+    }
     const creds = w.auth.state.creds;
     w.emit({ type: 'creds', registered: isRegistered(creds), me: creds.me?.id ?? null });
   };

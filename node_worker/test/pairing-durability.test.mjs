@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, rename } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -115,6 +115,22 @@ test('the creds on disk are linked at the moment the simulator receives the pair
   const child = startWorker(r.authDir, (ev) => { events.push(ev.type); if (ev.type === 'open' || ev.type === 'qr') child.stdin.end(); });
   await child.exited;
   assert.ok(events.includes('open') && !events.includes('qr'), events.join(','));
+});
+
+test('a creds write that fails at pair-success ends the socket before the reply: nothing is linked', { timeout: 60000 }, async () => {
+  const authDir = join(root, 'gone');
+  const events = [];
+  let qrSeen;
+  const qr = new Promise((r) => { qrSeen = r; });
+  const child = startWorker(authDir, (ev) => { events.push(ev); if (ev.type === 'qr') qrSeen(ev.qr); });
+  const first = await qr;
+  await rename(authDir, `${authDir}.moved`); // the next write (pair-success's creds) gets ENOENT
+  const scan = await sim.scan({ qr: first }).then((r) => r, (e) => ({ ok: false, error: e.code }));
+  const exit = await child.exited;
+  assert.deepEqual(scan, { ok: false, error: 'connection_closed' });
+  assert.ok(![...sim.devices.values()].some((d) => d.noisePub.equals(parseQr(first).noisePub)), 'no device registered');
+  assert.ok(events.some((e) => e.type === 'error' && e.code === 'auth_write_failed' && e.fatal), JSON.stringify(events));
+  assert.equal(exit.code, 1);
 });
 
 test(`${KILLS} scans, each SIGKILLed around the pair-success reply: no lost pairing, no unparsable file`, { timeout: 300000 }, async () => {
