@@ -1,5 +1,8 @@
 """Worker line protocol (docs/protocol.md): parse stdout lines into validated events, encode stdin commands.
 
+The names, fields, version and limits come from `protocol.json` (package data), which the Node worker reads too:
+one description for both sides (tests/test_protocol_contract.py checks that they and the doc agree).
+
 Nothing a worker writes can crash the daemon: every malformed line becomes a `ProtocolError` the caller logs and
 counts, and `read_lines()` survives over-long lines and any bytes at all.
 """
@@ -11,10 +14,12 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
-PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 1 << 20  # 1 MiB; longer lines are dropped and counted
+DESCRIPTION: dict[str, Any] = json.loads(resources.files(__package__).joinpath("protocol.json").read_text("utf-8"))
+PROTOCOL_VERSION: int = DESCRIPTION["version"]
+MAX_LINE_BYTES: int = DESCRIPTION["maxLineBytes"]  # longer lines are dropped and counted
 READ_CHUNK = 64 * 1024
 
 
@@ -35,30 +40,26 @@ class _TooLong:
 
 TOO_LONG = _TooLong()
 
-_INT = (int,)
-_STR = (str,)
-_NULLABLE_STR = (str, type(None))
-_BOOL = (bool,)
-_NUM = (int, float)
-# type -> {field: (allowed python types, required)}. bool is a subclass of int: checked separately below.
+# The description's type names as Python types. bool is a subclass of int: _type_ok keeps them apart.
+PY_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "number": (int, float), "string": (str,), "bool": (bool,),
+                                         "object": (dict,), "array": (list,), "null": (type(None),)}
+
+
+def _py_types(spec: dict[str, Any]) -> tuple[type, ...]:
+    names = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+    return tuple(t for name in names for t in PY_TYPES[name])
+
+
+def _fields(fields: dict[str, dict[str, Any]]) -> dict[str, tuple[tuple[type, ...], bool]]:
+    return {name: (_py_types(spec), bool(spec.get("required"))) for name, spec in fields.items()}
+
+
+# type -> {field: (allowed python types, required)}
 _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "hello": {"protocol": (_INT, True), "pid": (_INT, False), "worker": (_STR, False), "baileys": (_STR, False),
-              "waVersion": ((list,), False)},
-    "connecting": {},
-    "qr": {"qr": (_STR, True)},
-    "pairing_code": {"code": (_STR, True)},
-    "open": {"me": ((dict, type(None)), False), "pushName": (_NULLABLE_STR, False), "serverTime": (_NUM, False)},
-    "close": {"code": ((int, type(None)), False), "reason": (_NULLABLE_STR, False), "message": (_NULLABLE_STR, False),
-              "isNewLogin": (_BOOL, False)},
-    "creds": {"registered": (_BOOL, True), "me": (_NULLABLE_STR, False)},
-    "message": {"upsertType": (_STR, False), "messages": ((list,), True)},
-    "heartbeat": {"rss": (_NUM, False), "uptimeMs": (_NUM, False)},
-    "reply": {"id": (_STR, True), "ok": (_BOOL, True), "result": ((dict, type(None)), False),
-              "error": (_NULLABLE_STR, False), "message": (_NULLABLE_STR, False)},
-    "error": {"code": (_STR, True), "message": (_NULLABLE_STR, False), "fatal": (_BOOL, False)},
-}
+    etype: _fields(fields) for etype, fields in DESCRIPTION["events"].items()}
+_COMMON = _fields(DESCRIPTION["eventCommon"])  # allowed on every event (`ts`)
 EVENT_TYPES = frozenset(_SCHEMA)
-COMMANDS = frozenset({"stop", "logout", "pairing_code", "ping", "go"})
+COMMANDS = frozenset(DESCRIPTION["commands"])
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,7 @@ def _parse_json(line: bytes) -> Event:
     if schema is None:
         # The type name is worker-controlled: cap it before it reaches a log line.
         raise ProtocolError("unknown_type", f"unknown event type {etype[:40]!r}")
-    if "ts" in obj and not _type_ok(obj["ts"], _NUM):
-        raise ProtocolError("bad_field", f"{etype}.ts must be a number")
-    for name, (allowed, required) in schema.items():
+    for name, (allowed, required) in (_COMMON | schema).items():
         if name not in obj:
             if required:
                 raise ProtocolError("missing_field", f"{etype}.{name} is required")

@@ -8,12 +8,12 @@ import { fileURLToPath } from 'node:url';
 const src = fileURLToPath(new URL('../src/worker.mjs', import.meta.url));
 const out = fileURLToPath(new URL('./.worker-deep-import.mjs', import.meta.url));
 let text = readFileSync(src, 'utf8');
-const from = "  baileys = await import('@whiskeysockets/baileys');\n";
+const from = "  w.baileys = await import('@whiskeysockets/baileys');\n";
 const to = `  const lib = (p) => import(new URL(p, baileysEntry)); // baileysEntry = .../baileys/lib/index.js
   const [socketMod, cryptoMod, genericsMod, defaultsMod, typesMod] = await Promise.all([
     lib('./Socket/index.js'), lib('./Utils/crypto.js'), lib('./Utils/generics.js'), lib('./Defaults/index.js'),
     lib('./Types/index.js')]);
-  baileys = { default: socketMod.default, Curve: cryptoMod.Curve, DEFAULT_CONNECTION_CONFIG: defaultsMod.DEFAULT_CONNECTION_CONFIG,
+  w.baileys = { default: socketMod.default, Curve: cryptoMod.Curve, DEFAULT_CONNECTION_CONFIG: defaultsMod.DEFAULT_CONNECTION_CONFIG,
     fetchLatestWaWebVersion: genericsMod.fetchLatestWaWebVersion, DisconnectReason: typesMod.DisconnectReason };
 `;
 if (!text.includes(from)) throw new Error('src/worker.mjs changed: the Baileys import line was not found');

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, readFile, writeFile, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -175,6 +176,21 @@ test('SIGKILL during heavy writes, many times: never an unparsable file, never n
   assert.equal(Buffer.concat([s.state.creds.noiseKey.public, s.state.creds.signedIdentityKey.public]).toString('hex'), identity);
   assert.deepEqual((await readdir(dir)).filter((f) => f.includes('.tmp-')), []);
   await rm(dir, { recursive: true });
+});
+
+test('saveCredsNow: the new creds are in creds.json when it returns; a failed write is reported and thrown', async () => {
+  const dir = await tmp();
+  const errors = [];
+  const ours = await useAtomicMultiFileAuthState(dir, { onWriteError: (err, file) => errors.push(file) });
+  Object.assign(ours.state.creds, sampleCreds());
+  ours.saveCredsNow(); // no await: synchronous
+  const onDisk = JSON.parse(readFileSync(join(dir, 'creds.json'), 'utf8'), BufferJSON.reviver);
+  assert.equal(onDisk.me.id, '4915112345678:3@s.whatsapp.net');
+  assert.ok(Buffer.from(onDisk.account.accountSignature).equals(Buffer.alloc(64, 2)));
+  assert.equal(ours.pendingWrites, 0);
+  await rm(dir, { recursive: true });
+  assert.throws(() => ours.saveCredsNow(), (e) => e.code === 'ENOENT');
+  assert.deepEqual(errors, ['creds.json']);
 });
 
 test('fixFileName matches stock escaping', () => {

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openSync, closeSync } from 'node:fs';
-import { parseEnv, parseCommand, parseVersionPolicy, parseSocketOptions, makeLineSplitter, encodeMessageEvents, nextHeartbeatDelay, EnvError, CommandError, DEFAULT_BROWSER } from '../src/protocol.mjs';
+import { parseCommand, makeLineSplitter, encodeMessageEvents, nextHeartbeatDelay, checkEvent, CommandError } from '../src/protocol.mjs';
+import { parseEnv, parseVersionPolicy, parseSocketOptions, EnvError, DEFAULT_BROWSER } from '../src/env.mjs';
 
 const base = { BSUP_TENANT: 't1', BSUP_AUTH_DIR: '/tmp/x/auth' };
 
@@ -78,6 +79,15 @@ test('message events are split under the line limit; a too-large single message 
   assert.equal(errors.length, 1);
   assert.equal(errors[0].code, 'message_too_large');
   assert.match(errors[0].message, /huge/);
+  for (const ev of [...lines.map((l) => JSON.parse(l)), ...errors]) assert.deepEqual(checkEvent(ev), []);
+});
+
+test('checkEvent: strict by the description (unknown type, missing, wrong type, undeclared field)', () => {
+  assert.deepEqual(checkEvent({ type: 'creds', registered: true, me: null, ts: 1 }), []);
+  assert.deepEqual(checkEvent({ type: 'nope' }), ['unknown event type "nope"']);
+  assert.deepEqual(checkEvent({ type: 'creds' }), ['creds.registered is required']);
+  assert.deepEqual(checkEvent({ type: 'close', code: '515' }), ['close.code must be int or null']);
+  assert.deepEqual(checkEvent({ type: 'qr', qr: 'x', extra: 1 }), ['qr.extra is not in the description']);
 });
 
 test('standby: BSUP_STANDBY is 0/1 (default off); go is a known command', () => {

@@ -8,6 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkEvent } from '../src/protocol.mjs';
 
 const WORKER = fileURLToPath(new URL('../src/worker.mjs', import.meta.url));
 const SIM = fileURLToPath(new URL('../../tests/wa_sim/main.mjs', import.meta.url));
@@ -60,6 +61,10 @@ test('open carries serverTime (ms) from the success node; close 515 after the sc
     assert.equal(open.serverTime % 1000, 0); // the server sends whole seconds
     // Same machine: the server clock is ours, to within the second `t` is rounded to.
     assert.ok(open.serverTime >= before - 2000 && open.serverTime <= Date.now() + 1000, String(open.serverTime));
+    // Every line a real pairing and login wrote fits the shared description (supervisor/protocol.json).
+    const all = [...first.events, ...second.events];
+    for (const ev of all) assert.deepEqual(checkEvent(ev), [], JSON.stringify(ev));
+    for (const type of ['hello', 'connecting', 'qr', 'creds', 'close', 'open']) assert.ok(all.some((e) => e.type === type), type);
   } finally {
     await sim.stop();
     await rm(dir, { recursive: true, force: true });

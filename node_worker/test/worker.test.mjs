@@ -8,6 +8,7 @@ import { mkdtemp as mkdtempP, rm as rmP } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkEvent } from '../src/protocol.mjs';
 
 const WORKER = fileURLToPath(new URL('../src/worker.mjs', import.meta.url));
 
@@ -26,7 +27,9 @@ async function startWorker(env = {}, { extraFds = [] } = {}) {
     let nl;
     while ((nl = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, nl); buf = buf.slice(nl + 1);
-      const ev = JSON.parse(line); // every stdout line must be protocol JSON
+      const ev = JSON.parse(line); // every stdout line must be protocol JSON, as supervisor/protocol.json describes it
+      const problems = checkEvent(ev);
+      if (problems.length) throw new Error(`event off the description: ${problems.join('; ')}: ${line}`);
       events.push(ev);
       for (const w of [...waiters]) if (w.pred(ev)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(ev); }
     }

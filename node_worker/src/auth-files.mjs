@@ -1,0 +1,208 @@
+// The file store under the auth state (auth-state.mjs): one JSON file per key, written atomically and durably,
+// operations on one file strictly in call order. Knows nothing about Baileys except its JSON encoding.
+//
+//   - every write: temp file in the same directory (so rename cannot cross a filesystem), fsync, rename over the
+//     target, fsync of the directory (so the rename itself survives a power cut). A reader, or the next process
+//     after SIGKILL, sees the old or the new file, never a torn one. Temp files left by a killed writer are
+//     deleted when the store is opened (the tenant lock guarantees no other live writer).
+//   - operations on one file run in call order (write/remove/read); a read waits for the writes queued before
+//     it. Writes queued behind an in-flight write of the same file are coalesced into one (the data is
+//     serialised when the write starts, as stock useMultiFileAuthState does inside its mutex).
+//   - new files are created with mode 0600 (they hold private keys).
+//   - writeNow() does the same steps synchronously: the file is durable when it returns, before any other code
+//     runs (creds.json: Baileys sends the pair-success reply right after emitting creds.update; README "Creds").
+import { open, rename, readFile, unlink, mkdir, stat, readdir } from 'node:fs/promises';
+import { openSync, writeFileSync, fsyncSync, closeSync, renameSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { BufferJSON } from '@whiskeysockets/baileys';
+
+/** Stock Baileys' file name escaping ('/' -> '__', ':' -> '-'), so stock and our directories are the same. */
+export const fixFileName = (file) => file?.replace(/\//g, '__')?.replace(/:/g, '-');
+
+const TMP_RE = /^\..+\.tmp-\d+-\d+$/;
+
+/** A tiny counting semaphore: caps open temp files (812 pre-keys are written at once on first login). */
+export function makeLimiter(max) {
+  let active = 0;
+  const waiting = [];
+  return async (fn) => {
+    if (active >= max) await new Promise((resolve) => waiting.push(resolve));
+    active++;
+    try {
+      return await fn();
+    } finally {
+      active--;
+      waiting.shift()?.();
+    }
+  };
+}
+
+/** Group commit for directory fsyncs: a rename is durable once a directory fsync that *started after* it has
+ *  completed. Concurrent writers share one fsync instead of issuing 812 of them. Returns syncDir(). */
+export function makeDirSync(folder) {
+  let running = null;
+  let next = null;
+  const run = async () => {
+    const fh = await open(folder, 'r');
+    try { await fh.sync(); } finally { await fh.close(); }
+  };
+  const start = () => {
+    running = run().finally(() => { running = null; });
+    return running;
+  };
+  return () => {
+    if (next) return next;
+    if (!running) return start();
+    next = running.catch(() => {}).then(() => {
+      next = null;
+      return start();
+    });
+    return next;
+  };
+}
+
+/** Per-path FIFO of async operations, plus the set of writes/removes not yet finished (what flush() awaits). */
+export function makeFileQueue() {
+  const tails = new Map(); // path -> promise of the last queued operation on that path
+  const pending = new Set();
+  const enqueue = (path, fn) => {
+    const prev = tails.get(path) ?? Promise.resolve();
+    const next = prev.catch(() => {}).then(fn);
+    tails.set(path, next);
+    next.catch(() => {}).finally(() => { if (tails.get(path) === next) tails.delete(path); });
+    return next;
+  };
+  const track = (p) => {
+    pending.add(p);
+    p.catch(() => {}).finally(() => pending.delete(p));
+    return p;
+  };
+  const flush = async () => {
+    while (pending.size) await Promise.allSettled([...pending]);
+  };
+  return { enqueue, track, flush, get pending() { return pending.size; } };
+}
+
+/** Temp file, fsync, rename, directory fsync: all synchronous. */
+function writeAtomicSync(folder, filePath, tmp, text) {
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeFileSync(fd, text, 'utf8');
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(tmp, filePath);
+  } catch (err) {
+    try { unlinkSync(tmp); } catch { /* already gone */ }
+    throw err;
+  }
+  const dir = openSync(folder, 'r');
+  try { fsyncSync(dir); } finally { closeSync(dir); }
+}
+
+/** Create the directory (0700) if needed and delete temp files a killed writer left behind. */
+export async function prepareDir(folder) {
+  const info = await stat(folder).catch(() => null);
+  if (info && !info.isDirectory()) throw new Error(`${folder} is not a directory`);
+  if (!info) await mkdir(folder, { recursive: true, mode: 0o700 });
+  for (const name of await readdir(folder)) {
+    if (TMP_RE.test(name)) await unlink(join(folder, name)).catch(() => {});
+  }
+}
+
+/**
+ * The store: write(value, file), remove(file), read(file) -> value | null (throws with `corrupt: true` when the
+ * file cannot be read or parsed), writeNow(value, file) (synchronous; throws), flush(), pending. Write/remove
+ * failures also go to onWriteError(err, file). A file written with writeNow must not also go through write/remove:
+ * an older queued write renamed after it would undo it.
+ */
+export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32 } = {}) {
+  const limit = makeLimiter(maxConcurrentWrites);
+  const queue = makeFileQueue();
+  const syncDir = makeDirSync(folder);
+  const queuedWrite = new Map(); // path -> the last queued, not yet started write (for coalescing)
+  let seq = 0;
+
+  const writeAtomic = async (filePath, name, text) => {
+    const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
+    await limit(async () => {
+      const fh = await open(tmp, 'wx', 0o600);
+      try {
+        await fh.writeFile(text, 'utf8');
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      try {
+        await rename(tmp, filePath);
+      } catch (err) {
+        await unlink(tmp).catch(() => {});
+        throw err;
+      }
+    });
+    await syncDir();
+  };
+
+  const write = (data, file) => {
+    const name = fixFileName(file);
+    const filePath = join(folder, name);
+    const queued = queuedWrite.get(filePath);
+    if (queued) {
+      // Not started yet: the newest data replaces it, one write instead of two, order unchanged.
+      queued.data = data;
+      return queued.promise;
+    }
+    const op = { data, promise: null };
+    op.promise = queue.track(queue.enqueue(filePath, async () => {
+      if (queuedWrite.get(filePath) === op) queuedWrite.delete(filePath);
+      await writeAtomic(filePath, name, JSON.stringify(op.data, BufferJSON.replacer));
+    }));
+    queuedWrite.set(filePath, op);
+    op.promise.catch((err) => onWriteError(err, file));
+    return op.promise;
+  };
+
+  const remove = (file) => {
+    const filePath = join(folder, fixFileName(file));
+    queuedWrite.delete(filePath); // a later write must not be merged into one queued before this remove
+    const p = queue.track(queue.enqueue(filePath, async () => {
+      try {
+        await unlink(filePath);
+      } catch (err) {
+        if (err.code !== 'ENOENT') throw err;
+        return;
+      }
+      await syncDir();
+    }));
+    p.catch((err) => onWriteError(err, file));
+    return p;
+  };
+
+  const read = (file) => {
+    const filePath = join(folder, fixFileName(file));
+    return queue.enqueue(filePath, async () => {
+      let text;
+      try {
+        text = await readFile(filePath, { encoding: 'utf-8' });
+      } catch (err) {
+        if (err.code === 'ENOENT') return null;
+        throw Object.assign(err, { corrupt: true });
+      }
+      try {
+        return JSON.parse(text, BufferJSON.reviver);
+      } catch (err) {
+        throw Object.assign(err, { corrupt: true });
+      }
+    });
+  };
+
+  const writeNow = (data, file) => {
+    const name = fixFileName(file);
+    writeAtomicSync(folder, join(folder, name), join(folder, `.${name}.tmp-${process.pid}-${++seq}`),
+      JSON.stringify(data, BufferJSON.replacer));
+  };
+
+  return { write, remove, read, writeNow, flush: queue.flush, get pending() { return queue.pending; } };
+}

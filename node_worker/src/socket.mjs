@@ -1,0 +1,126 @@
+// The worker's one Baileys socket: create it, translate its events into protocol events, and end the process
+// when it closes (one socket per process lifetime; the daemon decides what follows).
+import { isRegistered } from './creds.mjs';
+import { encodeMessageEvents } from './protocol.mjs';
+import { toJsonSafe } from './jsonsafe.mjs';
+
+/** The socket closed: flush, report `close`, exit. */
+async function onClose(w, lastDisconnect) {
+  if (w.socketClosed) return;
+  w.socketClosed = true;
+  clearTimeout(w.heartbeatTimer);
+  const err = lastDisconnect?.error;
+  const code = Number.isInteger(err?.output?.statusCode) ? err.output.statusCode : null;
+  const reason = code !== null ? (w.baileys.DisconnectReason[code] ?? null) : null;
+  const message = err?.message ?? (w.stopReason ? `stopped (${w.stopReason})` : 'connection closed');
+  if (w.verificationFailed) {
+    w.exitCode = Math.max(w.exitCode, 1);
+    w.emit({ type: 'error', code: 'server_verification_failed', fatal: true,
+      message: `server signature verification failed (${message}); connection refused` });
+  }
+  // Everything Baileys wrote (creds after pair-success, pre-keys, sessions) is on disk before the
+  // daemon hears `close` and possibly starts the next worker on the same directory.
+  await w.flushAuth();
+  const event = { type: 'close', code, reason, message };
+  if (w.isNewLogin) event.isNewLogin = true;
+  w.emit(event);
+  w.finalExit(w.exitCode);
+}
+
+function openEvent(sock, serverTimeMs) {
+  const me = sock.authState.creds.me ?? {};
+  const out = { id: me.id ?? null };
+  if (me.lid) out.lid = me.lid;
+  if (me.name) out.name = me.name;
+  const event = { type: 'open', me: out, pushName: me.name ?? null };
+  if (serverTimeMs !== null) event.serverTime = serverTimeMs;
+  return event;
+}
+
+function onConnectionUpdates(w, serverTime) {
+  let sentConnecting = false;
+  return (u) => {
+    if (u.connection === 'connecting' && !sentConnecting) {
+      sentConnecting = true;
+      w.emit({ type: 'connecting' });
+    }
+    if (u.isNewLogin) w.isNewLogin = true;
+    if (u.qr) {
+      w.firstQr.resolve();
+      w.emit({ type: 'qr', qr: u.qr });
+    }
+    if (u.connection === 'open') {
+      w.emit(openEvent(w.sock, serverTime.ms));
+      // The login burst (pre-keys, app-state sync, optimised code) is garbage once the socket is idle: collect it
+      // once, so an idle connected worker stays ~2 MiB smaller. Only with --expose-gc (the shipped command has it).
+      if (typeof globalThis.gc === 'function') setTimeout(() => globalThis.gc(), 5000).unref();
+    }
+    if (u.connection === 'close') {
+      onClose(w, u.lastDisconnect).catch((err) => {
+        w.logger.fatal({ err }, 'close handling failed');
+        w.finalExit(1);
+      });
+    }
+  };
+}
+
+/** Synchronous on purpose: Baileys emits creds.update and then goes on in the same turn, at pair-success by sending
+ *  the reply that links the device on the phone (Socket/socket.js, CB:iq,,pair-success). Written here, the linked
+ *  creds are durable before that reply leaves (README "Creds before the pairing reply"). */
+function onCredsUpdate(w) {
+  return () => {
+    // Baileys merged the update into auth.state.creds in its own (earlier) listener.
+    try {
+      w.auth.saveCredsNow();
+    } catch {
+      // onWriteError made it fatal, and shutdown() ended the socket before returning here: at pair-success the
+      // reply then finds it closed and is never sent (nothing linked on the phone, nothing lost).
+      return;
+    }
+    const creds = w.auth.state.creds;
+    w.emit({ type: 'creds', registered: isRegistered(creds), me: creds.me?.id ?? null });
+  };
+}
+
+function onMessagesUpsert(w) {
+  return ({ messages, type }) => {
+    let safe;
+    try {
+      safe = toJsonSafe(messages);
+    } catch (err) {
+      w.emit({ type: 'error', code: 'message_encode_failed', message: String(err?.message ?? err), fatal: false });
+      return;
+    }
+    const { lines, errors } = encodeMessageEvents(type, safe);
+    for (const line of lines) w.emitter.writeLine(line);
+    for (const e of errors) w.emit(e);
+  };
+}
+
+/** makeWASocket on the loaded auth state, with every listener the protocol needs. */
+export function openSocket(w, version) {
+  const { settings } = w;
+  const sock = w.baileys.default({
+    auth: w.auth.state,
+    version,
+    browser: settings.browser,
+    logger: w.logger,
+    ...(settings.waUrl ? { waWebSocketUrl: settings.waUrl } : {}),
+    ...settings.socketOptions,
+  });
+  w.sock = sock;
+  w.sockReady.resolve();
+
+  // The server's clock, from the `t` attribute (seconds) of the <success> node it sends at login. Reported on
+  // `open` as `serverTime` (ms) so the daemon can show clock skew (seed cause 5). Baileys registered its own
+  // CB:success listener first, so ours runs before the `open` update it eventually emits.
+  const serverTime = { ms: null };
+  sock.ws.on('CB:success', (node) => {
+    const t = Number(node?.attrs?.t);
+    if (Number.isFinite(t) && t > 0) serverTime.ms = Math.round(t * 1000);
+  });
+  sock.ev.on('connection.update', onConnectionUpdates(w, serverTime));
+  sock.ev.on('creds.update', onCredsUpdate(w));
+  sock.ev.on('messages.upsert', onMessagesUpsert(w));
+  return sock;
+}
