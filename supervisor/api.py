@@ -129,7 +129,9 @@ def _authorized(request: web.Request, secret: str) -> bool:
             provided = auth[7:].strip()
     if not provided:
         return False
-    return hmac.compare_digest(provided.encode("utf-8"), secret.encode("utf-8"))
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 (0xff) to lone surrogates, which plain
+    # .encode("utf-8") refuses with a 500; such a header is simply a wrong secret.
+    return hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
 
 
 def _route(request: web.Request) -> str:
@@ -152,6 +154,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         data = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:  # `[[[[...` 60,000 deep fits in the body limit; the C decoder recurses per level
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
