@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -20,7 +19,7 @@ from . import stream_token
 from .errors import BadRequest, SupervisorError, UnknownTenant
 from .eventbus import EventBus
 from .events import get_logger
-from .ids import is_tenant_id, validate_tenant_id
+from .ids import is_tenant_id, validate_phone, validate_tenant_id
 from .settings import ApiSettings
 from .sse import HEARTBEAT, stream
 from .transitions import iso
@@ -36,8 +35,6 @@ EVENTS: web.AppKey[EventBus | None] = web.AppKey("events")
 SSE_HEARTBEAT: web.AppKey[float] = web.AppKey("sse_heartbeat", float)
 METRICS: web.AppKey[Metrics | None] = web.AppKey("metrics")
 WEBHOOK: web.AppKey[WebhookForwarder | None] = web.AppKey("webhook")
-# Digits of an international number without '+', E.164 allows at most 15.
-PHONE_RE = re.compile(r"^[0-9]{6,15}$")
 # /openapi.json is open on purpose: it describes the API (no secrets, no tenant data), and tools fetch it unauthenticated.
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -221,12 +218,7 @@ async def qr(request: web.Request) -> web.StreamResponse:
 async def pairing_code(request: web.Request) -> web.Response:
     tid = _tenant(request)
     data = await _json_body(request)
-    phone = data.get("phone")
-    if not isinstance(phone, (str, int)) or isinstance(phone, bool):
-        raise BadRequest('body must be {"phone": "<international number>"}')
-    digits = re.sub(r"[\s()+.-]", "", str(phone))
-    if not PHONE_RE.match(digits):
-        raise BadRequest("phone must be an international number of 6 to 15 digits, e.g. 972501234567")
+    digits = validate_phone(data.get("phone"))
     code = await request.app[SUPERVISOR].pairing_code(tid, digits)
     return json_response({"ok": True, "tenant": tid, "code": code})
 

@@ -170,6 +170,44 @@ async def test_start_and_restart_during_shutdown_are_503_and_spawn_nothing(live)
     assert sup.status("r1")["pid"] is None and sup.tenants["r1"].running is False
 
 
+@pytest.mark.parametrize("kind", ["file", "symlink_to_file", "dangling_symlink", "symlink_loop"])
+async def test_an_auth_that_cannot_be_a_directory_is_507_and_spawns_nothing(live, tmp_path, kind):
+    """It answered 200 and then retried `spawn_failed` forever (issue 12 item 11); now the documented 507, for start
+    and restart, with no worker spawned and the path left as it was."""
+    sup, url, http = live
+    tdir = sup.settings.storage.root / "whatsapp" / "a1"
+    tdir.mkdir(parents=True)
+    auth = tdir / "auth"
+    if kind == "file":
+        auth.write_text("not a directory")
+    elif kind == "symlink_to_file":
+        (tmp_path / "elsewhere").write_text("x")
+        auth.symlink_to(tmp_path / "elsewhere")
+    elif kind == "dangling_symlink":
+        auth.symlink_to(tmp_path / "missing")
+    else:
+        auth.symlink_to(auth)
+    for action in ("start", "restart"):
+        async with http.post(f"{url}/whatsapp/a1/{action}", headers=H) as r:
+            body = await r.json()
+        assert r.status == 507 and body["error"] == "storage_error" and body["errno"] == "ENOTDIR", (action, body)
+        assert "not a directory" in body["message"]
+    assert spawns(tmp_path) == [] and not sup.tenants["a1"].running
+    assert auth.is_symlink() == (kind != "file")
+
+
+async def test_an_auth_symlink_to_a_directory_still_starts(live, tmp_path):
+    sup, url, http = live
+    (tmp_path / "auth-elsewhere").mkdir()
+    tdir = sup.settings.storage.root / "whatsapp" / "a2"
+    tdir.mkdir(parents=True)
+    (tdir / "auth").symlink_to(tmp_path / "auth-elsewhere")
+    async with http.post(f"{url}/whatsapp/a2/start", headers=H) as r:
+        assert r.status == 200, await r.text()
+    await wait_for(lambda: _state_is(http, url, "a2", "qr"))
+    assert [s["tenant"] for s in spawns(tmp_path)] == ["a2"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
