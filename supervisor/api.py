@@ -1,6 +1,7 @@
 """Control API (aiohttp): the seed's routes, constant-time auth, and JSON for every answer including errors.
 
-Order of checks for a request: route (404/405) -> auth (401) -> body size (413) -> tenant id (400) -> supervisor.
+Order of checks for a request: route (404/405) -> auth (401), or without a secret the web-page guard (403/415,
+supervisor/api_guard.py) -> body size (413) -> tenant id (400) -> supervisor.
 The tenant id is validated here, before the supervisor (and therefore the filesystem) sees it.
 `make_app` takes everything it serves as arguments (the runner wires them): no attribute probing of the supervisor.
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from . import stream_token
+from .api_guard import no_secret_guard
 from .errors import BadRequest, SupervisorError, UnknownTenant
 from .eventbus import EventBus
 from .events import get_logger
@@ -269,9 +271,10 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
              webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT) -> web.Application:
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
     `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder. Serve it with `start_api`."""
-    app = web.Application(
-        middlewares=[errors_middleware, auth_middleware, body_limit_middleware], client_max_size=api.max_body_bytes
-    )
+    # Without a secret, auth_middleware lets everything through and the guard keeps web pages out instead.
+    middlewares = [errors_middleware, auth_middleware, body_limit_middleware] if api.secret else \
+        [errors_middleware, no_secret_guard(api), body_limit_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=api.max_body_bytes)
     app[SUPERVISOR], app[API], app[EVENTS], app[SSE_HEARTBEAT] = supervisor, api, events, sse_heartbeat
     app[METRICS], app[WEBHOOK] = metrics, webhook
     app.router.add_get("/healthz", healthz)
@@ -303,4 +306,9 @@ async def start_api(app: web.Application, host: str, port: int) -> tuple[web.App
     except BaseException:
         await runner.cleanup()
         raise
-    return runner, runner.addresses[0][1]
+    port = runner.addresses[0][1]
+    if not app[API].secret:
+        log.warning("api.auth_disabled", host=host, port=port,
+                    message="no api.secret: every local process can control tenants and read QR codes; web pages "
+                            "are kept out by Host/Origin/Content-Type checks (docs/api-security.md)")
+    return runner, port

@@ -1,5 +1,6 @@
-"""Hostile and careless clients against the real API on a loopback socket (issue 12, items 9 and 10): malformed
-input is a JSON 4xx without a traceback in the log, and clients that go away are no errors. The supervisor is the
+"""Hostile and careless clients against the real API on a loopback socket (issue 12, items 1, 9 and 10): without a
+secret, web pages are kept out (supervisor/api_guard.py); malformed input is a JSON 4xx without a traceback in the
+log; clients that go away are no errors. The supervisor is the
 stub of test_api.py (these are the API's own answers)."""
 
 from __future__ import annotations
@@ -131,3 +132,82 @@ async def test_closed_sse_clients_log_no_errors(served):
     assert_no_error_logged(served)
     closed = [e for e in log_lines(served) if e["event"] == "sse.client_closed"]
     assert len(closed) == n and all(e["level"] == "debug" for e in closed)
+
+
+# -- item 1: without a secret, web pages are kept out ------------------------------------------------------------
+
+EVIL = "http://evil.example"
+
+
+async def test_a_cross_site_text_plain_post_is_refused_and_changes_nothing(served):
+    stub, url, http = await served(secret=None)
+    for action in ("logout", "start", "stop"):  # what the attack page did: log a tenant out, start another
+        async with http.post(f"{url}/whatsapp/1/{action}", data=b"x", headers={
+                "Origin": EVIL, "Content-Type": "text/plain"}) as r:
+            assert r.status == 403, await r.text()
+            assert (await r.json())["error"] == "forbidden_origin"
+    # the same without a body (fetch(url, {method: "POST", mode: "no-cors"})): browsers send Origin on every POST
+    async with http.post(f"{url}/whatsapp/1/logout", headers={"Origin": EVIL}) as r:
+        assert r.status == 403
+    async with http.post(f"{url}/whatsapp/1/logout", headers={"Origin": "null"}) as r:  # sandboxed iframe, file://
+        assert r.status == 403
+    # an old browser or a privacy extension that drops Origin: the text/plain body is still refused
+    async with http.post(f"{url}/whatsapp/1/logout", data=b"x", headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 415 and (await r.json())["error"] == "unsupported_media_type"
+    async with http.post(f"{url}/whatsapp/1/pairing-code", data=b'{"phone": "972501234567"}') as r:
+        assert r.status == 415  # aiohttp sends application/octet-stream for bytes
+    # reads by a cross-site page are refused as well (no CORS headers would let it read them anyway)
+    async with http.get(f"{url}/whatsapp/1/qr", headers={"Origin": EVIL}) as r:
+        assert r.status == 403
+    assert stub.calls == []
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example:{port}",
+                                  "localhost.evil.example", "[::2]:{port}", "0.0.0.0:{port}", ""])
+async def test_a_foreign_host_header_is_refused(served, host):
+    """DNS rebinding: the page's own name now resolves to 127.0.0.1, so it is same-origin to the browser, but the
+    Host header still carries that name."""
+    stub, url, http = await served(secret=None)
+    port = url.rsplit(":", 1)[1]
+    for method, path in (("GET", "/whatsapp/1/qr"), ("GET", "/whatsapp/1/status"), ("POST", "/whatsapp/1/logout")):
+        async with http.request(method, f"{url}{path}", headers={"Host": host.format(port=port)}) as r:
+            assert r.status == 403, (host, path)
+            assert (await r.json())["error"] == "forbidden_host"
+    assert stub.calls == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LocalHost:{port}", "[::1]:{port}",
+                                  "localhost:8022", "127.0.0.1"])
+async def test_local_clients_and_same_origin_pages_are_served(served, host):
+    """Any port: an ssh tunnel's local port (`ssh -L 8022:127.0.0.1:3300`) arrives with its own."""
+    stub, url, http = await served(secret=None)
+    host = host.format(port=url.rsplit(":", 1)[1])
+    async with http.get(f"{url}/whatsapp/1/status", headers={"Host": host}) as r:
+        assert r.status == 200
+    async with http.post(f"{url}/whatsapp/1/start", headers={"Host": host, "Origin": f"http://{host}"}) as r:
+        assert r.status == 200  # a same-origin page (its Origin is the Host it talks to)
+    async with http.post(f"{url}/whatsapp/1/pairing-code", json={"phone": "972501234567"},
+                         headers={"Host": host}) as r:
+        assert r.status == 200  # application/json; charset=utf-8
+    assert [c[0] for c in stub.calls] == ["status", "start", "pairing_code"]
+
+
+async def test_with_a_secret_the_same_requests_behave_as_before(served):
+    """With a secret the guard is off: the secret protects (a page cannot know it), and what worked keeps working."""
+    stub, url, http = await served(secret=SECRET)
+    async with http.post(f"{url}/whatsapp/1/start", data=b"x",
+                         headers={"Origin": EVIL, "Content-Type": "text/plain"}) as r:
+        assert r.status == 401  # no secret: refused by the secret, as before
+    hdrs = {**H, "Origin": EVIL, "Content-Type": "text/plain", "Host": "evil.example"}
+    async with http.post(f"{url}/whatsapp/1/start", data=b"x", headers=hdrs) as r:
+        assert r.status == 200
+    async with http.get(f"{url}/whatsapp/1/status", headers=hdrs) as r:
+        assert r.status == 200
+    assert stub.calls == [("start", "1"), ("status", "1")]
+
+
+async def test_running_without_a_secret_is_a_warning_at_start(served):
+    await served(secret=None)
+    await served(secret=SECRET)
+    warned = [e for e in log_lines(served) if e["event"] == "api.auth_disabled"]
+    assert len(warned) == 1 and warned[0]["level"] == "warning" and warned[0]["port"] > 0
