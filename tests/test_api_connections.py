@@ -234,3 +234,18 @@ def test_running_out_of_file_descriptors_is_one_log_line_not_a_traceback_per_sec
     failed = [e for e in lines if e["event"] == "api.accept_failed"]
     assert len(failed) == 1 and failed[0]["level"] == "error", out.decode()[-3000:]
     assert "Traceback" not in out.decode() and not [e for e in lines if e["event"] == "python.log"], out.decode()[-3000:]
+
+
+def test_the_connection_settings_load_strictly_and_the_shipped_file_has_the_defaults():
+    from supervisor.config import load_settings, settings_from_dict
+    from supervisor.errors import ConfigError
+
+    api = settings_from_dict({"api": {"idle_timeout": 2.5, "body_timeout": 1, "max_connections": 7}}).api
+    assert (api.idle_timeout, api.body_timeout, api.max_connections) == (2.5, 1.0, 7)
+    for key, bad in (("idle_timeout", 0), ("body_timeout", -1), ("max_connections", 0), ("max_connections", "x"),
+                     ("idle_timeout", True)):
+        with pytest.raises(ConfigError, match=f"api.{key}"):
+            settings_from_dict({"api": {key: bad}})
+    shipped = load_settings(Path(__file__).parent.parent / "config" / "baileys-supervisor.yaml").api
+    assert (shipped.idle_timeout, shipped.body_timeout, shipped.max_connections) == \
+        (ApiSettings.idle_timeout, ApiSettings.body_timeout, ApiSettings.max_connections)

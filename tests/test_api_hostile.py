@@ -211,3 +211,15 @@ async def test_running_without_a_secret_is_a_warning_at_start(served):
     await served(secret=SECRET)
     warned = [e for e in log_lines(served) if e["event"] == "api.auth_disabled"]
     assert len(warned) == 1 and warned[0]["level"] == "warning" and warned[0]["port"] > 0
+
+
+async def test_a_client_gone_mid_request_is_no_error(served):
+    """A handler that finds its client gone (ConnectionResetError on a write) drops the connection quietly: no
+    api.error, no 500 written into a closed socket."""
+    stub, url, http = await served()
+    stub.boom = ConnectionResetError("Cannot write to closing transport")
+    raw = await raw_exchange(url, f"POST /whatsapp/1/start HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+                                  f"X-Internal-Secret: {SECRET}\r\n\r\n".encode())
+    assert raw == b""
+    await asyncio.sleep(0.05)
+    assert_no_error_logged(served)
