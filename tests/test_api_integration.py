@@ -208,6 +208,36 @@ async def test_an_auth_symlink_to_a_directory_still_starts(live, tmp_path):
     assert [s["tenant"] for s in spawns(tmp_path)] == ["a2"]
 
 
+async def test_without_a_secret_a_cross_site_page_cannot_log_out_or_read_a_qr(tmp_path):
+    """The attack of issue 12 item 1 against the real Supervisor: a web page's `text/plain` POST /logout (no CORS
+    preflight) and a DNS-rebinding page's QR read are refused, and the tenant keeps its worker and its auth."""
+    cfg = config_dict(tmp_path)
+    cfg["api"] = {"host": "127.0.0.1", "port": 0, "secret": None, "secret_env": None}
+    sup = Supervisor(settings_from_dict(cfg, tmp_path / "c.yaml"))
+    runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with ClientSession() as http:
+            async with http.post(f"{url}/whatsapp/v1/start") as r:  # a local client (no Origin): served
+                assert r.status == 200
+            await wait_for(lambda: _state_is(http, url, "v1", "qr"))
+            pid = sup.status("v1")["pid"]
+            for action in ("logout", "stop", "restart"):
+                async with http.post(f"{url}/whatsapp/v1/{action}", data=b"x", headers={
+                        "Origin": "http://evil.example", "Content-Type": "text/plain"}) as r:
+                    assert r.status == 403 and (await r.json())["error"] == "forbidden_origin"
+            async with http.get(f"{url}/whatsapp/v1/qr", headers={"Host": f"rebind.evil.example:{port}"}) as r:
+                assert r.status == 403 and (await r.json())["error"] == "forbidden_host"
+                assert "fake-qr" not in await r.text()
+            st = sup.status("v1")
+            assert st["state"] == "qr" and st["pid"] == pid and psutil.pid_exists(pid)
+            assert (sup.settings.storage.root / "whatsapp" / "v1" / "auth").is_dir()
+            assert [s["tenant"] for s in spawns(tmp_path)] == ["v1"]
+    finally:
+        await runner.cleanup()
+        await sup.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
