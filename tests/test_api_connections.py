@@ -80,7 +80,7 @@ async def test_idle_connections_are_closed_after_the_idle_timeout(server):
 async def test_a_connection_sending_its_headers_slowly_is_closed(server):
     """Slowloris: a header line every 0.1 s never completes the request; aiohttp's keep-alive timer runs from the
     connection's start, and a request with incomplete headers is not in progress."""
-    _, host, port = await server(idle_timeout=0.5)
+    _, host, port = await server(idle_timeout=1.0)
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     closed = asyncio.create_task(closed_within(reader))
