@@ -1,6 +1,7 @@
 """Control API (aiohttp): the seed's routes, constant-time auth, and JSON for every answer including errors.
 
-Order of checks for a request: route (404/405) -> auth (401) -> body size (413) -> tenant id (400) -> supervisor.
+Order of checks for a request: route (404/405) -> auth (401), or without a secret the web-page guard (403/415,
+supervisor/api_guard.py) -> body size (413) -> tenant id (400) -> supervisor.
 The tenant id is validated here, before the supervisor (and therefore the filesystem) sees it.
 `make_app` takes everything it serves as arguments (the runner wires them): no attribute probing of the supervisor.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from . import stream_token
+from .api_guard import no_secret_guard
+from .api_server import HTTP_CODES, body_limits, error_response, json_response, read_body, serve
 from .errors import BadRequest, SupervisorError, UnknownTenant
 from .eventbus import EventBus
 from .events import get_logger
-from .ids import is_tenant_id, validate_tenant_id
+from .ids import is_tenant_id, validate_phone, validate_tenant_id
 from .settings import ApiSettings
 from .sse import HEARTBEAT, stream
 from .states import iso
@@ -36,26 +38,14 @@ EVENTS: web.AppKey[EventBus | None] = web.AppKey("events")
 SSE_HEARTBEAT: web.AppKey[float] = web.AppKey("sse_heartbeat", float)
 METRICS: web.AppKey[Metrics | None] = web.AppKey("metrics")
 WEBHOOK: web.AppKey[WebhookForwarder | None] = web.AppKey("webhook")
-# Digits of an international number without '+', E.164 allows at most 15.
-PHONE_RE = re.compile(r"^[0-9]{6,15}$")
 # /openapi.json is open on purpose: it describes the API (no secrets, no tenant data), and tools fetch it unauthenticated.
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "body_too_large", 415: "unsupported_media_type"}
 # `{tenant:[^/]*}` also matches the empty id, so `/whatsapp//start` is a clear 400 instead of a bare 404.
 _T = "/whatsapp/{tenant:[^/]*}"
 
 log = get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
-
-
-def error_response(status: int, code: str, message: str, **details: Any) -> web.Response:
-    return json_response({"error": code, "message": message, **details}, status=status)
 
 
 @web.middleware
@@ -69,11 +59,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects etc. are answers, not errors
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
+        code = HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else "request body too large"
         response = error_response(exc.status, code, message)
         if exc.status == 405:
             response.headers["Allow"] = exc.headers.get("Allow", "")
+    except ConnectionError:  # the client went away mid-request: nobody to answer, nothing to log as an error
+        raise  # aiohttp drops the connection quietly (api_server.ApiRequestHandler.handle_error)
     except Exception as exc:  # noqa: BLE001 - the client gets a generic 500, the log gets the type
         log.error("api.error", method=request.method, route=_route(request), error=type(exc).__name__,
                   exc_info=True)
@@ -110,17 +102,6 @@ def _stream_token_ok(request: web.Request, secret: str) -> bool:
     return is_tenant_id(tid) and stream_token.valid(secret, str(tid), token, time.time())
 
 
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """413 before any handler runs, also for routes that ignore their body (a 1 MiB POST /start)."""
-    limit = request.app[API].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return error_response(413, "body_too_large", f"request body over {limit} bytes")
-    if request.body_exists and request.content_length is None:
-        await request.read()  # chunked: aiohttp enforces client_max_size while reading -> HTTP 413
-    return await handler(request)
-
-
 def _authorized(request: web.Request, secret: str) -> bool:
     provided = request.headers.get("X-Internal-Secret")
     if provided is None:
@@ -129,7 +110,9 @@ def _authorized(request: web.Request, secret: str) -> bool:
             provided = auth[7:].strip()
     if not provided:
         return False
-    return hmac.compare_digest(provided.encode("utf-8"), secret.encode("utf-8"))
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 (0xff) to lone surrogates, which plain
+    # .encode("utf-8") refuses with a 500; such a header is simply a wrong secret.
+    return hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
 
 
 def _route(request: web.Request) -> str:
@@ -147,11 +130,13 @@ def _json_safe(details: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await read_body(request, request.app[API].body_timeout)
     try:
         data = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:  # `[[[[...` 60,000 deep fits in the body limit; the C decoder recurses per level
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
@@ -217,12 +202,7 @@ async def qr(request: web.Request) -> web.StreamResponse:
 async def pairing_code(request: web.Request) -> web.Response:
     tid = _tenant(request)
     data = await _json_body(request)
-    phone = data.get("phone")
-    if not isinstance(phone, (str, int)) or isinstance(phone, bool):
-        raise BadRequest('body must be {"phone": "<international number>"}')
-    digits = re.sub(r"[\s()+.-]", "", str(phone))
-    if not PHONE_RE.match(digits):
-        raise BadRequest("phone must be an international number of 6 to 15 digits, e.g. 972501234567")
+    digits = validate_phone(data.get("phone"))
     code = await request.app[SUPERVISOR].pairing_code(tid, digits)
     return json_response({"ok": True, "tenant": tid, "code": code})
 
@@ -273,9 +253,9 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
              webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT) -> web.Application:
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
     `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder. Serve it with `start_api`."""
-    app = web.Application(
-        middlewares=[errors_middleware, auth_middleware, body_limit_middleware], client_max_size=api.max_body_bytes
-    )
+    # Without a secret, auth_middleware lets everything through and the guard keeps web pages out instead.
+    middlewares = [errors_middleware, auth_middleware if api.secret else no_secret_guard(api), body_limits(api)]
+    app = web.Application(middlewares=middlewares, client_max_size=api.max_body_bytes)
     app[SUPERVISOR], app[API], app[EVENTS], app[SSE_HEARTBEAT] = supervisor, api, events, sse_heartbeat
     app[METRICS], app[WEBHOOK] = metrics, webhook
     app.router.add_get("/healthz", healthz)
@@ -297,14 +277,11 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
 
 
 async def start_api(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app` on host:port; returns the runner (stop with `await runner.cleanup()`) and the bound port (the
-    one the kernel chose for port 0)."""
-    # access_log=None: api.request replaces it. shutdown_timeout: cleanup() waits this long for requests in flight.
-    runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, runner.addresses[0][1]
+    """Serve `app` on host:port with its ApiSettings' connection limits (supervisor/api_server.py); returns the runner
+    (stop with `await runner.cleanup()`) and the bound port (the one the kernel chose for port 0)."""
+    runner, bound = await serve(app, host, port, app[API])
+    if not app[API].secret:
+        log.warning("api.auth_disabled", host=host, port=bound,
+                    message="no api.secret: every local process can control tenants and read QR codes; web pages "
+                            "are kept out by Host/Origin/Content-Type checks (docs/api-security.md)")
+    return runner, bound

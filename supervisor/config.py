@@ -94,6 +94,11 @@ def _api(ctx: _Ctx, raw: Any) -> ApiSettings:
         out["port"] = _int(ctx, "api.port", d["port"], lo=0, hi=65535, what="an integer port 0..65535")
     if "max_body_bytes" in d:
         out["max_body_bytes"] = _int(ctx, "api.max_body_bytes", d["max_body_bytes"], lo=1)
+    for name in ("idle_timeout", "body_timeout"):
+        if name in d:
+            out[name] = _pos_float(ctx, f"api.{name}", d[name])
+    if "max_connections" in d:
+        out["max_connections"] = _int(ctx, "api.max_connections", d["max_connections"], lo=1)
     out["secret"] = _secret(ctx, d)
     settings = ApiSettings(**out)
     if not settings.secret and not is_loopback(settings.host):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from supervisor.errors import ShuttingDown, UnknownTenant
+from supervisor.errors import ShuttingDown, StorageError, UnknownTenant
 from supervisor.eventbus import EventBus
 from supervisor.ids import is_tenant_id, validate_tenant_id
 from supervisor.metrics import Metrics
@@ -118,9 +119,19 @@ class Supervisor:
         async with self._op_lock(tid):
             if self.shutting_down:
                 raise ShuttingDown("the daemon is shutting down")
+            self._check_auth_path(tid)
             tenant = self._tenant(tid, create=True)
             await tenant.start()
             return self._status(tenant)
+
+    def _check_auth_path(self, tid: str) -> None:
+        """An `auth` that is a file, a dangling symlink or a symlink loop can never become the auth directory: every
+        spawn's mkdir failed (200, then `spawn_failed` backoff forever). Refused as the documented 507 instead. A
+        symlink to a directory stays allowed (auth kept on another disk)."""
+        auth = self.root / tid / "auth"
+        if os.path.lexists(auth) and not auth.is_dir():
+            raise StorageError.from_os(tid, "use the auth directory", OSError(
+                errno.ENOTDIR, "auth exists but is not a directory (a file or a dangling symlink): move it aside"))
 
     async def stop_tenant(self, tid: str) -> dict[str, Any]:
         tenant = self._tenant(tid, create=False)
@@ -132,6 +143,7 @@ class Supervisor:
         tenant = self._tenant(tid, create=True)
         if self.shutting_down:
             raise ShuttingDown("the daemon is shutting down")
+        self._check_auth_path(tid)  # before the stop: a restart that cannot start leaves the tenant as it is
         async with self._op_lock(tid):
             await tenant.stop("restart")
             await tenant.start()

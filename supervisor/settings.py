@@ -31,6 +31,12 @@ class ApiSettings:
     port: int = 3300  # the seed's port
     secret: str | None = None  # resolved secret (from the file's `secret`, `secret_env` or `secret_file`)
     max_body_bytes: int = 64 * 1024
+    # Connections (supervisor/api_server.py): one with no request in progress (idle keep-alive, or still sending its
+    # headers) is closed after idle_timeout s; a body must arrive within body_timeout s (408); at max_connections a
+    # new connection evicts the oldest idle one, or is answered 503 when all are busy (event streams, requests).
+    idle_timeout: float = 15.0
+    body_timeout: float = 10.0
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)

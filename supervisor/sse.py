@@ -8,16 +8,19 @@ client notice a dead daemon. Auth is the API's auth middleware: QR strings only 
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 
 from .eventbus import Event, EventBus
 from .errors import BadRequest, UnknownTenant
+from .events import get_logger
 
 HEARTBEAT = 15.0
+_DIGITS = re.compile(r"[0-9]{1,18}")
+log = get_logger()
 
 
 def format_event(ev: Event) -> bytes:
@@ -33,7 +36,7 @@ def _last_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not _DIGITS.fullmatch(raw):  # not str.isdigit(): "²" is a digit to it, and int("²") raises
         raise BadRequest("Last-Event-ID must be a non-negative integer from this stream")
     return int(raw)
 
@@ -59,9 +62,10 @@ async def stream(request: web.Request, bus: EventBus, sup: Any, tenant: str | No
             if ev is None:  # daemon shutdown or this client fell behind: it reconnects with Last-Event-ID
                 break
             await resp.write(format_event(ev))
-    except (ConnectionResetError, asyncio.CancelledError):
-        sub.close()
-        raise
+    except ConnectionError:
+        # The client went away (a closed browser tab): the normal end of a stream, not an error. Found at the next
+        # write, i.e. within one heartbeat. The response is returned as it is; aiohttp skips the rest quietly.
+        log.debug("sse.client_closed", tenant=tenant)
     finally:
         sub.close()
     return resp

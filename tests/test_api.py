@@ -233,12 +233,27 @@ async def test_bad_json_is_400(served, data):
     assert stub.calls == []
 
 
-@pytest.mark.parametrize("phone", [None, "", "12", "abc", "1" * 16, True, {"x": 1}])
+@pytest.mark.parametrize("phone", [None, "", "12", "abc", "1" * 16, True, {"x": 1}, "0501234567", "00972501234567",
+                                   "+0 972 50 123 4567", "123456", 123456, "972\u0665501234567",
+                                   "97250123456７"])
 async def test_bad_phone_is_400(served, phone):
+    """Also a leading 0 (national) or 00 (dialling prefix), which the worker refused: a 502 after a round trip
+    instead of this 400 (issue 12 item 11), and non-ASCII digits, which a regex's \\d would accept."""
     stub, url, http = await served()
     async with http.post(f"{url}/whatsapp/1/pairing-code", headers=H, json={"phone": phone}) as r:
         assert r.status == 400
+        body = await r.json()
+    assert body["error"] == "bad_request" and "phone" in body["message"]
     assert stub.calls == []
+
+
+@pytest.mark.parametrize("phone,digits", [("6834002", "6834002"), (972501234567, "972501234567"),
+                                          ("1" * 15, "1" * 15), ("(972) 50.123.4567", "972501234567")])
+async def test_good_phones_reach_the_supervisor_as_digits(served, phone, digits):
+    stub, url, http = await served()
+    async with http.post(f"{url}/whatsapp/1/pairing-code", headers=H, json={"phone": phone}) as r:
+        assert r.status == 200
+    assert stub.calls == [("pairing_code", ("1", digits))]
 
 
 async def test_pairing_code_normalises_phone(served):

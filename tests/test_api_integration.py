@@ -170,6 +170,74 @@ async def test_start_and_restart_during_shutdown_are_503_and_spawn_nothing(live)
     assert sup.status("r1")["pid"] is None and sup.tenants["r1"].running is False
 
 
+@pytest.mark.parametrize("kind", ["file", "symlink_to_file", "dangling_symlink", "symlink_loop"])
+async def test_an_auth_that_cannot_be_a_directory_is_507_and_spawns_nothing(live, tmp_path, kind):
+    """It answered 200 and then retried `spawn_failed` forever (issue 12 item 11); now the documented 507, for start
+    and restart, with no worker spawned and the path left as it was."""
+    sup, url, http = live
+    tdir = sup.settings.storage.root / "whatsapp" / "a1"
+    tdir.mkdir(parents=True)
+    auth = tdir / "auth"
+    if kind == "file":
+        auth.write_text("not a directory")
+    elif kind == "symlink_to_file":
+        (tmp_path / "elsewhere").write_text("x")
+        auth.symlink_to(tmp_path / "elsewhere")
+    elif kind == "dangling_symlink":
+        auth.symlink_to(tmp_path / "missing")
+    else:
+        auth.symlink_to(auth)
+    for action in ("start", "restart"):
+        async with http.post(f"{url}/whatsapp/a1/{action}", headers=H) as r:
+            body = await r.json()
+        assert r.status == 507 and body["error"] == "storage_error" and body["errno"] == "ENOTDIR", (action, body)
+        assert "not a directory" in body["message"]
+    assert spawns(tmp_path) == [] and not sup.tenants["a1"].running
+    assert auth.is_symlink() == (kind != "file")
+
+
+async def test_an_auth_symlink_to_a_directory_still_starts(live, tmp_path):
+    sup, url, http = live
+    (tmp_path / "auth-elsewhere").mkdir()
+    tdir = sup.settings.storage.root / "whatsapp" / "a2"
+    tdir.mkdir(parents=True)
+    (tdir / "auth").symlink_to(tmp_path / "auth-elsewhere")
+    async with http.post(f"{url}/whatsapp/a2/start", headers=H) as r:
+        assert r.status == 200, await r.text()
+    await wait_for(lambda: _state_is(http, url, "a2", "qr"))
+    assert [s["tenant"] for s in spawns(tmp_path)] == ["a2"]
+
+
+async def test_without_a_secret_a_cross_site_page_cannot_log_out_or_read_a_qr(tmp_path):
+    """The attack of issue 12 item 1 against the real Supervisor: a web page's `text/plain` POST /logout (no CORS
+    preflight) and a DNS-rebinding page's QR read are refused, and the tenant keeps its worker and its auth."""
+    cfg = config_dict(tmp_path)
+    cfg["api"] = {"host": "127.0.0.1", "port": 0, "secret": None, "secret_env": None}
+    sup = Supervisor(settings_from_dict(cfg, tmp_path / "c.yaml"))
+    runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with ClientSession() as http:
+            async with http.post(f"{url}/whatsapp/v1/start") as r:  # a local client (no Origin): served
+                assert r.status == 200
+            await wait_for(lambda: _state_is(http, url, "v1", "qr"))
+            pid = sup.status("v1")["pid"]
+            for action in ("logout", "stop", "restart"):
+                async with http.post(f"{url}/whatsapp/v1/{action}", data=b"x", headers={
+                        "Origin": "http://evil.example", "Content-Type": "text/plain"}) as r:
+                    assert r.status == 403 and (await r.json())["error"] == "forbidden_origin"
+            async with http.get(f"{url}/whatsapp/v1/qr", headers={"Host": f"rebind.evil.example:{port}"}) as r:
+                assert r.status == 403 and (await r.json())["error"] == "forbidden_host"
+                assert "fake-qr" not in await r.text()
+            st = sup.status("v1")
+            assert st["state"] == "qr" and st["pid"] == pid and psutil.pid_exists(pid)
+            assert (sup.settings.storage.root / "whatsapp" / "v1" / "auth").is_dir()
+            assert [s["tenant"] for s in spawns(tmp_path)] == ["v1"]
+    finally:
+        await runner.cleanup()
+        await sup.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ from aiohttp import ClientSession
 
 from supervisor.api import OPENAPI_PATH, make_app, start_api
 from supervisor.daemon import Supervisor
-from supervisor.ids import TENANT_ID_PATTERN
+from supervisor.ids import PHONE_PATTERN, TENANT_ID_PATTERN, validate_phone
 
 SPEC = json.loads(OPENAPI_PATH.read_text())
 H = {"X-Internal-Secret": "oa"}
@@ -67,6 +67,17 @@ def test_tenant_parameters_use_the_one_tenant_id_pattern():
     patterns = [p["schema"]["pattern"] for ops in SPEC["paths"].values() for op in ops.values()
                 for p in op.get("parameters", []) if p["name"] == "tenant"]
     assert len(patterns) == sum("{tenant}" in path for path in SPEC["paths"]) and set(patterns) == {TENANT_ID_PATTERN}
+
+
+def test_the_phone_schema_is_the_one_phone_pattern():
+    """The string pattern is ids.PHONE_PATTERN itself; the integer bounds are its shortest and longest numbers."""
+    phone = SPEC["components"]["schemas"]["PairingCodeRequest"]["properties"]["phone"]
+    assert phone["pattern"] == PHONE_PATTERN
+    lo, hi = phone["minimum"], phone["maximum"]
+    assert validate_phone(lo) == str(lo) and validate_phone(hi) == str(hi)
+    for outside in (lo - 1, hi + 1):
+        with pytest.raises(Exception, match="phone"):
+            validate_phone(outside)
 
 
 def test_every_route_is_documented_and_nothing_else(make_settings):
