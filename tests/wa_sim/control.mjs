@@ -1,7 +1,7 @@
 // HTTP/JSON control API for the simulator, loopback only. Every answer is JSON; failures are
 // {ok:false, error:<code>, message} with a 4xx/5xx status, so pytest and curl can both check them.
 import http from 'node:http';
-import { SimError } from './server.mjs';
+import { SimError } from './errors.mjs';
 
 async function readJson(req) {
   const chunks = [];
@@ -24,8 +24,8 @@ export function makeControlServer(sim) {
     'POST /scan': (b) => sim.scan(b),
     'POST /enter-code': (b) => sim.linkCodes.enterCode(b), // the phone types a companion's link code
     'POST /kill': (b) => sim.kill(b),
-    'POST /faults': (b) => ({ ok: true, pendingFaults: sim.addFault(b) }),
-    'DELETE /faults': () => { sim.faults = []; return { ok: true, pendingFaults: [] }; },
+    'POST /faults': (b) => ({ ok: true, pendingFaults: sim.faults.add(b) }),
+    'DELETE /faults': () => ({ ok: true, pendingFaults: sim.faults.clear() }),
     'GET /config': () => ({ ok: true, config: sim.config }),
     'POST /config': (b) => ({ ok: true, config: sim.configure(b) }),
     // Back to a fresh simulator: no devices, counters, faults or connections, CLI config,

@@ -1,0 +1,58 @@
+// The device registry: every companion the simulated phones linked, by jid.
+import { SimError } from './errors.mjs';
+
+export class Devices {
+  constructor() {
+    this.byJid = new Map(); // jid -> device
+  }
+
+  /** A device the phone just linked (pairing.mjs linkDevice). */
+  add({ jid, lid, phone, device, pushName, noisePub, identityPub, via, platformId, preKeys }) {
+    const dev = {
+      jid, lid, phone, device, pushName, noisePub, identityPub, via, platformId,
+      preKeys, removed: false, live: new Map(), maxConcurrent: 0,
+      logins: 0, conflicts: 0, pairedAt: Date.now(), lastLoginAt: null
+    };
+    this.byJid.set(jid, dev);
+    return dev;
+  }
+
+  get(jid) {
+    return this.byJid.get(jid);
+  }
+
+  values() {
+    return this.byJid.values();
+  }
+
+  /** Accept "phone:dev", "phone:dev@s.whatsapp.net", the LID, or a bare phone number. */
+  find({ device, jid }) {
+    const key = jid ?? device;
+    if (!key) throw new SimError('bad_request', 'give device or jid', 400);
+    const s = String(key);
+    if (this.byJid.has(s)) return this.byJid.get(s);
+    for (const d of this.byJid.values()) {
+      if (d.jid.startsWith(`${s}@`) || d.lid === s || d.lid.startsWith(`${s}@`) || d.phone === s) return d;
+    }
+    throw new SimError('unknown_device', `no device ${s}`, 404);
+  }
+
+  state() {
+    const devices = {};
+    for (const d of this.byJid.values()) {
+      devices[d.jid] = {
+        jid: d.jid, lid: d.lid, phone: d.phone, device: d.device, pushName: d.pushName,
+        via: d.via, removed: d.removed, live: d.live.size, liveConnections: [...d.live.keys()],
+        maxConcurrent: d.maxConcurrent, logins: d.logins, conflicts: d.conflicts, preKeys: d.preKeys,
+        pairedAt: d.pairedAt, lastLoginAt: d.lastLoginAt
+      };
+    }
+    return devices;
+  }
+
+  maxConcurrent() {
+    let m = 0;
+    for (const d of this.byJid.values()) m = Math.max(m, d.maxConcurrent);
+    return m;
+  }
+}

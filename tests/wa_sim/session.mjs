@@ -1,0 +1,102 @@
+// A logged-in companion session: the login checks, one session per device (conflict), and the
+// stanzas a session sends (iqs Baileys waits on before `open`, acks of our notifications).
+import { B } from './baileys.mjs';
+
+const { getBinaryNodeChild, getBinaryNodeChildren } = B;
+const S_WA = 's.whatsapp.net';
+const nowSec = () => String(Math.floor(Date.now() / 1000));
+
+export class Session {
+  constructor(sim) {
+    this.sim = sim;
+  }
+
+  /** A ClientPayload without devicePairingData: saved creds log in (PROTOCOL.md §1 phase 4). */
+  onLogin(conn, payload) {
+    const { sim } = this;
+    conn.kind = 'login';
+    const jid = `${String(payload.username)}:${payload.device ?? 0}@s.whatsapp.net`;
+    const dev = sim.devices.get(jid);
+    let reason = null;
+    if (!dev) reason = 'unknown_device';
+    else if (dev.removed) reason = 'device_removed';
+    else if (!conn.noise.clientNoisePub.equals(dev.noisePub)) reason = 'noise_key_mismatch';
+    else if (conn.fault?.fault === 'login_failure') reason = 'fault';
+    if (reason) {
+      sim.counters.loginFailures++;
+      const code = reason === 'fault' ? String(conn.fault.code ?? 401) : '401';
+      sim.event('login_failed', { conn: conn.id, jid, reason, code });
+      return sim.sendAndClose(conn, { tag: 'failure', attrs: { reason: code } });
+    }
+    conn.jid = jid;
+    // WhatsApp keeps one session per device: the newcomer wins, the old one gets
+    // <conflict type=replaced/> (Baileys: 440). Count the overlap so duplicates are visible.
+    const concurrent = dev.live.size + 1;
+    dev.maxConcurrent = Math.max(dev.maxConcurrent, concurrent);
+    for (const old of dev.live.values()) {
+      sim.counters.conflicts++;
+      sim.counters.conflictsFromDuplicates++;
+      dev.conflicts++;
+      sim.event('conflict', { jid, replaced: old.id, by: conn.id });
+      dev.live.delete(old.id);
+      sim.sendAndClose(old, { tag: 'stream:error', attrs: {}, content: [{ tag: 'conflict', attrs: { type: 'replaced' } }] });
+    }
+    dev.live.set(conn.id, conn);
+    dev.logins++;
+    dev.lastLoginAt = Date.now();
+    sim.counters.logins++;
+    sim.event('login', { conn: conn.id, jid, concurrent });
+    sim.send(conn, {
+      tag: 'success',
+      attrs: { t: nowSec(), lid: dev.lid, props: '1', abprops: '1', location: 'sim', creation: String(Math.floor(dev.pairedAt / 1000)) }
+    });
+  }
+
+  /** A stanza on a transport-stage connection (registration or login). */
+  onNode(conn, node) {
+    const { sim } = this;
+    // An ack of a notification we sent may be awaited (link_code.mjs) under `ack:<id>`.
+    if (node.tag === 'ack') return sim.resolveWaiter(conn, `ack:${node.attrs.id}`, node);
+    if (node.tag !== 'iq') return; // presence, ib (unified_session): no answer needed
+    const { type, id, xmlns } = node.attrs;
+    if (type === 'result' || type === 'error') return sim.resolveWaiter(conn, id, node);
+    sim.counters.iqs++;
+    const child = Array.isArray(node.content) ? node.content[0] : undefined;
+    const result = (content) => sim.send(conn, { tag: 'iq', attrs: { from: S_WA, type: 'result', id }, ...(content ? { content } : {}) });
+    const dev = conn.jid && sim.devices.get(conn.jid);
+    switch (`${xmlns}/${type}/${child?.tag ?? ''}`) {
+      case 'encrypt/get/count':
+        return result([{ tag: 'count', attrs: { value: String(dev?.preKeys ?? 0) } }]);
+      case 'encrypt/set/registration': {
+        const n = getBinaryNodeChildren(getBinaryNodeChild(node, 'list'), 'key').length;
+        if (dev) dev.preKeys += n;
+        sim.counters.preKeyUploads++;
+        sim.event('prekeys_uploaded', { conn: conn.id, jid: conn.jid, count: n });
+        return result();
+      }
+      case 'encrypt/get/digest':
+        // Baileys only checks a <digest> child exists; without it it re-uploads pre-keys.
+        return result([{ tag: 'digest', attrs: {}, content: [{ tag: 'type', attrs: {}, content: Buffer.from([5]) }] }]);
+      case 'passive/set/active':
+        result();
+        // <offline count=0> makes Baileys set receivedPendingNotifications (PROTOCOL.md §1 phase 4).
+        return sim.send(conn, { tag: 'ib', attrs: { from: S_WA }, content: [{ tag: 'offline', attrs: { count: '0' } }] });
+      case 'abt/get/props':
+        return result([{ tag: 'props', attrs: { protocol: '1', hash: 'sim' }, content: [{ tag: 'prop', attrs: { name: 'sim', value: '1' } }] }]);
+      case 'blocklist/get/':
+      case 'blocklist/get/list':
+        return result([{ tag: 'list', attrs: {} }]);
+      case 'privacy/get/privacy':
+        return result([{ tag: 'privacy', attrs: {}, content: ['last', 'online', 'profile', 'status', 'readreceipts', 'groupadd']
+          .map(name => ({ tag: 'category', attrs: { name, value: 'all' } })) }]);
+      case 'md/set/link_code_companion_reg':
+        return sim.linkCodes.onIq(conn, node);
+      case 'w:p/get/ping':
+        sim.counters.pings++;
+        return result();
+      default:
+        // Anything else gets an empty result so no Baileys query waits for its 60 s timeout.
+        return result();
+    }
+  }
+}
