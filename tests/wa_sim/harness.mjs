@@ -55,7 +55,7 @@ export const tmpAuthDir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'wa-sim-au
 
 /**
  * One Baileys socket (what one worker connection does): useMultiFileAuthState in authDir,
- * creds writes chained and awaitable (notes §3.4), connection.update recorded with timestamps.
+ * creds writes chained and awaitable (PROTOCOL.md §3.4), connection.update recorded with timestamps.
  */
 export async function openClient({ wsUrl, authDir, ...opts }) {
   const { state, saveCreds } = await B.useMultiFileAuthState(authDir);

@@ -1,6 +1,6 @@
 // The simulated phone: the primary device that "scans" a companion's QR code.
 // It owns the account signature key (ADV account key) and builds the pair-success identity
-// exactly in the three layers Baileys' configureSuccessfulPairing unpacks (notes §1 phase 2).
+// exactly in the three layers Baileys' configureSuccessfulPairing unpacks (PROTOCOL.md §1 phase 2).
 import { createHmac, randomInt } from 'node:crypto';
 import { B, realVerify } from './baileys.mjs';
 
