@@ -10,7 +10,7 @@ export class Devices {
   add({ jid, lid, phone, device, pushName, noisePub, identityPub, via, platformId, preKeys }) {
     const dev = {
       jid, lid, phone, device, pushName, noisePub, identityPub, via, platformId,
-      preKeys, removed: false, live: new Map(), maxConcurrent: 0,
+      preKeys, bundle: null, removed: false, live: new Map(), maxConcurrent: 0,
       logins: 0, conflicts: 0, pairedAt: Date.now(), lastLoginAt: null
     };
     this.byJid.set(jid, dev);
@@ -44,6 +44,11 @@ export class Devices {
         jid: d.jid, lid: d.lid, phone: d.phone, device: d.device, pushName: d.pushName,
         via: d.via, removed: d.removed, live: d.live.size, liveConnections: [...d.live.keys()],
         maxConcurrent: d.maxConcurrent, logins: d.logins, conflicts: d.conflicts, preKeys: d.preKeys,
+        // What the device uploaded (Bundle): its registration id, identity and unused one-time keys.
+        bundle: d.bundle && {
+          registrationId: d.bundle.registrationId, identity: d.bundle.identity.toString('base64'),
+          signedPreKeyId: d.bundle.signedPreKey.id, preKeysLeft: d.bundle.preKeys.size, preKeysHandedOut: d.bundle.handedOut
+        },
         pairedAt: d.pairedAt, lastLoginAt: d.lastLoginAt
       };
     }

@@ -1,8 +1,6 @@
 // A logged-in companion session: the login checks, one session per device (conflict), and the
 // stanzas a session sends (iqs Baileys waits on before `open`, acks of our notifications).
-import { B } from './baileys.mjs';
-
-const { getBinaryNodeChild, getBinaryNodeChildren } = B;
+import { Bundle } from './bundle.mjs';
 const S_WA = 's.whatsapp.net';
 const nowSec = () => String(Math.floor(Date.now() / 1000));
 
@@ -68,10 +66,17 @@ export class Session {
       case 'encrypt/get/count':
         return result([{ tag: 'count', attrs: { value: String(dev?.preKeys ?? 0) } }]);
       case 'encrypt/set/registration': {
-        const n = getBinaryNodeChildren(getBinaryNodeChild(node, 'list'), 'key').length;
-        if (dev) dev.preKeys += n;
+        // Kept, not just counted: contacts fetch one-time pre-keys from it to encrypt to this device.
+        const upload = Bundle.fromUpload(node);
+        if (dev) {
+          dev.preKeys += upload.preKeys.size;
+          if (dev.bundle) dev.bundle.merge(upload); else dev.bundle = upload;
+        }
         sim.counters.preKeyUploads++;
-        sim.event('prekeys_uploaded', { conn: conn.id, jid: conn.jid, count: n });
+        sim.event('prekeys_uploaded', {
+          conn: conn.id, jid: conn.jid, count: upload.preKeys.size,
+          identityMatchesPairing: dev ? upload.identity.equals(dev.identityPub) : null
+        });
         return result();
       }
       case 'encrypt/get/digest':
