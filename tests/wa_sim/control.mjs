@@ -26,6 +26,20 @@ export function makeControlServer(sim) {
     'POST /kill': (b) => sim.kill(b),
     'POST /faults': (b) => ({ ok: true, pendingFaults: sim.faults.add(b) }),
     'DELETE /faults': () => ({ ok: true, pendingFaults: sim.faults.clear() }),
+    // Messages (contacts.mjs, mailbox.mjs)
+    'POST /contacts': async (b) => ({ ok: true, ...(await sim.contacts.create(b)).state() }),
+    'GET /contacts': () => ({ ok: true, contacts: sim.contacts.state() }),
+    'POST /contacts/send': (b) => sim.contacts.send(b),
+    'GET /contacts/inbox': (_b, url) => sim.contacts.inbox(url.searchParams.get('contact')),
+    'POST /contacts/receipt': (b) => sim.contacts.receipt(b),
+    'POST /receipts/drop': (b) => {
+      const key = (b.jid ?? b.device) ? sim.devices.find(b).jid : '*';
+      const count = b.count ?? 1;
+      if (!Number.isInteger(count) || count < 1) throw new SimError('bad_request', 'count must be an integer >= 1', 400);
+      return { ok: true, dropNext: sim.mailbox.dropReceipts(key, count) };
+    },
+    'POST /offline/hold': () => ({ ok: true, ...sim.mailbox.hold() }),
+    'POST /offline/release': () => ({ ok: true, ...sim.mailbox.release() }),
     'GET /config': () => ({ ok: true, config: sim.config }),
     'POST /config': (b) => ({ ok: true, config: sim.configure(b) }),
     // Back to a fresh simulator: no devices, counters, faults or connections, CLI config,

@@ -43,6 +43,10 @@ export async function startSim(args = []) {
     ...ready, proc, control,
     state: () => control('GET', '/state'),
     scan: (qr, extra = {}) => control('POST', '/scan', { qr, ...extra }),
+    newContact: (extra = {}) => control('POST', '/contacts', extra),
+    contactSend: (from, to, text, extra = {}) => control('POST', '/contacts/send', { from, to, text, ...extra }),
+    inbox: (contact) => control('GET', `/contacts/inbox?contact=${encodeURIComponent(contact)}`),
+    contactReceipt: (contact, id, type) => control('POST', '/contacts/receipt', { contact, id, type }),
     enterCode: (phone, code, extra = {}) => control('POST', '/enter-code', { phone, code, ...extra }),
     kill: (jid, variant) => control('POST', '/kill', { jid, variant }),
     fault: (fault, extra = {}) => control('POST', '/faults', { fault, ...extra }),
@@ -74,6 +78,20 @@ export async function openClient({ wsUrl, authDir, ...opts }) {
   });
   rec.sock = sock;
   sock.ev.on('creds.update', () => { saving = saving.then(saveCreds); });
+  // What Baileys hands the application: every upserted message and status update, in order.
+  rec.upserts = [];
+  rec.statusUpdates = [];
+  sock.ev.on('messages.upsert', ({ messages, type }) => {
+    for (const m of messages) {
+      rec.upserts.push({ type, t: Date.now(), key: m.key, status: m.status, stub: m.messageStubType ?? null,
+        stubParams: m.messageStubParameters ?? null, text: m.message?.conversation ?? m.message?.extendedTextMessage?.text ?? null });
+    }
+    rec.emit('update', {});
+  });
+  sock.ev.on('messages.update', (updates) => {
+    for (const u of updates) rec.statusUpdates.push({ t: Date.now(), id: u.key.id, status: u.update?.status ?? null });
+    rec.emit('update', {});
+  });
   sock.ev.on('connection.update', (u) => {
     const t = Date.now();
     rec.updates.push({ t, ...u });

@@ -122,7 +122,7 @@ export class Pairing {
       throw new SimError('bad_pair_device_sign', bad, 502);
     }
     const dev = sim.devices.add({
-      jid: pending.jid, lid: pending.lid, phone: account.phone, device: pending.device,
+      jid: pending.jid, lid: pending.lid, phone: account.phone, device: pending.device, keyIndex: pending.keyIndex,
       pushName: account.pushName, noisePub, identityPub, via, platformId, preKeys: sim.config.preKeysOnNewDevice
     });
     conn.jid = dev.jid;

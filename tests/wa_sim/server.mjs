@@ -10,6 +10,9 @@ import { Pairing } from './pairing.mjs';
 import { Session } from './session.mjs';
 import { Faults } from './faults.mjs';
 import { LinkCodes } from './link_code.mjs';
+import { Contacts } from './contacts.mjs';
+import { Directory } from './directory.mjs';
+import { Mailbox } from './mailbox.mjs';
 import { SimError } from './errors.mjs';
 
 export const DEFAULT_CONFIG = {
@@ -18,7 +21,8 @@ export const DEFAULT_CONFIG = {
   qrNextMs: 20000, // how long each later ref is current
   closeGraceMs: 1000, // after a stream:error the server force-closes if the client has not
   pairReplyTimeoutMs: 10000, // wait for <pair-device-sign>
-  preKeysOnNewDevice: 0 // what <count> reports before the first upload (0 => Baileys uploads 812)
+  preKeysOnNewDevice: 0, // what <count> reports before the first upload (0 => Baileys uploads 812)
+  offlineHoldMs: 0 // after an offline batch, wait this long before <ib><offline count=N>
 };
 
 let connSeq = 0;
@@ -53,12 +57,17 @@ export class WaSimulator extends EventEmitter {
       upgrades: 0, connections: 0, handshakes: 0, registrations: 0, qrRefsIssued: 0,
       scans: 0, scanFailures: 0, pairings: 0, logins: 0, loginFailures: 0,
       conflicts: 0, conflictsFromDuplicates: 0, kills: {}, faultsApplied: {},
-      preKeyUploads: 0, pings: 0, iqs: 0, linkCodeRequests: 0, codeEntries: 0, codeEntryFailures: 0
+      preKeyUploads: 0, pings: 0, iqs: 0, linkCodeRequests: 0, codeEntries: 0, codeEntryFailures: 0,
+      usyncQueries: 0, keyFetches: 0, contactMessages: 0, tenantMessages: 0, messagesWithoutParticipants: 0,
+      tenantRetryReceipts: 0
     };
     this.pairing = new Pairing(this); // registration sockets, QR refs, scans, pair-success
     this.session = new Session(this); // logins and the stanzas of a logged-in session
     this.faults = new Faults(this); // injected faults and kills
     this.linkCodes = new LinkCodes(this); // pairing by phone-number code (link_code.mjs)
+    this.contacts = new Contacts(this); // simulated contacts and their conversations with tenants
+    this.directory = new Directory(this); // usync answers and pre-key bundle fetches
+    this.mailbox = new Mailbox(this); // per-device queues, offline delivery, receipts and acks
   }
 
   configure(patch = {}) {
@@ -221,6 +230,7 @@ export class WaSimulator extends EventEmitter {
       })),
       pendingFaults: this.faults.pending,
       pendingLinkCodes: this.linkCodes.state(now),
+      contacts: this.contacts.state(), offlineHeld: this.mailbox.held,
       lastEventSeq: this.eventSeq
     };
   }

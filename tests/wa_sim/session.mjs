@@ -1,6 +1,8 @@
 // A logged-in companion session: the login checks, one session per device (conflict), and the
-// stanzas a session sends (iqs Baileys waits on before `open`, acks of our notifications).
+// stanzas a session sends: iqs (those Baileys waits on before `open`, usync, key fetches), its
+// messages, receipts and acks (routed to contacts.mjs / mailbox.mjs).
 import { Bundle } from './bundle.mjs';
+import { Devices } from './devices.mjs';
 const S_WA = 's.whatsapp.net';
 const nowSec = () => String(Math.floor(Date.now() / 1000));
 
@@ -53,23 +55,33 @@ export class Session {
   /** A stanza on a transport-stage connection (registration or login). */
   onNode(conn, node) {
     const { sim } = this;
-    // An ack of a notification we sent may be awaited (link_code.mjs) under `ack:<id>`.
-    if (node.tag === 'ack') return sim.resolveWaiter(conn, `ack:${node.attrs.id}`, node);
+    const dev = conn.jid && sim.devices.get(conn.jid);
+    if (node.tag === 'ack') {
+      // An ack of a notification we sent may be awaited (link_code.mjs) under `ack:<id>`;
+      // otherwise it acknowledges something from the device's mailbox.
+      if (!sim.resolveWaiter(conn, `ack:${node.attrs.id}`, node) && dev) sim.mailbox.onAck(conn, dev, node);
+      return;
+    }
+    if (node.tag === 'receipt') return dev && sim.mailbox.onReceipt(conn, dev, node);
+    if (node.tag === 'message') {
+      if (!dev) return;
+      return sim.contacts.onTenantMessage(conn, dev, node).catch((err) => {
+        sim.event('protocol_error', { conn: conn.id, error: `tenant message: ${err?.message ?? err}` });
+      });
+    }
     if (node.tag !== 'iq') return; // presence, ib (unified_session): no answer needed
     const { type, id, xmlns } = node.attrs;
     if (type === 'result' || type === 'error') return sim.resolveWaiter(conn, id, node);
     sim.counters.iqs++;
     const child = Array.isArray(node.content) ? node.content[0] : undefined;
     const result = (content) => sim.send(conn, { tag: 'iq', attrs: { from: S_WA, type: 'result', id }, ...(content ? { content } : {}) });
-    const dev = conn.jid && sim.devices.get(conn.jid);
     switch (`${xmlns}/${type}/${child?.tag ?? ''}`) {
       case 'encrypt/get/count':
-        return result([{ tag: 'count', attrs: { value: String(dev?.preKeys ?? 0) } }]);
+        return result([{ tag: 'count', attrs: { value: String(dev ? Devices.preKeyCount(dev) : 0) } }]);
       case 'encrypt/set/registration': {
         // Kept, not just counted: contacts fetch one-time pre-keys from it to encrypt to this device.
         const upload = Bundle.fromUpload(node);
         if (dev) {
-          dev.preKeys += upload.preKeys.size;
           if (dev.bundle) dev.bundle.merge(upload); else dev.bundle = upload;
         }
         sim.counters.preKeyUploads++;
@@ -84,8 +96,13 @@ export class Session {
         return result([{ tag: 'digest', attrs: {}, content: [{ tag: 'type', attrs: {}, content: Buffer.from([5]) }] }]);
       case 'passive/set/active':
         result();
-        // <offline count=0> makes Baileys set receivedPendingNotifications (PROTOCOL.md §1 phase 4).
-        return sim.send(conn, { tag: 'ib', attrs: { from: S_WA }, content: [{ tag: 'offline', attrs: { count: '0' } }] });
+        // The offline batch, then <ib><offline count=N>, which makes Baileys set
+        // receivedPendingNotifications (PROTOCOL.md §1 phase 4, §6).
+        return sim.mailbox.onActive(conn, dev);
+      case 'encrypt/get/key':
+        return result(sim.directory.keys(conn, node));
+      case 'usync/get/usync':
+        return result(sim.directory.usync(conn, node));
       case 'abt/get/props':
         return result([{ tag: 'props', attrs: { protocol: '1', hash: 'sim' }, content: [{ tag: 'prop', attrs: { name: 'sim', value: '1' } }] }]);
       case 'blocklist/get/':

@@ -1,0 +1,167 @@
+// The simulated contacts and their conversations with tenants: a contact sends a text (encrypted
+// for every linked device of the tenant's account, queued per device in the Mailbox), receives
+// what a tenant sends (decrypts each <to> addressed to it into its inbox; the server acks the
+// stanza), and answers with delivery / read / retry receipts.
+import { randomBytes } from 'node:crypto';
+import { B } from './baileys.mjs';
+import { Contact, textOf } from './contact.mjs';
+import { SimError } from './errors.mjs';
+
+const { getBinaryNodeChild, getBinaryNodeChildren, jidDecode, encodeBigEndian, KEY_BUNDLE_TYPE } = B;
+const S_WA = 's.whatsapp.net';
+const nowSec = () => String(Math.floor(Date.now() / 1000));
+const newMessageId = () => `3EB0${randomBytes(9).toString('hex').toUpperCase()}`;
+
+export class Contacts {
+  constructor(sim) {
+    this.sim = sim;
+    this.byPhone = new Map();
+    this.nextPhone = 15551000001;
+  }
+
+  async create({ phone, pushName } = {}) {
+    const p = String(phone ?? this.nextPhone++).replace(/\D/g, '');
+    if (!/^\d{6,15}$/.test(p)) throw new SimError('bad_request', 'phone must be 6-15 digits', 400);
+    if (this.byPhone.has(p) || this.sim.pairing.accounts.has(p)) throw new SimError('exists', `${p} is already on WhatsApp here`, 409);
+    const c = new Contact({ phone: p, pushName });
+    await c.newPreKeys();
+    this.byPhone.set(p, c);
+    this.sim.event('contact_created', { phone: p, lid: c.lid });
+    return c;
+  }
+
+  /** By PN user or LID user (jid user part). */
+  find(user, byLid = false) {
+    if (!byLid) return this.byPhone.get(String(user)) ?? null;
+    for (const c of this.byPhone.values()) if (c.lidUser === String(user)) return c;
+    return null;
+  }
+
+  get(phone) {
+    const c = this.byPhone.get(String(phone ?? '').replace(/\D/g, ''));
+    if (!c) throw new SimError('unknown_contact', `no contact ${phone} (POST /contacts first)`, 404);
+    return c;
+  }
+
+  /** The tenant's account by device jid, LID or phone, and its devices that can receive (have keys). */
+  recipients(to) {
+    const dev = this.sim.devices.find({ jid: to });
+    const devices = this.sim.directory.devicesOf({ phone: dev.phone }).filter(d => d.bundle);
+    if (!devices.length) throw new SimError('no_keys', `${dev.phone} has no device with uploaded pre-keys`, 409);
+    return devices;
+  }
+
+  /**
+   * The contact sends a text to a tenant: one stanza per linked device, each encrypted for it
+   * (pkmsg while no session exists, then msg), queued in that device's mailbox.
+   * addressing "pn" (default): from=PHONE@s.whatsapp.net; "lid": from=LID@lid with sender_pn.
+   */
+  async send({ from, to, text, id, addressing = 'pn' } = {}) {
+    const c = this.get(from);
+    if (typeof text !== 'string' || !text) throw new SimError('bad_request', 'text must be a non-empty string', 400);
+    if (addressing !== 'pn' && addressing !== 'lid') throw new SimError('bad_request', 'addressing must be pn or lid', 400);
+    const devices = this.recipients(to);
+    const msgId = String(id ?? newMessageId());
+    const attrs = addressing === 'lid'
+      ? { from: c.lid, sender_pn: c.jid, addressing_mode: 'lid' }
+      : { from: c.jid };
+    const out = [];
+    for (const dev of devices) {
+      const { type, ciphertext } = await c.encryptFor(dev.lid, { conversation: text }, () => dev.bundle.session());
+      const node = {
+        tag: 'message', attrs: { ...attrs, id: msgId, t: nowSec(), type: 'text', notify: c.pushName },
+        content: [{ tag: 'enc', attrs: { v: '2', type }, content: ciphertext }]
+      };
+      const entry = this.sim.mailbox.enqueue(dev, node, {
+        onReceipt: (rtype) => c.receiptsIn.push({ id: msgId, from: dev.jid, type: rtype, t: Date.now() })
+      });
+      out.push({ jid: dev.jid, type, sentNow: entry.sends > 0 });
+    }
+    c.sent.push({ id: msgId, to, text, devices: out.map(o => o.jid) });
+    this.sim.counters.contactMessages++;
+    this.sim.event('contact_sent', { from: c.phone, id: msgId, devices: out });
+    return { ok: true, id: msgId, from: c.jid, devices: out };
+  }
+
+  /**
+   * A <message> from a tenant device: for each <to jid> that is a contact, that contact decrypts
+   * it into its inbox. A retry resend has its <enc> directly in the message, for `to`. The server
+   * then acks the stanza (<ack class=message>), which is all Baileys waits for.
+   */
+  async onTenantMessage(conn, dev, node) {
+    const { id, to } = node.attrs;
+    const participants = getBinaryNodeChildren(getBinaryNodeChild(node, 'participants'), 'to');
+    const direct = getBinaryNodeChildren(node, 'enc');
+    const targets = participants.map(p => ({ jid: p.attrs.jid, enc: getBinaryNodeChild(p, 'enc') }))
+      .concat(direct.map(enc => ({ jid: to, enc })));
+    const delivered = [];
+    for (const { jid, enc } of targets) {
+      const d = jidDecode(jid);
+      const c = d && this.find(d.user, d.server === 'lid');
+      if (!c || !enc) continue; // e.g. the sender's own other devices: not simulated as recipients
+      const entry = { id, to, via: jid, from: dev.jid, type: enc.attrs.type, retryCount: Number(enc.attrs.count ?? 0), t: Date.now() };
+      try {
+        const msg = await c.decryptFrom(dev.lid, enc.attrs.type, Buffer.from(enc.content));
+        entry.text = textOf(msg);
+        entry.message = msg.toJSON?.() ?? msg;
+      } catch (err) {
+        entry.error = String(err?.message ?? err);
+      }
+      c.inbox.push(entry);
+      delivered.push({ contact: c.phone, type: entry.type, ok: !entry.error });
+    }
+    if (!participants.length && !direct.length) this.sim.counters.messagesWithoutParticipants++;
+    this.sim.counters.tenantMessages++;
+    this.sim.event('tenant_message', { conn: conn.id, jid: dev.jid, id, to, participants: targets.map(t => t.jid), delivered });
+    this.sim.send(conn, { tag: 'ack', attrs: { class: 'message', id, from: to, t: nowSec() } });
+  }
+
+  /** The contact answers a message it received: delivery, read, or retry (it could not decrypt). */
+  async receipt({ contact, id, type = 'delivery' } = {}) {
+    const c = this.get(contact);
+    if (!['delivery', 'read', 'retry'].includes(type)) throw new SimError('bad_request', 'type must be delivery, read or retry', 400);
+    const got = [...c.inbox].reverse().find(e => e.id === id);
+    if (!got) throw new SimError('unknown_message', `${c.phone} received no message ${id}`, 404);
+    const dev = this.sim.devices.get(got.from);
+    if (!dev) throw new SimError('unknown_device', `the sender device ${got.from} is gone`, 404);
+    // The receipt comes from the address the tenant used (`to`), like WhatsApp's.
+    const attrs = { from: got.to, id, t: nowSec(), ...(type === 'delivery' ? {} : { type }) };
+    const content = [];
+    if (type === 'retry') {
+      // The receiver lost the session: it forgets it and sends fresh keys with the request.
+      await c.dropSession(dev.lid);
+      const bundle = await c.newPreKeys(1);
+      const keyNode = bundle.userNode(c.jid).content;
+      content.push(
+        { tag: 'retry', attrs: { count: '1', id, t: attrs.t, v: '1' } },
+        { tag: 'registration', attrs: {}, content: encodeBigEndian(c.creds.registrationId, 4) },
+        { tag: 'keys', attrs: {}, content: [
+          { tag: 'type', attrs: {}, content: KEY_BUNDLE_TYPE },
+          ...keyNode.filter(n => ['identity', 'key', 'skey'].includes(n.tag))
+        ] }
+      );
+    }
+    const node = { tag: 'receipt', attrs, ...(content.length ? { content } : {}) };
+    this.sim.mailbox.enqueue(dev, node);
+    this.sim.event('contact_receipt', { contact: c.phone, id, type, to: dev.jid });
+    return { ok: true, contact: c.phone, id, type, device: dev.jid };
+  }
+
+  /** A tenant could not decrypt a contact's message and asks for it again: recorded, not resent. */
+  onTenantRetry(conn, dev, node) {
+    const c = this.find(jidDecode(node.attrs.to)?.user, node.attrs.to?.endsWith('@lid'));
+    c?.retriesIn.push({ id: node.attrs.id, from: dev.jid, t: Date.now() });
+    this.sim.counters.tenantRetryReceipts++;
+    this.sim.event('tenant_retry_receipt', { conn: conn.id, jid: dev.jid, id: node.attrs.id, to: node.attrs.to });
+    this.sim.send(conn, { tag: 'ack', attrs: { class: 'receipt', id: node.attrs.id, from: node.attrs.to ?? S_WA, type: 'retry' } });
+  }
+
+  inbox(contact) {
+    const c = this.get(contact);
+    return { ok: true, ...c.state(), messages: c.inbox, receiptsIn: c.receiptsIn, retriesIn: c.retriesIn };
+  }
+
+  state() {
+    return [...this.byPhone.values()].map(c => c.state());
+  }
+}
