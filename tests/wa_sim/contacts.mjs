@@ -143,7 +143,7 @@ export class Contacts {
     }
     const node = { tag: 'receipt', attrs, ...(content.length ? { content } : {}) };
     this.sim.mailbox.enqueue(dev, node);
-    this.sim.event('contact_receipt', { contact: c.phone, id, type, to: dev.jid });
+    this.sim.event('contact_receipt', { contact: c.phone, id, receiptType: type, to: dev.jid });
     return { ok: true, contact: c.phone, id, type, device: dev.jid };
   }
 

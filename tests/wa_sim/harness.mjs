@@ -43,6 +43,7 @@ export async function startSim(args = []) {
     ...ready, proc, control,
     state: () => control('GET', '/state'),
     scan: (qr, extra = {}) => control('POST', '/scan', { qr, ...extra }),
+    events: async (since = 0) => (await control('GET', `/events?since=${since}`)).events,
     newContact: (extra = {}) => control('POST', '/contacts', extra),
     contactSend: (from, to, text, extra = {}) => control('POST', '/contacts/send', { from, to, text, ...extra }),
     inbox: (contact) => control('GET', `/contacts/inbox?contact=${encodeURIComponent(contact)}`),
@@ -54,6 +55,12 @@ export async function startSim(args = []) {
     stop: () => new Promise((r) => { if (proc.exitCode !== null) return r(); proc.once('exit', r); proc.kill('SIGTERM'); })
   };
 }
+
+/**
+ * Client options for message tests: the simulator never sends a history sync, and without this
+ * Baileys holds messages.upsert for 20 s after a first login (PROTOCOL.md §3.7).
+ */
+export const MESSAGING_CLIENT = { shouldSyncHistoryMessage: () => false };
 
 export const tmpAuthDir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'wa-sim-auth-'));
 
@@ -150,3 +157,14 @@ export async function pairAndLogin(sim, { authDir = tmpAuthDir(), scanExtra = {}
 }
 
 export const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+
+/** Poll `fn` (async) until it returns a truthy value; reject after timeoutMs with `what`. */
+export async function until(fn, timeoutMs = 10000, what = 'condition', everyMs = 50) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timeout (${timeoutMs} ms) waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}

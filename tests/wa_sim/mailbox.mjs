@@ -100,12 +100,12 @@ export class Mailbox {
     if (type === 'retry') return this.sim.contacts.onTenantRetry(conn, dev, node);
     if (this.takeDrop(dev.jid)) {
       dev.stats.receiptsDropped++;
-      this.sim.event('receipt_dropped', { conn: conn.id, jid: dev.jid, ids, type });
+      this.sim.event('receipt_dropped', { conn: conn.id, jid: dev.jid, ids, receiptType: type });
       return;
     }
     dev.stats.receipts[type] = (dev.stats.receipts[type] ?? 0) + 1;
     const done = this.dequeue(dev, 'message', ids);
-    this.sim.event('receipt', { conn: conn.id, jid: dev.jid, ids, type, dequeued: done.length });
+    this.sim.event('receipt', { conn: conn.id, jid: dev.jid, ids, receiptType: type, dequeued: done.length });
     this.sim.send(conn, { tag: 'ack', attrs: { class: 'receipt', id: node.attrs.id, from: node.attrs.to ?? S_WA, t: nowSec(), ...(node.attrs.type ? { type: node.attrs.type } : {}) } });
     for (const e of done) e.meta.onReceipt?.(type, node);
   }

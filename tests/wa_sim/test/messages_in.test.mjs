@@ -3,11 +3,7 @@
 // Baileys decrypts them (messages.upsert with the text) and its receipt reaches the simulator.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSim, pairAndLogin } from '../harness.mjs';
-
-// No history sync is ever sent: without this Baileys holds messages.upsert for 20 s after a
-// first login (PROTOCOL.md §3.7).
-export const CLIENT = { shouldSyncHistoryMessage: () => false };
+import { startSim, pairAndLogin, MESSAGING_CLIENT as CLIENT } from '../harness.mjs';
 
 let sim;
 before(async () => { sim = await startSim(); });
