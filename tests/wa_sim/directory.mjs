@@ -74,13 +74,17 @@ export class Directory {
   /** <iq xmlns=encrypt type=get><key><user jid/>…: one pre-key bundle per device. */
   keys(conn, node) {
     const users = getBinaryNodeChildren(getBinaryNodeChild(node, 'key'), 'user');
-    const out = users.map(({ attrs: { jid } }) => {
-      const bundle = this.bundleOf(jid);
+    const out = [];
+    for (const { attrs: { jid } } of users) {
+      const p = this.party(jid);
+      const bundle = p && this.bundleOf(jid);
       this.sim.counters.keyFetches++;
       this.sim.event('keys_fetched', { conn: conn.id, jid, found: Boolean(bundle) });
-      if (!bundle) return { tag: 'user', attrs: { jid }, content: [{ tag: 'error', attrs: { code: '404', text: 'item-not-found' } }] };
-      return bundle.userNode(jid);
-    });
+      if (bundle) out.push(bundle.userNode(jid));
+      // Baileys also asks for its own phone (device 0), which has no keys here: leaving it out keeps
+      // the other bundles usable (one <error> child makes Baileys drop the whole answer).
+      else if (!p?.account) out.push({ tag: 'user', attrs: { jid }, content: [{ tag: 'error', attrs: { code: '404', text: 'item-not-found' } }] });
+    }
     return [{ tag: 'list', attrs: {}, content: out }];
   }
 }
