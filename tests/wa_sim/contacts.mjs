@@ -38,7 +38,8 @@ export class Contacts {
   }
 
   get(phone) {
-    const c = this.byPhone.get(String(phone ?? '').replace(/\D/g, ''));
+    if (phone == null || phone === '') throw new SimError('bad_request', 'give the contact\'s phone number', 400);
+    const c = this.byPhone.get(String(phone).replace(/\D/g, ''));
     if (!c) throw new SimError('unknown_contact', `no contact ${phone} (POST /contacts first)`, 404);
     return c;
   }
@@ -72,9 +73,7 @@ export class Contacts {
         tag: 'message', attrs: { ...attrs, id: msgId, t: nowSec(), type: 'text', notify: c.pushName },
         content: [{ tag: 'enc', attrs: { v: '2', type }, content: ciphertext }]
       };
-      const entry = this.sim.mailbox.enqueue(dev, node, {
-        onReceipt: (rtype) => c.receiptsIn.push({ id: msgId, from: dev.jid, type: rtype, t: Date.now() })
-      });
+      const entry = this.sim.mailbox.enqueue(dev, node);
       out.push({ jid: dev.jid, type, sentNow: entry.sends > 0 });
     }
     c.sent.push({ id: msgId, to, text, devices: out.map(o => o.jid) });
@@ -145,6 +144,14 @@ export class Contacts {
     this.sim.mailbox.enqueue(dev, node);
     this.sim.event('contact_receipt', { contact: c.phone, id, receiptType: type, to: dev.jid });
     return { ok: true, contact: c.phone, id, type, device: dev.jid };
+  }
+
+  /** The server passes a tenant's receipt (delivery, inactive, read, ...) on to the contact. */
+  onTenantReceipt(dev, to, ids, type) {
+    const d = jidDecode(to ?? '');
+    const c = d && this.find(d.user, d.server === 'lid');
+    if (!c) return;
+    for (const id of ids) c.receiptsIn.push({ id, from: dev.jid, type, t: Date.now() });
   }
 
   /** A tenant could not decrypt a contact's message and asks for it again: recorded, not resent. */

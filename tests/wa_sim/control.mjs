@@ -38,6 +38,8 @@ export function makeControlServer(sim) {
       if (!Number.isInteger(count) || count < 1) throw new SimError('bad_request', 'count must be an integer >= 1', 400);
       return { ok: true, dropNext: sim.mailbox.dropReceipts(key, count) };
     },
+    'GET /mailbox': () => ({ ok: true, held: sim.mailbox.held, devices: Object.fromEntries(
+      Object.entries(sim.devices.state()).map(([jid, d]) => [jid, { queue: d.queue, stats: d.stats }])) }),
     'POST /offline/hold': () => ({ ok: true, ...sim.mailbox.hold() }),
     'POST /offline/release': () => ({ ok: true, ...sim.mailbox.release() }),
     'GET /config': () => ({ ok: true, config: sim.config }),

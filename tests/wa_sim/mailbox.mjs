@@ -20,8 +20,8 @@ export class Mailbox {
   }
 
   /** Queue a stanza for a device; sent now if the device has an active session. */
-  enqueue(dev, node, meta = {}) {
-    const entry = { tag: node.tag, id: node.attrs.id, node, meta, queuedAt: Date.now(), sends: 0, lastConn: null };
+  enqueue(dev, node) {
+    const entry = { tag: node.tag, id: node.attrs.id, node, queuedAt: Date.now(), sends: 0, lastConn: null };
     dev.queue.push(entry);
     dev.stats.queued++;
     const conn = [...dev.live.values()].find(c => c.active);
@@ -107,7 +107,7 @@ export class Mailbox {
     const done = this.dequeue(dev, 'message', ids);
     this.sim.event('receipt', { conn: conn.id, jid: dev.jid, ids, receiptType: type, dequeued: done.length });
     this.sim.send(conn, { tag: 'ack', attrs: { class: 'receipt', id: node.attrs.id, from: node.attrs.to ?? S_WA, t: nowSec(), ...(node.attrs.type ? { type: node.attrs.type } : {}) } });
-    for (const e of done) e.meta.onReceipt?.(type, node);
+    this.sim.contacts.onTenantReceipt(dev, node.attrs.to, ids, type);
   }
 
   /** An <ack> from a device: a message class ack (maybe with error) or a receipt class ack. */
