@@ -82,3 +82,28 @@ test('a lost receipt: the message is redelivered at the next login; the replayed
   assert.ok(!again.upserts.some(u => u.key.id === sent.id && u.text), 'no second upsert with the text');
   await again.end();
 });
+
+test('a lost receipt for a msg: the replay cannot be decrypted; retry receipt and <ack error=500> are recorded', async () => {
+  const r = await pairAndLogin(sim, CLIENT);
+  const jid = r.scan.jid;
+  const c = await sim.newContact();
+  // Start from the tenant so the contact's answers are msg, not pkmsg.
+  const hello = await r.client.sock.sendMessage(c.jid, { text: 'hello' });
+  await until(async () => (await sim.inbox(c.phone)).messages.some(m => m.id === hello.key.id), 10000, 'decrypt');
+  await sim.control('POST', '/receipts/drop', { jid });
+  const sent = await sim.contactSend(c.phone, jid, 'msg, receipt lost');
+  assert.equal(sent.devices[0].type, 'msg');
+  await r.client.waitFor(x => x.upserts.some(u => u.key.id === sent.id && u.text), 10000, 'live upsert');
+  await until(async () => (await device(jid)).stats.receiptsDropped === 1, 5000, 'dropped receipt');
+  await r.client.end();
+
+  const before = (await sim.state()).counters.tenantRetryReceipts;
+  const again = await openClient({ wsUrl: sim.wsUrl, authDir: r.authDir, ...CLIENT });
+  const st = await until(async () => { const d = await device(jid); return d.queue.length === 0 && d; }, 10000, 'error ack');
+  assert.deepEqual(st.stats.errorAcks, { 500: 1 });
+  assert.equal((await sim.state()).counters.tenantRetryReceipts, before + 1);
+  assert.deepEqual((await sim.inbox(c.phone)).retriesIn.map(x => [x.id, x.from]), [[sent.id, jid]]);
+  // Baileys upserts a CIPHERTEXT stub for it (the text was only in the first, live copy).
+  await again.waitFor(x => x.upserts.some(u => u.key.id === sent.id && u.stub), 10000, 'stub');
+  await again.end();
+});
