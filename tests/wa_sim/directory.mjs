@@ -39,8 +39,9 @@ export class Directory {
     const users = getBinaryNodeChildren(getBinaryNodeChild(usync, 'list'), 'user');
     this.sim.counters.usyncQueries++;
     const out = users.map((u) => {
-      const phoneQuery = getBinaryNodeChild(u, 'contact')?.content;
-      const jid = u.attrs.jid ?? `${String(phoneQuery ?? '').replace(/\D/g, '')}@${S_WA}`;
+      // A number lookup (onWhatsApp) sends <user><contact>+PHONE</contact></user>, no jid.
+      const phone = String(getBinaryNodeChild(u, 'contact')?.content ?? ''); // decodes as a string
+      const jid = u.attrs.jid ?? `${phone.replace(/\D/g, '')}@${S_WA}`;
       const p = this.party(jid);
       const lid = p?.contact?.lid ?? (p?.account ? `${p.account.lidUser}@lid` : undefined);
       const content = [];

@@ -11,7 +11,7 @@ export class Mailbox {
   constructor(sim) {
     this.sim = sim;
     this.held = false; // POST /offline/hold: <ib><offline> waits for /offline/release
-    this.waiting = new Set(); // finishers of offline batches waiting for the release
+    this.waiting = new Map(); // finisher of an offline batch waiting for the release -> its conn
     this.dropNext = new Map(); // device jid or '*' -> receipts still to drop
   }
 
@@ -52,21 +52,22 @@ export class Mailbox {
       // Whatever was queued during the batch goes out live now.
       for (const e of dev?.queue ?? []) if (e.lastConn !== conn.id) this.sendEntry(conn, dev, e, false);
     };
-    if (this.held) this.waiting.add(finish);
+    if (this.held) this.waiting.set(finish, conn);
     else if (this.sim.config.offlineHoldMs > 0) setTimeout(finish, this.sim.config.offlineHoldMs);
     else finish();
   }
 
   hold() {
     this.held = true;
-    return { held: true, waiting: this.waiting.size };
+    return { held: true, waiting: [...this.waiting.values()].filter(c => !c.closed).length };
   }
 
+  /** Send every withheld <ib><offline>; returns how many live connections got theirs. */
   release() {
     this.held = false;
-    const n = this.waiting.size;
-    for (const finish of [...this.waiting]) finish();
-    return { held: false, released: n };
+    const live = [...this.waiting].filter(([, c]) => !c.closed);
+    for (const finish of [...this.waiting.keys()]) finish();
+    return { held: false, released: live.length };
   }
 
   /** Lose the next `count` receipts from a device (jid) or from any device (no jid). */

@@ -28,6 +28,12 @@ test('the tenant reads a message: the contact gets the delivery and the read rec
   assert.deepEqual(mb.devices[r.scan.jid].queue, []);
 });
 
+test('number lookup (onWhatsApp): a contact exists, an unknown number does not', async () => {
+  const c = await sim.newContact();
+  const found = await r.client.sock.onWhatsApp(c.phone, '19995550001');
+  assert.deepEqual(found, [{ jid: c.jid, exists: true }]);
+});
+
 test('hold/release with nobody waiting; config offlineHoldMs is validated', async () => {
   assert.deepEqual(await sim.control('POST', '/offline/hold'), { status: 200, ok: true, held: true, waiting: 0 });
   assert.equal((await sim.state()).offlineHeld, true);
