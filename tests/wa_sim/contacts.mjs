@@ -17,6 +17,16 @@ export class Contacts {
     this.sim = sim;
     this.byPhone = new Map();
     this.nextPhone = 15551000001;
+    this.rejectNext = []; // error codes for the next tenant sends (POST /sends/reject)
+  }
+
+  /** The server refuses the next `count` tenant sends with <ack class=message error=CODE>. */
+  rejectSends({ error = '479', count = 1 } = {}) {
+    const code = String(error);
+    if (!/^\d{3}$/.test(code)) throw new SimError('bad_request', 'error must be a 3-digit code, e.g. 463 or 479', 400);
+    if (!Number.isInteger(count) || count < 1) throw new SimError('bad_request', 'count must be an integer >= 1', 400);
+    for (let i = 0; i < count; i++) this.rejectNext.push(code);
+    return [...this.rejectNext];
   }
 
   async create({ phone, pushName } = {}) {
@@ -89,6 +99,13 @@ export class Contacts {
    */
   async onTenantMessage(conn, dev, node) {
     const { id, to } = node.attrs;
+    const reject = this.rejectNext.shift();
+    if (reject) {
+      // Refused by the server: nobody gets it; Baileys turns the error ack into status ERROR.
+      this.sim.counters.sendsRejected++;
+      this.sim.event('tenant_message_rejected', { conn: conn.id, jid: dev.jid, id, to, error: reject });
+      return this.sim.send(conn, { tag: 'ack', attrs: { class: 'message', id, from: to, t: nowSec(), error: reject } });
+    }
     const participants = getBinaryNodeChildren(getBinaryNodeChild(node, 'participants'), 'to');
     const direct = getBinaryNodeChildren(node, 'enc');
     const targets = participants.map(p => ({ jid: p.attrs.jid, enc: getBinaryNodeChild(p, 'enc') }))

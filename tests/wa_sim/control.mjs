@@ -38,6 +38,7 @@ export function makeControlServer(sim) {
       if (!Number.isInteger(count) || count < 1) throw new SimError('bad_request', 'count must be an integer >= 1', 400);
       return { ok: true, dropNext: sim.mailbox.dropReceipts(key, count) };
     },
+    'POST /sends/reject': (b) => ({ ok: true, rejectNext: sim.contacts.rejectSends(b) }),
     'GET /mailbox': () => ({ ok: true, held: sim.mailbox.held, devices: Object.fromEntries(
       Object.entries(sim.devices.state()).map(([jid, d]) => [jid, { queue: d.queue, stats: d.stats }])) }),
     'POST /offline/hold': () => ({ ok: true, ...sim.mailbox.hold() }),

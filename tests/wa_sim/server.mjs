@@ -59,7 +59,7 @@ export class WaSimulator extends EventEmitter {
       conflicts: 0, conflictsFromDuplicates: 0, kills: {}, faultsApplied: {},
       preKeyUploads: 0, pings: 0, iqs: 0, linkCodeRequests: 0, codeEntries: 0, codeEntryFailures: 0,
       usyncQueries: 0, keyFetches: 0, contactMessages: 0, tenantMessages: 0, messagesWithoutParticipants: 0,
-      tenantRetryReceipts: 0
+      tenantRetryReceipts: 0, sendsRejected: 0
     };
     this.pairing = new Pairing(this); // registration sockets, QR refs, scans, pair-success
     this.session = new Session(this); // logins and the stanzas of a logged-in session

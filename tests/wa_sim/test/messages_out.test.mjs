@@ -105,3 +105,21 @@ test('a number without WhatsApp: zero devices; sendMessage still resolves with n
   const u = (await sim.events(since)).find(e => e.type === 'usync_user' && e.jid === '19995550000@s.whatsapp.net');
   assert.equal(u.found, false);
 });
+
+test('the server refuses a send (<ack error=479>): Baileys reports status ERROR, the contact gets nothing', async () => {
+  const c = await sim.newContact();
+  const rej = await sim.control('POST', '/sends/reject', { error: '479' });
+  assert.deepEqual(rej.rejectNext, ['479']);
+  const since = (await sim.state()).lastEventSeq;
+  const sent = await r.client.sock.sendMessage(c.jid, { text: 'refused' });
+  const rejected = await until(async () => (await sim.events(since)).find(e => e.type === 'tenant_message_rejected'), 10000, 'reject');
+  assert.equal(rejected.id, sent.key.id);
+  // An error ack within ~100 ms of the send is merged into Baileys' buffered upsert of the sent
+  // message (status 0 there) instead of a messages.update (PROTOCOL.md §6): accept either.
+  await r.client.waitFor(x => x.statusUpdates.some(u => u.id === sent.key.id && u.status === 0) ||
+    x.upserts.some(u => u.key.id === sent.key.id && u.status === 0), 10000, 'status ERROR');
+  const ok = await r.client.sock.sendMessage(c.jid, { text: 'accepted' });
+  const box = await inboxWith(c.phone, m => m.id === ok.key.id, 'the next send');
+  assert.deepEqual(box.messages.map(m => m.text), ['accepted'], 'the refused one never reached the contact');
+  assert.equal((await sim.control('POST', '/sends/reject', { error: 'x' })).status, 400);
+});
