@@ -1,7 +1,8 @@
-// A simulated WhatsApp contact: a phone number, a LID and one device (0) with its own Signal
+// A simulated WhatsApp user's primary device (device 0): a phone number, a LID, its own Signal
 // identity and store, built from Baileys' own Signal code (its libsignal repository over an
-// in-memory key store), so what it encrypts and decrypts is what a real peer would. The server
-// side of it (its uploaded bundle, its inbox) lives here too: the simulator plays both.
+// in-memory key store), so what it encrypts and decrypts is what a real peer would. Used for the
+// simulated contacts and for the phone of each simulated account. The server side of it (its
+// uploaded bundle, its inbox) lives here too: the simulator plays both.
 import { randomInt } from 'node:crypto';
 import { B } from './baileys.mjs';
 import { Bundle } from './bundle.mjs';
@@ -11,21 +12,23 @@ const { Curve, proto, initAuthCreds, addTransactionCapability, encodeWAMessage, 
 const quiet = { level: 'silent', trace() {}, debug() {}, info() {}, warn() {}, error() {}, fatal() {} };
 quiet.child = () => quiet;
 
-/** The SignalKeyStore interface ({get, set}) over plain maps, one per key type. */
+/** The SignalKeyStore interface ({get, set}) over plain maps, one per key type; setNow is synchronous. */
 function memoryKeyStore() {
   const data = new Map();
   const bucket = (type) => data.get(type) ?? data.set(type, new Map()).get(type);
+  const setNow = (changes) => {
+    for (const [type, entries] of Object.entries(changes)) {
+      const b = bucket(type);
+      for (const [id, v] of Object.entries(entries)) v == null ? b.delete(id) : b.set(id, v);
+    }
+  };
   return {
+    setNow,
     async get(type, ids) {
       const b = bucket(type);
       return Object.fromEntries(ids.filter(id => b.has(id)).map(id => [id, b.get(id)]));
     },
-    async set(changes) {
-      for (const [type, entries] of Object.entries(changes)) {
-        const b = bucket(type);
-        for (const [id, v] of Object.entries(entries)) v == null ? b.delete(id) : b.set(id, v);
-      }
-    }
+    async set(changes) { setNow(changes); }
   };
 }
 
@@ -39,19 +42,20 @@ export class Contact {
     this.lid = `${this.lidUser}@lid`;
     this.pushName = pushName ?? `Contact ${this.phone}`;
     this.creds = initAuthCreds();
-    const keys = addTransactionCapability(memoryKeyStore(), quiet, { maxCommitRetries: 1, delayBetweenTriesMs: 0 });
-    this.keys = keys;
+    this.store = memoryKeyStore();
+    const keys = addTransactionCapability(this.store, quiet, { maxCommitRetries: 1, delayBetweenTriesMs: 0 });
     // Contacts never ask the server for LIDs: they address every peer device by its LID jid.
     this.signal = DEFAULT_CONNECTION_CONFIG.makeSignalRepository({ creds: this.creds, keys }, quiet, async () => []);
-    this.bundle = null; // what it "uploaded": set by newPreKeys()
+    this.bundle = null; // what it "uploaded" (newPreKeys)
     this.inbox = []; // what the contact decrypted from tenants
     this.receiptsIn = []; // receipts the server passed on from tenants
     this.retriesIn = []; // retry receipts from tenants (they could not decrypt)
     this.sent = []; // { id, to, type } of what it sent
+    this.newPreKeys();
   }
 
   /** Generate one-time pre-keys (private halves in its store) and publish the bundle. */
-  async newPreKeys(n = PRE_KEYS_PER_CONTACT) {
+  newPreKeys(n = PRE_KEYS_PER_CONTACT) {
     const start = (this.nextPreKeyId ??= 1);
     const pairs = {};
     const pub = [];
@@ -60,7 +64,7 @@ export class Contact {
       pub.push({ id, value: Buffer.from(pairs[id].public) });
     }
     this.nextPreKeyId = start + n;
-    await this.keys.set({ 'pre-key': pairs });
+    this.store.setNow({ 'pre-key': pairs }); // synchronous: a bundle is never published before its keys
     const spk = this.creds.signedPreKey;
     const bundle = new Bundle({
       registrationId: this.creds.registrationId, identity: this.creds.signedIdentityKey.public,

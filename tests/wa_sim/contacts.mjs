@@ -29,12 +29,11 @@ export class Contacts {
     return [...this.rejectNext];
   }
 
-  async create({ phone, pushName } = {}) {
+  create({ phone, pushName } = {}) {
     const p = String(phone ?? this.nextPhone++).replace(/\D/g, '');
     if (!/^\d{6,15}$/.test(p)) throw new SimError('bad_request', 'phone must be 6-15 digits', 400);
     if (this.byPhone.has(p) || this.sim.pairing.accounts.has(p)) throw new SimError('exists', `${p} is already on WhatsApp here`, 409);
     const c = new Contact({ phone: p, pushName });
-    await c.newPreKeys();
     this.byPhone.set(p, c);
     this.sim.event('contact_created', { phone: p, lid: c.lid });
     return c;
@@ -146,7 +145,7 @@ export class Contacts {
     if (type === 'retry') {
       // The receiver lost the session: it forgets it and sends fresh keys with the request.
       await c.dropSession(dev.lid);
-      const bundle = await c.newPreKeys(1);
+      const bundle = c.newPreKeys(1);
       const keyNode = bundle.userNode(c.jid).content;
       content.push(
         { tag: 'retry', attrs: { count: '1', id, t: attrs.t, v: '1' } },

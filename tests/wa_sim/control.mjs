@@ -27,7 +27,7 @@ export function makeControlServer(sim) {
     'POST /faults': (b) => ({ ok: true, pendingFaults: sim.faults.add(b) }),
     'DELETE /faults': () => ({ ok: true, pendingFaults: sim.faults.clear() }),
     // Messages (contacts.mjs, mailbox.mjs)
-    'POST /contacts': async (b) => ({ ok: true, ...(await sim.contacts.create(b)).state() }),
+    'POST /contacts': (b) => ({ ok: true, ...sim.contacts.create(b).state() }),
     'GET /contacts': () => ({ ok: true, contacts: sim.contacts.state() }),
     'POST /contacts/send': (b) => sim.contacts.send(b),
     'GET /contacts/inbox': (_b, url) => sim.contacts.inbox(url.searchParams.get('contact')),
