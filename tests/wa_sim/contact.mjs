@@ -85,11 +85,10 @@ export class Contact {
     return this.signal.encryptMessage({ jid: addr, data: encodeWAMessage(message) });
   }
 
-  /** Decrypt what a tenant device (`addr`) sent; returns the proto.Message. */
+  /** Decrypt what a tenant device (`addr`) sent; returns the proto.Message as sent (maybe a deviceSentMessage). */
   async decryptFrom(addr, type, ciphertext) {
     const padded = await this.signal.decryptMessage({ jid: addr, type, ciphertext });
-    const msg = proto.Message.decode(unpadRandomMax16(padded));
-    return msg.deviceSentMessage?.message ?? msg;
+    return proto.Message.decode(unpadRandomMax16(padded));
   }
 
   /** Forget the session with a device (what a receiver does before asking for a retry). */

@@ -46,9 +46,11 @@ export class Contacts {
     return null;
   }
 
-  get(phone) {
+  /** A contact by phone number; with `phones`, an account's phone (device 0) too. */
+  get(phone, { phones = false } = {}) {
     if (phone == null || phone === '') throw new SimError('bad_request', 'give the contact\'s phone number', 400);
-    const c = this.byPhone.get(String(phone).replace(/\D/g, ''));
+    const p = String(phone).replace(/\D/g, '');
+    const c = this.byPhone.get(p) ?? (phones ? this.sim.pairing.accounts.get(p)?.device0 : null);
     if (!c) throw new SimError('unknown_contact', `no contact ${phone} (POST /contacts first)`, 404);
     return c;
   }
@@ -92,9 +94,11 @@ export class Contacts {
   }
 
   /**
-   * A <message> from a tenant device: for each <to jid> that is a contact, that contact decrypts
-   * it into its inbox. A retry resend has its <enc> directly in the message, for `to`. The server
-   * then acks the stanza (<ack class=message>), which is all Baileys waits for.
+   * A <message> from a tenant device. Each <to jid> is handled as WhatsApp would deliver it: a
+   * contact decrypts it into its inbox; the account's own phone (device 0) decrypts its copy (a
+   * deviceSentMessage) into the phone's inbox; the account's other companions get it queued
+   * (from=SENDER_DEVICE recipient=TO), like any stanza. A retry resend has its <enc> directly in the
+   * message, for `to`. The server then acks the stanza (<ack class=message>): all Baileys waits for.
    */
   async onTenantMessage(conn, dev, node) {
     const { id, to } = node.attrs;
@@ -110,25 +114,54 @@ export class Contacts {
     const targets = participants.map(p => ({ jid: p.attrs.jid, enc: getBinaryNodeChild(p, 'enc') }))
       .concat(direct.map(enc => ({ jid: to, enc })));
     const delivered = [];
+    const copies = [];
+    const relayed = [];
+    const dest = this.sim.directory.party(to);
+    let reached = 0; // targets that are a device of the addressee
     for (const { jid, enc } of targets) {
-      const d = jidDecode(jid);
-      const c = d && this.find(d.user, d.server === 'lid');
-      if (!c || !enc) continue; // e.g. the sender's own other devices: not simulated as recipients
+      const p = enc && this.sim.directory.party(jid);
+      if (p && dest && (p.contact ?? p.account) === (dest.contact ?? dest.account)) reached++;
+      if (p?.account && p.device !== 0) {
+        const other = this.sim.directory.devicesOf(p.account).find(d => d.device === p.device);
+        if (other && other !== dev) relayed.push(this.relay(dev, other, node, enc).jid);
+        continue;
+      }
+      const peer = p?.contact ?? p?.account?.device0;
+      if (!peer) continue;
       const entry = { id, to, via: jid, from: dev.jid, type: enc.attrs.type, retryCount: Number(enc.attrs.count ?? 0), t: Date.now() };
       try {
-        const msg = await c.decryptFrom(dev.lid, enc.attrs.type, Buffer.from(enc.content));
+        const sent = await peer.decryptFrom(dev.lid, enc.attrs.type, Buffer.from(enc.content));
+        const msg = sent.deviceSentMessage?.message ?? sent;
+        if (sent.deviceSentMessage) entry.destination = sent.deviceSentMessage.destinationJid;
         entry.text = textOf(msg);
         entry.message = msg.toJSON?.() ?? msg;
       } catch (err) {
         entry.error = String(err?.message ?? err);
       }
-      c.inbox.push(entry);
-      delivered.push({ contact: c.phone, type: entry.type, ok: !entry.error });
+      peer.inbox.push(entry);
+      (p.contact ? delivered : copies).push({ contact: peer.phone, type: entry.type, ok: !entry.error });
     }
-    if (!participants.length && !direct.length) this.sim.counters.messagesWithoutParticipants++;
+    // A number without WhatsApp: Baileys still sends (copies to its own devices at most) and resolves.
+    if (!reached) this.sim.counters.sendsToNobody++;
     this.sim.counters.tenantMessages++;
-    this.sim.event('tenant_message', { conn: conn.id, jid: dev.jid, id, to, participants: targets.map(t => t.jid), delivered });
+    this.sim.event('tenant_message', { conn: conn.id, jid: dev.jid, id, to, participants: targets.map(t => t.jid), reached, delivered, copies, relayed });
     this.sim.send(conn, { tag: 'ack', attrs: { class: 'message', id, from: to, t: nowSec() } });
+  }
+
+  /**
+   * Queue a tenant's <enc> for another linked device: a companion of another account gets it from
+   * the sending device; one of the sender's own account gets its copy, with recipient=TO.
+   */
+  relay(sender, other, node, enc) {
+    const user = jidDecode(node.attrs.to)?.user;
+    const toSelf = user === sender.phone || user === this.sim.pairing.accounts.get(sender.phone)?.lidUser;
+    const copy = other.phone === sender.phone && !toSelf;
+    this.sim.mailbox.enqueue(other, {
+      tag: 'message',
+      attrs: { from: sender.jid, ...(copy ? { recipient: node.attrs.to } : {}), id: node.attrs.id, t: nowSec(), type: node.attrs.type ?? 'text' },
+      content: [{ tag: 'enc', attrs: { v: '2', type: enc.attrs.type }, content: enc.content }]
+    });
+    return other;
   }
 
   /** The contact answers a message it received: delivery, read, or retry (it could not decrypt). */
@@ -180,7 +213,7 @@ export class Contacts {
   }
 
   inbox(contact) {
-    const c = this.get(contact);
+    const c = this.get(contact, { phones: true });
     return { ok: true, ...c.state(), messages: c.inbox, receiptsIn: c.receiptsIn, retriesIn: c.retriesIn };
   }
 

@@ -1,9 +1,8 @@
 // Who is on WhatsApp, with which devices and LIDs, and their keys: the answers to Baileys'
 // usync queries (`iq xmlns=usync`: devices, lid and contact protocols) and to its pre-key bundle
 // fetch (`iq xmlns=encrypt type=get <key>`). A party is a simulated contact (one device, 0) or
-// an account the simulated phones linked (its companion devices; the phone itself, device 0, has
-// no Signal identity here, so it is not listed). A number that is neither has no WhatsApp: zero
-// devices, no LID, contact type "out".
+// an account the simulated phones linked (its phone, device 0, and its companions that uploaded
+// keys). A number that is neither has no WhatsApp: zero devices, no LID, contact type "out".
 import { B } from './baileys.mjs';
 
 const { getBinaryNodeChild, getBinaryNodeChildren, jidDecode } = B;
@@ -32,6 +31,12 @@ export class Directory {
     return [...this.sim.devices.values()].filter(d => d.phone === account.phone && !d.removed);
   }
 
+  /** <device-list> of an account: the phone, then companions with keys (with their key-index). */
+  deviceListOf(account) {
+    return [{ tag: 'device', attrs: { id: '0' } }, ...this.devicesOf(account).filter(d => d.bundle)
+      .map(d => ({ tag: 'device', attrs: { id: String(d.device), 'key-index': String(d.keyIndex) } }))];
+  }
+
   /** <iq xmlns=usync type=get>: one <user> per queried user, for the protocols asked. */
   usync(conn, node) {
     const usync = getBinaryNodeChild(node, 'usync');
@@ -48,7 +53,7 @@ export class Directory {
       for (const proto of protocols) {
         if (proto === 'devices') {
           const list = p?.contact ? [{ tag: 'device', attrs: { id: '0' } }]
-            : p?.account ? this.devicesOf(p.account).map(d => ({ tag: 'device', attrs: { id: String(d.device), 'key-index': String(d.keyIndex) } }))
+            : p?.account ? this.deviceListOf(p.account)
             : [];
           content.push({ tag: 'devices', attrs: {}, content: [{ tag: 'device-list', attrs: {}, content: list }] });
         } else if (proto === 'lid') {
@@ -69,6 +74,7 @@ export class Directory {
     const p = this.party(jid);
     if (p?.contact) return p.device === 0 ? p.contact.bundle : null;
     if (!p?.account) return null;
+    if (p.device === 0) return p.account.device0.bundle;
     return this.devicesOf(p.account).find(d => d.device === p.device)?.bundle ?? null;
   }
 
@@ -77,14 +83,11 @@ export class Directory {
     const users = getBinaryNodeChildren(getBinaryNodeChild(node, 'key'), 'user');
     const out = [];
     for (const { attrs: { jid } } of users) {
-      const p = this.party(jid);
-      const bundle = p && this.bundleOf(jid);
+      const bundle = this.bundleOf(jid);
       this.sim.counters.keyFetches++;
       this.sim.event('keys_fetched', { conn: conn.id, jid, found: Boolean(bundle) });
-      if (bundle) out.push(bundle.userNode(jid));
-      // Baileys also asks for its own phone (device 0), which has no keys here: leaving it out keeps
-      // the other bundles usable (one <error> child makes Baileys drop the whole answer).
-      else if (!p?.account) out.push({ tag: 'user', attrs: { jid }, content: [{ tag: 'error', attrs: { code: '404', text: 'item-not-found' } }] });
+      // One <error> child makes Baileys drop the whole answer (assertNodeErrorFree).
+      out.push(bundle ? bundle.userNode(jid) : { tag: 'user', attrs: { jid }, content: [{ tag: 'error', attrs: { code: '404', text: 'item-not-found' } }] });
     }
     return [{ tag: 'list', attrs: {}, content: out }];
   }

@@ -58,7 +58,7 @@ export class WaSimulator extends EventEmitter {
       scans: 0, scanFailures: 0, pairings: 0, logins: 0, loginFailures: 0,
       conflicts: 0, conflictsFromDuplicates: 0, kills: {}, faultsApplied: {},
       preKeyUploads: 0, pings: 0, iqs: 0, linkCodeRequests: 0, codeEntries: 0, codeEntryFailures: 0,
-      usyncQueries: 0, keyFetches: 0, contactMessages: 0, tenantMessages: 0, messagesWithoutParticipants: 0,
+      usyncQueries: 0, keyFetches: 0, contactMessages: 0, tenantMessages: 0, sendsToNobody: 0,
       tenantRetryReceipts: 0, sendsRejected: 0
     };
     this.pairing = new Pairing(this); // registration sockets, QR refs, scans, pair-success

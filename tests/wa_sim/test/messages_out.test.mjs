@@ -96,12 +96,14 @@ test('a retry receipt with fresh keys: Baileys sends the same message again and 
 
 test('a number without WhatsApp: zero devices; sendMessage still resolves with nothing delivered', async () => {
   const since = (await sim.state()).lastEventSeq;
-  const before = (await sim.state()).counters.messagesWithoutParticipants;
+  const before = (await sim.state()).counters.sendsToNobody;
   const sent = await r.client.sock.sendMessage('19995550000@s.whatsapp.net', { text: 'anyone?' });
   assert.ok(sent.key.id, 'Baileys resolves the send');
   const tm = await until(async () => (await sim.events(since)).find(e => e.type === 'tenant_message' && e.id === sent.key.id), 10000, 'stanza');
-  assert.deepEqual(tm.participants, []);
-  assert.equal((await sim.state()).counters.messagesWithoutParticipants, before + 1);
+  assert.equal(tm.reached, 0);
+  assert.deepEqual(tm.delivered, []);
+  assert.equal(tm.copies.length, 1, 'only the copy for its own phone');
+  assert.equal((await sim.state()).counters.sendsToNobody, before + 1);
   const u = (await sim.events(since)).find(e => e.type === 'usync_user' && e.jid === '19995550000@s.whatsapp.net');
   assert.equal(u.found, false);
 });
