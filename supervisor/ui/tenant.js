@@ -175,7 +175,8 @@ async function pairingCode(ev) {
   try {
     const r = await api('POST', `/whatsapp/${tid}/pairing-code`, { phone: $('pair-phone').value });
     if (g !== gen) return;
-    $('pair-code').textContent = `Type this code on that phone (Linked devices → Link with phone number): ${r.code}`;
+    $('pair-code').replaceChildren('Type this code on that phone (Linked devices → Link with phone number): ',
+      el('strong', {}, `${r.code.slice(0, 4)}-${r.code.slice(4)}`));
   } catch (e) {
     if (g !== gen) return;
     if (e instanceof ApiError) $('pair-code').textContent = `No code: ${e.message}`;
