@@ -56,6 +56,8 @@ function applyStatus(st) {
     ...detail('What to do', words.fix || '—'));
   if (state !== 'qr') showQr(null);
   else if (st.hasQR && !$('qr-img').getAttribute('src')) loadQr();
+  // A pairing code is only possible while the worker waits for a scan (the API answers not_ready/already_linked).
+  $('pair-form').hidden = state !== 'qr';
   if (state === 'connected') $('pair-code').textContent = '';
 }
 
@@ -157,7 +159,7 @@ async function act(action) {
   try {
     const st = await api('POST', `/whatsapp/${tid}/${action}`);
     if (g !== gen) return;
-    setMsg(`${action}: done, state ${st.state}`);
+    setMsg(`${action}: sent at ${clock()}`);
     applyStatus(st);
   } catch (e) {
     if (g !== gen) return;
