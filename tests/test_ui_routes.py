@@ -93,3 +93,28 @@ def test_page_has_no_inline_code_no_cdn_and_every_input_is_labelled():
     assert "innerHTML" not in js and "eval(" not in js and "new Function" not in js
     used = set(re.findall(r"\$\('([\w-]+)'\)", js)) | set(re.findall(r"getElementById\('([\w-]+)'\)", js))
     assert used <= audit.ids, used - audit.ids  # every element the scripts look up exists
+
+
+def _luminance(hex_colour: str) -> float:
+    rgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_text_colours_meet_wcag_aa_contrast():
+    css = (UI_DIR / "app.css").read_text()
+    var = dict(re.findall(r"--([\w-]+):\s*(#[0-9a-fA-F]{6})", css))
+    pairs = [("fg", "bg"), ("fg", "card"), ("muted", "bg"), ("muted", "card"), ("accent", "card"),
+             ("ok-fg", "ok-bg"), ("warn-fg", "warn-bg"), ("bad-fg", "bad-bg"), ("idle-fg", "idle-bg")]
+    low = {f"{a}/{b}": round(contrast(var[a], var[b]), 2) for a, b in pairs if contrast(var[a], var[b]) < 4.5}
+    assert low == {}
+    # Literal colours: white button text on the accent and danger buttons, the header, the auth-off badge.
+    for fg, bg in (("#ffffff", var["accent"]), ("#ffffff", "#a51d1d"), ("#ffffff", "#16202c"), ("#2b2100", "#ffd75e"),
+                   ("#cfe3ff", "#16202c")):
+        assert contrast(fg, bg) >= 4.5, (fg, bg)
+    assert contrast("#000000", "#ffffff") == 21.0  # the formula itself
