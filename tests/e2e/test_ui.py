@@ -155,6 +155,16 @@ def test_sign_in_start_scan_connected_live_then_logout_asks_first(browser, sim, 
     expect(row).to_contain_text("connected")
     expect(row).to_contain_text("restart required: normal right after a QR scan")  # the doctor's words
     page.screenshot(path=shots / "ui-list.png")
+    state_th = page.locator('th[data-key="state"]')
+    state_th.get_by_role("button").focus()
+    page.keyboard.press("Enter")  # sorting from the keyboard; again reverses
+    expect(state_th).to_have_attribute("aria-sort", "ascending")
+    page.keyboard.press("Enter")
+    expect(state_th).to_have_attribute("aria-sort", "descending")
+    page.get_by_label("Filter").fill("no-such-tenant")
+    expect(row).to_have_count(0)
+    page.get_by_label("Filter").fill("connected")  # by state too
+    expect(row).to_have_count(1)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=shots / "ui-list-phone.png", full_page=True)
     page.set_viewport_size({"width": 1100, "height": 760})
