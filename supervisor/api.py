@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import stream_token
+from . import stream_token, ui_routes
 from .errors import BadRequest, SupervisorError, UnknownTenant
 from .eventbus import EventBus
 from .events import get_logger
@@ -24,7 +24,6 @@ from .ids import is_tenant_id, validate_tenant_id
 from .settings import ApiSettings
 from .sse import HEARTBEAT, stream
 from .transitions import iso
-from .ui_routes import add_ui
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -294,7 +293,7 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
         app.router.add_post(f"{_T}/events-token", events_token)
     if metrics is not None:
         app.router.add_get("/metrics", metrics_route)
-    add_ui(app)  # GET /ui/: the operator console (supervisor/ui_routes.py), public static files outside the auth
+    ui_routes.add_ui(app)  # GET /ui/: the operator console, public static files outside the auth
     return app
 
 

@@ -13,11 +13,12 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from . import doctor
-from .states import CLOSE_REASONS
+from .states import reason_name
 
 UI_DIR = Path(__file__).with_name("ui")
 PREFIX = "/ui/"
@@ -29,13 +30,20 @@ TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".j
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _meaning_fix(entry: Any) -> tuple[str, str]:
+    # doctor.CLOSE_CODES holds (meaning, fix) on this branch's base and states.CloseCode(name, meaning, fix) once the
+    # table moved to states.py (main): both until the merge, then only the second.
+    return (entry.meaning, entry.fix) if hasattr(entry, "meaning") else entry
+
+
 def doctor_texts() -> dict[str, object]:
     """The doctor's words for the page (one source: supervisor/doctor.py); `T` in a fix is the tenant id."""
+    codes = {code: _meaning_fix(entry) for code, entry in doctor.CLOSE_CODES.items()}
     return {
-        "closeCodes": {str(code): {"meaning": m, "fix": f} for code, (m, f) in doctor.CLOSE_CODES.items()},
+        "closeCodes": {str(code): {"meaning": m, "fix": f} for code, (m, f) in codes.items()},
         "states": {s: {"verdict": v, "text": t, "fix": f} for s, (v, t, f) in doctor._STATE_ADVICE.items()},
         "networkErrors": [{"needles": list(n), "fix": f} for n, f in doctor._NETWORK_ERRORS],
-        "reasons": {name: code for code, name in CLOSE_REASONS.items()},
+        "reasons": {reason_name(code): code for code in codes},  # Baileys' name -> code, for the event list
     }
 
 
