@@ -11,7 +11,7 @@ from aiohttp import ClientSession
 from supervisor import doctor
 from supervisor.api import make_app, start_api
 from supervisor.daemon import Supervisor
-from supervisor.ui_routes import UI_DIR
+from supervisor.ui_routes import UI_DIR, _meaning_fix
 
 
 async def _serve(make_settings):
@@ -38,7 +38,9 @@ async def test_console_files_are_public_with_strict_headers_and_the_api_is_not(m
                 assert r.status == 200 and r.content_type == "text/javascript"
             async with http.get(url + "/ui/doctor.json") as r:
                 texts = await r.json()
-                assert texts["closeCodes"]["515"]["meaning"] == doctor.CLOSE_CODES[515][0]
+                meaning, fix = _meaning_fix(doctor.CLOSE_CODES[515])
+                assert texts["closeCodes"]["515"] == {"meaning": meaning, "fix": fix}
+                assert meaning.startswith("restart required")
                 assert texts["reasons"]["restartRequired"] == 515
             async with http.get(url + "/ui", allow_redirects=False) as r:
                 assert r.status == 301 and r.headers["Location"] == "/ui/"
