@@ -2,11 +2,8 @@
 // an image that replaces itself at each rotation, the actions, the pairing-code form and the recent events.
 
 import { ApiError, api, url } from './api.js';
-import { ago, clock, closeText, el, reasonCode, stateBadge, stateText } from './texts.js';
+import { FIRST_QR_S, NEXT_QR_S, ago, clock, closeText, el, qrSecondsLeft, reasonCode, stateBadge, stateText } from './texts.js';
 
-// Baileys' QR lifetimes (socket.js: qrTimeout unset -> the first ref lives 60 s, each later one 20 s).
-const FIRST_QR_S = 60;
-const NEXT_QR_S = 20;
 const MAX_EVENTS = 30;
 const $ = (id) => document.getElementById(id);
 
@@ -87,11 +84,8 @@ async function loadQr(fromEvent = false) {
     if (g !== gen) return;
     if (fromEvent) qrCount += 1;
     if (q.dataUrl) {
-      // A QR seen first through the status (page opened mid-scan): its age is the time spent in `qr`.
-      const age = fromEvent || !status ? 0 : Math.max(0, (Date.now() - Date.parse(status.since)) / 1000);
-      const life = fromEvent ? (qrCount === 1 ? FIRST_QR_S : NEXT_QR_S)
-        : age < FIRST_QR_S ? FIRST_QR_S - age : NEXT_QR_S - ((age - FIRST_QR_S) % NEXT_QR_S);
-      qrDeadline = Date.now() + life * 1000;
+      const since = fromEvent || !status ? null : status.since;
+      qrDeadline = Date.now() + qrSecondsLeft({ nth: qrCount, since }) * 1000;
     }
     showQr(q.dataUrl);
     countdown();

@@ -3,10 +3,12 @@
 
 let doctor = { closeCodes: {}, states: {}, networkErrors: [], reasons: {} };
 
+export const useDoctor = (texts) => { doctor = texts; };
+
 export async function loadDoctor() {
   try {
     const r = await fetch('doctor.json', { cache: 'no-cache', credentials: 'omit' });
-    if (r.ok) doctor = await r.json();
+    if (r.ok) useDoctor(await r.json());
   } catch { /* the page still works, only without explanations */ }
 }
 
@@ -33,6 +35,18 @@ export function stateText(state, tid) {
 
 // Baileys' reason name -> close code, for "qr → connecting · 515 restartRequired" in the event list.
 export const reasonCode = (name) => doctor.reasons[name];
+
+// Baileys' QR lifetimes (socket.js: qrTimeout unset -> the first ref lives 60 s, each later one 20 s).
+export const FIRST_QR_S = 60;
+export const NEXT_QR_S = 20;
+
+// Seconds until the shown QR rotates: `nth` QR event since the tenant entered `qr` (1 = the first), or, for a QR
+// first seen through the status (page opened mid-scan), `since` = when the tenant entered `qr`.
+export function qrSecondsLeft({ nth = 1, since = null, now = Date.now() }) {
+  if (since === null) return nth <= 1 ? FIRST_QR_S : NEXT_QR_S;
+  const age = Math.max(0, (now - Date.parse(since)) / 1000);
+  return age < FIRST_QR_S ? FIRST_QR_S - age : NEXT_QR_S - ((age - FIRST_QR_S) % NEXT_QR_S);
+}
 
 export function ago(iso, now = Date.now()) {
   if (!iso) return '—';
