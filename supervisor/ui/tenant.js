@@ -11,7 +11,9 @@ let tid = null;
 let es = null;
 let gen = 0; // a view generation: answers for a tenant view that was left are dropped
 let status = null;
-let qrCount = 0; // QR events since the tenant entered `qr`: the first one lives longer
+// QR events since the tenant entered `qr` (the first one lives longer); null: the view opened mid-scan, so the next
+// QR event is a later one whatever the count.
+let qrCount = null;
 let qrDeadline = 0;
 let tick = null;
 let onError = () => {};
@@ -31,14 +33,22 @@ function detail(name, value) {
   return [el('dt', {}, name), el('dd', {}, value ?? '—')];
 }
 
+// "waiting for a QR scan (waiting_for_scan), since 12 s ago": redrawn every second, the times move.
+function stateLine() {
+  const st = status;
+  const words = stateText(st ? st.state : 'stopped', tid);
+  const reason = st && st.stateReason ? ` (${st.stateReason})` : '';
+  const left = st && st.nextRetryAt ? Math.max(0, Math.round((Date.parse(st.nextRetryAt) - Date.now()) / 1000)) : null;
+  const retry = left === null ? '' : `, next attempt in ${left} s`;
+  $('t-reason').textContent = `${words.text}${reason}, since ${st ? ago(st.since) : '—'}${retry}`;
+}
+
 function applyStatus(st) {
   status = st;
   const state = st ? st.state : 'stopped';
   $('t-state').replaceChildren(stateBadge(state));
   const words = stateText(state, tid);
-  const reason = st && st.stateReason ? ` (${st.stateReason})` : '';
-  const retry = st && st.nextRetryAt ? `, next attempt ${ago(st.nextRetryAt).replace(' ago', '')}` : '';
-  $('t-reason').textContent = `${words.text}${reason}, since ${st ? ago(st.since) : '—'}${retry}`;
+  stateLine();
   const c = st && closeText(st.lastDisconnect, tid);
   const dl = $('t-details');
   dl.replaceChildren(
@@ -73,6 +83,7 @@ function showQr(dataUrl) {
 }
 
 function countdown() {
+  stateLine();
   const left = Math.max(0, Math.round((qrDeadline - Date.now()) / 1000));
   $('qr-count').textContent = !$('qr-box').hidden && qrDeadline ? (left > 0 ? `New QR in ${left} s` : 'A new QR is coming…') : '';
 }
@@ -82,7 +93,7 @@ async function loadQr(fromEvent = false) {
   try {
     const q = await api('GET', `/whatsapp/${tid}/qr`);
     if (g !== gen) return;
-    if (fromEvent) qrCount += 1;
+    if (fromEvent) qrCount = qrCount === null ? 2 : qrCount + 1;
     if (q.dataUrl) {
       const since = fromEvent || !status ? null : status.since;
       qrDeadline = Date.now() + qrSecondsLeft({ nth: qrCount, since }) * 1000;
@@ -201,7 +212,7 @@ export function showTenant(id) {
   hideTenant();
   tid = id;
   status = null;
-  qrCount = 0;
+  qrCount = null;
   qrDeadline = 0;
   $('t-id').textContent = id;
   $('t-events').replaceChildren();
