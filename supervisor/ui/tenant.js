@@ -2,7 +2,7 @@
 // an image that replaces itself at each rotation, the actions, the pairing-code form and the recent events.
 
 import { ApiError, api, url } from './api.js';
-import { FIRST_QR_S, NEXT_QR_S, ago, clock, closeText, el, qrSecondsLeft, reasonCode, stateBadge, stateText } from './texts.js';
+import { FIRST_QR_S, NEXT_QR_S, ago, clock, closeText, el, qrSecondsLeft, reasonCode, stateBadge, stateText, toDate } from './texts.js';
 
 const MAX_EVENTS = 30;
 const $ = (id) => document.getElementById(id);
@@ -25,7 +25,7 @@ function setMsg(text, bad = false) {
 
 function addEvent(text, at) {
   const list = $('t-events');
-  list.prepend(el('li', {}, el('time', { datetime: at || new Date().toISOString() }, clock(at)), ' ', text));
+  list.prepend(el('li', {}, el('time', { datetime: toDate(at).toISOString() }, clock(at)), ' ', text));
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
 }
 

@@ -57,7 +57,9 @@ export function ago(iso, now = Date.now()) {
   return new Date(iso).toLocaleString();
 }
 
-export const clock = (iso) => new Date(iso || Date.now()).toLocaleTimeString([], { hour12: false });
+// Times come in two shapes: the status's are ISO strings, the SSE events' `at` is epoch seconds.
+export const toDate = (t) => new Date(typeof t === 'number' ? t * 1000 : t ?? Date.now());
+export const clock = (t) => toDate(t).toLocaleTimeString([], { hour12: false });
 
 // Tiny element builder: el('td', {class: 'x'}, 'text', child). Text goes in as text, never as HTML.
 export function el(tag, attrs = {}, ...children) {

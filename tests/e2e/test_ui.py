@@ -12,6 +12,7 @@ import re
 import os
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,8 @@ def test_sign_in_start_scan_connected_live_then_logout_asks_first(browser, sim, 
     events = page.locator("#t-events")
     expect(events).to_contain_text("515 restartRequired")
     expect(events).to_contain_text("→ connected")
+    shown_at = page.locator("#t-events time").first.get_attribute("datetime")  # the event's own time, not 1970
+    assert abs(datetime.fromisoformat(shown_at).timestamp() - time.time()) < 600, shown_at
     expect(page.locator("#qr-box")).to_be_hidden()
     expect(page.locator("#t-details")).to_contain_text("Shop One")
     page.screenshot(path=shots / "ui-connected.png")

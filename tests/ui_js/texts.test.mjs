@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 
-import { ago, closeText, qrSecondsLeft, reasonCode, stateText, useDoctor } from '../../supervisor/ui/texts.js';
+import { ago, closeText, qrSecondsLeft, reasonCode, stateText, toDate, useDoctor } from '../../supervisor/ui/texts.js';
 
 useDoctor(JSON.parse(readFileSync(process.env.BSUP_DOCTOR_JSON, 'utf8')));
 
@@ -44,4 +44,9 @@ test('ago', () => {
   assert.equal(ago('2026-01-01T00:55:00Z', now), '5 min ago');
   assert.equal(ago('2025-12-31T23:00:00Z', now), '2 h ago');
   assert.equal(ago(null, now), '—');
+});
+
+test("times: the status's ISO strings and the events' epoch seconds are the same instant", () => {
+  assert.equal(toDate(1767225600.5).toISOString(), '2026-01-01T00:00:00.500Z');
+  assert.equal(toDate('2026-01-01T00:00:00.500Z').getTime(), 1767225600500);
 });
