@@ -8,10 +8,10 @@ from html.parser import HTMLParser
 
 from aiohttp import ClientSession
 
-from supervisor import doctor
 from supervisor.api import make_app, start_api
 from supervisor.daemon import Supervisor
-from supervisor.ui_routes import UI_DIR, _meaning_fix
+from supervisor.states import CLOSE_CODES
+from supervisor.ui_routes import UI_DIR
 
 
 async def _serve(make_settings):
@@ -38,7 +38,7 @@ async def test_console_files_are_public_with_strict_headers_and_the_api_is_not(m
                 assert r.status == 200 and r.content_type == "text/javascript"
             async with http.get(url + "/ui/doctor.json") as r:
                 texts = await r.json()
-                meaning, fix = _meaning_fix(doctor.CLOSE_CODES[515])
+                meaning, fix = CLOSE_CODES[515].meaning, CLOSE_CODES[515].fix
                 assert texts["closeCodes"]["515"] == {"meaning": meaning, "fix": fix}
                 assert meaning.startswith("restart required")
                 assert texts["reasons"]["restartRequired"] == 515
