@@ -92,6 +92,12 @@ def spawn_records(fake_state: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def signal_records(fake_state: Path) -> list[dict[str, Any]]:
+    """Every SIGTERM a fake worker received ({"tenant", "pid", "signal", "t"}; see tests/fake_worker.py)."""
+    path = fake_state / "signals.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def live_workers(marker: str) -> dict[int, str]:
     """pid -> tenant of every live (non-zombie) fake worker carrying `marker` in its argv."""
     found: dict[int, str] = {}
