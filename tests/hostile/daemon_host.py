@@ -1,4 +1,4 @@
-"""The real daemon (run_daemon: Supervisor + API) in its own process, for tests and benchmarks that measure it from
+"""The real daemon (run_daemon: Supervisor + API) in its own process, for the benchmarks that measure it from
 outside (RSS, CPU, latency under load).
 
     python tests/hostile/daemon_host.py '<json>'
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from supervisor.daemon import run_daemon
+from supervisor.runner import run_daemon  # not via supervisor.daemon: that re-export is going away
 from supervisor.events import configure_logging
 from supervisor.settings import (ApiSettings, LoggingSettings, RestartSettings, Settings, StorageSettings,
                                  TenantsSettings, WorkerSettings)
