@@ -84,8 +84,8 @@ def fake_config(storage: Path, fake_state: Path, marker: str, script: Any = None
                 worker: dict[str, Any] | None = None, restart: dict[str, Any] | None = None,
                 api: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
     """The config (the YAML file's schema, as a dict) of a daemon whose workers are tests/fake_worker.py running
-    `script` (see that file). Short heartbeats and backoff so restart rows take milliseconds, not seconds;
-    `prewarm` off because most tests count processes per tenant (tests/test_standby.py turns it on).
+    `script` (see that file). Short heartbeats and backoff so restart rows take milliseconds, not seconds; a
+    heartbeat_timeout (which also bounds the wait for hello) that a worker's start-up meets at load 30; `prewarm` off because most tests count processes per tenant (tests/test_standby.py turns it on).
     `worker`/`restart`/`api` override single keys; other keyword arguments are whole sections (logging, webhook)."""
     wenv = {"BSUP_FAKE_STATE_DIR": str(fake_state)}
     if script is not None:
@@ -96,7 +96,7 @@ def fake_config(storage: Path, fake_state: Path, marker: str, script: Any = None
         # secret_env null: the shell's INTERNAL_SECRET never leaks into a test daemon.
         "api": {"host": "127.0.0.1", "port": port, "secret": secret, "secret_env": None, **(api or {})},
         "worker": {"command": fake_worker_command(marker), "env": wenv, "heartbeat_interval": 0.2,
-                   "heartbeat_timeout": 5.0, "stop_grace": 2.0, "prewarm": False, **(worker or {})},
+                   "heartbeat_timeout": 15.0, "stop_grace": 2.0, "prewarm": False, **(worker or {})},
         "restart": {"initial_delay": 0.05, "max_delay": 0.2, "jitter": 0.0, **(restart or {})},
         "tenants": {"boot": list(boot)},
         **sections,
