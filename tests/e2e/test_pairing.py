@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_harness import auth_files_parse, pair
+from .e2e_harness import auth_files_parse, pair, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def test_go_no_go_scan_to_connected_through_the_515_restart(sim, make_daemon, st
     # worker.prewarm (on by default): the worker for the login after the 515 is already up, waiting for `go`.
     standby = d.wait_status("1", lambda s: s["standbyPid"], what="standbyPid")["standbyPid"]
     assert standby != before["pid"]
-    wait_for(lambda: any(e.get("event") == "standby.ready" for e in d.log_events()), 30, "standby.ready")
+    wait_for(lambda: any(e.get("event") == "standby.ready" for e in d.log_events()), what="standby.ready")
 
     t_scan = time.monotonic()
     res = sim.scan(qr["qr"], pushName="Alice")
@@ -70,14 +70,6 @@ def test_without_prewarm_the_515_restart_spawns_a_new_worker(sim, make_daemon):
 
 def state_max_concurrent(sim) -> int:
     return sim.state()["maxConcurrentAnyDevice"]
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s")
-        time.sleep(0.05)
 
 
 def test_cause1_fifty_concurrent_starts_one_registration_socket(sim, make_daemon):
