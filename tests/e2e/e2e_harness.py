@@ -164,6 +164,21 @@ def pair(daemon: Daemon, sim: Simulator, tid: str, push_name: str | None = None,
     return {"start_to_qr": t_qr - t0, "scan_to_connected": t_open - t_qr, "scan": res, "status": st}
 
 
+def decisions(d: Daemon, tid: str) -> list[dict]:
+    return [e for e in d.log_events() if e.get("event") == "tenant.decision" and e.get("tenant") == tid]
+
+
+def assert_rests(d: Daemon, tid: str, code: int) -> dict:
+    """No new connection, checked by the event that decides it instead of a watch window (2.5 s of sleep per row
+    before): the daemon decides what follows a worker's end once, in its tenant.decision; `rest` means no new worker
+    until an API call, and the status shows neither a worker, a standby nor a pending retry."""
+    dec = wait_for(lambda: [e for e in decisions(d, tid) if e.get("code") == code], what=f"decision on {code}")[-1]
+    assert dec["action"] == "rest" and dec["delay"] == 0, dec
+    st = d.status(tid)
+    assert st["pid"] is None and st.get("standbyPid") is None and st["nextRetryAt"] is None, st
+    return dec
+
+
 def auth_files_parse(auth_dir: Path) -> list[str]:
     """Names of every file in `auth_dir`, asserting each one is valid JSON (a torn write would not be). The atomic
     writer's own temp files (`.<name>.tmp-<pid>-<n>`, never read by Baileys, removed at the next start) are skipped:
