@@ -32,7 +32,7 @@ def test_go_no_go_scan_to_connected_through_the_515_restart(sim, make_daemon, st
     t_scan = time.monotonic()
     res = sim.scan(qr["qr"], pushName="Alice")
     assert res["ok"], res
-    st = d.wait_connected("1", timeout=30)
+    st = d.wait_connected("1")
     print(f"\nscan -> connected: {time.monotonic() - t_scan:.3f} s")
     assert st["pid"] == standby and st["standbyPid"] is None  # promoted: no Node start-up after the scan
 
@@ -63,7 +63,7 @@ def test_without_prewarm_the_515_restart_spawns_a_new_worker(sim, make_daemon):
     assert d.status("1")["standbyPid"] is None
     res = sim.scan(qr, pushName="Carol")
     assert res["ok"], res
-    st = d.wait_connected("1", timeout=30)
+    st = d.wait_connected("1")
     assert st["pid"] not in (None, first) and st["restarts"] == 1 and st["me"]["id"] == res["jid"]
     assert not any(e.get("event", "").startswith("standby.") for e in d.log_events())
 
