@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from support import CLI, SCRUBBED_ENV, fake_config, free_port, json_lines, wait_for  # noqa: F401 - free_port: old importers
+from support import CLI, SCRUBBED_ENV, WAIT, fake_config, free_port, json_lines, wait_for  # noqa: F401 - free_port: old importers
 
 SECRET = "ops-secret"
 H = {"X-Internal-Secret": SECRET}
@@ -45,8 +45,9 @@ class NotifySocket:
         self.sock.bind("\0" + self.name[1:])
         self.messages: list[str] = []
 
-    def wait_for(self, predicate, timeout: float = 15.0) -> str:
-        """The first message (from now on, earlier ones are kept in .messages) for which predicate(msg) holds."""
+    def wait_for(self, predicate, timeout: float = 2 * WAIT) -> str:
+        """The first message (from now on, earlier ones are kept in .messages) for which predicate(msg) holds. The
+        default bound covers a daemon's start-up (imports alone) at load 20-30 on 2 cores: 15 s ran out there."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import live_workers, signal_records
 from ops_helpers import NotifySocket, api, config, log_events, pids, wait_log, wait_pids, write
-from support import DaemonProcess, free_port, wait_for
+from support import WAIT, DaemonProcess, free_port, wait_for
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_notify_reload_diff_and_shutdown(tmp_path, marker, notify):
 
         proc.send_signal(signal.SIGTERM)
         notify.wait_for(lambda m: m.startswith("STOPPING=1"))
-        assert proc.wait(15) == 0
+        assert proc.wait(2 * WAIT) == 0
         assert live_workers(marker) == {}
         names = [e["event"] for e in log_events(log)]
         assert names.index("daemon.ready") > names.index("daemon.started")
