@@ -27,7 +27,7 @@ def config(tmp_path: Path, marker: str, port: int, *, boot=(), env=None, script=
     state = tmp_path / "fake-state"
     state.mkdir(exist_ok=True)
     return fake_config(Path("storage"), state, marker, script, port=port, secret=SECRET, boot=boot, env=env,
-                       worker={"heartbeat_interval": 0.5, "heartbeat_timeout": 10, **(worker or {})},
+                       worker={"heartbeat_interval": 0.5, **(worker or {})},
                        **{"logging": {"format": "json"}, **sections})
 
 

@@ -92,7 +92,9 @@ def daemon_config(storage: Path, port: int, wa_url: str, *, marker: str | None =
         "storage": {"root": str(storage)},
         "api": {"host": "127.0.0.1", "port": port},
         "worker": {"command": worker_command(marker), "wa_url": wa_url, "log_level": "warn",
-                   "socket_options": socket_options or {}, "heartbeat_interval": 1.0, "heartbeat_timeout": 15.0,
+                   "socket_options": socket_options or {}, "heartbeat_interval": 1.0,
+                   # also the bound for a worker's hello: Node + the Baileys import take seconds at load 20-30
+                   "heartbeat_timeout": 2 * WAIT,
                    "stop_grace": 3.0, **(worker or {})},
         # Short backoff: the restart rows are about *what* happens, not about waiting a second per row.
         "restart": {"initial_delay": 0.2, "multiplier": 2.0, "max_delay": 2.0, "jitter": 0.1, **(restart or {})},
