@@ -20,6 +20,7 @@ import structlog
 
 from supervisor import lifecycle, protocol
 from supervisor.backoff import Action, Decision, Ending
+from supervisor.capacity import Place, ProcessBudget, unlimited
 from supervisor.errors import AlreadyLinked, NotReady, NotRunning, StorageError, WorkerCommandFailed
 from supervisor.lifecycle import (ArchiveAuth, Closed, Creds, DismissStandby, Enter, Forward, Hello, Opened,
                                   PairingCode, Prewarm, ProtocolMismatch, ReapStandby, Restarting, Rss, ShowQR,
@@ -42,7 +43,8 @@ LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server b
 class Tenant:
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: SpawnSlots,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 rand: Callable[[], float] = random.random, observer: TenantObserver | None = None) -> None:
+                 rand: Callable[[], float] = random.random, observer: TenantObserver | None = None,
+                 budget: ProcessBudget | None = None) -> None:
         self.id = tid
         # Always a guarded fan-out: an observer's bug never breaks a transition (observer.py).
         self.observer = observer if isinstance(observer, Observers) else Observers(*filter(None, [observer]))
@@ -56,6 +58,9 @@ class Tenant:
         self.since = clock()
         self.worker: WorkerProcess | None = None
         self.standby = StandbySlot(tid, spawn_slots)  # the next worker, pre-started while a QR is shown
+        self.budget = budget if budget is not None else unlimited()  # the daemon's limits.max_processes/standbys
+        self._place: Place | None = None  # held from start() until the restart loop ends
+        self._standby_place: Place | None = None  # held by the current standby until it is promoted or gone
         self.qr: str | None = None
         self.push_name: str | None = None
         self.me: dict[str, Any] | None = None
@@ -160,9 +165,19 @@ class Tenant:
     def _prewarm(self) -> None:
         """Pre-start the standby while this tenant's worker lives. Not before its hello: two Baileys imports at once
         would delay the first QR (measured +210 ms on 2 CPUs)."""
-        if (self.running and not self._want_stop and self.lock.fd is not None and self.worker is not None
-                and self.worker.alive):
-            self.standby.prewarm(self.settings.worker, self.auth_dir, self.lock.fd)
+        if not (self.running and not self._want_stop and self.lock.fd is not None and self.worker is not None
+                and self.worker.alive and self.settings.worker.prewarm and self.standby.current is None):
+            return
+        place = self.budget.standby()
+        if place is None:  # limits.max_standbys / max_processes: this scan simply takes ~0.9 s longer
+            log.info("standby.skipped", tenant=self.id, reason="capacity")
+            return
+        self.standby.prewarm(self.settings.worker, self.auth_dir, self.lock.fd)
+        if self.standby.current is None:
+            place.release()
+            return
+        self.standby.current.task.add_done_callback(lambda _t: place.release())
+        self._standby_place = place
 
     @property
     def running(self) -> bool:
@@ -173,7 +188,13 @@ class Tenant:
         """Idempotent: a running (or backing-off) tenant is left alone. Raises TenantLocked."""
         if self.running:
             return
-        await self.lock.acquire()
+        place = self.budget.tenant()  # AtCapacity (503) before anything is touched
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            place.release()
+            raise
+        self._place = place
         self.life = lifecycle.started(self.life)
         self.restarts, self._want_stop = 0, False
         self.change_state(S.STARTING, "start")
@@ -279,6 +300,9 @@ class Tenant:
             self.observer.on_rss(self.id, None)
             self.lock.clear_pidfile()  # never raises
             self.lock.release()
+            if self._place is not None:  # the worker and the standby are gone: the place is free again
+                self._place.release()
+                self._place = None
 
     async def _run_once(self) -> tuple[Ending, ExitInfo | None]:
         """Spawn one worker and return how it ended. Once spawned, the worker is read by its run() task from the
@@ -288,6 +312,8 @@ class Tenant:
         self.life, self._hello = lifecycle.spawning(self.life), asyncio.Event()
         standby = await self.standby.take(self.settings.worker.heartbeat_timeout)
         if standby is not None:
+            if self._standby_place is not None:  # the tenant's own place covers it from now on
+                self._standby_place.release()
             return await self._run_promoted(standby)
         worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
                                              self._on_event, on_invalid_line=self._on_invalid_line)
