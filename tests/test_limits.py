@@ -201,3 +201,18 @@ async def test_a_lock_file_removed_between_open_and_lock_is_refused(storage, mon
     await lock.acquire()  # a fresh file: fine
     assert lock.held
     lock.release()
+
+
+async def test_a_reload_applies_new_limits_at_once(make_settings, storage):
+    from supervisor.reload import apply_reload
+
+    sup = sup_with(make_settings, max_tenants=1)
+    try:
+        await sup.start_tenant("a")
+        with pytest.raises(TooManyTenants):
+            await sup.start_tenant("b")
+        plan = await apply_reload(sup, replace(sup.settings, limits=LimitsSettings(max_tenants=2)))
+        assert "limits" in plan.changed and not plan.restart and sup.status("a")["pid"]
+        assert (await sup.start_tenant("b"))["pid"]
+    finally:
+        await sup.shutdown()
