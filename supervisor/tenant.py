@@ -38,6 +38,9 @@ log = structlog.get_logger("supervisor.tenant")
 S = TenantState
 
 LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server before it is stopped
+# An explicit start during a backoff retries at once, but never sooner than this after the previous attempt: a client
+# that polls `start` (it is idempotent) must not turn a backoff into a spawn loop (Node + Baileys cost ~1 s of CPU).
+RETRY_FLOOR = 5.0
 
 
 class Tenant:
@@ -71,6 +74,9 @@ class Tenant:
         self.next_retry_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._sleeping = False
+        self._wake = asyncio.Event()  # set by an explicit start during a backoff: next_retry_at moved earlier
+        self._attempt_at: float | None = None  # when the current/last worker was started (the retry floor)
+        self.retry_floor = RETRY_FLOOR
         self._waiting_slot = False  # queued for a spawn slot: nothing spawned yet, safe to cancel
         self._want_stop = False
         self._spawned = asyncio.Event()
@@ -187,6 +193,8 @@ class Tenant:
     async def start(self) -> None:
         """Idempotent: a running (or backing-off) tenant is left alone. Raises TenantLocked."""
         if self.running:
+            if self._sleeping:
+                await self._retry_now()
             return
         place = self.budget.tenant()  # AtCapacity (503) before anything is touched
         try:
@@ -201,6 +209,42 @@ class Tenant:
         self._spawned.clear()
         self._task = asyncio.create_task(self._supervise(), name=f"tenant:{self.id}")
         await self._spawned.wait()  # answer with the pid (or the spawn failure) in the status
+
+    async def _retry_now(self) -> None:
+        """An explicit start during a backoff: the next attempt now, or at `retry_floor` after the previous one if
+        that is later (then the answer says when, in nextRetryAt). The failure streak and `restarts` are kept: an
+        operator's retry is not a fresh start, and a failed one backs off longer, as any failure."""
+        now = self.clock()
+        at = max(now, (self._attempt_at if self._attempt_at is not None else now) + self.retry_floor)
+        if self.next_retry_at is not None and at >= self.next_retry_at:
+            return  # the backoff ends sooner anyway
+        self.next_retry_at = at
+        self._wake.set()
+        log.info("tenant.retry_requested", tenant=self.id, delay=round(at - now, 3))
+        if at <= now:
+            self._spawned.clear()
+            await self._spawned.wait()  # answer with the new worker's pid, as a start does
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep `delay` in BACKOFF; an explicit start (`_retry_now`) may move the end earlier."""
+        self._sleeping = True
+        try:
+            while delay > 0:
+                self._wake.clear()
+                sleep = asyncio.ensure_future(self._sleep(delay))
+                wake = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({sleep, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    woken = wake.done()
+                finally:
+                    sleep.cancel()
+                    wake.cancel()
+                    await asyncio.gather(sleep, wake, return_exceptions=True)
+                if not woken or self.next_retry_at is None:
+                    return
+                delay = self.next_retry_at - self.clock()
+        finally:
+            self._sleeping, self.next_retry_at = False, None
 
     async def stop(self, reason: str = "stop", *, force: bool = False) -> None:
         task = self._task
@@ -282,11 +326,7 @@ class Tenant:
                 if decision.action is Action.REST:
                     return
                 if decision.action is Action.BACKOFF:
-                    self._sleeping = True
-                    try:
-                        await self._sleep(decision.delay)
-                    finally:
-                        self._sleeping, self.next_retry_at = False, None
+                    await self._backoff(decision.delay)
                     self._apply(*lifecycle.after_backoff(self.life, decision))
         except Exception as exc:  # a bug: say so in the state instead of freezing in `starting` with no worker
             log.error("tenant.supervise_failed", tenant=self.id, error=type(exc).__name__, message=str(exc)[:300],
@@ -310,6 +350,7 @@ class Tenant:
         no path leaves a live worker that nobody reads (it would hold the inherited flock forever)."""
         assert self.lock.fd is not None
         self.life, self._hello = lifecycle.spawning(self.life), asyncio.Event()
+        self._attempt_at = self.clock()
         standby = await self.standby.take(self.settings.worker.heartbeat_timeout)
         if standby is not None:
             if self._standby_place is not None:  # the tenant's own place covers it from now on

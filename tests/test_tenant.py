@@ -267,3 +267,45 @@ async def test_pairing_code_refusals_map_to_what_the_caller_can_do(make_settings
     assert (info.value.code, info.value.status) == (error, status)
     assert sup.status("t")["state"] == "qr"  # a refused code changes nothing
     await sup.shutdown()
+
+
+OFFLINE_THEN_OK = {"spawns": [[HELLO, {"close": 408, "message": "getaddrinfo ENOTFOUND web.whatsapp.com"}], STAY]}
+
+
+async def test_start_during_backoff_retries_at_once(make_settings, fake_state):
+    """`start` of a tenant in a 60 s backoff used to answer ok and leave it waiting for nextRetryAt."""
+    sup = Supervisor(make_settings(OFFLINE_THEN_OK, restart={"initial_delay": 60.0, "max_delay": 60.0}))
+    try:
+        await sup.start_tenant("t")
+        await settle(sup, "t", "backoff")
+        sup.tenants["t"].retry_floor = 0.0  # the floor has a test of its own
+        st = await asyncio.wait_for(sup.start_tenant("t"), 20)
+        assert st["pid"] and st["state"] != "backoff" and st["nextRetryAt"] is None
+        st = await settle(sup, "t", "connected")
+        assert st["restarts"] == 1  # a retry, not a fresh start: the count is kept
+        assert [r["n"] for r in spawn_records(fake_state)] == [1, 2]
+    finally:
+        await sup.shutdown()
+
+
+async def test_start_during_backoff_retries_no_sooner_than_the_floor(make_settings, fake_state):
+    """A client polling `start` must not turn the backoff into a spawn loop: the retry comes `retry_floor` after the
+    previous attempt, and the answer says when."""
+    sup = Supervisor(make_settings(OFFLINE_THEN_OK, restart={"initial_delay": 60.0, "max_delay": 60.0}))
+    try:
+        await sup.start_tenant("t")
+        tenant = sup.tenants["t"]
+        tenant.retry_floor = 2.0
+        await settle(sup, "t", "backoff")
+        before = time.time()
+        answers = [await asyncio.wait_for(sup.start_tenant("t"), 5) for _ in range(3)]
+        assert all(a["state"] == "backoff" for a in answers)  # answered at once, not after the floor
+        retry_at = tenant.next_retry_at
+        assert retry_at is not None and retry_at <= before + 2.0 and retry_at < before + 30
+        assert len(spawn_records(fake_state)) == 1
+        await settle(sup, "t", "connected", timeout=20)
+        spawns = spawn_records(fake_state)
+        assert [r["n"] for r in spawns] == [1, 2]  # three starts, one retry
+        assert spawns[1]["t"] - spawns[0]["t"] >= 1.9
+    finally:
+        await sup.shutdown()
