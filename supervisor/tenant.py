@@ -444,10 +444,15 @@ class Tenant:
         return self._ending(info)
 
     def _log_decision(self, ending: Ending, info: ExitInfo | None, d: Decision) -> None:
-        code = self.life.close.code if self.life.close else None
-        log.info("tenant.decision", tenant=self.id, ending=ending.value, code=code, reason_name=reason_name(code),
-                 returncode=info.returncode if info else None, action=d.action.value, reason=d.reason,
-                 attempt=d.attempt, delay=round(d.delay, 3), next_state=d.next_state.value)
+        close = self.life.close
+        code = close.code if close else None
+        # warning once a streak is long (lifecycle.decision_level), with the worker's own words: an offline loop
+        # must not stay at info with its cause (getaddrinfo ENOTFOUND ...) only in the status.
+        getattr(log, lifecycle.decision_level(d))(
+            "tenant.decision", tenant=self.id, ending=ending.value, code=code, reason_name=reason_name(code),
+            message=close.message[:300] if close and close.message else None,
+            returncode=info.returncode if info else None, action=d.action.value, reason=d.reason,
+            attempt=d.attempt, delay=round(d.delay, 3), next_state=d.next_state.value)
 
     # -- storage (supervisor/storage.py) ------------------------------------------------------------------------
     def _archive_auth(self) -> None:

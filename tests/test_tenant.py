@@ -309,3 +309,18 @@ async def test_start_during_backoff_retries_no_sooner_than_the_floor(make_settin
         assert spawns[1]["t"] - spawns[0]["t"] >= 1.9
     finally:
         await sup.shutdown()
+
+
+async def test_an_offline_loop_is_logged_at_warning_with_the_cause(make_settings):
+    """Five failed connects used to stay at info, the cause (getaddrinfo ENOTFOUND) only in the status."""
+    clock = FakeClock(limit=3600.0)
+    sup = sup_for(make_settings([HELLO, {"close": 408, "message": "getaddrinfo ENOTFOUND web.whatsapp.com"}]), clock)
+    with capture_logs() as logs:
+        await sup.start_tenant("t")
+        await wait_until(lambda: sup.tenants["t"].spawns >= 11, timeout=60)
+        await sup.stop_tenant("t")
+    decisions = [e for e in logs if e["event"] == "tenant.decision"]
+    assert len(decisions) >= 10
+    warned = [e["attempt"] for e in decisions if e["log_level"] == "warning"]
+    assert warned == [3, 10]
+    assert all(e["message"] == "getaddrinfo ENOTFOUND web.whatsapp.com" for e in decisions)
