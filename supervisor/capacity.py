@@ -12,9 +12,11 @@ The limits are read at each admission (a callable), so a reload applies them at 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from supervisor.errors import AtCapacity
-from supervisor.settings import LimitsSettings
+from supervisor.settings import LimitsSettings, WorkerSettings
+from supervisor.standby import StandbySlot
 
 
 class Place:
@@ -66,6 +68,19 @@ class ProcessBudget:
             return None
         self.standbys += 1
         return Place(self, standby=True)
+
+    def prewarm(self, slot: StandbySlot, settings: WorkerSettings, auth_dir: Path, lock_fd: int) -> Place | None:
+        """Start `slot`'s standby within the budget: its place is taken first and released once the standby is gone
+        (or earlier, by the caller, when it is promoted). None, and no standby, without a place."""
+        place = self.standby()
+        if place is None:
+            return None
+        slot.prewarm(settings, auth_dir, lock_fd)
+        if slot.current is None:  # worker.prewarm is off
+            place.release()
+            return None
+        slot.current.task.add_done_callback(lambda _t: place.release())
+        return place
 
     def _release(self, standby: bool) -> None:
         if standby:

@@ -278,7 +278,7 @@ async def test_start_during_backoff_retries_at_once(make_settings, fake_state):
     try:
         await sup.start_tenant("t")
         await settle(sup, "t", "backoff")
-        sup.tenants["t"].retry_floor = 0.0  # the floor has a test of its own
+        sup.tenants["t"].backoff.floor = 0.0  # the floor has a test of its own
         st = await asyncio.wait_for(sup.start_tenant("t"), 20)
         assert st["pid"] and st["state"] != "backoff" and st["nextRetryAt"] is None
         st = await settle(sup, "t", "connected")
@@ -289,13 +289,13 @@ async def test_start_during_backoff_retries_at_once(make_settings, fake_state):
 
 
 async def test_start_during_backoff_retries_no_sooner_than_the_floor(make_settings, fake_state):
-    """A client polling `start` must not turn the backoff into a spawn loop: the retry comes `retry_floor` after the
+    """A client polling `start` must not turn the backoff into a spawn loop: the retry comes `backoff.floor` after the
     previous attempt, and the answer says when."""
     sup = Supervisor(make_settings(OFFLINE_THEN_OK, restart={"initial_delay": 60.0, "max_delay": 60.0}))
     try:
         await sup.start_tenant("t")
         tenant = sup.tenants["t"]
-        tenant.retry_floor = 2.0
+        tenant.backoff.floor = 2.0
         await settle(sup, "t", "backoff")
         before = time.time()
         answers = [await asyncio.wait_for(sup.start_tenant("t"), 5) for _ in range(3)]
