@@ -68,6 +68,7 @@ class Supervisor:
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self.metrics = Metrics()  # GET /metrics (prometheus-client is a hard dependency)
         self.metrics.watch_spawn_slots(self.spawn_slots)
+        self.metrics.watch_capacity(self.budget, lambda: len(self.tenants), lambda: self.settings.limits)
         self.events = EventBus()  # live state/QR events for GET /events (SSE)
         self.state_changed = asyncio.Event()  # set on every transition; the notify STATUS= task clears it
         self.server_clock: dict[str, dict[str, Any]] = {}  # tenant -> the last `open` event's serverTime

@@ -216,3 +216,24 @@ async def test_a_reload_applies_new_limits_at_once(make_settings, storage):
         assert (await sup.start_tenant("b"))["pid"]
     finally:
         await sup.shutdown()
+
+
+async def test_capacity_is_in_the_metrics(make_settings):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sup = sup_with(make_settings, worker={"prewarm": True}, max_tenants=5, max_processes=4, max_standbys=1)
+
+    def kinds() -> dict[str, float]:
+        fams = {f.name: f for f in text_string_to_metric_families(sup.metrics.render()[0].decode())}
+        return {s.labels["kind"]: s.value for s in fams["baileys_supervisor_capacity"].samples}
+
+    base = {"max_tenants": 5, "max_processes": 4, "max_standbys": 1}
+    assert kinds() == {**base, "tenants": 0, "processes": 0, "standbys": 0}
+    try:
+        await sup.start_tenant("a")
+        await sup.start_tenant("b")
+        await wait_until(lambda: kinds()["standbys"] == 1)
+        assert kinds() == {**base, "tenants": 2, "processes": 3, "standbys": 1}
+    finally:
+        await sup.shutdown()
+    assert kinds() == {**base, "tenants": 2, "processes": 0, "standbys": 0}
