@@ -323,7 +323,9 @@ class Tenant:
         else:
             self.worker = run.new_worker(self.settings.worker, self.auth_dir, self._on_event, self._on_invalid_line)
             self._spawn_t0 = time.monotonic()
-            info = await run.spawn(self.worker, self.settings.worker.heartbeat_timeout)
+            # Before a flood of new, unlinked starts: a real user's connection, or the login right after a scan (515).
+            urgent = self.life.streak.immediate > 0 or self.auth_info()["registered"]
+            info = await run.spawn(self.worker, self.settings.worker.heartbeat_timeout, urgent=urgent)
         if info is None:  # nothing ran: stopped while queued, or the command could not be executed
             return Ending.SPAWN, None
         self.lock.clear_pidfile()

@@ -41,11 +41,11 @@ class WorkerRun:
         assert self.lock.fd is not None
         return WorkerProcess(self.tenant, settings, auth_dir, self.lock.fd, on_event, on_invalid_line=on_invalid_line)
 
-    async def spawn(self, worker: WorkerProcess, hello_timeout: float) -> ExitInfo | None:
-        """Spawn `worker` within a spawn slot, held until its hello (or its end, or `hello_timeout`) so that booting
-        many tenants stays gentle; then await its end. None: nothing ran (stopped while queued, or the command could
-        not be executed, logged `worker.spawn_failed`)."""
-        async with self._slot():
+    async def spawn(self, worker: WorkerProcess, hello_timeout: float, *, urgent: bool = False) -> ExitInfo | None:
+        """Spawn `worker` within a spawn slot (`urgent`: before the other waiters, slots.py), held until its hello (or
+        its end, or `hello_timeout`) so that booting many tenants stays gentle; then await its end. None: nothing ran
+        (stopped while queued, or the command could not be executed, logged `worker.spawn_failed`)."""
+        async with self._slot(urgent):
             if self.stop_requested():  # stopped while queued: spawn nothing
                 return None
             try:
@@ -92,11 +92,11 @@ class WorkerRun:
             raise
 
     @contextlib.asynccontextmanager
-    async def _slot(self):
+    async def _slot(self, urgent: bool):
         """One of the daemon's `max_concurrent_spawns` slots; while queued for it, the tenant's stop may cancel us."""
         self.waiting_slot = True
         try:
-            await self.slots.acquire()
+            await self.slots.acquire(urgent)
         finally:
             self.waiting_slot = False
         try:

@@ -237,3 +237,27 @@ async def test_capacity_is_in_the_metrics(make_settings):
     finally:
         await sup.shutdown()
     assert kinds() == {**base, "tenants": 2, "processes": 0, "standbys": 0}
+
+
+async def test_a_linked_tenants_restart_goes_before_a_flood_of_new_starts(make_settings, storage, fake_state):
+    """300 starts of new ids used to queue real tenants' restarts behind them (286 of 560 spawns waited > 30 s)."""
+    import os
+    import signal
+
+    script = [{"sleep": 0.3}, {"hello": {}}, {"qr": "2@x"}, {"wait": True}]  # each spawn holds the slot ~0.3 s
+    sup = Supervisor(make_settings(script, worker={"max_concurrent_spawns": 1}))
+    (storage / "whatsapp" / "real" / "auth").mkdir(parents=True)
+    (storage / "whatsapp" / "real" / "auth" / "creds.json").write_text(json.dumps(LINKED_CREDS))
+    try:
+        st = await sup.start_tenant("real")
+        await wait_until(lambda: sup.status("real")["state"] == "qr")
+        flood = [asyncio.create_task(sup.start_tenant(f"f{i}")) for i in range(8)]
+        await wait_until(lambda: sup.spawn_slots.waiting >= 7)
+        os.kill(st["pid"], signal.SIGKILL)  # the linked tenant's worker dies: it restarts after a 0.05 s backoff
+        await wait_until(lambda: [r["tenant"] for r in spawn_records(fake_state)].count("real") == 2, timeout=30)
+        order = [r["tenant"] for r in spawn_records(fake_state)]
+        second = len(order) - 1 - order[::-1].index("real")
+        assert second - 1 <= 2, order  # at most the flood spawns already in flight, not the whole queue (8)
+        await asyncio.gather(*flood)
+    finally:
+        await sup.shutdown()
