@@ -184,7 +184,8 @@ class Tenant:
 
     # -- operator actions ---------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Idempotent: a running (or backing-off) tenant is left alone. Raises TenantLocked."""
+        """Idempotent: a running tenant keeps its worker; one in a backoff retries now (BackoffWait.retry). Raises
+        AtCapacity (no place in limits.max_processes) and TenantLocked."""
         if self.running:
             # During a backoff: retry now (or after the floor; the streak is kept: backoff_wait.py), and answer with
             # the new worker's pid as a start does.
