@@ -223,8 +223,8 @@ class Supervisor:
     @staticmethod
     def _refuse_linked(tenant: Tenant) -> None:
         if is_linked(tenant.auth_dir, tenant.registered):
-            raise TenantLinked(f"tenant {tenant.id} is linked to a phone; its creds are never deleted: logout first",
-                               tenant=tenant.id)
+            raise TenantLinked(f"tenant {tenant.id} is linked to a phone (or its creds cannot be read); its creds are "
+                               "never deleted: logout first", tenant=tenant.id)
 
     async def pairing_code(self, tid: str, phone: str) -> str:
         return await self._tenant(tid, create=False).pairing_code(phone)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,9 +22,29 @@ from supervisor.storage import count_files, read_creds_linked
 OURS = ("auth.lock", "worker.pid")
 
 
+# Files Baileys writes only once a device is linked (Signal sessions, app-state keys): their presence is enough.
+LINKED_ONLY = ("session-", "app-state-sync-key-")
+
+
 def is_linked(auth_dir: Path, registered: bool | None) -> bool:
-    """Whether the tenant's creds are a linked device: the worker's last `creds` event, else creds.json."""
-    return bool(registered) or read_creds_linked(auth_dir)
+    """Whether the tenant's creds may be a linked device: the worker's last `creds` event, creds.json, or files only a
+    linked device has. When it cannot tell (creds.json unreadable or corrupt) it says yes: deleting is the one
+    mistake that cannot be undone."""
+    if registered or read_creds_linked(auth_dir):
+        return True
+    try:
+        json.loads((auth_dir / "creds.json").read_text("utf-8"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return True
+    try:
+        with os.scandir(auth_dir) as entries:
+            return any(e.name.startswith(LINKED_ONLY) for e in entries)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def remove_tenant_files(tenant_dir: Path) -> list[str]:

@@ -261,3 +261,21 @@ async def test_a_linked_tenants_restart_goes_before_a_flood_of_new_starts(make_s
         await asyncio.gather(*flood)
     finally:
         await sup.shutdown()
+
+
+@pytest.mark.parametrize("files", [{"creds.json": "{not json"}, {"creds.json": "{}", "session-123.0.json": "{}"}],
+                         ids=["corrupt-creds", "session-file"])
+async def test_forget_refuses_when_it_cannot_tell_or_sees_a_linked_device(make_settings, storage, files):
+    auth = storage / "whatsapp" / "t" / "auth"
+    auth.mkdir(parents=True)
+    for name, text in files.items():
+        (auth / name).write_text(text)
+    sup = sup_with(make_settings)
+    with pytest.raises(TenantLinked):
+        await sup.forget_tenant("t")
+    assert sorted(p.name for p in auth.iterdir()) == sorted(files)
+    (auth / "creds.json").write_text("{}")  # readable, unlinked
+    for name in files:
+        if name != "creds.json":
+            (auth / name).unlink()
+    assert (await sup.forget_tenant("t"))["forgotten"] and not auth.exists()
