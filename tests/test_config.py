@@ -42,7 +42,8 @@ def test_shipped_config_loads_with_storage_under_repo():
 
 
 def test_limits_section_defaults_and_values(tmp_path):
-    assert load_settings(SHIPPED).limits == LimitsSettings() == LimitsSettings(500, 250, 8)  # the shipped file states the defaults
+    # the shipped file states the defaults
+    assert load_settings(SHIPPED).limits == LimitsSettings() == LimitsSettings(500, 250, 8)
     s = load_settings(write(tmp_path, {"limits": {"max_tenants": 7, "max_processes": 3, "max_standbys": 0}}))
     assert s.limits == LimitsSettings(max_tenants=7, max_processes=3, max_standbys=0)
     assert load_settings(write(tmp_path, "")).limits == LimitsSettings()
