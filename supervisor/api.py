@@ -163,6 +163,11 @@ def _action(name: str) -> Handler:
     return handler
 
 
+async def forget(request: web.Request) -> web.Response:
+    """DELETE /whatsapp/{tenant}: forget a tenant that was never linked (Supervisor.forget_tenant)."""
+    return json_response(await request.app[SUPERVISOR].forget_tenant(_tenant(request)))
+
+
 async def status(request: web.Request) -> web.Response:
     return json_response(request.app[SUPERVISOR].status(_tenant(request)))
 
@@ -262,6 +267,7 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     app.router.add_get("/whatsapp", list_tenants)
     for name in ("start", "stop", "restart", "logout"):
         app.router.add_post(f"{_T}/{name}", _action(name))
+    app.router.add_delete(_T, forget)
     app.router.add_get(f"{_T}/status", status)
     app.router.add_get(f"{_T}/qr", qr)
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
