@@ -39,7 +39,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from . import PROTOCOL_VERSION, __version__
+from . import __version__
+from .protocol import PROTOCOL_VERSION
 from .observer import TenantObserver
 from .slots import SpawnSlots
 from .states import RESTING_STATES, TenantState, reason_name

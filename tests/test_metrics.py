@@ -8,7 +8,7 @@ import math
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor import PROTOCOL_VERSION
+from supervisor.protocol import PROTOCOL_VERSION
 from supervisor.metrics import Metrics
 from supervisor.states import TenantState as S
 
