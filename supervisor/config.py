@@ -57,9 +57,11 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
     """Validate an already-parsed mapping. Relative paths resolve against the source file's directory (or cwd)."""
     src = Path(source) if source is not None else None
     ctx = _Ctx(str(src) if src else "<config>", (src.resolve().parent if src else Path.cwd()))
-    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "logging", "webhook"))
+    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "logging", "webhook",
+                                      "cluster"))
     storage, api = _storage(ctx, top.get("storage")), _api(ctx, top.get("api"))
     from .config_webhook import webhook_config  # split out: this module stays one screenful per section
+    from .config_cluster import cluster_config
 
     return Settings(
         storage=storage,
@@ -69,6 +71,7 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
         tenants=_tenants(ctx, top.get("tenants")),
         logging=_logging(ctx, top.get("logging")),
         webhook=webhook_config(ctx, top.get("webhook"), storage_root=storage.root, api_secret=api.secret),
+        cluster=cluster_config(ctx, top.get("cluster")),  # None = single host; docs/cluster.md
         source=src.resolve() if src else None,
     )
 

@@ -1,0 +1,307 @@
+"""Tenant ownership in PostgreSQL: one liveness lock per NODE, one owner row per tenant with an epoch.
+
+- A node is alive while its lock session holds `pg_advisory_lock(LOCK_NS, lock_key)`; server locks and connections
+  per node are constant (2 connections: `lock` for the lease, `data` for claims and fenced writes).
+- Every claim bumps the tenant's epoch (and records it in `tenant_epoch`) in one transaction that first checks that
+  our own lock session still holds our node lock. Taking over a dead node's tenants also takes that node's lock for
+  the transaction (`pg_try_advisory_xact_lock`), so a node coming back cannot re-acquire its lock mid-takeover.
+- A write for a tenant commits only if `SELECT ... FOR SHARE` finds our owner row at our epoch in the same
+  transaction (`fenced()`): a bump and a write serialise on that row lock, so nothing commits outside its epoch.
+- The lease (fence.py) is kept by pinging the lock session; when it lapses the node kills its workers at once
+  (`on_fence`), forgets its tenants, drops both connections and re-acquires; its rows are then re-claimed with a bump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from ..events import get_logger
+from ..settings import ClusterSettings
+from . import pg, schema
+from .fence import Fence, keep_alive
+from .placement import NodeView, place, surplus
+
+log = get_logger()
+Callback = Callable[[str, int], Awaitable[None]]
+
+# Our own lock, held by our lock session: checked inside every claim transaction.
+_OWN_LOCK_SQL = ("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                 "(SELECT oid FROM pg_database WHERE datname = current_database()) AND classid = %s "
+                 "AND objid = %s AND objsubid = 2 AND granted AND pid = %s")
+_NODES_SQL = """
+SELECT n.node_id, n.lock_key, n.draining, n.max_tenants, n.advertise_url,
+       EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = %(ns)s
+               AND l.objid = n.lock_key::oid AND l.objsubid = 2 AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS alive,
+       (SELECT count(*) FROM tenant_owner o WHERE o.owner = n.node_id) AS owned
+FROM cluster_node n"""
+_CLAIM_SQL = """
+WITH c AS (
+    UPDATE tenant_owner t SET owner = %(me)s, epoch = t.epoch + 1, updated_at = now()
+    FROM tenant_owner o
+    WHERE o.tenant_id = t.tenant_id AND t.tenant_id = ANY(%(ids)s) AND t.wanted
+      AND (t.owner IS NULL OR t.owner = ANY(%(from)s))
+    RETURNING t.tenant_id, t.epoch, o.owner AS prev)
+INSERT INTO tenant_epoch (tenant_id, epoch, owner, reason)
+SELECT tenant_id, epoch, %(me)s,
+       CASE WHEN prev IS NULL THEN 'claim' WHEN prev = %(me)s THEN 'reclaim' ELSE 'takeover' END FROM c
+RETURNING tenant_id, epoch"""
+
+
+class Fenced(Exception):
+    """This node does not own the tenant at that epoch (taken over, released, or our lease lapsed)."""
+
+
+async def _noop(tid: str, epoch: int) -> None:
+    return None
+
+
+class PgOwnership:
+    def __init__(self, cs: ClusterSettings, *, on_gain: Callback = _noop, on_lose: Callback = _noop,
+                 on_fence: Callable[[str], None] = lambda reason: None) -> None:
+        self.cs, self.node_id = cs, cs.node_id
+        # on_gain(t, epoch): start its worker. on_lose(t, epoch): stop it and wait (awaited before a release).
+        # on_fence(reason): synchronous, kill every worker NOW (SIGKILL), before anything else runs.
+        self.on_gain, self.on_lose, self.on_fence = on_gain, on_lose, on_fence
+        self.fence = Fence(cs.fence_after)
+        self.owned: dict[str, int] = {}
+        self.lock_key = 0
+        self.stats = {"epoch_bumps": 0, "fence_events": 0, "claims": 0, "lost": 0, "handoffs": 0}
+        self._lock_conn: Any = None
+        self._data: Any = None
+        self._dlock = asyncio.Lock()  # one transaction at a time on the data connection
+        self._draining = False
+        self._tasks: list[asyncio.Task] = []
+        self._waiting: dict[str, float] = {}  # unowned tenant -> first seen: any node claims it after a while
+
+    # -- life ----------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Migrate, register, take the node lock (waits while a previous incarnation's session still holds it),
+        then claim in the background."""
+        self._data = await pg.connect(self.cs, "data")
+        await schema.upgrade(self._data)
+        async with self._data.cursor() as cur:
+            await cur.execute(
+                "INSERT INTO cluster_node (node_id, advertise_url, max_tenants) VALUES (%s, %s, %s) "
+                "ON CONFLICT (node_id) DO UPDATE SET advertise_url = EXCLUDED.advertise_url, "
+                "max_tenants = EXCLUDED.max_tenants, draining = false RETURNING lock_key",
+                (self.node_id, self.cs.advertise_url, self.cs.max_tenants))
+            self.lock_key = (await cur.fetchone())[0]
+        await self._acquire()
+        self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._claim_loop())]
+
+    async def _acquire(self) -> None:
+        while True:
+            try:
+                if self._lock_conn is None:
+                    self._lock_conn = await pg.connect(self.cs, "lock")
+                sent = self.fence.clock()
+                cur = await self._lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                                    (schema.LOCK_NS, self.lock_key))
+                if (await cur.fetchone())[0]:
+                    self.fence.reset(sent)
+                    log.info("cluster.lock_acquired", node=self.node_id)
+                    return
+            except Exception as exc:  # noqa: BLE001 - server down or restarting: retry until it is back
+                log.warning("cluster.lock_retry", node=self.node_id, error=type(exc).__name__)
+                await self._drop(("_lock_conn",))
+            await asyncio.sleep(self.cs.ping_interval)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            conn = self._lock_conn
+            await keep_alive(self.fence, lambda: conn.execute("SELECT 1"), self.cs.ping_interval, self._lapsed)
+            await self._drop(("_lock_conn", "_data"))  # closing the lock session is what releases the node lock
+            await self._acquire()
+
+    def _lapsed(self, reason: str) -> None:
+        """Synchronous on purpose: the workers die before any other task of this loop can run."""
+        self.fence.trip()
+        self.stats["fence_events"] += 1
+        lost, self.owned = self.owned, {}
+        log.warning("cluster.fenced", node=self.node_id, reason=reason, tenants=len(lost))
+        self.on_fence(reason)
+
+    async def _drop(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            conn, _ = getattr(self, name), setattr(self, name, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), timeout=1.0)
+
+    async def close(self, *, drain: bool = True) -> None:
+        """Drain (SIGTERM): stop placing here, stop each worker (`on_lose`), release its row so another node claims
+        it at once. drain=False just drops the connections (the server releases the lock; others take over)."""
+        if drain and self.fence.valid():
+            self._draining = True
+            with contextlib.suppress(Exception):
+                async with self._dlock:
+                    await self._data.execute("UPDATE cluster_node SET draining = true WHERE node_id = %s",
+                                             (self.node_id,))
+                await self.release(list(self.owned), reason="drain")
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drop(("_lock_conn", "_data"))
+
+    # -- operator intent -----------------------------------------------------------------------------------------
+    async def want(self, tid: str, wanted: bool = True) -> None:
+        """start (wanted) / stop (not wanted), from any node: the owner acts on it in its next round."""
+        async with self._dlock, self._tx() as cur:
+            await cur.execute("INSERT INTO tenant_owner (tenant_id, wanted) VALUES (%s, %s) ON CONFLICT (tenant_id) "
+                              "DO UPDATE SET wanted = EXCLUDED.wanted, updated_at = now()", (tid, wanted))
+
+    async def want_many(self, tids: list[str]) -> None:
+        async with self._dlock, self._tx() as cur:
+            await cur.execute("INSERT INTO tenant_owner (tenant_id) SELECT unnest(%s::text[]) ON CONFLICT (tenant_id) "
+                              "DO UPDATE SET wanted = true, updated_at = now()", (tids,))
+
+    async def release(self, tids: list[str], reason: str = "release") -> None:
+        """Stop the workers (awaited), then give the rows up without a bump (the next claimer bumps)."""
+        if not tids:
+            return
+        await asyncio.gather(*(self.on_lose(t, self.owned[t]) for t in tids if t in self.owned))
+        for t in tids:
+            self.owned.pop(t, None)
+        async with self._dlock, self._tx() as cur:
+            await cur.execute("UPDATE tenant_owner SET owner = NULL, updated_at = now() "
+                              "WHERE owner = %s AND tenant_id = ANY(%s)", (self.node_id, tids))
+        log.info("cluster.released", node=self.node_id, tenants=len(tids), reason=reason)
+
+    # -- claiming ------------------------------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                await self.claim_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round retries on a fresh connection
+                log.warning("cluster.claim_failed", node=self.node_id, error=f"{type(exc).__name__}: {exc}"[:200])
+                await self._drop(("_data",))
+            await asyncio.sleep(self.cs.claim_interval)
+
+    async def claim_round(self) -> list[str]:
+        """One round: notice lost/stopped tenants, hand off surplus, claim what placement gives us. Returns the
+        tenants gained."""
+        if not self.fence.valid() or self._lock_conn is None:
+            return []
+        if self._data is None:
+            self._data = await pg.connect(self.cs, "data")
+        async with self._dlock:
+            nodes = await self._nodes()
+            cur = await self._data.execute("SELECT tenant_id, epoch, wanted FROM tenant_owner WHERE owner = %s",
+                                           (self.node_id,))
+            rows = await cur.fetchall()
+            dead = [n.node_id for n in nodes if not n.alive]
+            cur = await self._data.execute(
+                "SELECT tenant_id FROM tenant_owner WHERE wanted AND (owner IS NULL OR owner = ANY(%s))", (dead,))
+            free = [r[0] for r in await cur.fetchall()]
+        mine = {t: (e, w) for t, e, w in rows}
+        for t in [t for t, e in self.owned.items() if mine.get(t, (None,))[0] != e]:
+            epoch = self.owned.pop(t)
+            self.stats["lost"] += 1
+            log.warning("cluster.tenant_lost", node=self.node_id, tenant=t)
+            await self.on_lose(t, epoch)
+        await self.release([t for t, (e, w) in mine.items() if not w], reason="stopped")
+        if not self.fence.valid():
+            return []
+        # rows that say we own them but we do not (after a fence or a restart): re-claimed with a bump
+        free += [t for t, (e, w) in mine.items() if w and t not in self.owned]
+        total = sum(n.owned for n in nodes) + len(free)
+        if not self._draining:
+            handoff = surplus(self.node_id, list(self.owned), nodes, total, max(1, self.cs.max_tenants // 50))
+            if handoff:
+                self.stats["handoffs"] += len(handoff)
+                await self.release(handoff, reason="rebalance")
+        if self._draining or not free:
+            return []
+        now = time.monotonic()
+        self._waiting = {t: self._waiting.get(t, now) for t in free}
+        placed = place([t for t in free if t not in mine], nodes)
+        room = self.cs.max_tenants - len(self.owned)
+        # our own rows first; then what placement gives us; then what nobody took for 5 rounds (a stuck node)
+        stale = now - 5 * self.cs.claim_interval
+        pick = [t for t in free if t in mine] + [t for t, n in placed.items() if n == self.node_id]
+        pick += [t for t in free if t not in placed and t not in mine and self._waiting[t] < stale]
+        pick = list(dict.fromkeys(pick))[:max(0, min(room, self.cs.claim_batch))]
+        return await self._claim(pick, dead) if pick else []
+
+    async def _nodes(self) -> list[NodeView]:
+        cur = await self._data.execute(_NODES_SQL, {"ns": schema.LOCK_NS})
+        return [NodeView(node_id=r[0], lock_key=r[1], draining=r[2], max_tenants=r[3], advertise_url=r[4],
+                         alive=r[5], owned=r[6]) for r in await cur.fetchall()]
+
+    async def _claim(self, ids: list[str], dead: list[str]) -> list[str]:
+        async with self._dlock, self._tx() as cur:
+            await cur.execute(_OWN_LOCK_SQL, (schema.LOCK_NS, self.lock_key, self._lock_conn.info.backend_pid))
+            if await cur.fetchone() is None:
+                return []  # our lock session is gone: the lease loop fences us
+            taken = []
+            if dead:
+                await cur.execute("SELECT node_id FROM cluster_node WHERE node_id = ANY(%s) "
+                                  "AND pg_try_advisory_xact_lock(%s, lock_key)", (dead, schema.LOCK_NS))
+                taken = [r[0] for r in await cur.fetchall()]
+            await cur.execute(_CLAIM_SQL, {"me": self.node_id, "ids": ids, "from": [*taken, self.node_id]})
+            got = {t: e for t, e in await cur.fetchall()}
+        if not got or not self.fence.valid():
+            return []  # committed but fenced meanwhile: the rows are ours and get re-claimed after re-acquisition
+        self.owned.update(got)
+        self.stats["epoch_bumps"] += len(got)
+        self.stats["claims"] += 1
+        for t in got:
+            self._waiting.pop(t, None)
+        log.info("cluster.claimed", node=self.node_id, tenants=len(got))
+        await asyncio.gather(*(self.on_gain(t, e) for t, e in got.items()))
+        return list(got)
+
+    # -- fenced writes -------------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Any]:
+        if self._data is None:
+            self._data = await pg.connect(self.cs, "data")
+        async with self._data.transaction(), self._data.cursor() as cur:
+            yield cur
+
+    @contextlib.asynccontextmanager
+    async def fenced(self, tid: str, epoch: int | None = None) -> AsyncIterator[Any]:
+        """A transaction that commits only if we own `tid` at `epoch` (default: our current one). Raises Fenced."""
+        epoch = self.owned.get(tid) if epoch is None else epoch
+        if epoch is None or not self.fence.valid():
+            raise Fenced(tid)
+        async with self._dlock, self._tx() as cur:
+            await cur.execute("SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s "
+                              "FOR SHARE", (tid, self.node_id, epoch))
+            if await cur.fetchone() is None:
+                raise Fenced(tid)
+            yield cur
+
+    async def write_kv(self, tid: str, items: dict[str, bytes | None], epoch: int | None = None) -> None:
+        """Several keys of a tenant's state (creds, Signal keys) in one fenced transaction; None deletes."""
+        async with self.fenced(tid, epoch) as cur:
+            e = self.owned.get(tid) if epoch is None else epoch
+            for k, v in items.items():
+                if v is None:
+                    await cur.execute("DELETE FROM tenant_kv WHERE tenant_id = %s AND k = %s", (tid, k))
+                else:
+                    await cur.execute("INSERT INTO tenant_kv (tenant_id, k, v, epoch) VALUES (%s, %s, %s, %s) "
+                                      "ON CONFLICT (tenant_id, k) DO UPDATE SET v = EXCLUDED.v, epoch = EXCLUDED.epoch,"
+                                      " updated_at = clock_timestamp()", (tid, k, v, e))
+
+    async def view(self) -> dict[str, Any]:
+        """GET /cluster: the nodes, whether alive, and each one's tenants with their epochs."""
+        async with self._dlock:
+            nodes = await self._nodes()
+            cur = await self._data.execute("SELECT tenant_id, owner, epoch, wanted FROM tenant_owner ORDER BY 1")
+            rows = await cur.fetchall()
+        by_node: dict[str | None, dict[str, int]] = {}
+        for t, owner, epoch, wanted in rows:
+            if wanted or owner:
+                by_node.setdefault(owner, {})[t] = epoch
+        return {"node": self.node_id, "nodes": [
+            {"nodeId": n.node_id, "alive": n.alive, "draining": n.draining, "advertiseUrl": n.advertise_url,
+             "maxTenants": n.max_tenants, "tenants": by_node.get(n.node_id, {})} for n in nodes],
+            "unowned": sorted(by_node.get(None, {}))}

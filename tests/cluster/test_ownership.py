@@ -1,0 +1,113 @@
+"""Ownership on a real PostgreSQL, several node objects in one loop (no worker): placement, exactly one owner,
+fenced writes, stop/start intent, drain hand-off, a node's death (its lock session killed by the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from supervisor.cluster.ownership import Fenced, PgOwnership
+
+
+async def wait_for(pred, timeout: float, step: float = 0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if await pred():
+            return True
+        await asyncio.sleep(step)
+    return False
+
+
+def owners(dsn: str) -> dict[str, str | None]:
+    with psycopg.connect(dsn) as c:
+        return dict(c.execute("SELECT tenant_id, owner FROM tenant_owner").fetchall())
+
+
+async def start_nodes(cluster_settings, names, **kw):
+    nodes = [PgOwnership(cluster_settings(n, **kw)) for n in names]
+    for n in nodes:
+        await n.start()
+    return nodes
+
+
+async def test_three_nodes_one_owner_each(cluster_settings, pg_dsn):
+    nodes = await start_nodes(cluster_settings, ["a", "b", "c"], max_tenants=60)
+    try:
+        tids = [f"t{i}" for i in range(90)]
+        await nodes[0].want_many(tids[:45])
+        for t in tids[45:]:
+            await nodes[2].want(t)
+
+        async def settled():
+            return sum(len(n.owned) for n in nodes) == 90
+        assert await wait_for(settled, 30)
+        seen: dict[str, str] = {}
+        for n in nodes:
+            for t in n.owned:
+                assert t not in seen, f"{t} owned by {seen[t]} and {n.node_id}"
+                seen[t] = n.node_id
+        assert owners(pg_dsn) == seen  # the store agrees with each node's view
+        assert all(len(n.owned) <= 60 for n in nodes)
+        assert min(len(n.owned) for n in nodes) > 0  # placement spreads (rendezvous + rebalance)
+    finally:
+        for n in nodes:
+            await n.close(drain=False)
+
+
+async def test_fenced_write_commits_only_at_current_epoch(cluster_settings, pg_dsn):
+    a, b = await start_nodes(cluster_settings, ["a", "b"])
+    try:
+        await a.want("t1")
+        assert await wait_for(lambda: _owned_any([a, b], "t1"), 20)
+        owner = a if "t1" in a.owned else b
+        other = b if owner is a else a
+        epoch = owner.owned["t1"]
+        await owner.write_kv("t1", {"creds.json": b"v1", "pre-key-1": b"k"})
+        # a stale epoch, and a node that does not own the tenant, are refused by the store itself
+        with pytest.raises(Fenced):
+            await owner.write_kv("t1", {"creds.json": b"stale"}, epoch=epoch - 1)
+        with pytest.raises(Fenced):
+            await other.write_kv("t1", {"creds.json": b"intruder"}, epoch=epoch)
+        with psycopg.connect(pg_dsn) as c:
+            assert c.execute("SELECT v, epoch FROM tenant_kv WHERE k = 'creds.json'").fetchone() == (b"v1", epoch)
+    finally:
+        await a.close(drain=False)
+        await b.close(drain=False)
+
+
+async def _owned_any(nodes, t):
+    return any(t in n.owned for n in nodes)
+
+
+async def test_stop_from_any_node_and_drain_hands_off(cluster_settings, pg_dsn):
+    lost: list[str] = []
+
+    async def on_lose(t, e):
+        lost.append(t)
+
+    a = PgOwnership(cluster_settings("a"), on_lose=on_lose)
+    await a.start()
+    b = None
+    try:
+        await a.want_many(["t1", "t2", "t3"])
+        assert await wait_for(lambda: _count(a, 3), 20)
+        b, = await start_nodes(cluster_settings, ["b"])
+        await b.want("t2", False)  # stop, asked on another node: the owner stops its worker, releases the row
+        assert await wait_for(lambda: _count(a, 2), 20) and "t2" in lost
+        assert owners(pg_dsn)["t2"] is None
+        await a.close(drain=True)  # SIGTERM: a hands its tenants to b at once, without waiting for a lease
+        assert await wait_for(lambda: _count(b, 2), 20)
+        with psycopg.connect(pg_dsn) as c:
+            reasons = c.execute("SELECT tenant_id, owner, reason FROM tenant_epoch ORDER BY tenant_id, epoch").fetchall()
+        assert ("t1", "b", "claim") in reasons and ("t3", "b", "claim") in reasons
+    finally:
+        await a.close(drain=False)
+        if b:
+            await b.close(drain=False)
+
+
+async def _count(n, k):
+    return len(n.owned) == k
