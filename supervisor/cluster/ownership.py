@@ -56,6 +56,19 @@ class Fenced(Exception):
     """This node does not own the tenant at that epoch (taken over, released, or our lease lapsed)."""
 
 
+@contextlib.asynccontextmanager
+async def fenced_tx(conn: Any, tid: str, node_id: str, epoch: int) -> AsyncIterator[Any]:
+    """The one epoch check, for any connection (the daemon's, or later a worker's own): a transaction holding FOR
+    SHARE on the owner row at `epoch`, so a concurrent bump (FOR UPDATE) waits for our commit and a write after the
+    bump finds no row. Raises Fenced (the transaction rolls back)."""
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute("SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s FOR SHARE",
+                          (tid, node_id, epoch))
+        if await cur.fetchone() is None:
+            raise Fenced(tid)
+        yield cur
+
+
 async def _noop(tid: str, epoch: int) -> None:
     return None
 
@@ -64,7 +77,7 @@ class PgOwnership:
     def __init__(self, cs: ClusterSettings, *, on_gain: Callback = _noop, on_lose: Callback = _noop,
                  on_fence: Callable[[str], None] = lambda reason: None) -> None:
         self.cs, self.node_id = cs, cs.node_id
-        # on_gain(t, epoch): start its worker. on_lose(t, epoch): stop it and wait (awaited before a release).
+        # on_gain(t, epoch): schedule its worker's start (quick: called once per tenant of a batch). on_lose(t, epoch): stop it and wait (awaited before a release).
         # on_fence(reason): synchronous, kill every worker NOW (SIGKILL), before anything else runs.
         self.on_gain, self.on_lose, self.on_fence = on_gain, on_lose, on_fence
         self.fence = Fence(cs.fence_after)
@@ -255,7 +268,10 @@ class PgOwnership:
         for t in got:
             self._waiting.pop(t, None)
         log.info("cluster.claimed", node=self.node_id, tenants=len(got))
-        await asyncio.gather(*(self.on_gain(t, e) for t, e in got.items()))
+        for t, e in got.items():  # on_gain only schedules a start; the lease is re-checked before each one
+            if not self.fence.valid():
+                break  # e.g. SIGSTOPped mid-batch: the watchdog fences us next, nothing more may start
+            await self.on_gain(t, e)
         return list(got)
 
     # -- fenced writes -------------------------------------------------------------------------------------------
@@ -272,12 +288,11 @@ class PgOwnership:
         epoch = self.owned.get(tid) if epoch is None else epoch
         if epoch is None or not self.fence.valid():
             raise Fenced(tid)
-        async with self._dlock, self._tx() as cur:
-            await cur.execute("SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s "
-                              "FOR SHARE", (tid, self.node_id, epoch))
-            if await cur.fetchone() is None:
-                raise Fenced(tid)
-            yield cur
+        async with self._dlock:
+            if self._data is None:
+                self._data = await pg.connect(self.cs, "data")
+            async with fenced_tx(self._data, tid, self.node_id, epoch) as cur:
+                yield cur
 
     async def write_kv(self, tid: str, items: dict[str, bytes | None], epoch: int | None = None) -> None:
         """Several keys of a tenant's state (creds, Signal keys) in one fenced transaction; None deletes."""
