@@ -43,7 +43,7 @@ SERVER_OPTS = ("-c fsync=off -c synchronous_commit=off -c full_page_writes=off -
 
 
 class PgServer:
-    def __init__(self, extra_listen: tuple[str, ...] = ()) -> None:
+    def __init__(self, extra_listen: tuple[str, ...] = (), trust_from: tuple[str, ...] = ()) -> None:
         self.bin = pg_bin()
         self.dir = Path(tempfile.mkdtemp(prefix="bsup-pg-"))
         shutil.chown(self.dir, "postgres", "postgres")
@@ -52,6 +52,9 @@ class PgServer:
         self.listen = ",".join(("127.0.0.1", *extra_listen))
         self.port = 0
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        with open(self.data / "pg_hba.conf", "a") as hba:  # initdb trusts only loopback clients
+            for cidr in trust_from:
+                hba.write(f"host all all {cidr} trust\n")
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / tool), *args],

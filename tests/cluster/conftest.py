@@ -38,3 +38,26 @@ def cluster_settings(pg_dsn):
         return replace(ClusterSettings(dsn=pg_dsn, node_id=node_id, **FAST), **kw)
 
     return make
+
+
+@pytest.fixture
+def netns():
+    from tests.cluster.netns import NetNs
+
+    ns = NetNs()
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+@pytest.fixture
+def pg_on_veth(netns):
+    """A server of its own that also listens on the veth's root-side address (the session server listens on
+    loopback only); stopped and removed after the test."""
+    server = PgServer(extra_listen=(netns.host_ip,), trust_from=(f"{netns.ns_ip}/32",))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()

@@ -86,3 +86,24 @@ def want(dsn: str, tids: list[str]) -> None:
     """Tenants started (as an operator's start on any node would do); the schema must exist (a node started)."""
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("INSERT INTO tenant_owner (tenant_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (tids,))
+
+
+def live_workers(node: NodeProc) -> dict[str, int]:
+    """tenant -> stand-in worker pid, from the node's gain/lose events (a fence kills them all)."""
+    cur: dict[str, int] = {}
+    for e in node.events():
+        if e["ev"] == "gain":
+            cur[e["tenant"]] = e["pid"]
+        elif e["ev"] == "lose":
+            cur.pop(e["tenant"], None)
+        elif e["ev"] == "fence":
+            cur.clear()
+    return cur
+
+
+def settled(dsn: str, nodes: list[NodeProc]) -> bool:
+    """Every tenant owned, and each node's workers are exactly its tenants in the store (no hand-off in flight)."""
+    own = owners(dsn)
+    if not own or any(o is None for o, _ in own.values()):
+        return False
+    return all(set(live_workers(n)) == {t for t, (o, _) in own.items() if o == n.node} for n in nodes)

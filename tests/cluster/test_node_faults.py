@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from tests.cluster.procs import NodeProc, create_test_writes, owners, stale_commits, want
+from tests.cluster.procs import NodeProc, create_test_writes, live_workers, owners, settled, stale_commits, want
 
 
 def wait_until(pred, timeout: float, step: float = 0.05):
@@ -75,9 +75,9 @@ def test_sigstop_beyond_release_time_then_fences_itself(pg_dsn, tmp_path):
         a, b = nodes["a"], nodes["b"]
         if not any(o == "a" for o, _ in owners(pg_dsn).values()):
             a, b = b, a
+        wait_until(lambda: settled(pg_dsn, [a, b]), 30)  # its workers are all up, no hand-off in flight
         held = {t for t, (o, _) in owners(pg_dsn).items() if o == a.node}
-        wait_until(lambda: held <= {e["tenant"] for e in a.events("gain")}, 30)  # its workers are all up
-        a_workers = [e["pid"] for e in a.events("gain") if e["tenant"] in held]
+        a_workers = list(live_workers(a).values())
         os.kill(a.proc.pid, signal.SIGSTOP)
         stopped_at = time.time()
         time.sleep(9.0)  # > release_after: positive wait on purpose, the claim that must NOT happen has no event
