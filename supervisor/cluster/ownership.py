@@ -24,6 +24,9 @@ from ..settings import ClusterSettings
 from . import pg, schema
 from .fence import Fence, keep_alive
 from .placement import NodeView, place, surplus
+from .store import Fenced, fenced_tx, put_kv
+
+__all__ = ["PgOwnership", "Fenced", "fenced_tx"]
 
 log = get_logger()
 Callback = Callable[[str, int], Awaitable[None]]
@@ -50,23 +53,6 @@ INSERT INTO tenant_epoch (tenant_id, epoch, owner, reason)
 SELECT tenant_id, epoch, %(me)s,
        CASE WHEN prev IS NULL THEN 'claim' WHEN prev = %(me)s THEN 'reclaim' ELSE 'takeover' END FROM c
 RETURNING tenant_id, epoch"""
-
-
-class Fenced(Exception):
-    """This node does not own the tenant at that epoch (taken over, released, or our lease lapsed)."""
-
-
-@contextlib.asynccontextmanager
-async def fenced_tx(conn: Any, tid: str, node_id: str, epoch: int) -> AsyncIterator[Any]:
-    """The one epoch check, for any connection (the daemon's, or later a worker's own): a transaction holding FOR
-    SHARE on the owner row at `epoch`, so a concurrent bump (FOR UPDATE) waits for our commit and a write after the
-    bump finds no row. Raises Fenced (the transaction rolls back)."""
-    async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s FOR SHARE",
-                          (tid, node_id, epoch))
-        if await cur.fetchone() is None:
-            raise Fenced(tid)
-        yield cur
 
 
 async def _noop(tid: str, epoch: int) -> None:
@@ -108,6 +94,7 @@ class PgOwnership:
         self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._claim_loop())]
 
     async def _acquire(self) -> None:
+        busy = False
         while True:
             try:
                 if self._lock_conn is None:
@@ -119,6 +106,9 @@ class PgOwnership:
                     self.fence.reset(sent)
                     log.info("cluster.lock_acquired", node=self.node_id)
                     return
+                if not busy:  # a previous incarnation's session the server has not dropped yet, or a duplicate node_id
+                    busy = True
+                    log.warning("cluster.node_lock_busy", node=self.node_id)
             except Exception as exc:  # noqa: BLE001 - server down or restarting: retry until it is back
                 log.warning("cluster.lock_retry", node=self.node_id, error=type(exc).__name__)
                 await self._drop(("_lock_conn",))
@@ -297,14 +287,7 @@ class PgOwnership:
     async def write_kv(self, tid: str, items: dict[str, bytes | None], epoch: int | None = None) -> None:
         """Several keys of a tenant's state (creds, Signal keys) in one fenced transaction; None deletes."""
         async with self.fenced(tid, epoch) as cur:
-            e = self.owned.get(tid) if epoch is None else epoch
-            for k, v in items.items():
-                if v is None:
-                    await cur.execute("DELETE FROM tenant_kv WHERE tenant_id = %s AND k = %s", (tid, k))
-                else:
-                    await cur.execute("INSERT INTO tenant_kv (tenant_id, k, v, epoch) VALUES (%s, %s, %s, %s) "
-                                      "ON CONFLICT (tenant_id, k) DO UPDATE SET v = EXCLUDED.v, epoch = EXCLUDED.epoch,"
-                                      " updated_at = clock_timestamp()", (tid, k, v, e))
+            await put_kv(cur, tid, self.owned.get(tid) if epoch is None else epoch, items)
 
     async def view(self) -> dict[str, Any]:
         """GET /cluster: the nodes, whether alive, and each one's tenants with their epochs."""
