@@ -111,7 +111,7 @@ class ClusterSettings:
     # fence_after <= release_after / 2 (the margin covers a stalled loop and the kill itself).
     fence_after: float = 4.0
     release_after: float = 10.0
-    claim_interval: float = 1.0  # seconds between claim/takeover rounds
+    claim_interval: float = 0.5  # seconds between claim/takeover rounds (a dead node's tenants wait <= this)
     claim_batch: int = 1000  # tenants claimed per transaction at most
     idle_in_transaction_timeout: float = 5.0  # a stuck write cannot block an epoch bump longer than this
     statement_timeout: float = 15.0  # and lock_timeout: no statement waits forever

@@ -37,13 +37,15 @@ def pg_bin() -> Path:
 
 # Server-side keepalives for every session (the client also sets them per session): a silent peer is dropped after
 # ~11 s instead of the kernel's ~2 h. track_commit_timestamp lets tests check the commit order of fenced writes.
-SERVER_OPTS = ("-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c track_commit_timestamp=on "
-               "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
-               "-c tcp_user_timeout=10000")
+FAST_OPTS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "  # tests only; benches stay durable
+SERVER_OPTS = ("-c track_commit_timestamp=on -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
+               "-c tcp_keepalives_count=3 -c tcp_user_timeout=10000")
 
 
 class PgServer:
-    def __init__(self, extra_listen: tuple[str, ...] = (), trust_from: tuple[str, ...] = ()) -> None:
+    def __init__(self, extra_listen: tuple[str, ...] = (), trust_from: tuple[str, ...] = (),
+                 durable: bool = False) -> None:
+        self.opts = SERVER_OPTS if durable else FAST_OPTS + SERVER_OPTS
         self.bin = pg_bin()
         self.dir = Path(tempfile.mkdtemp(prefix="bsup-pg-"))
         shutil.chown(self.dir, "postgres", "postgres")
@@ -66,7 +68,7 @@ class PgServer:
         last = ""
         for port in ports:
             r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o",
-                          f"-c listen_addresses={self.listen} -p {port} -k {self.dir} {SERVER_OPTS}", "start",
+                          f"-c listen_addresses={self.listen} -p {port} -k {self.dir} {self.opts}", "start",
                           check=False)
             if r.returncode == 0:
                 self.port = port

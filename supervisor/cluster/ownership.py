@@ -178,14 +178,15 @@ class PgOwnership:
     # -- claiming ------------------------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while True:
+            full = False
             try:
-                await self.claim_round()
+                full = len(await self.claim_round()) >= self.cs.claim_batch  # more waiting: next batch at once
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next round retries on a fresh connection
                 log.warning("cluster.claim_failed", node=self.node_id, error=f"{type(exc).__name__}: {exc}"[:200])
                 await self._drop(("_data",))
-            await asyncio.sleep(self.cs.claim_interval)
+            await asyncio.sleep(0 if full else self.cs.claim_interval)
 
     async def claim_round(self) -> list[str]:
         """One round: notice lost/stopped tenants, hand off surplus, claim what placement gives us. Returns the
