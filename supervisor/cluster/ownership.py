@@ -24,9 +24,10 @@ from ..settings import ClusterSettings
 from . import pg, schema
 from .fence import Fence, keep_alive
 from .placement import NodeView, place, surplus
+from .views import cluster_view, read_nodes
 from .store import Fenced, fenced_tx, put_kv
 
-__all__ = ["PgOwnership", "Fenced", "fenced_tx"]
+__all__ = ["PgOwnership", "Fenced", "NodeIdInUse", "fenced_tx"]
 
 log = get_logger()
 Callback = Callable[[str, int], Awaitable[None]]
@@ -35,13 +36,6 @@ Callback = Callable[[str, int], Awaitable[None]]
 _OWN_LOCK_SQL = ("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND database = "
                  "(SELECT oid FROM pg_database WHERE datname = current_database()) AND classid = %s "
                  "AND objid = %s AND objsubid = 2 AND granted AND pid = %s")
-_NODES_SQL = """
-SELECT n.node_id, n.lock_key, n.draining, n.max_tenants, n.advertise_url,
-       EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = %(ns)s
-               AND l.objid = n.lock_key::oid AND l.objsubid = 2 AND l.granted
-               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS alive,
-       (SELECT count(*) FROM tenant_owner o WHERE o.owner = n.node_id) AS owned
-FROM cluster_node n"""
 _CLAIM_SQL = """
 WITH c AS (
     UPDATE tenant_owner t SET owner = %(me)s, epoch = t.epoch + 1, updated_at = now()
@@ -53,6 +47,10 @@ INSERT INTO tenant_epoch (tenant_id, epoch, owner, reason)
 SELECT tenant_id, epoch, %(me)s,
        CASE WHEN prev IS NULL THEN 'claim' WHEN prev = %(me)s THEN 'reclaim' ELSE 'takeover' END FROM c
 RETURNING tenant_id, epoch"""
+
+
+class NodeIdInUse(RuntimeError):
+    pass
 
 
 async def _noop(tid: str, epoch: int) -> None:
@@ -78,9 +76,17 @@ class PgOwnership:
         self._waiting: dict[str, float] = {}  # unowned tenant -> first seen: any node claims it after a while
 
     # -- life ----------------------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Migrate, register, take the node lock (waits while a previous incarnation's session still holds it),
-        then claim in the background."""
+    async def start(self, acquire_timeout: float | None = None) -> None:
+        """Migrate, register, take the node lock (waits while a previous incarnation's session still holds it, at
+        most `acquire_timeout`, default 3 x release_after: then another live daemon has this node_id), then claim
+        in the background."""
+        try:
+            await self._start(acquire_timeout if acquire_timeout is not None else 3 * self.cs.release_after)
+        except BaseException:
+            await self._drop(("_lock_conn", "_data"))
+            raise
+
+    async def _start(self, acquire_timeout: float) -> None:
         self._data = await pg.connect(self.cs, "data")
         await schema.upgrade(self._data)
         async with self._data.cursor() as cur:
@@ -90,7 +96,10 @@ class PgOwnership:
                 "max_tenants = EXCLUDED.max_tenants, draining = false RETURNING lock_key",
                 (self.node_id, self.cs.advertise_url, self.cs.max_tenants))
             self.lock_key = (await cur.fetchone())[0]
-        await self._acquire()
+        try:
+            await asyncio.wait_for(self._acquire(), acquire_timeout)
+        except asyncio.TimeoutError:
+            raise NodeIdInUse(f"cluster: node_id {self.node_id!r} is held by another live daemon") from None
         self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._claim_loop())]
 
     async def _acquire(self) -> None:
@@ -235,9 +244,7 @@ class PgOwnership:
         return await self._claim(pick, dead) if pick else []
 
     async def _nodes(self) -> list[NodeView]:
-        cur = await self._data.execute(_NODES_SQL, {"ns": schema.LOCK_NS})
-        return [NodeView(node_id=r[0], lock_key=r[1], draining=r[2], max_tenants=r[3], advertise_url=r[4],
-                         alive=r[5], owned=r[6]) for r in await cur.fetchall()]
+        return await read_nodes(self._data)
 
     async def _claim(self, ids: list[str], dead: list[str]) -> list[str]:
         async with self._dlock, self._tx() as cur:
@@ -246,8 +253,10 @@ class PgOwnership:
                 return []  # our lock session is gone: the lease loop fences us
             taken = []
             if dead:
-                await cur.execute("SELECT node_id FROM cluster_node WHERE node_id = ANY(%s) "
-                                  "AND pg_try_advisory_xact_lock(%s, lock_key)", (dead, schema.LOCK_NS))
+                # OFFSET 0 keeps the planner from trying the lock on rows before the node_id filter
+                await cur.execute("SELECT node_id FROM (SELECT node_id, lock_key FROM cluster_node "
+                                  "WHERE node_id = ANY(%s) OFFSET 0) d WHERE pg_try_advisory_xact_lock(%s, lock_key)",
+                                  (dead, schema.LOCK_NS))
                 taken = [r[0] for r in await cur.fetchall()]
             await cur.execute(_CLAIM_SQL, {"me": self.node_id, "ids": ids, "from": [*taken, self.node_id]})
             got = {t: e for t, e in await cur.fetchall()}
@@ -292,15 +301,5 @@ class PgOwnership:
 
     async def view(self) -> dict[str, Any]:
         """GET /cluster: the nodes, whether alive, and each one's tenants with their epochs."""
-        async with self._dlock:
-            nodes = await self._nodes()
-            cur = await self._data.execute("SELECT tenant_id, owner, epoch, wanted FROM tenant_owner ORDER BY 1")
-            rows = await cur.fetchall()
-        by_node: dict[str | None, dict[str, int]] = {}
-        for t, owner, epoch, wanted in rows:
-            if wanted or owner:
-                by_node.setdefault(owner, {})[t] = epoch
-        return {"node": self.node_id, "nodes": [
-            {"nodeId": n.node_id, "alive": n.alive, "draining": n.draining, "advertiseUrl": n.advertise_url,
-             "maxTenants": n.max_tenants, "tenants": by_node.get(n.node_id, {})} for n in nodes],
-            "unowned": sorted(by_node.get(None, {}))}
+        async with self._dlock, self._tx():
+            return await cluster_view(self._data, self.node_id)

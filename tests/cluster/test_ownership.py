@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from supervisor.cluster.ownership import Fenced, PgOwnership
+from supervisor.cluster.placement import ranking
 
 
 async def wait_for(pred, timeout: float, step: float = 0.05):
@@ -111,3 +112,61 @@ async def test_stop_from_any_node_and_drain_hands_off(cluster_settings, pg_dsn):
 
 async def _count(n, k):
     return len(n.owned) == k
+
+
+async def test_join_hands_off_without_two_live_workers(cluster_settings, pg_dsn):
+    live: dict[str, str] = {}  # tenant -> node whose "worker" runs: a second start while one runs is a violation
+    violations: list[str] = []
+
+    def node(name):
+        async def gain(t, e):
+            if t in live:
+                violations.append(f"{t}: {name} started while {live[t]} runs")
+            live[t] = name
+
+        async def lose(t, e):
+            await asyncio.sleep(0.6)  # longer than a claim round: the hand-off must wait for the stop
+            live.pop(t, None)
+        return PgOwnership(cluster_settings(name, max_tenants=100), on_gain=gain, on_lose=lose)
+
+    a = node("a")
+    await a.start()
+    b = None
+    try:
+        await a.want_many([f"t{i}" for i in range(40)])
+        assert await wait_for(lambda: _count(a, 40), 20)
+        b = node("b")
+        await b.start()  # joins: a hands off the tenants whose first choice is b, a few per round
+        prefer_b = [t for t in a.owned if ranking(t, ["a", "b"])[0] == "b"]
+        assert 10 < len(prefer_b) <= 20  # (~half: fair share is 20)
+        assert await wait_for(lambda: _count(b, len(prefer_b)), 60)
+        assert await wait_for(lambda: _total_is([a, b], 40), 20)
+        assert not violations, violations
+        assert sorted(live) == sorted([*a.owned, *b.owned])
+        view = await b.view()
+        assert {n["nodeId"]: len(n["tenants"]) for n in view["nodes"]} == {"a": len(a.owned), "b": len(b.owned)}
+        assert all(n["alive"] for n in view["nodes"]) and view["unowned"] == []
+    finally:
+        await a.close(drain=False)
+        if b:
+            await b.close(drain=False)
+
+
+async def _total_is(nodes, k):
+    return sum(len(n.owned) for n in nodes) == k
+
+
+async def test_duplicate_node_id_is_refused(cluster_settings):
+    from supervisor.cluster.ownership import NodeIdInUse
+
+    a = PgOwnership(cluster_settings("same"))
+    await a.start()
+    try:
+        twin = PgOwnership(cluster_settings("same"))
+        t0 = time.monotonic()
+        with pytest.raises(NodeIdInUse):
+            await twin.start(acquire_timeout=1.0)
+        assert time.monotonic() - t0 < 30
+        assert a.fence.valid()  # the live one keeps its lock
+    finally:
+        await a.close(drain=False)
