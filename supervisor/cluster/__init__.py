@@ -7,6 +7,7 @@
     own.fence.valid(), own.fence.valid_until()   # the lease; valid_until (epoch s) goes to workers
     async with own.fenced(tid) as cur: ...      # a transaction that commits only at our epoch (Fenced otherwise)
     await own.view()                      # GET /cluster
+    own.health()                          # lease state and counters (epoch_bumps, fence_events, lost, handoffs)
     await own.close(drain=True)           # SIGTERM: stop workers, hand tenants off
 
 `cluster` absent from the config = `LocalOwnership`: today's single-host mode (flock in supervisor/locks.py does the
@@ -61,6 +62,9 @@ class LocalOwnership:
     @contextlib.asynccontextmanager
     async def fenced(self, tid: str, epoch: int | None = None) -> AsyncIterator[None]:
         yield None
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "local", "node": self.node_id, "fenced": False, "owned": len(self.owned)}
 
     async def view(self) -> dict[str, Any]:
         return {"node": self.node_id, "backend": "local",

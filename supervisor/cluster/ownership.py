@@ -299,6 +299,12 @@ class PgOwnership:
         async with self.fenced(tid, epoch) as cur:
             await put_kv(cur, tid, self.owned.get(tid) if epoch is None else epoch, items)
 
+    def health(self) -> dict[str, Any]:
+        """For /health and metrics: is the lease valid, how long is left, what this node did so far."""
+        return {"backend": "postgres", "node": self.node_id, "fenced": not self.fence.valid(),
+                "leaseRemaining": round(max(0.0, self.fence.remaining()), 3), "owned": len(self.owned),
+                "draining": self._draining, **self.stats}
+
     async def view(self) -> dict[str, Any]:
         """GET /cluster: the nodes, whether alive, and each one's tenants with their epochs."""
         async with self._dlock, self._tx():

@@ -98,3 +98,29 @@ def test_sigstop_beyond_release_time_then_fences_itself(pg_dsn, tmp_path):
     finally:
         for p in nodes.values():
             p.stop()
+
+
+def test_sigterm_drains_to_the_other_nodes(pg_dsn, tmp_path):
+    nodes = start(pg_dsn, tmp_path, ["a", "b"], "--workers")
+    try:
+        want(pg_dsn, [f"t{i}" for i in range(16)])
+        wait_until(lambda: settled(pg_dsn, list(nodes.values())), 60)
+        a, b = nodes["a"], nodes["b"]
+        if not live_workers(a):
+            a, b = b, a
+        held = set(live_workers(a))
+        t0 = time.time()
+        a.proc.send_signal(signal.SIGTERM)
+        a.wait_event("drained", 30)
+        assert a.proc.wait(30) == 0
+        wait_until(lambda: set(live_workers(b)) >= held, 30)
+        took = max(e["at"] for e in b.events("gain") if e["tenant"] in held) - t0
+        print(f"\nSIGTERM: {len(held)} tenants handed over in {took * 1000:.0f} ms")
+        # each hand-off: the old worker stopped (lose) before the new owner started one (gain)
+        lost_at = {e["tenant"]: e["at"] for e in a.events("lose") if e["at"] >= t0}
+        gained_at = {e["tenant"]: e["at"] for e in b.events("gain") if e["at"] >= t0}
+        assert set(lost_at) == held and all(lost_at[t] <= gained_at[t] for t in held)
+        assert all(o == "b" for o, _ in owners(pg_dsn).values())
+    finally:
+        for p in nodes.values():
+            p.stop()

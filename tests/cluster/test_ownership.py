@@ -146,6 +146,8 @@ async def test_join_hands_off_without_two_live_workers(cluster_settings, pg_dsn)
         view = await b.view()
         assert {n["nodeId"]: len(n["tenants"]) for n in view["nodes"]} == {"a": len(a.owned), "b": len(b.owned)}
         assert all(n["alive"] for n in view["nodes"]) and view["unowned"] == []
+        h = a.health()
+        assert not h["fenced"] and h["handoffs"] == len(prefer_b) and 0 < h["leaseRemaining"] <= 4.0
     finally:
         await a.close(drain=False)
         if b:
