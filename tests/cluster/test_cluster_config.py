@@ -96,3 +96,30 @@ def test_db_upgrade_command(tmp_path, pg_dsn):
     cfg.write_text("cluster: {backend: postgres, dsn: 'host=127.0.0.1 port=1 user=x password=secret-pw'}\n")
     down = run("status")
     assert down.returncode == 3 and "db_unreachable" in down.stdout and "secret-pw" not in down.stdout + down.stderr
+
+
+async def test_doctor_checks(cluster_settings):
+    import asyncio
+
+    from supervisor.cluster.checks import cluster_checks
+    from supervisor.cluster.ownership import PgOwnership
+
+    cs = cluster_settings("n1")
+    verdicts = lambda: {c.name: c.verdict for c in cluster_checks(cs)}
+    assert (await asyncio.to_thread(verdicts)) == {"cluster.database": "pass", "cluster.schema": "warn"}
+    node = PgOwnership(cs)
+    await node.start()
+    try:
+        await node.want("t1")
+        got = await asyncio.to_thread(cluster_checks, cs)
+        v = {c.name: c.verdict for c in got}
+        assert v == {"cluster.database": "pass", "cluster.schema": "pass", "cluster.node": "pass",
+                     "cluster.tenants": v["cluster.tenants"], "cluster.locks": "pass",
+                     "cluster.session_settings": "pass"}, got
+    finally:
+        await node.close(drain=False)
+    after = {c.name: c for c in await asyncio.to_thread(cluster_checks, cs)}
+    assert after["cluster.node"].verdict == "warn" and after["cluster.tenants"].verdict == "warn"  # t1: no live owner
+    from dataclasses import replace
+    down = await asyncio.to_thread(cluster_checks, replace(cs, dsn="host=127.0.0.1 port=1 user=x password=pw-x"))
+    assert [c.verdict for c in down] == ["fail"] and "pw-x" not in down[0].detail
