@@ -236,10 +236,11 @@ class PgOwnership:
         self._waiting = {t: self._waiting.get(t, now) for t in free}
         placed = place([t for t in free if t not in mine], nodes)
         room = self.cs.max_tenants - len(self.owned)
-        # our own rows first; then what placement gives us; then what nobody took for 5 rounds (a stuck node)
+        # our own rows first; then what placement gives us; then anything nobody took for 5 rounds (placed on a
+        # node that holds its lock but does not claim: a hung loop must not strand tenants)
         stale = now - 5 * self.cs.claim_interval
         pick = [t for t in free if t in mine] + [t for t, n in placed.items() if n == self.node_id]
-        pick += [t for t in free if t not in placed and t not in mine and self._waiting[t] < stale]
+        pick += [t for t in free if t not in mine and self._waiting[t] < stale]
         pick = list(dict.fromkeys(pick))[:max(0, min(room, self.cs.claim_batch))]
         return await self._claim(pick, dead) if pick else []
 

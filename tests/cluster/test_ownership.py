@@ -98,7 +98,7 @@ async def test_stop_from_any_node_and_drain_hands_off(cluster_settings, pg_dsn):
         b, = await start_nodes(cluster_settings, ["b"])
         await b.want("t2", False)  # stop, asked on another node: the owner stops its worker, releases the row
         assert await wait_for(lambda: _count(a, 2), 20) and "t2" in lost
-        assert owners(pg_dsn)["t2"] is None
+        assert await wait_for(lambda: _released(pg_dsn, "t2"), 10)  # after the worker stopped: the row
         await a.close(drain=True)  # SIGTERM: a hands its tenants to b at once, without waiting for a lease
         assert await wait_for(lambda: _count(b, 2), 20)
         with psycopg.connect(pg_dsn) as c:
@@ -108,6 +108,10 @@ async def test_stop_from_any_node_and_drain_hands_off(cluster_settings, pg_dsn):
         await a.close(drain=False)
         if b:
             await b.close(drain=False)
+
+
+async def _released(dsn, t):
+    return owners(dsn)[t] is None
 
 
 async def _count(n, k):
@@ -172,3 +176,18 @@ async def test_duplicate_node_id_is_refused(cluster_settings):
         assert a.fence.valid()  # the live one keeps its lock
     finally:
         await a.close(drain=False)
+
+
+async def test_tenants_placed_on_a_stuck_node_are_claimed_by_another(cluster_settings):
+    a, b = await start_nodes(cluster_settings, ["a", "b"])
+    try:
+        b._tasks[1].cancel()  # b keeps its lock (alive) but never claims: a hung claim loop
+        tids = [f"t{i}" for i in range(20)]
+        assert any(ranking(t, ["a", "b"])[0] == "b" for t in tids)
+        await a.want_many(tids)
+        # a takes its own share at once and b's after 5 claim rounds without a taker
+        assert await wait_for(lambda: _count(a, 20), 30)
+        assert b.owned == {}
+    finally:
+        await a.close(drain=False)
+        await b.close(drain=False)
