@@ -67,7 +67,8 @@ class PgOwnership:
         self.fence = Fence(cs.fence_after)
         self.owned: dict[str, int] = {}
         self.lock_key = 0
-        self.stats = {"epoch_bumps": 0, "fence_events": 0, "claims": 0, "lost": 0, "handoffs": 0}
+        self.stats: dict[str, float] = {"epoch_bumps": 0, "fence_events": 0, "claims": 0, "lost": 0, "handoffs": 0,
+                                        "writes": 0, "write_seconds": 0.0}
         self._lock_conn: Any = None
         self._data: Any = None
         self._dlock = asyncio.Lock()  # one transaction at a time on the data connection
@@ -297,8 +298,11 @@ class PgOwnership:
 
     async def write_kv(self, tid: str, items: dict[str, bytes | None], epoch: int | None = None) -> None:
         """Several keys of a tenant's state (creds, Signal keys) in one fenced transaction; None deletes."""
+        t0 = time.perf_counter()
         async with self.fenced(tid, epoch) as cur:
             await put_kv(cur, tid, self.owned.get(tid) if epoch is None else epoch, items)
+        self.stats["writes"] += 1
+        self.stats["write_seconds"] += time.perf_counter() - t0
 
     def health(self) -> dict[str, Any]:
         """For /health and metrics: is the lease valid, how long is left, what this node did so far."""

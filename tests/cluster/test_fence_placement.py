@@ -91,3 +91,27 @@ def test_surplus_hands_off_to_a_joined_node_in_small_batches():
     assert len(out) == 5 and all(ranking(t, ["a", "b"])[0] == "b" for t in out)
     assert surplus("a", mine[:50], view, total=100, limit=5) == []  # at its fair share: nothing
     assert surplus("a", mine, nodes(("a", True, False, 250, 100), ("b", True, True, 250, 0)), 100, 5) == []
+
+
+def test_ownership_metrics_from_health():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from supervisor.cluster import LocalOwnership
+    from supervisor.cluster.metrics import OwnershipCollector
+
+    class Own:
+        def health(self):
+            return {"owned": 7, "fenced": True, "leaseRemaining": 0.0, "epoch_bumps": 9, "fence_events": 2,
+                    "lost": 1, "handoffs": 3, "writes": 4, "write_seconds": 0.5}
+
+    r = CollectorRegistry()
+    r.register(OwnershipCollector(Own()))
+    text = generate_latest(r).decode()
+    for line in ("baileys_supervisor_cluster_owned_tenants 7.0", "baileys_supervisor_cluster_fenced 1.0",
+                 "baileys_supervisor_cluster_epoch_bumps_total 9.0", "baileys_supervisor_cluster_fence_events_total 2.0",
+                 "baileys_supervisor_cluster_store_write_seconds_count 4.0",
+                 "baileys_supervisor_cluster_store_write_seconds_sum 0.5"):
+        assert line in text, text
+    local = CollectorRegistry()
+    local.register(OwnershipCollector(LocalOwnership()))
+    assert "baileys_supervisor_cluster_fenced 0.0" in generate_latest(local).decode()

@@ -67,6 +67,7 @@ async def test_fenced_write_commits_only_at_current_epoch(cluster_settings, pg_d
         other = b if owner is a else a
         epoch = owner.owned["t1"]
         await owner.write_kv("t1", {"creds.json": b"v1", "pre-key-1": b"k"})
+        assert owner.health()["writes"] == 1 and owner.health()["write_seconds"] > 0  # the latency metric
         # a stale epoch, and a node that does not own the tenant, are refused by the store itself
         with pytest.raises(Fenced):
             await owner.write_kv("t1", {"creds.json": b"stale"}, epoch=epoch - 1)
