@@ -32,23 +32,6 @@ __all__ = ["PgOwnership", "Fenced", "NodeIdInUse", "fenced_tx"]
 log = get_logger()
 Callback = Callable[[str, int], Awaitable[None]]
 
-# Our own lock, held by our lock session: checked inside every claim transaction.
-_OWN_LOCK_SQL = ("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND database = "
-                 "(SELECT oid FROM pg_database WHERE datname = current_database()) AND classid = %s "
-                 "AND objid = %s AND objsubid = 2 AND granted AND pid = %s")
-_CLAIM_SQL = """
-WITH c AS (
-    UPDATE tenant_owner t SET owner = %(me)s, epoch = t.epoch + 1, updated_at = now()
-    FROM tenant_owner o
-    WHERE o.tenant_id = t.tenant_id AND t.tenant_id = ANY(%(ids)s) AND t.wanted
-      AND (t.owner IS NULL OR t.owner = ANY(%(from)s))
-    RETURNING t.tenant_id, t.epoch, o.owner AS prev)
-INSERT INTO tenant_epoch (tenant_id, epoch, owner, reason)
-SELECT tenant_id, epoch, %(me)s,
-       CASE WHEN prev IS NULL THEN 'claim' WHEN prev = %(me)s THEN 'reclaim' ELSE 'takeover' END FROM c
-RETURNING tenant_id, epoch"""
-
-
 class NodeIdInUse(RuntimeError):
     pass
 
@@ -250,7 +233,7 @@ class PgOwnership:
 
     async def _claim(self, ids: list[str], dead: list[str]) -> list[str]:
         async with self._dlock, self._tx() as cur:
-            await cur.execute(_OWN_LOCK_SQL, (schema.LOCK_NS, self.lock_key, self._lock_conn.info.backend_pid))
+            await cur.execute(schema.OWN_LOCK_SQL, (schema.LOCK_NS, self.lock_key, self._lock_conn.info.backend_pid))
             if await cur.fetchone() is None:
                 return []  # our lock session is gone: the lease loop fences us
             taken = []
@@ -260,7 +243,7 @@ class PgOwnership:
                                   "WHERE node_id = ANY(%s) OFFSET 0) d WHERE pg_try_advisory_xact_lock(%s, lock_key)",
                                   (dead, schema.LOCK_NS))
                 taken = [r[0] for r in await cur.fetchall()]
-            await cur.execute(_CLAIM_SQL, {"me": self.node_id, "ids": ids, "from": [*taken, self.node_id]})
+            await cur.execute(schema.CLAIM_SQL, {"me": self.node_id, "ids": ids, "from": [*taken, self.node_id]})
             got = {t: e for t, e in await cur.fetchall()}
         if not got or not self.fence.valid():
             return []  # committed but fenced meanwhile: the rows are ours and get re-claimed after re-acquisition

@@ -55,6 +55,23 @@ CREATE TABLE tenant_kv (                       -- fenced tenant state (creds.jso
 ]
 LATEST = MIGRATIONS[-1][0]
 
+# -- statements of ownership.py on these tables ----------------------------------------------------------------
+# Our own lock, held by our lock session: checked inside every claim transaction.
+OWN_LOCK_SQL = ("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) AND classid = %s "
+                "AND objid = %s AND objsubid = 2 AND granted AND pid = %s")
+CLAIM_SQL = """
+WITH c AS (
+    UPDATE tenant_owner t SET owner = %(me)s, epoch = t.epoch + 1, updated_at = now()
+    FROM tenant_owner o
+    WHERE o.tenant_id = t.tenant_id AND t.tenant_id = ANY(%(ids)s) AND t.wanted
+      AND (t.owner IS NULL OR t.owner = ANY(%(from)s))
+    RETURNING t.tenant_id, t.epoch, o.owner AS prev)
+INSERT INTO tenant_epoch (tenant_id, epoch, owner, reason)
+SELECT tenant_id, epoch, %(me)s,
+       CASE WHEN prev IS NULL THEN 'claim' WHEN prev = %(me)s THEN 'reclaim' ELSE 'takeover' END FROM c
+RETURNING tenant_id, epoch"""
+
 
 class SchemaError(RuntimeError):
     pass

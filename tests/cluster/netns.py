@@ -11,7 +11,12 @@ import subprocess
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     cmd = (["ip", "netns", "exec", ns, "ip"] if ns else ["ip"]) + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=check)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and r.returncode:
+        # e.g. a container without CAP_NET_ADMIN: say so, instead of a bare CalledProcessError
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()} "
+                           "(partition tests need root with CAP_NET_ADMIN and iproute2)")
+    return r
 
 
 class NetNs:
