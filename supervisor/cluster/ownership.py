@@ -186,8 +186,7 @@ class PgOwnership:
         tenants gained."""
         if not self.fence.valid() or self._lock_conn is None:
             return []
-        if self._data is None:
-            self._data = await pg.connect(self.cs, "data")
+        await self._data_conn()
         async with self._dlock:
             nodes = await self._nodes()
             cur = await self._data.execute("SELECT tenant_id, epoch, wanted FROM tenant_owner WHERE owner = %s",
@@ -260,11 +259,16 @@ class PgOwnership:
         return list(got)
 
     # -- fenced writes -------------------------------------------------------------------------------------------
+    async def _data_conn(self) -> Any:
+        """The data connection, reopened if it is gone or broken (a server restart)."""
+        if self._data is None or self._data.closed or self._data.broken:
+            self._data = await pg.connect(self.cs, "data")
+        return self._data
+
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Any]:
-        if self._data is None:
-            self._data = await pg.connect(self.cs, "data")
-        async with self._data.transaction(), self._data.cursor() as cur:
+        conn = await self._data_conn()
+        async with conn.transaction(), conn.cursor() as cur:
             yield cur
 
     @contextlib.asynccontextmanager
@@ -274,9 +278,7 @@ class PgOwnership:
         if epoch is None or not self.fence.valid():
             raise Fenced(tid)
         async with self._dlock:
-            if self._data is None:
-                self._data = await pg.connect(self.cs, "data")
-            async with fenced_tx(self._data, tid, self.node_id, epoch) as cur:
+            async with fenced_tx(await self._data_conn(), tid, self.node_id, epoch) as cur:
                 yield cur
 
     async def write_kv(self, tid: str, items: dict[str, bytes | None], epoch: int | None = None) -> None:

@@ -192,3 +192,24 @@ async def test_tenants_placed_on_a_stuck_node_are_claimed_by_another(cluster_set
     finally:
         await a.close(drain=False)
         await b.close(drain=False)
+
+
+async def test_lost_data_connection_is_reopened_without_a_fence(cluster_settings, pg_dsn):
+    a, = await start_nodes(cluster_settings, ["a"])
+    try:
+        await a.want("t1")
+        assert await wait_for(lambda: _count(a, 1), 20)
+        a._tasks[1].cancel()  # no claim round to notice it: the write path itself must reopen the connection
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bsup:a:data'")
+
+        async def write_ok():
+            try:
+                await a.write_kv("t1", {"creds.json": b"x"})
+                return True
+            except psycopg.OperationalError:
+                return False
+        assert await wait_for(write_ok, 20)
+        assert a.fence.valid() and a.health()["fence_events"] == 0 and "t1" in a.owned  # the lease was never at risk
+    finally:
+        await a.close(drain=False)
