@@ -36,12 +36,12 @@ def test_sigkill_node_tenants_reowned_by_others(pg_dsn, tmp_path):
     try:
         tids = [f"t{i}" for i in range(45)]
         want(pg_dsn, tids)
-        wait_until(lambda: all(o for o, _ in owners(pg_dsn).values()) and len(owners(pg_dsn)) == 45, 60)
+        wait_until(lambda: len(owners(pg_dsn)) == 45 and settled(pg_dsn, list(nodes.values())), 60)
         before = owners(pg_dsn)
         victim = max("abc", key=lambda n: sum(1 for o, _ in before.values() if o == n))
         mine = {t: e for t, (o, e) in before.items() if o == victim}
         assert mine
-        workers = [e["pid"] for e in nodes[victim].events("gain") if e["tenant"] in mine]
+        workers = list(live_workers(nodes[victim]).values())
         t0 = time.monotonic()
         nodes[victim].proc.kill()
         nodes[victim].proc.wait()
