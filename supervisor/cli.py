@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", parents=[common], help="check the daemon and tenants; a verdict and a fix per check")
     doc.add_argument("tenant", nargs="?")
     doc.set_defaults(func=cmd_doctor)
+    from .cluster.cli import add_db_command  # `db upgrade|status` (cluster mode; psycopg imported only when run)
+
+    add_db_command(sub)
     return parser
 
 

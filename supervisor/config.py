@@ -59,9 +59,10 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
     src = Path(source) if source is not None else None
     ctx = _Ctx(str(src) if src else "<config>", (src.resolve().parent if src else Path.cwd()))
     top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "limits", "logging",
-                                          "webhook"))
+                                          "webhook", "cluster"))
     storage, api = _storage(ctx, top.get("storage")), _api(ctx, top.get("api"))
     from .config_webhook import webhook_config  # split out: this module stays one screenful per section
+    from .config_cluster import cluster_config
 
     return Settings(
         storage=storage,
@@ -72,6 +73,7 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
         limits=_limits(ctx, top.get("limits")),
         logging=_logging(ctx, top.get("logging")),
         webhook=webhook_config(ctx, top.get("webhook"), storage_root=storage.root, api_secret=api.secret),
+        cluster=cluster_config(ctx, top.get("cluster")),  # None = single host; docs/cluster.md
         source=src.resolve() if src else None,
     )
 

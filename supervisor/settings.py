@@ -103,6 +103,29 @@ class WebhookSettings:
     spool_path: Path | None = None  # None: <storage.root>/webhook-spool.sqlite3; relative: against storage.root
 
 
+# -- cluster (docs/cluster.md) --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusterSettings:
+    """`cluster:` present = several hosts share tenants through PostgreSQL (supervisor/cluster/); absent (None in
+    Settings) = the single-host flock mode. Plain data: loading a config never imports psycopg."""
+
+    backend: str = "postgres"
+    dsn: str | None = field(default=None, repr=False)  # resolved from dsn | dsn_file | dsn_env; may hold a password
+    node_id: str = ""  # the loader defaults it to the host name
+    advertise_url: str | None = None  # this node's API, shown to the others (GET /cluster)
+    max_tenants: int = 250  # per-node cap (~80 MB per connected worker)
+    ping_interval: float = 1.0  # seconds between pings of the node-lock session
+    # No successful ping for fence_after s -> the node fences itself (kills its workers, stops claiming). The server
+    # drops a silent session, releasing the node lock, no earlier than release_after s; the loader keeps
+    # fence_after <= release_after / 2 (the margin covers a stalled loop and the kill itself).
+    fence_after: float = 4.0
+    release_after: float = 10.0
+    claim_interval: float = 0.5  # seconds between claim/takeover rounds (a dead node's tenants wait <= this)
+    claim_batch: int = 1000  # tenants claimed per transaction at most
+    idle_in_transaction_timeout: float = 5.0  # a stuck write cannot block an epoch bump longer than this
+    statement_timeout: float = 15.0  # and lock_timeout: no statement waits forever
+
+
 @dataclass(frozen=True)
 class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -113,4 +136,5 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    cluster: ClusterSettings | None = None  # None = single host (flock)
     source: Path | None = None  # the YAML file these came from, for error messages and reload
