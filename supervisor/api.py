@@ -250,7 +250,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = None, metrics: Metrics | None = None,
-             webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT) -> web.Application:
+             webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT,
+             outbox: Any = None) -> web.Application:
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
     `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder. Serve it with `start_api`."""
     # Without a secret, auth_middleware lets everything through and the guard keeps web pages out instead.
@@ -267,6 +268,9 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/webhook", webhook_status)
+    from .api_messages import add_message_routes  # imports this module: here, not at the top
+
+    add_message_routes(app, outbox, _T)  # the send API and its durable outbox (supervisor/outbox_dispatch.py)
     if events is not None:
         app.router.add_get("/events", events_all)
         app.router.add_get(f"{_T}/events", events_tenant)

@@ -57,8 +57,9 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
     """Validate an already-parsed mapping. Relative paths resolve against the source file's directory (or cwd)."""
     src = Path(source) if source is not None else None
     ctx = _Ctx(str(src) if src else "<config>", (src.resolve().parent if src else Path.cwd()))
-    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "logging", "webhook"))
+    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "logging", "webhook", "outbox"))
     storage, api = _storage(ctx, top.get("storage")), _api(ctx, top.get("api"))
+    from .config_outbox import outbox_config
     from .config_webhook import webhook_config  # split out: this module stays one screenful per section
 
     return Settings(
@@ -69,6 +70,7 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
         tenants=_tenants(ctx, top.get("tenants")),
         logging=_logging(ctx, top.get("logging")),
         webhook=webhook_config(ctx, top.get("webhook"), storage_root=storage.root, api_secret=api.secret),
+        outbox=outbox_config(ctx, top.get("outbox"), storage_root=storage.root),
         source=src.resolve() if src else None,
     )
 

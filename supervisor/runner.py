@@ -26,6 +26,7 @@ from .config import is_loopback, load_settings
 from .daemon import Supervisor
 from .errors import ConfigError
 from .notify import Notifier, run_watchdog, status_summary
+from .outbox_dispatch import OutboxDispatcher, make_outbox
 from .reload import apply_reload
 from .settings import Settings
 from .webhook_sink import MessageSink, make_forwarder
@@ -62,6 +63,7 @@ class Daemon:
         self._boot: asyncio.Task[None] | None = None
         self._forwarder: WebhookForwarder | None = None
         self._sink: MessageSink | None = None
+        self._outbox: OutboxDispatcher | None = None
 
     async def run(self) -> None:
         api = self.settings.api
@@ -103,7 +105,11 @@ class Daemon:
         if self._forwarder is not None:
             self._sink = sup.on_message = MessageSink(self._forwarder)
             await self._forwarder.start()
-        app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder)
+        self._outbox = make_outbox(s, sup, self._forwarder)  # before the boot: connected tenants resume sending
+        await self._outbox.start()
+        sup.observers.add(self._outbox)
+        app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder,
+                       outbox=self._outbox)
         self._api, port = await start_api(app, s.api.host, s.api.port)
         log.info("daemon.started", pid=os.getpid(), host=s.api.host, port=port, api=True, storage=str(s.storage.root))
         self._background = [
@@ -138,6 +144,8 @@ class Daemon:
             await asyncio.gather(self._boot, return_exceptions=True)
         if sup is not None:
             await sup.shutdown(force=self.force_exit)
+        if self._outbox is not None:
+            await self._outbox.aclose()  # after the workers (their last statuses), before the forwarder
         if self._sink is not None:
             await self._sink.drain()
         if self._forwarder is not None:
