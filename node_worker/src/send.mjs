@@ -12,6 +12,7 @@
 // Statuses only move forward; the daemon drops one that does not advance its row.
 import { join } from 'node:path';
 import { readdir, stat } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
 import { makeAuthFiles, prepareDir } from './auth-files.mjs';
 
 /** Sent messages are kept this long for `getMessage` (retry receipts come within minutes; a phone that was off
@@ -21,6 +22,10 @@ export const RANK = { sending: 1, sent: 2, delivered: 3, read: 4, failed: 5 };
 // proto.WebMessageInfo.Status: 0 ERROR, 1 PENDING, 2 SERVER_ACK, 3 DELIVERY_ACK, 4 READ, 5 PLAYED.
 const FROM_WA_STATUS = { 0: 'failed', 2: 'sent', 3: 'delivered', 4: 'read', 5: 'read' };
 const PN_JID = /^\d+@s\.whatsapp\.net$/;
+
+const consumeFile = (path) => {
+  try { rmSync(path); return true; } catch { return false; }
+};
 
 /** A receipt's status for the sender, or null when it says nothing about delivery (retry, sender, inactive...). */
 export function receiptStatus(type) {
@@ -49,7 +54,6 @@ export function makeSender(w, { now = Date.now } = {}) {
   let files = null;
   const known = new Map(); // waId -> the highest status emitted by this process (0 = none yet)
   const onWhatsApp = new Set(); // recipients seen to have WhatsApp (a number that has none is asked every time)
-  let sends = 0;
 
   const report = (waMessageId, status, error = null) => {
     if (!known.has(waMessageId) || !status) return;
@@ -109,9 +113,10 @@ export function makeSender(w, { now = Date.now } = {}) {
       { messageId: waId, ...(quoted ? { quoted } : {}) });
     await files.write({ to: cmd.to, at: now(), message: Buffer.from(w.baileys.proto.Message.encode(msg.message).finish()) },
       `${waId}.json`);
-    sends += 1;
-    // Test-only (tests/e2e/test_messages_out.py): die after the stanza left and before the reply.
-    if (Number(process.env.BSUP_TEST_KILL_AFTER_SEND) === sends) process.kill(process.pid, 'SIGKILL');
+    // Test-only (tests/e2e/test_messages_out.py): die after the stanza left and before the reply, once per file.
+    if (process.env.BSUP_TEST_KILL_AFTER_SEND && consumeFile(process.env.BSUP_TEST_KILL_AFTER_SEND)) {
+      process.kill(process.pid, 'SIGKILL');
+    }
     const rank = known.get(waId);
     const status = Object.keys(RANK).find((s) => RANK[s] === rank) ?? 'sending';
     return { waMessageId: msg.key.id, status };
