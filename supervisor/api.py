@@ -253,7 +253,8 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
              webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT,
              outbox: Any = None) -> web.Application:
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
-    `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder. Serve it with `start_api`."""
+    `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder; the send API answers 503 without an
+    `outbox` (supervisor/outbox_dispatch.py). Serve it with `start_api`."""
     # Without a secret, auth_middleware lets everything through and the guard keeps web pages out instead.
     middlewares = [errors_middleware, auth_middleware if api.secret else no_secret_guard(api), body_limits(api)]
     app = web.Application(middlewares=middlewares, client_max_size=api.max_body_bytes)
