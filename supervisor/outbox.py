@@ -100,7 +100,7 @@ def derive_ids(tenant: str, key: str) -> tuple[str, str]:
     """(messageId, WhatsApp id) from (tenant, Idempotency-Key): a resend after any crash, and a retried POST, use the
     same ids. The WhatsApp id has the shape of Baileys' own (`3EB0` + 18 uppercase hex)."""
     h = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()
-    return "msg_" + h[:32], "3EB0" + h[32:50].upper()
+    return "msg_" + h[:24], "3EB0" + h[32:50].upper()  # 24 hex: logs scrub runs of 32+
 
 
 def advances(old: str, new: str) -> bool:

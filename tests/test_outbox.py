@@ -34,7 +34,7 @@ def test_ids_are_derived_from_tenant_and_key():
     assert derive_ids("t1", "k") == derive_ids("t1", "k")
     assert derive_ids("t1", "k") != derive_ids("t2", "k") and derive_ids("t1", "k") != derive_ids("t1", "k2")
     mid, wa = derive_ids("t1", "k")
-    assert mid.startswith("msg_") and len(mid) == 36
+    assert mid.startswith("msg_") and len(mid) == 28
     assert wa.startswith("3EB0") and len(wa) == 22 and wa == wa.upper()
 
 

@@ -139,7 +139,7 @@ def test_unknown_tenant_bad_input_and_unknown_message(sim, make_daemon):
     assert code == 400 and "Idempotency-Key" in body["message"]
     code, body, _ = post(d, "1", "k", {"to": "0501234567", "text": "x"})
     assert code == 400 and "country code" in body["message"]
-    assert d.call("GET", "/whatsapp/1/messages/msg_" + "0" * 32)[0] == 404
+    assert d.call("GET", "/whatsapp/1/messages/msg_" + "0" * 24)[0] == 404
 
 
 def test_queued_while_not_connected_then_sent_in_order(sim, make_daemon):
