@@ -201,10 +201,14 @@ class OutboxDispatcher(TenantObserver):
         worker = self._connected_worker(tenant)
         if worker is None:
             return
-        # `sending` is durable before the command leaves: a crash from here on resends with the same WhatsApp id.
-        sending = await self._db(self.box.mark_sending, row.message_id, self.clock())
-        if sending.status != row.status:
-            self._changed(sending)
+        # Recorded while the command goes out, not before it: after a crash a `queued` row is handed over again with
+        # the same WhatsApp id exactly like a `sending` one, so waiting for this fsync would only add latency. Its
+        # status event comes from the future's callback, which runs before any later status of this message (the
+        # one outbox thread finishes writes in order).
+        mark = asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(self.box.mark_sending, row.message_id, self.clock()))
+        mark.add_done_callback(lambda f: None if f.cancelled() or f.exception() or f.result().status == row.status
+                               else self._changed(f.result()))
         fields: dict[str, Any] = {"to": row.to_jid, "text": row.text, "waId": row.wa_id}
         if row.reply_to is not None:
             fields["replyTo"] = json.loads(row.reply_to)
@@ -213,7 +217,7 @@ class OutboxDispatcher(TenantObserver):
         except NotRunning:
             return  # the worker is gone: the row stays `sending`, handed over again at the next `open`
         except (WorkerCommandFailed, WorkerTimeout) as exc:
-            await self._send_failed(tenant, sending, exc)
+            await self._send_failed(tenant, await mark, exc)
             return
         status = result.get("status") if result.get("status") in ("sending", "sent", "failed") else "sending"
         error = result.get("error") if isinstance(result.get("error"), str) else None
