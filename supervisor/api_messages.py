@@ -82,7 +82,8 @@ def parse_send(data: dict[str, Any]) -> dict[str, Any]:
 def _outbox(request: web.Request) -> Any:
     box = request.app[OUTBOX]
     if box is None:
-        raise OutboxUnavailable("sending is not available in this daemon (no outbox)")
+        raise OutboxUnavailable("sending is not available in this daemon: another daemon on this storage owns the "
+                                "outbox (outbox.locked in its log)")
     return box
 
 

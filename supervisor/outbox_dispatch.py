@@ -104,7 +104,7 @@ class OutboxDispatcher(TenantObserver):
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self._closed = True
-        await self._db(self.box.close)
+        await self._db(self.box.close)  # also after a failed start: close() undoes whatever open() got to
         self._executor.shutdown(wait=True)
 
     # -- the API ------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .config import is_loopback, load_settings
 from .daemon import Supervisor
 from .errors import ConfigError
 from .notify import Notifier, run_watchdog, status_summary
+from .outbox import OutboxLocked
 from .outbox_dispatch import OutboxDispatcher, make_outbox
 from .reload import apply_reload
 from .settings import Settings
@@ -105,9 +106,7 @@ class Daemon:
         if self._forwarder is not None:
             self._sink = sup.on_message = MessageSink(self._forwarder)
             await self._forwarder.start()
-        self._outbox = make_outbox(s, sup, self._forwarder)  # before the boot: connected tenants resume sending
-        await self._outbox.start()
-        sup.observers.add(self._outbox)
+        self._outbox = await _start_outbox(s, sup, self._forwarder)  # before the boot: tenants resume sending
         app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder,
                        outbox=self._outbox)
         self._api, port = await start_api(app, s.api.host, s.api.port)
@@ -157,6 +156,20 @@ class Daemon:
             loop.remove_signal_handler(sig)
         notifier.close()
         log.info("daemon.stopped", pid=os.getpid())
+
+
+async def _start_outbox(s: Settings, sup: Supervisor, forwarder: WebhookForwarder | None) -> OutboxDispatcher | None:
+    """The send API's outbox; None when another daemon on this storage owns it (that one sends: two would send
+    twice). This daemon still serves its own tenants then, as without the webhook; its send API answers 503."""
+    box = make_outbox(s, sup, forwarder)
+    try:
+        await box.start()
+    except OutboxLocked as exc:
+        log.error("outbox.locked", message=exc.message)
+        await box.aclose()
+        return None
+    sup.observers.add(box)
+    return box
 
 
 async def _reload(sup: Supervisor, notifier: Notifier) -> None:

@@ -237,3 +237,40 @@ async def test_rate_limit_spaces_sends(make_dispatcher):
         await d.submit("a", f"k{i}", {"to": JID, "text": str(i)})
     await until(lambda: len(sup.tenants["a"].worker.sent) == 5, "all sent")
     assert loop.time() - t0 >= 4 / 20 * 0.9  # burst 1: four waits of 1/rate
+
+
+async def test_a_second_daemon_on_the_same_storage_runs_without_an_outbox(make_settings):
+    """Two senders would send twice: the first owns the file, the second serves its tenants with a 503 send API."""
+    from supervisor.daemon import Supervisor
+    from supervisor.runner import _start_outbox
+
+    settings = make_settings()
+    first = await _start_outbox(settings, Supervisor(settings), None)
+    try:
+        assert first is not None and (settings.storage.root / "outbox.sqlite3").exists()
+        assert await _start_outbox(settings, Supervisor(settings), None) is None
+    finally:
+        await first.aclose()
+    again = await _start_outbox(settings, Supervisor(settings), None)  # the lock went with the first one
+    assert again is not None
+    await again.aclose()
+
+
+async def test_send_api_without_an_outbox_answers_503_json(make_settings):
+    from aiohttp import ClientSession
+
+    from supervisor.api import make_app, start_api
+    from supervisor.daemon import Supervisor
+
+    sup = Supervisor(make_settings())
+    runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
+    try:
+        async with ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/whatsapp/t1/messages", json={"to": JID, "text": "x"},
+                                 headers={"Idempotency-Key": "k"}) as r:
+                assert r.status == 503 and (await r.json())["error"] == "outbox_unavailable"
+            async with http.post(f"http://127.0.0.1:{port}/whatsapp/t1/messages", json={"to": JID, "text": "x"}) as r:
+                assert r.status == 400 and "Idempotency-Key" in (await r.json())["message"]
+    finally:
+        await runner.cleanup()
+        await sup.shutdown()
