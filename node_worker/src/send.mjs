@@ -96,7 +96,17 @@ export function makeSender(w, { now = Date.now } = {}) {
     return Boolean(found?.exists);
   };
 
-  const send = async (cmd) => {
+  // A `send` the daemon repeats while the first is still running (its reply timed out) joins that one instead of
+  // putting a second copy on the wire.
+  const inflight = new Map();
+  const send = (cmd) => {
+    if (!inflight.has(cmd.waId)) {
+      inflight.set(cmd.waId, sendOnce(cmd).finally(() => inflight.delete(cmd.waId)));
+    }
+    return inflight.get(cmd.waId);
+  };
+
+  const sendOnce = async (cmd) => {
     const waId = cmd.waId;
     if (!await hasWhatsApp(cmd.to)) {
       known.set(waId, RANK.failed);

@@ -81,6 +81,18 @@ test('getMessage answers from the sent store, also in the next process; a miss i
   assert.deepEqual(statuses(next.events), [['BB01', 'delivered']]);
 });
 
+test('a repeated send of the same id while the first runs puts one copy on the wire', async () => {
+  const { w, sock } = fakeWorker(mkdtempSync(join(tmpdir(), 'send-')));
+  const s = makeSender(w);
+  await s.open();
+  const [a, b] = await Promise.all([s.send({ to: TO, text: 'x', waId: 'DD01' }), s.send({ to: TO, text: 'x', waId: 'DD01' })]);
+  assert.deepEqual(a, b);
+  assert.equal(sock.sent.length, 1);
+  await s.send({ to: TO, text: 'x', waId: 'DD01' }); // a later one (e.g. after a reconnect) goes out again
+  assert.equal(sock.sent.length, 2);
+  await s.flush();
+});
+
 test('a number without WhatsApp: failed, nothing sent', async () => {
   const { w, sock } = fakeWorker(mkdtempSync(join(tmpdir(), 'send-')), { onWhatsApp: false });
   const s = makeSender(w);
