@@ -9,7 +9,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE_WORKER = ROOT / "tests" / "fake_worker.py"
 DAEMON_HOST = ROOT / "tests" / "hostile" / "daemon_host.py"
 PYTHON = sys.executable
+
+sys.path.insert(0, str(ROOT / "tests"))
+from support import free_port  # noqa: E402,F401 - the one copy (tests/support.py); re-exported to the benchmarks
 
 
 def pct(values: list[float], p: float) -> float:
@@ -42,12 +44,6 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Linux {platform.release()}, "
             f"Python {platform.python_version()}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method: str, url: str, timeout: float = 10.0) -> dict:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import stream_token
+from . import stream_token, ui_routes
 from .api_guard import no_secret_guard
 from .api_server import HTTP_CODES, body_limits, error_response, json_response, read_body, serve
 from .errors import BadRequest, SupervisorError, UnknownTenant
@@ -163,6 +163,11 @@ def _action(name: str) -> Handler:
     return handler
 
 
+async def forget(request: web.Request) -> web.Response:
+    """DELETE /whatsapp/{tenant}: forget a tenant that was never linked (Supervisor.forget_tenant)."""
+    return json_response(await request.app[SUPERVISOR].forget_tenant(_tenant(request)))
+
+
 async def status(request: web.Request) -> web.Response:
     return json_response(request.app[SUPERVISOR].status(_tenant(request)))
 
@@ -264,6 +269,7 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     app.router.add_get("/whatsapp", list_tenants)
     for name in ("start", "stop", "restart", "logout"):
         app.router.add_post(f"{_T}/{name}", _action(name))
+    app.router.add_delete(_T, forget)
     app.router.add_get(f"{_T}/status", status)
     app.router.add_get(f"{_T}/qr", qr)
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
@@ -278,6 +284,7 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
         app.router.add_post(f"{_T}/events-token", events_token)
     if metrics is not None:
         app.router.add_get("/metrics", metrics_route)
+    ui_routes.add_ui(app)  # GET /ui/: the operator console, public static files outside the auth
     return app
 
 

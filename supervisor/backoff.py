@@ -63,14 +63,15 @@ class BackoffShape(Protocol):
 
 
 def delay(attempt: int, s: BackoffShape, draw: float) -> float:
-    """Delay after the `attempt`-th consecutive failure (1-based): initial * multiplier^(attempt-1), capped at
-    max_delay, then +- jitter around it (`draw` uniform in [0, 1)). Symmetric jitter around the capped base keeps the
-    mean rate at the cap while spreading many tenants."""
+    """Delay after the `attempt`-th consecutive failure (1-based): initial * multiplier^(attempt-1), +- jitter
+    around it (`draw` uniform in [0, 1)), then capped at max_delay. The cap comes last because it is a promise
+    (docs, the operator's config): jitter applied after it let delays reach 72 s against a 60 s max_delay. At the
+    cap, delays spread over [max_delay * (1 - jitter), max_delay], so many tenants still do not retry in lockstep."""
     try:
         base = min(s.max_delay, s.initial_delay * s.multiplier ** max(0, attempt - 1))
     except OverflowError:  # a streak of ~1000 failures (17 h at the cap) must not crash the tenant
         base = s.max_delay
-    return max(0.0, base * (1.0 + s.jitter * (2.0 * draw - 1.0)))
+    return min(s.max_delay, max(0.0, base * (1.0 + s.jitter * (2.0 * draw - 1.0))))
 
 
 def decide(s: RestartSettings, streak: Streak, code: int | None, state: TenantState, ending: Ending, now: float,

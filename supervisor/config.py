@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .ids import TENANT_ID_PATTERN, is_tenant_id
 from .settings import (
     ApiSettings,
+    LimitsSettings,
     LoggingSettings,
     RestartSettings,
     Settings,
@@ -57,7 +58,8 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
     """Validate an already-parsed mapping. Relative paths resolve against the source file's directory (or cwd)."""
     src = Path(source) if source is not None else None
     ctx = _Ctx(str(src) if src else "<config>", (src.resolve().parent if src else Path.cwd()))
-    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "logging", "webhook", "outbox"))
+    top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "limits", "logging",
+                                          "webhook", "outbox"))
     storage, api = _storage(ctx, top.get("storage")), _api(ctx, top.get("api"))
     from .config_outbox import outbox_config
     from .config_webhook import webhook_config  # split out: this module stays one screenful per section
@@ -68,6 +70,7 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
         worker=_worker(ctx, top.get("worker")),
         restart=_restart(ctx, top.get("restart")),
         tenants=_tenants(ctx, top.get("tenants")),
+        limits=_limits(ctx, top.get("limits")),
         logging=_logging(ctx, top.get("logging")),
         webhook=webhook_config(ctx, top.get("webhook"), storage_root=storage.root, api_secret=api.secret),
         outbox=outbox_config(ctx, top.get("outbox"), storage_root=storage.root),
@@ -228,6 +231,13 @@ def _tenants(ctx: _Ctx, raw: Any) -> TenantsSettings:
         if t not in ids:
             ids.append(t)
     return TenantsSettings(boot=tuple(ids))
+
+
+def _limits(ctx: _Ctx, raw: Any) -> LimitsSettings:
+    d = _mapping(ctx, "limits", raw, _names(LimitsSettings))
+    out = {name: _int(ctx, f"limits.{name}", d[name], lo=0 if name == "max_standbys" else 1)
+           for name in _names(LimitsSettings) if name in d}
+    return LimitsSettings(**out)
 
 
 def _logging(ctx: _Ctx, raw: Any) -> LoggingSettings:

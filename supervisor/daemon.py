@@ -14,8 +14,10 @@ from typing import Any
 
 import structlog
 
-from supervisor.errors import ShuttingDown, StorageError, UnknownTenant
+from supervisor.capacity import ProcessBudget
+from supervisor.errors import ShuttingDown, StorageError, TenantLinked, TooManyTenants, UnknownTenant
 from supervisor.eventbus import EventBus
+from supervisor.forget import is_linked, remove_tenant_files
 from supervisor.ids import is_tenant_id, validate_tenant_id
 from supervisor.metrics import Metrics
 from supervisor.observer import Observers, TenantObserver
@@ -60,10 +62,14 @@ class Supervisor:
         self.shutting_down = False
         self.started_at = clock()
         self.spawn_slots = SpawnSlots(settings.worker.max_concurrent_spawns)  # a reload resizes it
-        self._op_locks: dict[str, asyncio.Lock] = {}
+        # tenant -> [its operations' lock, how many hold or wait for it]: dropped when unused by a tenant that is not
+        # (or no longer) known, so refused and forgotten ids leave nothing behind.
+        self._op_locks: dict[str, list[Any]] = {}
+        self.budget = ProcessBudget(lambda: self.settings.limits)  # read live: a reload applies new limits at once
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self.metrics = Metrics()  # GET /metrics (prometheus-client is a hard dependency)
         self.metrics.watch_spawn_slots(self.spawn_slots)
+        self.metrics.watch_capacity(self.budget, lambda: len(self.tenants), lambda: self.settings.limits)
         self.events = EventBus()  # live state/QR events for GET /events (SSE)
         self.state_changed = asyncio.Event()  # set on every transition; the notify STATUS= task clears it
         self.server_clock: dict[str, dict[str, Any]] = {}  # tenant -> the last `open` event's serverTime
@@ -78,12 +84,35 @@ class Supervisor:
         tid = validate_tenant_id(tid)
         tenant = self.tenants.get(tid)
         if tenant is None:
-            if not create and not (self.root / tid / "auth").is_dir():
+            on_disk = (self.root / tid / "auth").is_dir()  # known even before a start
+            if not create and not on_disk:
                 raise UnknownTenant(f"unknown tenant {tid}", tenant=tid)
+            if not on_disk:
+                self._admit(tid)
             tenant = Tenant(tid, self.settings, spawn_slots=self.spawn_slots, clock=self.clock, sleep=self._sleep,
-                            rand=self._rand, observer=self.observers)
+                            rand=self._rand, observer=self.observers, budget=self.budget)
             self.tenants[tid] = tenant
         return tenant
+
+    def _admit(self, tid: str) -> None:
+        """TooManyTenants (429) when a new id would exceed `limits.max_tenants`. Tenants with auth on disk count,
+        so they are loaded first; but only below the limit: once it is reached, a flood of new ids is refused
+        without a directory scan each."""
+        limit = self.settings.limits.max_tenants
+        if len(self.tenants) < limit:
+            self._load_disk_tenants()
+        if len(self.tenants) >= limit:
+            raise TooManyTenants(f"{len(self.tenants)} known tenants, the limit is {limit} (limits.max_tenants); "
+                                 "forget a tenant that was never linked (DELETE /whatsapp/<tenant>) or raise the "
+                                 "limit", tenant=tid, limit=limit)
+
+    def _load_disk_tenants(self) -> None:
+        with contextlib.suppress(OSError):
+            for entry in self.root.iterdir():  # tenants with auth on disk are known even before a start
+                if entry.name not in self.tenants and is_tenant_id(entry.name) and (entry / "auth").is_dir():
+                    self.tenants[entry.name] = Tenant(
+                        entry.name, self.settings, spawn_slots=self.spawn_slots, clock=self.clock,
+                        sleep=self._sleep, rand=self._rand, observer=self.observers, budget=self.budget)
 
     def clock_info(self, tid: str) -> dict[str, Any] | None:
         """Clock skew at the last login: our receive time minus the server time WhatsApp sent (ms; positive = our
@@ -98,8 +127,19 @@ class Supervisor:
     def _status(self, tenant: Tenant) -> dict[str, Any]:
         return {**tenant.status(), "clock": self.clock_info(tenant.id)}
 
-    def _op_lock(self, tid: str) -> asyncio.Lock:
-        return self._op_locks.setdefault(tid, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _op(self, tid: str):
+        """One operation at a time per tenant (start, stop, restart, logout, forget). Resolve the Tenant *inside*
+        it: a tenant forgotten while an operation waited is gone (or a fresh one) by then."""
+        entry = self._op_locks.setdefault(tid, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and tid not in self.tenants:
+                self._op_locks.pop(tid, None)
 
     # -- operations ---------------------------------------------------------------------------------------------
     async def start_tenant(self, tid: str) -> dict[str, Any]:
@@ -116,11 +156,11 @@ class Supervisor:
         return await asyncio.shield(task)
 
     async def _do_start(self, tid: str) -> dict[str, Any]:
-        async with self._op_lock(tid):
+        async with self._op(tid):
             if self.shutting_down:
                 raise ShuttingDown("the daemon is shutting down")
             self._check_auth_path(tid)
-            tenant = self._tenant(tid, create=True)
+            tenant = self._startable(tid)
             await tenant.start()
             return self._status(tenant)
 
@@ -133,27 +173,70 @@ class Supervisor:
             raise StorageError.from_os(tid, "use the auth directory", OSError(
                 errno.ENOTDIR, "auth exists but is not a directory (a file or a dangling symlink): move it aside"))
 
+    def _startable(self, tid: str) -> Tenant:
+        """The tenant to start; for one that is not running, its place is checked (AtCapacity, 503) before a new
+        id gets an object (TooManyTenants, 429): a refused id leaves no object, directory or metric series."""
+        tenant = self.tenants.get(tid)
+        if tenant is None or not tenant.running:
+            self.budget.check()
+        return self._tenant(tid, create=True)
+
     async def stop_tenant(self, tid: str) -> dict[str, Any]:
-        tenant = self._tenant(tid, create=False)
-        async with self._op_lock(tid):
+        self._tenant(tid, create=False)  # UnknownTenant before any lock is made
+        async with self._op(tid):
+            tenant = self._tenant(tid, create=False)
             await tenant.stop("stop")
             return self._status(tenant)
 
     async def restart_tenant(self, tid: str) -> dict[str, Any]:
-        tenant = self._tenant(tid, create=True)
+        tid = validate_tenant_id(tid)
         if self.shutting_down:
             raise ShuttingDown("the daemon is shutting down")
         self._check_auth_path(tid)  # before the stop: a restart that cannot start leaves the tenant as it is
-        async with self._op_lock(tid):
-            await tenant.stop("restart")
+        async with self._op(tid):
+            tenant = self.tenants.get(tid)
+            if tenant is not None:
+                await tenant.stop("restart")  # its place is free again: the start below takes one anew
+            tenant = self._startable(tid)
             await tenant.start()
             return self._status(tenant)
 
     async def logout_tenant(self, tid: str) -> dict[str, Any]:
-        tenant = self._tenant(tid, create=False)
-        async with self._op_lock(tid):
+        self._tenant(tid, create=False)
+        async with self._op(tid):
+            tenant = self._tenant(tid, create=False)
             await tenant.logout()
             return self._status(tenant)
+
+    async def forget_tenant(self, tid: str) -> dict[str, Any]:
+        """Stop a tenant that was never linked and remove it: its object, metric series, unlinked auth, lock and pid
+        files, and its directory when nothing else is left in it (logged-out archives are never deleted: they are
+        listed as `kept`). A linked tenant is refused (409 `linked`: logout first); TenantLocked if another daemon
+        owns it."""
+        self._tenant(tid, create=False)
+        if self.shutting_down:
+            raise ShuttingDown("the daemon is shutting down")
+        async with self._op(tid):
+            tenant = self._tenant(tid, create=False)
+            self._refuse_linked(tenant)
+            await tenant.stop("forget")
+            await tenant.lock.acquire()  # never remove files another daemon's worker is using
+            try:
+                self._refuse_linked(tenant)  # linked by a scan that completed just before the stop
+                kept = remove_tenant_files(tenant.dir)
+            finally:
+                tenant.lock.release()
+            del self.tenants[tid]
+            self.metrics.forget(tid)
+            self.server_clock.pop(tid, None)
+        log.info("tenant.forgotten", tenant=tid, kept=len(kept))
+        return {"ok": True, "tenant": tid, "forgotten": True, "kept": kept}
+
+    @staticmethod
+    def _refuse_linked(tenant: Tenant) -> None:
+        if is_linked(tenant.auth_dir, tenant.registered):
+            raise TenantLinked(f"tenant {tenant.id} is linked to a phone (or its creds cannot be read); its creds are "
+                               "never deleted: logout first", tenant=tenant.id)
 
     async def pairing_code(self, tid: str, phone: str) -> str:
         return await self._tenant(tid, create=False).pairing_code(phone)
@@ -162,10 +245,7 @@ class Supervisor:
         return self._status(self._tenant(tid, create=False))
 
     def statuses(self) -> list[dict[str, Any]]:
-        with contextlib.suppress(OSError):
-            for entry in self.root.iterdir():  # tenants with auth on disk are known even before a start
-                if entry.name not in self.tenants and is_tenant_id(entry.name) and (entry / "auth").is_dir():
-                    self._tenant(entry.name, create=True)
+        self._load_disk_tenants()
         return [self._status(self.tenants[t]) for t in sorted(self.tenants)]
 
     def qr(self, tid: str) -> str | None:

@@ -63,6 +63,29 @@ class NotReady(SupervisorError):
     status = 409
 
 
+class TenantLinked(SupervisorError):
+    """`forget` of a tenant whose auth is a linked device: its creds are never deleted; `logout` first."""
+
+    code = "linked"
+    status = 409
+
+
+class TooManyTenants(SupervisorError):
+    """A start of a new tenant id while `limits.max_tenants` tenants are known (details: `limit`). Nothing of the
+    refused id is created; forgetting a never-linked tenant makes room."""
+
+    code = "too_many_tenants"
+    status = 429
+
+
+class AtCapacity(SupervisorError):
+    """A start while `limits.max_processes` live Node processes (running tenants + standbys) are reached (details:
+    `limit`). 503: the daemon is fine but full; retrying helps once some tenant stops."""
+
+    code = "capacity"
+    status = 503
+
+
 class WorkerCommandFailed(SupervisorError):
     code = "worker_error"
     status = 502

@@ -223,6 +223,25 @@ def on_exit(life: Life, ending: Ending, settings: RestartSettings, *, now: float
             (Restarting(decision.reason), Enter(S.STARTING, decision.reason)))
 
 
+# A failure streak becomes an operator's problem at its 3rd attempt (a 408 or two is WhatsApp's weather; three in a
+# row, ~7 s, is a network, DNS or proxy fault): the decision is logged at warning then, and on every 10th attempt
+# after, i.e. about once per 10 minutes at the 60 s cap. Not at each attempt: 250 tenants offline together would
+# raise 250 warnings a minute, and the first one per streak already pages.
+WARN_AT_ATTEMPT = 3
+WARN_EVERY = 10
+
+
+def decision_level(decision: Decision) -> str:
+    """The log level of a `tenant.decision`: warning when a backoff streak reaches WARN_AT_ATTEMPT (then every
+    WARN_EVERY-th attempt) and when the tenant gives up in `failed`; info otherwise."""
+    if decision.action is Action.REST:
+        return "warning" if decision.next_state is S.FAILED else "info"
+    n = decision.attempt
+    if decision.action is Action.BACKOFF and (n == WARN_AT_ATTEMPT or (n > WARN_AT_ATTEMPT and n % WARN_EVERY == 0)):
+        return "warning"
+    return "info"
+
+
 def after_backoff(life: Life, decision: Decision) -> Step:
     """The backoff delay has passed without a stop: the next worker starts."""
     return dataclasses.replace(life, state=S.STARTING), (Enter(S.STARTING, decision.reason),)

@@ -77,6 +77,15 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def _is_path_of(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd` (same device and inode)."""
+    try:
+        st, mine = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def holds_file(pid: int, target: os.stat_result) -> bool:
     """Whether process `pid` has an open descriptor on the file `target` (same device and inode): for a worker,
     the auth.lock it inherited. False when that cannot be read (another user's process: not provably ours)."""
@@ -142,6 +151,11 @@ class TenantLock:
                 raise self._storage_error("lock the lock file", exc) from None
             if not locked:
                 await self._take_over(fd)
+            if not _is_path_of(fd, self.path):
+                # Forgotten (auth.lock unlinked, DELETE /whatsapp/<t>) by another daemon between our open and our
+                # lock: this inode guards nothing any more, and a third process may lock the new file.
+                raise TenantLocked(f"tenant {self.tenant} was removed while it was being locked: retry",
+                                   tenant=self.tenant)
             # The lock is ours; a worker recorded here that still runs without holding it would be a duplicate.
             await self._stop_leftover(read_json(self.pid_path), fd, require_dead_daemon=False)
             self._write_owner(fd)

@@ -17,6 +17,7 @@ hooks are those of `observer.TenantObserver`: the daemon adds its Metrics to the
     m.webhook_result(result)                       # "delivered" | "retry" | "dead_letter" | "spool_full":
                                                    # WebhookForwarder(on_result=m.webhook_result)
     m.watch_spawn_slots(slots)                     # SpawnSlots: limit / in use / waiting, read at scrape time
+    m.watch_capacity(budget, known, limits)        # ProcessBudget + known-tenant count + LimitsSettings, at scrape time
     m.forget(tenant)                               # tenant removed (e.g. dropped by reload): its series go away
     body, content_type = m.render()                # bytes + the Content-Type header value to send
 
@@ -31,6 +32,8 @@ value, but the worker can only report what the server sends).
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
@@ -40,6 +43,10 @@ from . import PROTOCOL_VERSION, __version__
 from .observer import TenantObserver
 from .slots import SpawnSlots
 from .states import RESTING_STATES, TenantState, reason_name
+
+if TYPE_CHECKING:
+    from .capacity import ProcessBudget
+    from .settings import LimitsSettings
 
 PREFIX = "baileys_supervisor"
 
@@ -104,6 +111,33 @@ class SpawnSlotsCollector:
         family = self._family()
         for kind, value in (("limit", self.slots.limit), ("in_use", self.slots.in_use),
                             ("waiting", self.slots.waiting)):
+            family.add_metric([kind], value)
+        return [family]
+
+
+class CapacityCollector:
+    """`baileys_supervisor_capacity{kind=...}`: the limits (`max_tenants`, `max_processes`, `max_standbys`) next to
+    what uses them (`tenants` known, `processes`: places held by running tenants + standbys, `standbys`), read when
+    scraped, so an alert can fire before starts are refused (429/503)."""
+
+    def __init__(self, budget: ProcessBudget, known: Callable[[], int], limits: Callable[[], LimitsSettings], *,
+                 registry: CollectorRegistry) -> None:
+        self.budget, self.known, self.limits = budget, known, limits
+        registry.register(self)
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"{PREFIX}_capacity", "Capacity limits (limits.*) and their use: known tenants, live "
+                                 "worker processes (running tenants + standbys), standbys.", labels=["kind"])
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family, lim = self._family(), self.limits()
+        for kind, value in (("max_tenants", lim.max_tenants), ("tenants", self.known()),
+                            ("max_processes", lim.max_processes), ("processes", self.budget.in_use),
+                            ("max_standbys", lim.max_standbys), ("standbys", self.budget.standbys)):
             family.add_metric([kind], value)
         return [family]
 
@@ -209,6 +243,10 @@ class Metrics(TenantObserver):
 
     def watch_spawn_slots(self, slots: SpawnSlots) -> None:
         SpawnSlotsCollector(slots, registry=self.registry)
+
+    def watch_capacity(self, budget: ProcessBudget, known: Callable[[], int],
+                       limits: Callable[[], LimitsSettings]) -> None:
+        CapacityCollector(budget, known, limits, registry=self.registry)
 
     # --- webhook -------------------------------------------------------------------------------------------------
     def webhook_depth(self, n: int) -> None:

@@ -10,6 +10,7 @@ What is applied live, and how:
   when only daemon-side fields changed (DAEMON_SIDE_WORKER_FIELDS): `max_concurrent_spawns` resizes the shared spawn
   slots at once (spawns in flight finish), `prewarm` applies from the next QR; no worker is restarted for those;
 - restart.*: swapped into every tenant's restart policy in place (failure counts are kept);
+- limits.*: read at each admission, so in force at once (lowering one stops nothing that runs);
 - logging.*: re-configured at once.
 Not applied (logged as `config.reload_not_applied`, the old values stay in force until a restart): api.*
 (the listening socket and the secret of open clients), storage.* (where every lock and auth dir lives), webhook.*
@@ -42,7 +43,7 @@ class ReloadPlan:
 
 
 def plan_reload(old: Settings, new: Settings, running: set[str]) -> ReloadPlan:
-    sections = ("storage", "api", "worker", "restart", "tenants", "logging", "webhook")
+    sections = ("storage", "api", "worker", "restart", "tenants", "limits", "logging", "webhook")
     changed = [s for s in sections if getattr(old, s) != getattr(new, s)]
     old_boot, new_boot = set(old.tenants.boot), set(new.tenants.boot)
     stop = sorted(old_boot - new_boot)

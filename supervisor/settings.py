@@ -69,6 +69,15 @@ class RestartSettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    # Defaults for a 24 GB host; the reasoning is in config/baileys-supervisor.yaml. Read at each admission, so a
+    # reload applies them at once (lowering one never stops what already runs).
+    max_tenants: int = 500  # known tenants (objects, directories, metric series); a new id beyond -> 429
+    max_processes: int = 250  # live Node processes: one per running tenant (also in backoff) + standbys -> 503
+    max_standbys: int = 8  # standby workers at once (0: none); past it a tenant waits for its scan without one
+
+
+@dataclass(frozen=True)
 class TenantsSettings:
     boot: tuple[str, ...] = ()  # tenants started when the daemon starts
 
@@ -114,6 +123,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)
     tenants: TenantsSettings = field(default_factory=TenantsSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)

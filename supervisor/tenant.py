@@ -20,6 +20,8 @@ import structlog
 
 from supervisor import lifecycle, protocol
 from supervisor.backoff import Action, Decision, Ending
+from supervisor.backoff_wait import BackoffWait
+from supervisor.capacity import Place, ProcessBudget, unlimited
 from supervisor.errors import AlreadyLinked, NotReady, NotRunning, StorageError, WorkerCommandFailed
 from supervisor.lifecycle import (ArchiveAuth, Closed, Creds, DismissStandby, Enter, Forward, Hello, MessageStatus,
                                   Opened, PairingCode, Prewarm, ProtocolMismatch, ReapStandby, Restarting, Rss,
@@ -28,10 +30,11 @@ from supervisor.locks import TenantLock
 from supervisor.observer import Observers, TenantObserver
 from supervisor.settings import Settings
 from supervisor.slots import SpawnSlots
-from supervisor.standby import Standby, StandbySlot
+from supervisor.standby import StandbySlot
 from supervisor.states import RESTING_STATES, TRANSITIONS, InvalidTransition, TenantState, iso, reason_name
 from supervisor.storage import archive_auth, auth_info
 from supervisor.worker import ExitInfo, WorkerProcess
+from supervisor.worker_run import WorkerRun
 
 log = structlog.get_logger("supervisor.tenant")
 S = TenantState
@@ -42,7 +45,8 @@ LOGOUT_TIMEOUT = 10.0  # a live worker gets this long to log out on the server b
 class Tenant:
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: SpawnSlots,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 rand: Callable[[], float] = random.random, observer: TenantObserver | None = None) -> None:
+                 rand: Callable[[], float] = random.random, observer: TenantObserver | None = None,
+                 budget: ProcessBudget | None = None) -> None:
         self.id = tid
         # Always a guarded fan-out: an observer's bug never breaks a transition (observer.py).
         self.observer = observer if isinstance(observer, Observers) else Observers(*filter(None, [observer]))
@@ -56,6 +60,9 @@ class Tenant:
         self.since = clock()
         self.worker: WorkerProcess | None = None
         self.standby = StandbySlot(tid, spawn_slots)  # the next worker, pre-started while a QR is shown
+        self.budget = budget if budget is not None else unlimited()  # the daemon's limits.max_processes/standbys
+        self._place: Place | None = None  # held from start() until the restart loop ends
+        self._standby_place: Place | None = None  # held by the current standby until it is promoted or gone
         self.qr: str | None = None
         self.push_name: str | None = None
         self.me: dict[str, Any] | None = None
@@ -63,10 +70,10 @@ class Tenant:
         self.restarts = 0  # automatic restarts since the last explicit start
         self.spawns = 0  # workers spawned by this daemon, ever (diagnostics and tests)
         self.last_disconnect: dict[str, Any] | None = None
-        self.next_retry_at: float | None = None
+        self.backoff = BackoffWait(tid, clock, sleep)  # the backoff sleep, which an explicit start may cut short
         self._task: asyncio.Task[None] | None = None
-        self._sleeping = False
-        self._waiting_slot = False  # queued for a spawn slot: nothing spawned yet, safe to cancel
+        self._attempt_at: float | None = None  # when the current/last worker was started (the retry floor)
+        self._run: WorkerRun | None = None  # the current worker's run (supervisor/worker_run.py)
         self._want_stop = False
         self._spawned = asyncio.Event()
         self._hello = asyncio.Event()
@@ -75,6 +82,10 @@ class Tenant:
     @property
     def state(self) -> TenantState:
         return self.life.state
+
+    @property
+    def next_retry_at(self) -> float | None:
+        return self.backoff.next_retry_at
 
     # -- the one transition function -------------------------------------------------------------------------
     def change_state(self, new: TenantState, reason: str | None = None) -> None:
@@ -162,9 +173,12 @@ class Tenant:
     def _prewarm(self) -> None:
         """Pre-start the standby while this tenant's worker lives. Not before its hello: two Baileys imports at once
         would delay the first QR (measured +210 ms on 2 CPUs)."""
-        if (self.running and not self._want_stop and self.lock.fd is not None and self.worker is not None
-                and self.worker.alive):
-            self.standby.prewarm(self.settings.worker, self.auth_dir, self.lock.fd)
+        if not (self.running and not self._want_stop and self.lock.fd is not None and self.worker is not None
+                and self.worker.alive and self.settings.worker.prewarm and self.standby.current is None):
+            return
+        self._standby_place = self.budget.prewarm(self.standby, self.settings.worker, self.auth_dir, self.lock.fd)
+        if self._standby_place is None:  # limits.max_standbys / max_processes: this scan takes ~0.9 s longer
+            log.info("standby.skipped", tenant=self.id, reason="capacity")
 
     @property
     def running(self) -> bool:
@@ -172,10 +186,23 @@ class Tenant:
 
     # -- operator actions ---------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Idempotent: a running (or backing-off) tenant is left alone. Raises TenantLocked."""
+        """Idempotent: a running tenant keeps its worker; one in a backoff retries now (BackoffWait.retry). Raises
+        AtCapacity (no place in limits.max_processes) and TenantLocked."""
         if self.running:
+            # During a backoff: retry now (or after the floor; the streak is kept: backoff_wait.py), and answer with
+            # the new worker's pid as a start does.
+            self._spawned.clear()
+            if not self.backoff.retry(self._attempt_at):
+                self._spawned.set()
+            await self._spawned.wait()
             return
-        await self.lock.acquire()
+        place = self.budget.tenant()  # AtCapacity (503) before anything is touched
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            place.release()
+            raise
+        self._place = place
         self.life = lifecycle.started(self.life)
         self.restarts, self._want_stop = 0, False
         self.change_state(S.STARTING, "start")
@@ -190,7 +217,7 @@ class Tenant:
                 self.change_state(S.STOPPED, reason)
             return
         self._want_stop = True
-        if self._sleeping or self._waiting_slot:
+        if self.backoff.sleeping or self._waiting_slot:
             # Only ever cancelled in the backoff sleep or while queued for a spawn slot, never half-way through a
             # spawn. The queue matters at shutdown: 200 boot tenants waiting for 2 slots must not spawn one by one
             # just to be stopped again.
@@ -258,16 +285,12 @@ class Tenant:
                                                             draw=self._rand(), storage_error=storage_error is not None)
                 self._log_decision(ending, info, decision)
                 if decision.action is Action.BACKOFF:
-                    self.next_retry_at = self.clock() + decision.delay  # before the state says backoff
+                    self.backoff.next_retry_at = self.clock() + decision.delay  # before the state says backoff
                 await self._apply_exit(life, actions)
                 if decision.action is Action.REST:
                     return
                 if decision.action is Action.BACKOFF:
-                    self._sleeping = True
-                    try:
-                        await self._sleep(decision.delay)
-                    finally:
-                        self._sleeping, self.next_retry_at = False, None
+                    await self.backoff.sleep(decision.delay)
                     self._apply(*lifecycle.after_backoff(self.life, decision))
         except Exception as exc:  # a bug: say so in the state instead of freezing in `starting` with no worker
             log.error("tenant.supervise_failed", tenant=self.id, error=type(exc).__name__, message=str(exc)[:300],
@@ -281,67 +304,43 @@ class Tenant:
             self.observer.on_rss(self.id, None)
             self.lock.clear_pidfile()  # never raises
             self.lock.release()
+            if self._place is not None:  # the worker and the standby are gone: the place is free again
+                self._place.release()
+                self._place = None
 
     async def _run_once(self) -> tuple[Ending, ExitInfo | None]:
-        """Spawn one worker and return how it ended. Once spawned, the worker is read by its run() task from the
-        very next statement on, and whatever happens here (an error, a cancellation) ends with that task awaited:
-        no path leaves a live worker that nobody reads (it would hold the inherited flock forever)."""
+        """One worker, spawned or promoted from the standby, until its end (supervisor/worker_run.py: no path leaves
+        a live worker that nobody reads)."""
         assert self.lock.fd is not None
         self.life, self._hello = lifecycle.spawning(self.life), asyncio.Event()
+        self._attempt_at = self.clock()
+        run = self._run = WorkerRun(self.id, self.lock, self._spawn_slots, clock=self.clock, spawned=self._spawned,
+                                    hello=self._hello, stop_requested=lambda: self._want_stop,
+                                    on_started=self._count_spawn)
         standby = await self.standby.take(self.settings.worker.heartbeat_timeout)
         if standby is not None:
-            return await self._run_promoted(standby)
-        worker = self.worker = WorkerProcess(self.id, self.settings.worker, self.auth_dir, self.lock.fd,
-                                             self._on_event, on_invalid_line=self._on_invalid_line)
-        self._spawn_t0 = time.monotonic()
-        async with self._spawn_slot():
-            if self._want_stop:  # stopped while queued: spawn nothing
-                return Ending.SPAWN, None
-            try:
-                pid = await worker.spawn()
-            except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in argv/env from the config
-                log.error("worker.spawn_failed", tenant=self.id, error=str(exc))
-                self._spawned.set()
-                return Ending.SPAWN, None
-            run = asyncio.create_task(worker.run(), name=f"worker:{self.id}:{pid}")
-            try:
-                self.spawns += 1
-                self.lock.write_pidfile(pid, self.clock())  # best effort: logged, never raises OSError
-                self._spawned.set()
-                if self._want_stop:
-                    await worker.stop()
-                # Hold the spawn slot until the worker said hello (or died): booting many tenants stays gentle.
-                hello = asyncio.create_task(self._hello.wait())
-                try:
-                    await asyncio.wait({run, hello}, timeout=self.settings.worker.heartbeat_timeout,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    hello.cancel()
-                    await asyncio.gather(hello, return_exceptions=True)
-            except BaseException:
-                # worker.run() kills the child when cancelled and is awaited here, so the lock goes with it.
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                raise
-        info = await run
-        return self._ending(info)
-
-    def _ending(self, info: ExitInfo) -> tuple[Ending, ExitInfo]:
+            if self._standby_place is not None:  # the tenant's own place covers it from now on
+                self._standby_place.release()
+            self.worker = standby.worker
+            info = await run.promote(standby, self._on_event, self._on_invalid_line)
+        else:
+            self.worker = run.new_worker(self.settings.worker, self.auth_dir, self._on_event, self._on_invalid_line)
+            self._spawn_t0 = time.monotonic()
+            # Before a flood of new, unlinked starts: a real user's connection, or the login right after a scan (515).
+            urgent = self.life.streak.immediate > 0 or self.auth_info()["registered"]
+            info = await run.spawn(self.worker, self.settings.worker.heartbeat_timeout, urgent=urgent)
+        if info is None:  # nothing ran: stopped while queued, or the command could not be executed
+            return Ending.SPAWN, None
         self.lock.clear_pidfile()
         return lifecycle.ending(self.life, heartbeat_timeout=info.heartbeat_timeout, returncode=info.returncode), info
 
-    @contextlib.asynccontextmanager
-    async def _spawn_slot(self):
-        """One of the daemon's `max_concurrent_spawns` slots; while queued for it, `stop()` may cancel us."""
-        self._waiting_slot = True
-        try:
-            await self._spawn_slots.acquire()
-        finally:
-            self._waiting_slot = False
-        try:
-            yield
-        finally:
-            self._spawn_slots.release()
+    def _count_spawn(self) -> None:
+        self.spawns += 1
+
+    @property
+    def _waiting_slot(self) -> bool:
+        """Queued for a spawn slot: nothing spawned yet, safe to cancel."""
+        return self._run is not None and self._run.waiting_slot
 
     async def _apply_exit(self, life: lifecycle.Life, actions: Iterable[Any]) -> None:
         """`_apply` for lifecycle.on_exit's actions, some of which await."""
@@ -359,30 +358,16 @@ class Tenant:
             else:
                 self._do(action)
 
-    async def _run_promoted(self, standby: Standby) -> tuple[Ending, ExitInfo | None]:
-        """The taken standby is this tenant's worker from here on, read by the standby's task, which is awaited here
-        on every path (its run() kills the child when cancelled: the lock goes with it)."""
-        worker = self.worker = standby.worker
-        try:
-            if StandbySlot.promote(standby, self._on_event, self._on_invalid_line):
-                self.spawns += 1
-                self.lock.write_pidfile(worker.pid or 0, self.clock())
-            self._spawned.set()
-            self._hello.set()
-            info = await standby.task
-        except BaseException:
-            standby.task.cancel()
-            await asyncio.gather(standby.task, return_exceptions=True)
-            raise
-        if info is None:  # cannot happen once taken (it was spawned and said hello); say so instead of guessing
-            return Ending.SPAWN, None
-        return self._ending(info)
-
     def _log_decision(self, ending: Ending, info: ExitInfo | None, d: Decision) -> None:
-        code = self.life.close.code if self.life.close else None
-        log.info("tenant.decision", tenant=self.id, ending=ending.value, code=code, reason_name=reason_name(code),
-                 returncode=info.returncode if info else None, action=d.action.value, reason=d.reason,
-                 attempt=d.attempt, delay=round(d.delay, 3), next_state=d.next_state.value)
+        close = self.life.close
+        code = close.code if close else None
+        # warning once a streak is long (lifecycle.decision_level), with the worker's own words: an offline loop
+        # must not stay at info with its cause (getaddrinfo ENOTFOUND ...) only in the status.
+        getattr(log, lifecycle.decision_level(d))(
+            "tenant.decision", tenant=self.id, ending=ending.value, code=code, reason_name=reason_name(code),
+            message=close.message[:300] if close and close.message else None,
+            returncode=info.returncode if info else None, action=d.action.value, reason=d.reason,
+            attempt=d.attempt, delay=round(d.delay, 3), next_state=d.next_state.value)
 
     # -- storage (supervisor/storage.py) ------------------------------------------------------------------------
     def _archive_auth(self) -> None:

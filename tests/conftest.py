@@ -1,34 +1,26 @@
 """Shared fixtures: temporary storage, a Settings factory wired to tests/fake_worker.py, a fake clock, and helpers
-to find live fake workers (by a per-test marker in their argv) and their spawn log."""
+to find live fake workers (by a per-test marker in their argv) and their spawn log. Plain helpers (ports, waiting,
+the test config, a daemon subprocess) live in tests/support.py; wait_until and fake_worker_command stay importable
+from here for the files that import them from conftest."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+import support
+from support import FAKE_WORKER, TESTS_DIR, fake_config, settings_of, wait_until  # noqa: F401 - re-exported
 from supervisor.events import StdlibBridge
-from supervisor.settings import (
-    ApiSettings,
-    RestartSettings,
-    Settings,
-    StorageSettings,
-    TenantsSettings,
-    WorkerSettings,
-)
-
-TESTS_DIR = Path(__file__).resolve().parent
-FAKE_WORKER = TESTS_DIR / "fake_worker.py"
+from supervisor.settings import Settings
 
 
 class FakeClock:
@@ -55,8 +47,8 @@ class FakeClock:
 
 
 def fake_worker_command(marker: str) -> tuple[str, ...]:
-    # -u is moot (the fake flushes) but -I keeps the user's site/env from leaking into the worker.
-    return (sys.executable, "-I", str(FAKE_WORKER), "--marker", marker)
+    """Kept for old importers; the one definition is support.fake_worker_command."""
+    return tuple(support.fake_worker_command(marker))
 
 
 @pytest.fixture
@@ -87,21 +79,8 @@ def make_settings(storage: Path, fake_state: Path, marker: str) -> Callable[...,
     def factory(script: Any = None, *, worker: dict[str, Any] | None = None, restart: dict[str, Any] | None = None,
                 api: dict[str, Any] | None = None, boot: tuple[str, ...] = (), env: dict[str, str] | None = None
                 ) -> Settings:
-        wenv = {"BSUP_FAKE_STATE_DIR": str(fake_state)}
-        if script is not None:
-            wenv["BSUP_FAKE_SCRIPT"] = json.dumps(script)
-        wenv.update(env or {})
-        w = WorkerSettings(command=fake_worker_command(marker), env=wenv, heartbeat_interval=0.2,
-                           heartbeat_timeout=5.0, stop_grace=2.0,
-                           prewarm=False)  # these tests count processes per tenant; tests/test_standby.py turns it on
-        r = RestartSettings(initial_delay=0.05, max_delay=0.2, jitter=0.0)
-        return Settings(
-            storage=StorageSettings(root=storage),
-            api=replace(ApiSettings(port=0), **(api or {})),
-            worker=replace(w, **(worker or {})),
-            restart=replace(r, **(restart or {})),
-            tenants=TenantsSettings(boot=tuple(boot)),
-        )
+        return settings_of(fake_config(storage, fake_state, marker, script, worker=worker, restart=restart, api=api,
+                                       boot=boot, env=env))
 
     return factory
 
@@ -111,6 +90,12 @@ def spawn_records(fake_state: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def signal_records(fake_state: Path) -> list[dict[str, Any]]:
+    """Every SIGTERM a fake worker received ({"tenant", "pid", "signal", "t"}; see tests/fake_worker.py)."""
+    path = fake_state / "signals.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def live_workers(marker: str) -> dict[int, str]:
@@ -149,21 +134,11 @@ def _no_stdlib_bridge_left():
 def _no_leaked_workers(marker: str):
     yield
     leaked = live_workers(marker)
-    deadline = time.monotonic() + 3.0
-    while leaked and time.monotonic() < deadline:  # workers of a killed daemon exit on EOF within ~1 s
+    # Workers of a killed daemon exit on stdin EOF within ~1 s idle; many more at load 30 (a safety bound: only a
+    # test that really leaks pays it).
+    deadline = time.monotonic() + support.WAIT / 2
+    while leaked and time.monotonic() < deadline:
         time.sleep(0.05)
         leaked = live_workers(marker)
     kill_marked(marker)
     assert not leaked, f"fake workers left running: {leaked}"
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Bounded polling for conditions that have no event (other processes, files)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)

@@ -15,25 +15,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import fake_worker_command  # noqa: E402
+from support import fake_config, settings_of  # noqa: E402
 
 from supervisor.daemon import Supervisor  # noqa: E402
-from supervisor.runner import run_daemon  # noqa: E402
 from supervisor.errors import SupervisorError  # noqa: E402
-from supervisor.settings import ApiSettings, Settings, StorageSettings, TenantsSettings, WorkerSettings  # noqa: E402
+from supervisor.runner import run_daemon  # noqa: E402
+from supervisor.settings import Settings  # noqa: E402
 
 
 def build(cfg: dict) -> Settings:
-    env = {"BSUP_FAKE_STATE_DIR": cfg["state"], **cfg.get("env", {})}
-    if cfg.get("script") is not None:
-        env["BSUP_FAKE_SCRIPT"] = json.dumps(cfg["script"])
-    return Settings(
-        storage=StorageSettings(root=Path(cfg["storage"])),
-        api=ApiSettings(port=0),
-        worker=WorkerSettings(command=fake_worker_command(cfg["marker"]), env=env, heartbeat_interval=0.2,
-                              stop_grace=cfg.get("stop_grace", 2.0), prewarm=cfg.get("prewarm", False)),
-        tenants=TenantsSettings(boot=tuple(cfg.get("boot", ()))),
-    )
+    """The one test config (support.fake_config); a `run` daemon is support.DaemonProcess in new tests."""
+    return settings_of(fake_config(Path(cfg["storage"]), Path(cfg["state"]), cfg["marker"], cfg.get("script"),
+                                   boot=cfg.get("boot", ()), env=cfg.get("env"),
+                                   worker={"stop_grace": cfg.get("stop_grace", 2.0),
+                                           "prewarm": cfg.get("prewarm", False)}))
 
 
 async def probe(settings: Settings, tenants: list[str]) -> None:

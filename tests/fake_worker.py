@@ -14,6 +14,8 @@ tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns
   {"wait_file": "name"}       idle until BSUP_FAKE_STATE_DIR/name exists (the test decides when the script goes on)
 No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Commands: stop -> exit 0; logout ->
 close 401 + exit 0; pairing_code -> reply {code} + pairing_code event (BSUP_FAKE_PAIRING_ERROR: that error); ping -> reply {}; others -> bad_command.
+BSUP_FAKE_GRANDCHILD=1 starts a SIGTERM-immune grandchild in the worker's process group (group-kill tests).
+Every SIGTERM is appended to BSUP_FAKE_STATE_DIR/signals.jsonl ({"tenant", "pid", "signal", "t"}).
 BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF exits (the daemon is
 gone) unless BSUP_FAKE_IGNORE_EOF=1 (a hung leftover for take-over tests); and the inherited BSUP_LOCK_FD is kept open for the whole life of the process.
 BSUP_STANDBY=1 (a standby, supervisor/standby.py): hello at once, then wait for `go`; only then is the spawn counted
@@ -156,6 +158,26 @@ async def commands(done: asyncio.Future, go: asyncio.Future) -> None:
         done.done() or done.set_result(0)  # stdin EOF: the daemon is gone
 
 
+def spawn_grandchild() -> None:
+    """A child of the worker in its process group that ignores SIGTERM from birth (SIG_IGN survives exec) and owns
+    no pipe of ours: only a SIGKILL of the whole group ends it. Carries our argv's marker, so a test finds it."""
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-I", "-c", "import time; time.sleep(3600)", *sys.argv[1:]],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+
+
+def on_sigterm(tenant: str, done: asyncio.Future) -> None:
+    # Recorded so a test can wait for "the daemon has sent TERM" (an event) instead of sleeping a fixed time.
+    state_dir = os.environ.get("BSUP_FAKE_STATE_DIR")
+    if state_dir:
+        with open(Path(state_dir) / "signals.jsonl", "a") as fh:
+            fh.write(json.dumps({"tenant": tenant, "pid": os.getpid(), "signal": "TERM", "t": time.time()}) + "\n")
+    if not IGNORE_TERM and not done.done():
+        done.set_result(0)
+
+
 async def main() -> int:
     try:
         lock_fd = int(os.environ["BSUP_LOCK_FD"])
@@ -164,9 +186,11 @@ async def main() -> int:
     except (KeyError, ValueError, OSError):
         sys.stderr.write("bad environment\n")
         return 2
+    if os.environ.get("BSUP_FAKE_GRANDCHILD") == "1":
+        spawn_grandchild()
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
-    loop.add_signal_handler(signal.SIGTERM, lambda: None if IGNORE_TERM or done.done() else done.set_result(0))
+    loop.add_signal_handler(signal.SIGTERM, lambda: on_sigterm(tenant, done))
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # a terminal Ctrl-C is the daemon's business
     go: asyncio.Future = loop.create_future()
     steps = standby_then_steps(tenant, go, done) if STANDBY else run_steps(load_steps(tenant), done)

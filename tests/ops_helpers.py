@@ -1,13 +1,12 @@
-"""Shared helpers of the tests/test_ops_*.py files: a real `baileys-supervisor run` subprocess with a config that
-points at tests/fake_worker.py, and a real NOTIFY_SOCKET datagram socket to listen to it."""
+"""Shared helpers of the tests/test_ops_*.py files: the config of a real `baileys-supervisor run` subprocess
+(support.DaemonProcess) with tests/fake_worker.py workers, the API and log as seen from outside, and a real
+NOTIFY_SOCKET datagram socket to listen to it."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -16,31 +15,20 @@ from typing import Any
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-FAKE = HERE / "fake_worker.py"
+from support import CLI, SCRUBBED_ENV, WAIT, fake_config, free_port, json_lines, wait_for  # noqa: F401 - free_port: old importers
+
 SECRET = "ops-secret"
 H = {"X-Internal-Secret": SECRET}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def config(tmp_path: Path, marker: str, port: int, *, boot=(), env=None, script=None, **extra: Any) -> dict:
+def config(tmp_path: Path, marker: str, port: int, *, boot=(), env=None, script=None, worker=None,
+           **sections: Any) -> dict:
+    """support.fake_config as systemd would run it: a secret, JSON logs, storage relative to the config file."""
     state = tmp_path / "fake-state"
     state.mkdir(exist_ok=True)
-    wenv = {"BSUP_FAKE_STATE_DIR": str(state), **(env or {})}
-    if script is not None:
-        wenv["BSUP_FAKE_SCRIPT"] = json.dumps(script)
-    worker = {"command": [sys.executable, "-I", str(FAKE), "--marker", marker], "env": wenv,
-              "heartbeat_interval": 0.5, "heartbeat_timeout": 10, "stop_grace": 2,
-              "prewarm": False}  # process counts in these tests assume no standby (tests/test_standby.py has it)
-    worker.update(extra.pop("worker", {}))
-    return {"storage": {"root": "storage"}, "api": {"host": "127.0.0.1", "port": port, "secret": SECRET},
-            "worker": worker, "restart": {"initial_delay": 0.05, "max_delay": 0.2, "jitter": 0.0},
-            "tenants": {"boot": list(boot)}, "logging": {"format": "json"}, **extra}
+    return fake_config(Path("storage"), state, marker, script, port=port, secret=SECRET, boot=boot, env=env,
+                       worker={"heartbeat_interval": 0.5, **(worker or {})},
+                       **{"logging": {"format": "json"}, **sections})
 
 
 def write(path: Path, cfg: dict) -> Path:
@@ -57,8 +45,9 @@ class NotifySocket:
         self.sock.bind("\0" + self.name[1:])
         self.messages: list[str] = []
 
-    def wait_for(self, predicate, timeout: float = 15.0) -> str:
-        """The first message (from now on, earlier ones are kept in .messages) for which predicate(msg) holds."""
+    def wait_for(self, predicate, timeout: float = 2 * WAIT) -> str:
+        """The first message (from now on, earlier ones are kept in .messages) for which predicate(msg) holds. The
+        default bound covers a daemon's start-up (imports alone) at load 20-30 on 2 cores: 15 s ran out there."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -78,62 +67,59 @@ class NotifySocket:
 
 
 def spawn(cfg_path: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("INTERNAL_SECRET", "NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    """Old form of support.DaemonProcess(...).start(wait=False) (tests/test_ops_doctor.py still uses it)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(extra_env or {})
-    cli = str(Path(sys.executable).with_name("baileys-supervisor"))
-    return subprocess.Popen([cli, "run", "--config", str(cfg_path)], stdout=open(log_path, "wb"),
-                            stderr=subprocess.STDOUT, env=env)
+    with open(log_path, "wb") as out:
+        return subprocess.Popen([str(CLI), "run", "--config", str(cfg_path)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
 
 
-def api(port: int, method: str, path: str, timeout: float = 10.0) -> Any:
+def api(port: int, method: str, path: str, timeout: float = 30.0) -> Any:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=H,
                                  data=b"" if method == "POST" else None)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    def up() -> bool:
+        assert proc.poll() is None, "daemon exited"
         try:
-            api(port, "GET", "/healthz", 1)
-            return
+            return bool(api(port, "GET", "/healthz", 2))
         except OSError:
-            assert proc.poll() is None, "daemon exited"
-            assert time.monotonic() < deadline, "daemon never answered"
-            time.sleep(0.05)
+            return False
+
+    wait_for(up, timeout, "daemon /healthz")
 
 
 def log_events(log_path: Path) -> list[dict]:
-    out = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
+    return json_lines(log_path.read_text(errors="replace"))
 
 
-def wait_log(log_path: Path, event: str, timeout: float = 10.0, n: int = 1) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [e for e in log_events(log_path) if e.get("event") == event]
-        if len(found) >= n:
-            return found
-        assert time.monotonic() < deadline, f"no {event} in the log"
-        time.sleep(0.05)
+def wait_log(log_path: Path, event: str, timeout: float = 30.0, n: int = 1) -> list[dict]:
+    def found() -> list[dict]:
+        hits = [e for e in log_events(log_path) if e.get("event") == event]
+        return hits if len(hits) >= n else []
+
+    return wait_for(found, timeout, f"{n} x {event} in the log")
 
 
 def pids(port: int) -> dict[str, int | None]:
     return {s["tenant"]: s["pid"] for s in api(port, "GET", "/whatsapp")["tenants"]}
 
 
-def wait_pids(port: int, predicate, timeout: float = 10.0) -> dict[str, int | None]:
-    deadline = time.monotonic() + timeout
-    while True:
-        p = pids(port)
-        if predicate(p):
-            return p
-        assert time.monotonic() < deadline, f"pids never matched: {p}"
-        time.sleep(0.05)
+def wait_pids(port: int, predicate, timeout: float = 30.0) -> dict[str, int | None]:
+    last: dict[str, int | None] = {}
+
+    def check() -> dict[str, int | None] | None:
+        last.clear()
+        last.update(pids(port))
+        return dict(last) if predicate(last) else None
+
+    try:
+        return wait_for(check, timeout, "pids")
+    except AssertionError:
+        raise AssertionError(f"pids never matched: {last}") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from supervisor.backoff import MAX_IMMEDIATE_RESTARTS, Action, Ending, Streak, decide, delay
@@ -78,6 +80,18 @@ def test_jitter_bounds():
     s = RestartSettings(jitter=0.2)
     assert delay(3, s, 0.0) == pytest.approx(3.2)
     assert delay(3, s, 0.999999) == pytest.approx(4.8, rel=1e-5)
+
+
+def test_jitter_never_exceeds_max_delay():
+    """max_delay is a promise: jitter is applied before the cap (it used to reach 72 s against 60 s)."""
+    s = RestartSettings(jitter=0.2)
+    rng = random.Random(12)
+    draws = [0.0, 0.5, 0.999999] + [rng.random() for _ in range(5000)]
+    delays = [delay(attempt, s, d) for attempt in range(1, 12) for d in draws]
+    assert max(delays) <= s.max_delay
+    at_cap = [delay(20, s, d) for d in draws]
+    assert min(at_cap) == pytest.approx(48.0) and max(at_cap) == 60.0
+    assert len({round(d, 3) for d in at_cap}) > 100  # still spread at the cap: no reconnect in lockstep
 
 
 def test_a_very_long_streak_stays_at_the_cap():

@@ -9,7 +9,7 @@ import yaml
 
 from supervisor.config import is_loopback, load_settings, settings_from_dict
 from supervisor.errors import ConfigError
-from supervisor.settings import DEFAULT_WORKER_SCRIPT, PROJECT_ROOT, Settings
+from supervisor.settings import DEFAULT_WORKER_SCRIPT, PROJECT_ROOT, LimitsSettings, Settings
 
 SHIPPED = PROJECT_ROOT / "config" / "baileys-supervisor.yaml"
 
@@ -39,6 +39,14 @@ def test_shipped_config_loads_with_storage_under_repo():
     assert s.storage.root == PROJECT_ROOT / "storage"
     assert (s.api.host, s.api.port) == ("127.0.0.1", 3300)
     assert s.worker.browser == ("AgentLocator", "Chrome", "10.0")
+
+
+def test_limits_section_defaults_and_values(tmp_path):
+    # the shipped file states the defaults
+    assert load_settings(SHIPPED).limits == LimitsSettings() == LimitsSettings(500, 250, 8)
+    s = load_settings(write(tmp_path, {"limits": {"max_tenants": 7, "max_processes": 3, "max_standbys": 0}}))
+    assert s.limits == LimitsSettings(max_tenants=7, max_processes=3, max_standbys=0)
+    assert load_settings(write(tmp_path, "")).limits == LimitsSettings()
 
 
 def test_example_simulator_config_loads():
@@ -125,6 +133,10 @@ def test_relative_paths_resolve_against_the_config_dir_not_cwd(tmp_path, monkeyp
     ({"tenants": {"boot": "1"}}, "tenants.boot", "list"),
     ({"logging": {"format": "xml"}}, "logging.format", "auto|json|console"),
     ({"logging": {"level": "verbose"}}, "logging.level", "one of"),
+    ({"limits": {"max_tenants": 0}}, "limits.max_tenants", ">= 1"),
+    ({"limits": {"max_processes": "250"}}, "limits.max_processes", "integer"),
+    ({"limits": {"max_standbys": -1}}, "limits.max_standbys", ">= 0"),
+    ({"limits": {"max_workers": 3}}, "limits.max_workers", "unknown key"),
     ({"storage": {"root": 5}}, "storage.root", "a string"),
     ({"storage": []}, "storage", "a mapping"),
     ([1, 2], "<top level>", "a mapping"),

@@ -127,9 +127,14 @@ async def test_second_daemon_gets_409_for_held_tenants(storage, fake_state, mark
 
 @pytest.mark.slow
 async def test_kill9_daemon_then_takeover_never_two_workers(storage, fake_state, marker, tmp_path):
+    # Bounds are support.WAIT (or twice it for a daemon's start-up plus three spawns): at load 20-30 on 2 cores a
+    # daemon's imports alone take seconds, and the old 15/20 s bounds failed there.
+    from support import WAIT, DaemonProcess, fake_config
+
     tenants = ["k1", "k2", "k3"]
-    cfg = proc_cfg(storage, fake_state, marker, boot=tenants)
-    first = spawn_daemon(cfg, tmp_path / "d1.log")
+    cfg = fake_config(storage, fake_state, marker, boot=tenants)
+    d1, d2 = DaemonProcess(tmp_path / "d1", cfg), DaemonProcess(tmp_path / "d2", cfg)
+    first = d1.start(wait=False).proc
     second = None
     violations: list[dict] = []
     samples = 0
@@ -161,19 +166,19 @@ async def test_kill9_daemon_then_takeover_never_two_workers(storage, fake_state,
         return {(read_json(storage / "whatsapp" / t / "worker.pid") or {}).get("daemon_pid") for t in tenants}
 
     try:
-        await wait_until(lambda: sorted(by_tenant(marker)) == tenants, timeout=15)
+        await wait_until(lambda: sorted(by_tenant(marker)) == tenants, timeout=2 * WAIT)
         # Kill only once every worker is recorded: a kill -9 between a worker's exec and its worker.pid leaves a
         # worker the next daemon cannot identify (409 for that tenant), a window that load makes wide enough to hit.
-        await wait_until(lambda: owners() == {first.pid}, timeout=15)
+        await wait_until(lambda: owners() == {first.pid})
         old = {t: p[0] for t, p in by_tenant(marker).items()}
         watch = threading.Thread(target=sampler, daemon=True)
         watch.start()
         first.kill()
         first.wait()
         # The old workers still hold the flocks right after the kill (they leave on stdin EOF, ~immediately).
-        second = spawn_daemon(cfg, tmp_path / "d2.log")
+        second = d2.start(wait=False).proc
         await wait_until(lambda: sorted(by_tenant(marker)) == tenants
-                         and not set(old.values()) & {p[0] for p in by_tenant(marker).values()}, timeout=20)
+                         and not set(old.values()) & {p[0] for p in by_tenant(marker).values()}, timeout=2 * WAIT)
         new_pids = {p[0] for p in by_tenant(marker).values()}
         n = samples
         await wait_until(lambda: samples > n + 1)  # a full sample that started after every new worker existed
@@ -186,10 +191,9 @@ async def test_kill9_daemon_then_takeover_never_two_workers(storage, fake_state,
         await wait_until(lambda: owners() == {second.pid})
     finally:
         sampling = False
-        for d in (first, second):
-            if d is not None and d.poll() is None:
-                d.send_signal(signal.SIGTERM)
-                assert d.wait(15) == 0, (tmp_path / ("d1.log" if d is first else "d2.log")).read_text()[-3000:]
+        for d in (d1, d2):
+            if d.proc is not None and d.proc.poll() is None:
+                assert d.stop() == 0, d.log_text()[-3000:]
 
 
 @pytest.mark.slow
@@ -197,24 +201,33 @@ async def test_leftover_worker_of_dead_daemon_is_stopped_before_spawn(make_setti
                                                                       tmp_path):
     """A hung worker (ignores stdin EOF and SIGTERM) outlives its kill -9'd daemon and keeps the flock; the next
     daemon stops it (TERM group, grace, KILL group) and only then spawns its own."""
+    from conftest import signal_records
+    from support import WAIT, DaemonProcess, fake_config
+
     env = {"BSUP_FAKE_IGNORE_EOF": "1", "BSUP_FAKE_IGNORE_TERM": "1"}
-    first = spawn_daemon(proc_cfg(storage, fake_state, marker, boot=["L"], env=env), tmp_path / "d1.log")
+    first = DaemonProcess(tmp_path / "d1", fake_config(storage, fake_state, marker, boot=["L"], env=env))
+    first.start(wait=False)
     try:
-        await wait_until(lambda: len(live_workers(marker)) == 1, timeout=15)
+        # A daemon's start-up plus a spawn: seconds at load 20-30 on 2 cores (the old 15 s bound failed there).
+        await wait_until(lambda: len(live_workers(marker)) == 1, timeout=2 * WAIT)
         old_pid = next(iter(live_workers(marker)))
         # The worker is visible (exec'd) a moment before its daemon records it in worker.pid; a kill -9 inside that
         # window leaves an unrecorded leftover, which the next daemon cannot identify (it answers 409 until that
         # worker exits on its own). Under load the window is wide enough to hit: kill only once it is recorded.
         pid_file = storage / "whatsapp" / "L" / "worker.pid"
-        await wait_until(lambda: (read_json(pid_file) or {}).get("pid") == old_pid, timeout=15)
+        await wait_until(lambda: (read_json(pid_file) or {}).get("pid") == old_pid)
+        # Its IGNORE_TERM handler is installed once it runs its script: wait for the hello it logs (spawn record).
+        await wait_until(lambda: len(spawn_records(fake_state)) == 1)
     finally:
-        first.kill()
-        first.wait()
-    await asyncio.sleep(0.5)
-    assert list(live_workers(marker)) == [old_pid]  # the leftover survives its daemon
+        first.kill9()
+    # No sleep to "see that it survives": it ignores stdin EOF, so its dead daemon cannot end it; that it is still
+    # there when the next daemon starts is asserted below by the TERM it receives from that daemon.
+    assert list(live_workers(marker)) == [old_pid]
     sup = Supervisor(make_settings(None, worker={"stop_grace": 0.5}))
-    st = await sup.start_tenant("L")
+    st = await asyncio.wait_for(sup.start_tenant("L"), 2 * WAIT)
     assert st["pid"] != old_pid and list(live_workers(marker)) == [st["pid"]]
+    # The next daemon stopped the leftover politely first (TERM, ignored), then killed it (gone), then spawned.
+    assert [(r["pid"], r["signal"]) for r in signal_records(fake_state)] == [(old_pid, "TERM")]
     await wait_until(lambda: len(spawn_records(fake_state)) == 2)
     await sup.shutdown()
     assert live_workers(marker) == {}

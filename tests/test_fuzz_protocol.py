@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from supervisor import protocol
@@ -64,6 +64,17 @@ def test_event_like_objects_validate_or_protocol_error(obj: dict) -> None:
             if name in event.fields:
                 value = event.fields[name]
                 assert isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
+
+
+@settings(FUZZ, max_examples=100)  # event_like is the slow strategy; its own test above runs it 300 times
+@given(event_like, st.dictionaries(st.text(max_size=8), json_scalars, max_size=5))
+def test_unknown_fields_beside_known_ones_validate_or_protocol_error(obj: dict, extra: dict) -> None:
+    # Fields the schema does not know (a newer worker's) next to the known ones (from tests/test_protocol.py).
+    try:
+        line = json.dumps({**extra, **obj}).encode()
+    except ValueError:
+        assume(False)
+    check(line)
 
 
 @FUZZ
@@ -136,6 +147,10 @@ def reference_split(data: bytes, limit: int) -> list:
                                                 max_size=40).map(b"".join),
        cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=8),
        limit=st.integers(min_value=1, max_value=32))
+# The hand-written cases of tests/test_protocol.py: an over-long line split across chunks between normal and
+# partial lines, and a line of exactly the limit (kept).
+@example(data=b'{"a":1}\n' + b"x" * 5000 + b"\nnext\npartial\nlast", cuts=[8, 3008, 5014, 5017], limit=1000)
+@example(data=b"z" * 100 + b"\n", cuts=[], limit=100)
 async def test_read_lines_matches_reference_for_any_chunking(data: bytes, cuts: list[int], limit: int) -> None:
     points = sorted({c for c in cuts if c <= len(data)} | {0, len(data)})
     chunks = [data[a:b] for a, b in zip(points, points[1:]) if b > a]

@@ -224,3 +224,17 @@ def test_tenant_has_an_executor_for_every_event_action(make_settings):
         tenant._do(action)
     assert (tenant.state, tenant.restarts, tenant.registered, tenant.last_disconnect["code"]) == (
         S.STARTING, 1, True, 515)
+
+
+def test_decision_level_warns_when_a_streak_gets_long_then_every_10th():
+    from supervisor.backoff import Decision
+    from supervisor.lifecycle import decision_level
+
+    def backoff(n: int) -> Decision:
+        return Decision(Action.BACKOFF, 1.0, S.BACKOFF, "timedOut", n)
+
+    levels = {n: decision_level(backoff(n)) for n in range(1, 41)}
+    assert [n for n, lvl in levels.items() if lvl == "warning"] == [3, 10, 20, 30, 40]
+    assert decision_level(Decision(Action.REST, 0.0, S.FAILED, "max_attempts", 5)) == "warning"
+    assert decision_level(Decision(Action.REST, 0.0, S.CONFLICT, "connectionReplaced", 0)) == "info"
+    assert decision_level(Decision(Action.RESTART, 0.0, S.STARTING, "restartRequired", 3)) == "info"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -14,8 +15,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 
 def dry_run(target: str, tmp_path) -> str:
-    out = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=PROJECT_ROOT, capture_output=True,
-                         text=True, timeout=30)
+    # Under `make test` (CI) MAKELEVEL/MAKEFLAGS come from the outer make: a sub-make would then print
+    # "make[1]: Leaving directory ..." after the commands and pass on the outer command-line variables.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'venv'}"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

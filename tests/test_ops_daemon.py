@@ -8,8 +8,9 @@ import time
 import psutil
 import pytest
 
-from conftest import live_workers
-from ops_helpers import NotifySocket, api, config, free_port, log_events, pids, spawn, wait_log, wait_pids, write
+from conftest import live_workers, signal_records
+from ops_helpers import NotifySocket, api, config, log_events, pids, wait_log, wait_pids, write
+from support import WAIT, DaemonProcess, free_port, wait_for
 
 
 @pytest.fixture
@@ -19,19 +20,19 @@ def notify():
     s.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_notify_reload_diff_and_shutdown(tmp_path, marker, notify):
     port = free_port()
-    cfg_path = write(tmp_path / "c.yaml", config(tmp_path, marker, port, boot=["a", "b"]))
-    log = tmp_path / "daemon.log"
-    proc = spawn(cfg_path, log, {"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "400000"})
+    d = DaemonProcess(tmp_path, config(tmp_path, marker, port, boot=["a", "b"]),
+                      env={"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "400000"}).start(wait=False)
+    proc, cfg_path, log = d.proc, d.config_path, d.log_path
     try:
         notify.wait_for(lambda m: "READY=1" in m.split("\n"))
         # READY=1 means: the API answers and both boot tenants have a worker already.
         first = pids(port)
         assert set(first) == {"a", "b"} and all(first.values()), first
-        notify.wait_for(lambda m: m == "WATCHDOG=1", timeout=2)  # pings from the loop (every 0.2 s here)
-        notify.wait_for(lambda m: m.startswith("STATUS=2 tenants"), timeout=5)
+        notify.wait_for(lambda m: m == "WATCHDOG=1")  # pings from the loop (every 0.2 s here)
+        notify.wait_for(lambda m: m.startswith("STATUS=2 tenants"))
         # the workers never see the notify socket: they could otherwise ping for a wedged daemon
         for pid in first.values():
             assert "NOTIFY_SOCKET" not in psutil.Process(pid).environ()
@@ -81,7 +82,7 @@ def test_notify_reload_diff_and_shutdown(tmp_path, marker, notify):
 
         proc.send_signal(signal.SIGTERM)
         notify.wait_for(lambda m: m.startswith("STOPPING=1"))
-        assert proc.wait(15) == 0
+        assert proc.wait(2 * WAIT) == 0
         assert live_workers(marker) == {}
         names = [e["event"] for e in log_events(log)]
         assert names.index("daemon.ready") > names.index("daemon.started")
@@ -91,27 +92,30 @@ def test_notify_reload_diff_and_shutdown(tmp_path, marker, notify):
             proc.wait()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_second_signal_forces_workers_down(tmp_path, marker, notify):
     """Workers that ignore SIGTERM with a 30 s grace: the first SIGTERM waits, the second kills them at once."""
     port = free_port()
-    cfg_path = write(tmp_path / "c.yaml", config(tmp_path, marker, port, boot=["f1", "f2"],
-                                                 env={"BSUP_FAKE_IGNORE_TERM": "1", "BSUP_FAKE_IGNORE_EOF": "1"}, worker={"stop_grace": 30}))
-    log = tmp_path / "daemon.log"
-    proc = spawn(cfg_path, log, {"NOTIFY_SOCKET": notify.name})
+    cfg = config(tmp_path, marker, port, boot=["f1", "f2"], worker={"stop_grace": 30},
+                 env={"BSUP_FAKE_IGNORE_TERM": "1", "BSUP_FAKE_IGNORE_EOF": "1"})
+    d = DaemonProcess(tmp_path, cfg, env={"NOTIFY_SOCKET": notify.name}).start(wait=False)
+    proc, log = d.proc, d.log_path
     try:
         notify.wait_for(lambda m: m.startswith("READY=1"))
         # the fake installs its SIGTERM-ignoring handler after start-up: wait until both said hello and showed a QR
         wait_pids(port, lambda p: all(api(port, "GET", f"/whatsapp/{t}/status")["state"] == "qr" for t in p))
         assert len(live_workers(marker)) == 2
+        workers = set(live_workers(marker))
         proc.send_signal(signal.SIGTERM)
         notify.wait_for(lambda m: m.startswith("STOPPING=1"))
-        time.sleep(0.5)
-        assert proc.poll() is None and len(live_workers(marker)) == 2  # still inside the 30 s grace
+        # Both workers have had their SIGTERM (an event, not a sleep): the daemon is inside the 30 s grace now, and
+        # a daemon that did not wait for the grace would already be escalating.
+        wait_for(lambda: {r["pid"] for r in signal_records(tmp_path / "fake-state")} >= workers, what="TERM sent")
+        assert proc.poll() is None and set(live_workers(marker)) == workers  # still inside the 30 s grace
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-        assert time.monotonic() - t0 < 5
+        assert proc.wait(30) == 0
+        assert time.monotonic() - t0 < 15  # the second signal cut the 30 s grace short (loose: loaded machines)
         assert live_workers(marker) == {}
         assert wait_log(log, "daemon.force_stop")
     finally:

@@ -8,6 +8,7 @@ import json
 import pytest
 from aiohttp import ClientSession
 
+from support import WAIT
 from supervisor.api import make_app, start_api
 from supervisor.daemon import Supervisor
 from supervisor.eventbus import EventBus
@@ -16,9 +17,10 @@ SECRET = "sse-secret"
 H = {"X-Internal-Secret": SECRET}
 
 
-async def read_events(resp, n: int, timeout: float = 10.0, *, comments_count: bool = True) -> list[dict]:
+async def read_events(resp, n: int, timeout: float = WAIT, *, comments_count: bool = True) -> list[dict]:
     """Parse SSE frames until n of them (comments are collected as {"comment": ...}; with comments_count=False they
-    do not count towards n: a keep-alive may come between any two events on a slow machine)."""
+    do not count towards n: a keep-alive may come between any two events on a slow machine). `timeout` is a safety
+    bound: the 10 s it used to be ran out at load 20-30 while a fake worker was still starting."""
     out: list[dict] = []
     cur: dict = {}
 
@@ -82,7 +84,7 @@ async def test_state_and_qr_events_resume_and_auth(live):
     assert [e["id"] for e in again] == [evs[1]["id"], evs[2]["id"], evs[3]["id"]]
     # heartbeats keep an idle stream alive
     async with http.get(f"{url}/whatsapp/s1/events?lastEventId={sup.events.last_id}", headers=H) as r:
-        idle = await read_events(r, 2, timeout=3)
+        idle = await read_events(r, 2)
     assert {"comment": "keep-alive"} in idle
     # an id from before the buffer (or from another daemon run) -> reset
     async with http.get(f"{url}/events", headers={**H, "Last-Event-ID": "999999"}) as r:
@@ -97,7 +99,7 @@ async def test_streams_end_on_bus_close(live):
     async with http.get(f"{url}/events", headers=H) as r:
         await read_events(r, 2)
         sup.events.close()  # what run_daemon does first on shutdown
-        rest = await asyncio.wait_for(r.content.read(), 5)  # EOF: the server ended the stream
+        rest = await asyncio.wait_for(r.content.read(), WAIT)  # EOF: the server ended the stream
     assert rest == b""
 
 

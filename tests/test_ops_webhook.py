@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 import pytest
 from aiohttp import web
 
-from ops_helpers import SECRET, H, config, free_port, spawn, wait_log, write
+from ops_helpers import SECRET, H, config, log_events, wait_log
+from support import WAIT, DaemonProcess, free_port
 
 
 def msg(i: int) -> dict:
     return {"emit": {"type": "message", "upsertType": "notify", "messages": [{"key": {"id": f"m{i}"}, "n": i}]}}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 async def test_messages_reach_the_target_in_order_with_secret_and_key(tmp_path, marker):
     got: list[tuple[dict, dict]] = []
     arrived = asyncio.Event()
@@ -38,11 +40,10 @@ async def test_messages_reach_the_target_in_order_with_secret_and_key(tmp_path, 
     cfg = config(tmp_path, marker, port, boot=["w1", "w2"], script=script,
                  webhook={"url": f"http://127.0.0.1:{target_port}/webhook/whatsapp/incoming",
                           "initial_delay": 0.05, "max_delay": 0.2, "spool_path": "spool/hook.sqlite3"})
-    cfg_path = write(tmp_path / "c.yaml", cfg)
-    log = tmp_path / "daemon.log"
-    proc = spawn(cfg_path, log)
+    d = DaemonProcess(tmp_path, cfg).start(wait=False)
+    proc, log = d.proc, d.log_path
     try:
-        await asyncio.wait_for(arrived.wait(), 20)
+        await asyncio.wait_for(arrived.wait(), 60)
         for headers, body in got:
             assert headers["X-Internal-Secret"] == SECRET  # webhook.secret defaults to api.secret
             assert len(headers["Idempotency-Key"]) >= 32
@@ -54,23 +55,25 @@ async def test_messages_reach_the_target_in_order_with_secret_and_key(tmp_path, 
         assert (tmp_path / "storage" / "spool" / "hook.sqlite3").exists()  # spool_path is relative to storage
         import aiohttp
 
+        text = ""
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):  # the 6th is counted once its response was read, just after our handler returned
+            async def delivered() -> bool:  # the 6th is counted once its response was read, after our handler
+                nonlocal text
                 async with http.get(f"http://127.0.0.1:{port}/metrics", headers=H) as r:
                     text = await r.text()
-                if 'webhook_deliveries_total{result="delivered"} 6.0' in text:
-                    break
+                return 'webhook_deliveries_total{result="delivered"} 6.0' in text
+
+            deadline = time.monotonic() + WAIT
+            while not await delivered():
+                assert time.monotonic() < deadline, text
                 await asyncio.sleep(0.05)
-        assert 'webhook_deliveries_total{result="delivered"} 6.0' in text
         assert "webhook_queue_depth 0.0" in text
     finally:
         proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 15)
+        rc = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
         await runner.cleanup()
     assert rc == 0
     names = [e["event"] for e in wait_log(log, "webhook.stopped")]
     assert names  # the forwarder was closed on the way out
-    from ops_helpers import log_events
-
     order = [e["event"] for e in log_events(log)]
     assert order.index("webhook.stopped") > max(i for i, e in enumerate(order) if e == "lock.released")

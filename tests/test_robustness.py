@@ -100,14 +100,6 @@ async def test_idle_workers_share_one_watchdog_timer_and_no_threads(make_setting
     assert not HeartbeatWatch.for_running_loop().armed  # nothing left to watch: no timer either
 
 
-async def test_heartbeat_watch_still_kills_a_silent_worker(make_settings):
-    sup = Supervisor(make_settings([HELLO, {"qr": "q"}, {"heartbeats": False}, {"wait": True}],
-                                   worker={"heartbeat_timeout": 0.6}))
-    first = (await sup.start_tenant("t"))["pid"]
-    await wait_until(lambda: sup.status("t")["restarts"] >= 1 and sup.status("t")["pid"] not in (None, first))
-    await sup.shutdown()
-
-
 # -- item 4: QR cache ---------------------------------------------------------------------------------------------
 
 def test_qr_renderings_are_cached(monkeypatch):

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,10 +23,8 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error,  
                                  response_schema_conformance, status_code_conformance)
 
 from conftest import kill_marked, live_workers  # noqa: E402
+from support import WAIT, DaemonProcess, fake_config, free_port  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-FAKE = HERE / "fake_worker.py"
-CLI = Path(sys.executable).with_name("baileys-supervisor")
 SECRET = "schemathesis-secret"
 MAX_EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -39,58 +33,22 @@ SSE = ("/events", "/whatsapp/{tenant}/events")
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _daemon(tmp: Path, secret: str | None, marker: str):
-    port = _free_port()
+def _daemon(tmp: Path, secret: str | None, marker: str) -> DaemonProcess:
     state = tmp / "fake-state"
     state.mkdir()
-    cfg = {
-        "storage": {"root": str(tmp / "storage")},
-        "api": {"host": "127.0.0.1", "port": port, "secret": secret},
-        "worker": {"command": [sys.executable, str(FAKE), "--marker", marker],
-                   "env": {"BSUP_FAKE_STATE_DIR": str(state)}, "heartbeat_interval": 1.0,
-                   "heartbeat_timeout": 20, "stop_grace": 2},
-        "restart": {"initial_delay": 0.5, "max_delay": 2.0},
-        "logging": {"format": "json", "level": "warning"},
-    }
-    path = tmp / "config.yaml"
-    path.write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if k != "INTERNAL_SECRET"}
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in the fixture
-    proc = subprocess.Popen([str(CLI), "run", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError((tmp / "daemon.log").read_text()[-2000:]) from None
-            time.sleep(0.05)
-    return proc, log, url
+    cfg = fake_config(tmp / "storage", state, marker, port=free_port(), secret=secret,
+                      worker={"heartbeat_interval": 1.0, "heartbeat_timeout": 20}, restart={"initial_delay": 0.5,
+                                                                                            "max_delay": 2.0},
+                      logging={"format": "json", "level": "warning"})
+    return DaemonProcess(tmp / "daemon", cfg, new_session=True).start()
 
 
-def _stop(proc, log, marker: str) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    log.close()
+def _stop(d: DaemonProcess, marker: str) -> None:
+    rc = d.stop()
     left = live_workers(marker)
     kill_marked(marker)
     assert not left, f"workers left behind: {left}"
-    assert proc.returncode == 0, proc.returncode
+    assert rc == 0, rc
 
 
 @pytest.fixture(scope="module", params=["secret", "no-secret"])
@@ -98,9 +56,9 @@ def api(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"st-{request.param}")
     secret = SECRET if request.param == "secret" else None
     marker = f"bsup-st-{os.getpid()}-{request.param}"
-    proc, log, url = _daemon(tmp, secret, marker)
-    yield {"url": url, "secret": secret, "headers": {"X-Internal-Secret": secret} if secret else {}}
-    _stop(proc, log, marker)
+    d = _daemon(tmp, secret, marker)
+    yield {"url": d.url, "secret": secret, "headers": {"X-Internal-Secret": secret} if secret else {}}
+    _stop(d, marker)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +97,7 @@ def _run(api_schema, api, headers: dict, max_examples: int, extra=None) -> None:
         @settings(max_examples=max_examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
                   phases=[Phase.explicit, Phase.generate])
         def run(case):
-            response = case.call(headers=headers, timeout=15)
+            response = case.call(headers=headers, timeout=WAIT)
             seen[response.status_code] = seen.get(response.status_code, 0) + 1
             try:
                 case.validate_response(response, checks=CHECKS)

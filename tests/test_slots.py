@@ -87,3 +87,23 @@ async def test_reload_resizes_the_daemons_spawn_slots():
     plan = await apply_reload(sup, settings_from_dict({"worker": {"max_concurrent_spawns": 5}}))
     assert sup.spawn_slots.limit == 5 and plan.changed == ["worker"] and plan.not_applied == []
     await sup.shutdown()
+
+
+async def test_urgent_waiters_go_before_the_queue_in_their_own_order():
+    """A linked tenant's restart must not wait behind a flood of new, unlinked starts."""
+    slots, order = SpawnSlots(1), []
+    await slots.acquire()
+    flood = await queued(slots, 3, order)
+
+    async def urgent(i: int) -> None:
+        await slots.acquire(urgent=True)
+        order.append(i)
+
+    urgents = [asyncio.create_task(urgent(i)) for i in (100, 101)]
+    await asyncio.sleep(0)
+    assert slots.waiting == 5
+    for _ in range(5):
+        slots.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*flood, *urgents)
+    assert order == [100, 101, 0, 1, 2]

@@ -2,31 +2,30 @@
 daemon subprocess on a YAML config, and the real worker (node_worker) with real Baileys that the daemon spawns.
 
 Shared by the e2e tests (tests/e2e/conftest.py), the demo (scripts/demo.py) and the benchmark
-(bench/e2e_latency.py), so all three run exactly the same processes. Standard library only (plus the package).
+(bench/e2e_latency.py), so all three run exactly the same processes. Standard library only (plus the package and
+tests/support.py, whose free_port, wait_for and DaemonProcess are re-exported here for those callers).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor.settings import WORKER_NODE_FLAGS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: scripts/ and bench/ import us by path
+from support import CLI, WAIT, DaemonProcess, free_port, wait_for  # noqa: E402,F401 - re-exported
+from support import http_json as _http  # noqa: E402
+
+from supervisor.settings import WORKER_NODE_FLAGS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_MAIN = ROOT / "tests" / "wa_sim" / "main.mjs"
 TRUST_PRELOAD = ROOT / "tests" / "wa_sim" / "trust-test-root.mjs"
 WORKER = ROOT / "node_worker" / "src" / "worker.mjs"
-CLI = Path(sys.executable).with_name("baileys-supervisor")
 
 
 def worker_command(marker: str | None = None) -> list[str]:
@@ -34,37 +33,6 @@ def worker_command(marker: str | None = None) -> list[str]:
     ignored by the worker (it reads only its environment) and lets a test find its own workers in `ps`."""
     cmd = ["node", "--import", str(TRUST_PRELOAD), *WORKER_NODE_FLAGS, str(WORKER)]  # the shipped flags
     return cmd + ([marker] if marker else [])
-
-
-def _http(method: str, url: str, body: Any = None, timeout: float = 30.0,
-          headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"content-type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:  # both the daemon and the simulator answer errors with JSON bodies
-        return e.code, json.load(e)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Bounded polling of another process's state (HTTP status / files): there is no event to wait on."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    # The daemon's API needs a known port (its config says which; port 0 would not be discoverable from outside).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Simulator:
@@ -124,7 +92,9 @@ def daemon_config(storage: Path, port: int, wa_url: str, *, marker: str | None =
         "storage": {"root": str(storage)},
         "api": {"host": "127.0.0.1", "port": port},
         "worker": {"command": worker_command(marker), "wa_url": wa_url, "log_level": "warn",
-                   "socket_options": socket_options or {}, "heartbeat_interval": 1.0, "heartbeat_timeout": 15.0,
+                   "socket_options": socket_options or {}, "heartbeat_interval": 1.0,
+                   # also the bound for a worker's hello: Node + the Baileys import take seconds at load 20-30
+                   "heartbeat_timeout": 2 * WAIT,
                    "stop_grace": 3.0, **(worker or {})},
         # Short backoff: the restart rows are about *what* happens, not about waiting a second per row.
         "restart": {"initial_delay": 0.2, "multiplier": 2.0, "max_delay": 2.0, "jitter": 0.1, **(restart or {})},
@@ -133,49 +103,11 @@ def daemon_config(storage: Path, port: int, wa_url: str, *, marker: str | None =
     }
 
 
-class Daemon:
-    """`baileys-supervisor run --config <yaml>` as a subprocess (so it can be SIGKILLed like in production).
-    JSON is a subset of YAML, so the config file is written with json.dumps."""
+class Daemon(DaemonProcess):
+    """support.DaemonProcess with the e2e calls (tenant start, status, QR, waiting for states)."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        self.workdir = workdir
-        self.config = config
-        self.url = f"http://127.0.0.1:{config['api']['port']}"
-        self.config_path = workdir / "config.yaml"
-        self.config_path.write_text(json.dumps(config, indent=1))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-
-    def start(self, timeout: float = 20.0) -> None:
-        self.runs += 1
-        log = open(self.workdir / f"daemon-{self.runs}.log", "wb")  # noqa: SIM115 - the child owns it
-        env = dict(os.environ)
-        env.pop("INTERNAL_SECRET", None)  # loopback without a secret: every e2e part is on 127.0.0.1
-        self.proc = subprocess.Popen([str(CLI), "run", "--config", str(self.config_path)], stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
-        log.close()
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.log_text()[-2000:]}")
-            try:
-                return _http("GET", self.url + "/healthz", timeout=2)[0] == 200
-            except OSError:
-                return False
-
-        wait_for(up, timeout, "daemon /healthz")
-
-    def log_text(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("daemon-*.log")))
-
-    def log_events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+    def start(self, timeout: float = WAIT) -> Daemon:  # type: ignore[override] - bench passes the timeout only
+        return super().start(True, timeout)
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
         return _http(method, self.url + path, body, timeout=timeout)
@@ -195,7 +127,8 @@ class Daemon:
         assert code == 200, body
         return body
 
-    def wait_status(self, tid: str, pred: Callable[[dict[str, Any]], Any], timeout: float = 20.0,
+    # Bounds: safety bounds (support.WAIT) that real Baileys start-ups meet at load 20-30 on 2 cores.
+    def wait_status(self, tid: str, pred: Callable[[dict[str, Any]], Any], timeout: float = WAIT,
                     what: str = "") -> dict[str, Any]:
         seen: list[dict[str, Any]] = []
 
@@ -209,33 +142,18 @@ class Daemon:
         except TimeoutError as exc:
             raise AssertionError(f"{exc}; last status: {seen[-1] if seen else None}") from None
 
-    def wait_connected(self, tid: str, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_connected(self, tid: str, timeout: float = 2 * WAIT) -> dict[str, Any]:
         return self.wait_status(tid, lambda s: s["connected"], timeout, "connected")
 
-    def wait_qr(self, tid: str, timeout: float = 20.0) -> str:
+    def wait_qr(self, tid: str, timeout: float = WAIT) -> str:
         self.wait_status(tid, lambda s: s["hasQR"], timeout, "hasQR")
         qr = self.qr(tid)["qr"]
         assert qr, "hasQR but /qr has no qr"
         return qr
 
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
-
 
 def pair(daemon: Daemon, sim: Simulator, tid: str, push_name: str | None = None,
-         timeout: float = 30.0) -> dict[str, Any]:
+         timeout: float = 2 * WAIT) -> dict[str, Any]:
     """start -> QR -> scan -> connected. Returns the timings (seconds) and the scan answer."""
     t0 = time.monotonic()
     daemon.start_tenant(tid)
@@ -246,6 +164,21 @@ def pair(daemon: Daemon, sim: Simulator, tid: str, push_name: str | None = None,
     st = daemon.wait_connected(tid, timeout)
     t_open = time.monotonic()
     return {"start_to_qr": t_qr - t0, "scan_to_connected": t_open - t_qr, "scan": res, "status": st}
+
+
+def decisions(d: Daemon, tid: str) -> list[dict]:
+    return [e for e in d.log_events() if e.get("event") == "tenant.decision" and e.get("tenant") == tid]
+
+
+def assert_rests(d: Daemon, tid: str, code: int) -> dict:
+    """No new connection, checked by the event that decides it instead of a watch window (2.5 s of sleep per row
+    before): the daemon decides what follows a worker's end once, in its tenant.decision; `rest` means no new worker
+    until an API call, and the status shows neither a worker, a standby nor a pending retry."""
+    dec = wait_for(lambda: [e for e in decisions(d, tid) if e.get("code") == code], what=f"decision on {code}")[-1]
+    assert dec["action"] == "rest" and dec["delay"] == 0, dec
+    st = d.status(tid)
+    assert st["pid"] is None and st.get("standbyPid") is None and st["nextRetryAt"] is None, st
+    return dec
 
 
 def auth_files_parse(auth_dir: Path) -> list[str]:

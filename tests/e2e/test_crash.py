@@ -55,18 +55,18 @@ def test_worker_sigkill_at_random_moments_never_costs_a_rescan(sim, make_daemon,
         pid = new_pid(d, "t", d.status("t")["pid"])
         time.sleep(rng.uniform(0.0, 0.8))
         kill9(pid)
-    st = d.wait_connected("t", timeout=30)
+    st = d.wait_connected("t")
     assert st["me"]["id"] == jid
     regs = sim.counters()["registrations"]
     assert sim.counters()["pairings"] == 1
 
     # 3. Steady state: connected, killed at a random moment, back connected with the same device.
     for i in range(6):
-        st = d.wait_connected("t", timeout=30)
+        st = d.wait_connected("t")
         time.sleep(rng.uniform(0.0, 0.6))
         kill9(st["pid"])
         st = d.wait_status("t", lambda s, old=st["pid"]: s["connected"] and s["pid"] not in (None, old),
-                           timeout=30, what=f"reconnected after kill {i}")
+                           what=f"reconnected after kill {i}")
         assert st["me"]["id"] == jid
         auth_files_parse(auth)
 
@@ -93,7 +93,7 @@ def test_daemon_sigkill_with_tenants_connected_comes_back_without_rescan(sim, ma
         # must stop them (recorded daemon pid is dead) before spawning, never run two per tenant.
         d.start()
         for tid in tenants:
-            st = d.wait_connected(tid, timeout=40)
+            st = d.wait_connected(tid)
             assert st["me"]["id"] == jids[tid], (round_, st)
             assert st["pid"] != old_workers[tid]
         for tid, pid in old_workers.items():

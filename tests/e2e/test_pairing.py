@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_harness import auth_files_parse, pair
+from .e2e_harness import auth_files_parse, pair, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,12 +27,12 @@ def test_go_no_go_scan_to_connected_through_the_515_restart(sim, make_daemon, st
     # worker.prewarm (on by default): the worker for the login after the 515 is already up, waiting for `go`.
     standby = d.wait_status("1", lambda s: s["standbyPid"], what="standbyPid")["standbyPid"]
     assert standby != before["pid"]
-    wait_for(lambda: any(e.get("event") == "standby.ready" for e in d.log_events()), 30, "standby.ready")
+    wait_for(lambda: any(e.get("event") == "standby.ready" for e in d.log_events()), what="standby.ready")
 
     t_scan = time.monotonic()
     res = sim.scan(qr["qr"], pushName="Alice")
     assert res["ok"], res
-    st = d.wait_connected("1", timeout=30)
+    st = d.wait_connected("1")
     print(f"\nscan -> connected: {time.monotonic() - t_scan:.3f} s")
     assert st["pid"] == standby and st["standbyPid"] is None  # promoted: no Node start-up after the scan
 
@@ -63,21 +63,13 @@ def test_without_prewarm_the_515_restart_spawns_a_new_worker(sim, make_daemon):
     assert d.status("1")["standbyPid"] is None
     res = sim.scan(qr, pushName="Carol")
     assert res["ok"], res
-    st = d.wait_connected("1", timeout=30)
+    st = d.wait_connected("1")
     assert st["pid"] not in (None, first) and st["restarts"] == 1 and st["me"]["id"] == res["jid"]
     assert not any(e.get("event", "").startswith("standby.") for e in d.log_events())
 
 
 def state_max_concurrent(sim) -> int:
     return sim.state()["maxConcurrentAnyDevice"]
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s")
-        time.sleep(0.05)
 
 
 def test_cause1_fifty_concurrent_starts_one_registration_socket(sim, make_daemon):

@@ -50,7 +50,7 @@ def test_code_links_through_the_515_restart_and_a_restart_needs_no_new_code(sim,
     res = sim.enter_code(PHONE, f"{code[:4]}-{code[4:]}", pushName="Erin")
     assert res["ok"] is True and res["linked"] is True, res
 
-    st = d.wait_connected("1", timeout=30)
+    st = d.wait_connected("1")
     assert st["me"]["id"] == res["jid"] and res["jid"].startswith(f"{PHONE}:")
     assert st["pushName"] == "Erin" and st["hasQR"] is False
     assert st["restarts"] == 1 and st["lastDisconnect"]["code"] == 515
@@ -68,7 +68,7 @@ def test_code_links_through_the_515_restart_and_a_restart_needs_no_new_code(sim,
     # stop/start: the saved creds log in; no registration socket, no code, no QR.
     assert d.call("POST", "/whatsapp/1/stop")[0] == 200
     d.start_tenant("1")
-    st2 = d.wait_connected("1", timeout=30)
+    st2 = d.wait_connected("1")
     assert st2["me"]["id"] == res["jid"] and st2["hasQR"] is False
     c2 = sim.counters()
     assert c2["registrations"] == 1 and c2["logins"] == c["logins"] + 1 and c2["conflicts"] == 0
@@ -97,7 +97,7 @@ def test_wrong_code_leaves_the_tenant_waiting_on_the_same_worker(sim, make_daemo
     # The same worker is still good: typing the right code links it.
     right = sim.enter_code(PHONE, code)
     assert right["ok"] is True, right
-    st = d.wait_connected("1", timeout=30)
+    st = d.wait_connected("1")
     assert st["me"]["id"] == right["jid"] and st["restarts"] == 1
 
 

@@ -1,4 +1,4 @@
-"""The real daemon (run_daemon: Supervisor + API) in its own process, for tests and benchmarks that measure it from
+"""The real daemon (run_daemon: Supervisor + API) in its own process, for the benchmarks that measure it from
 outside (RSS, CPU, latency under load).
 
     python tests/hostile/daemon_host.py '<json>'
