@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import threading
 import time
@@ -276,3 +277,47 @@ def test_statuses_reach_the_webhook_and_the_outbox_survives_a_daemon_sigkill(sim
         assert all(i["tenantId"] == "1" and i["key"] for i in receiver.items)
     finally:
         receiver.close()
+
+
+def test_random_worker_sigkills_while_sending_lose_nothing(sim, make_daemon):
+    """SIGKILL of the worker at random moments while a tenant works through its outbox (BSUP_SEND_KILLS, default
+    10): every message is decrypted by the contact, under its one WhatsApp id, first copies in POST order."""
+    kills_wanted = int(os.environ.get("BSUP_SEND_KILLS", "10"))
+    seed = int(os.environ.get("BSUP_SEND_SEED", str(random.randrange(1 << 30))))
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    d = make_daemon(sim, start=False)
+    d.config["outbox"] = {"rate": 2.0, "burst": 1}  # ~15 s of sending for 30 messages: kills land mid-way
+    d.config_path.write_text(json.dumps(d.config))
+    d.start()
+    pair(d, sim, "1")
+    c = contact(sim)
+    answers = [post(d, "1", f"k{i}", {"to": c["jid"], "text": f"message {i} ✓"})[1] for i in range(30)]
+
+    def all_sent() -> bool:
+        return all(message(d, "1", a["messageId"])["status"] == "sent" for a in answers)
+
+    kills = 0
+    while kills < kills_wanted and not all_sent():
+        pid = d.wait_connected("1", timeout=60)["pid"]
+        time.sleep(rng.uniform(0.05, 1.0))  # a random moment of this worker's sending
+        try:
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+        except ProcessLookupError:
+            pass
+    wait_for(all_sent, 120, "every message sent")
+    print(f"{kills} kills")
+    assert kills >= min(kills_wanted, 3), "the kills did not land while sending"
+    ids = [a["waMessageId"] for a in answers]
+    box = inbox(sim, c["phone"])
+    assert {m["id"] for m in box} <= set(ids), "a copy under an id we never gave"
+    decrypted = [m for m in box if m.get("error") is None]
+    print(f"{len(box)} copies for {len(ids)} messages, {len(box) - len(decrypted)} not decryptable (repeats)")
+    first: list[str] = []
+    for m in decrypted:
+        if m["id"] not in first:
+            first.append(m["id"])
+    assert first == ids, "a message lost, or its first copy out of order"
+    texts = {a["waMessageId"]: f"message {i} ✓" for i, a in enumerate(answers)}
+    assert all(m["text"] == texts[m["id"]] for m in decrypted)
