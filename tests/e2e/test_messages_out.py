@@ -116,6 +116,16 @@ def test_send_decrypted_by_the_contact_statuses_and_a_retried_post(sim, make_dae
     assert len(stanzas(sim, wa)) == 1  # the retried POST sent no second stanza
     assert [m["id"] for m in inbox(sim, c["phone"])].count(wa) == 1
 
+    # A reply quoting that message: the contact sees the quote (stanza id and quoted text).
+    code, reply, _ = post(d, "1", "order-1-reply", {"to": c["phone"], "text": "and a reply",
+                                                    "replyTo": {"id": wa, "fromMe": True, "text": text}})
+    assert code == 202, reply
+    box = wait_inbox(sim, c["phone"], lambda b: any(m["id"] == reply["waMessageId"] for m in b), "the reply")
+    quoted = next(m for m in box if m["id"] == reply["waMessageId"])
+    ctx = quoted["message"]["extendedTextMessage"]["contextInfo"]
+    assert quoted["text"] == "and a reply" and ctx["stanzaId"] == wa
+    assert ctx["quotedMessage"] == {"conversation": text}
+
     seen = sse_events(d, "1", {"message_status"}, lambda evs: any(e["status"] == "read" for e in evs))
     assert [e["status"] for e in seen if e["messageId"] == ans["messageId"]] == \
         ["queued", "sending", "sent", "delivered", "read"]
