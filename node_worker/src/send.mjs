@@ -12,7 +12,7 @@
 // Statuses only move forward; the daemon drops one that does not advance its row.
 import { join } from 'node:path';
 import { readdir, stat } from 'node:fs/promises';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { makeAuthFiles, prepareDir } from './auth-files.mjs';
 
 /** Sent messages are kept this long for `getMessage` (retry receipts come within minutes; a phone that was off
@@ -55,8 +55,9 @@ export function makeSender(w, { now = Date.now } = {}) {
   const known = new Map(); // waId -> the highest status emitted by this process (0 = none yet)
   const onWhatsApp = new Set(); // recipients seen to have WhatsApp (a number that has none is asked every time)
 
+  const muted = new Set(); // test hook only: ids whose statuses this process must not report (it is about to die)
   const report = (waMessageId, status, error = null) => {
-    if (!known.has(waMessageId) || !status) return;
+    if (!known.has(waMessageId) || !status || muted.has(waMessageId)) return;
     const prev = known.get(waMessageId);
     if (prev === RANK.failed || RANK[status] <= prev) return;
     known.set(waMessageId, RANK[status]);
@@ -113,6 +114,11 @@ export function makeSender(w, { now = Date.now } = {}) {
       return { waMessageId: waId, status: 'failed', error: 'not_on_whatsapp' };
     }
     if (!known.has(waId)) known.set(waId, 0);
+    // Test-only (tests/e2e/test_messages_out.py): die after the stanza left and before the reply, once per file,
+    // and report nothing about it first (the server's ack may beat the kill): the daemon must resend it.
+    const hook = process.env.BSUP_TEST_KILL_AFTER_SEND;
+    const dying = Boolean(hook && existsSync(hook) && consumeFile(hook));
+    if (dying) muted.add(waId);
     const quoted = cmd.replyTo ? {
       key: { remoteJid: cmd.to, fromMe: Boolean(cmd.replyTo.fromMe), id: String(cmd.replyTo.id),
         ...(cmd.replyTo.participant ? { participant: String(cmd.replyTo.participant) } : {}) },
@@ -123,10 +129,7 @@ export function makeSender(w, { now = Date.now } = {}) {
       { messageId: waId, ...(quoted ? { quoted } : {}) });
     await files.write({ to: cmd.to, at: now(), message: Buffer.from(w.baileys.proto.Message.encode(msg.message).finish()) },
       `${waId}.json`);
-    // Test-only (tests/e2e/test_messages_out.py): die after the stanza left and before the reply, once per file.
-    if (process.env.BSUP_TEST_KILL_AFTER_SEND && consumeFile(process.env.BSUP_TEST_KILL_AFTER_SEND)) {
-      process.kill(process.pid, 'SIGKILL');
-    }
+    if (dying) process.kill(process.pid, 'SIGKILL');
     const rank = known.get(waId);
     const status = Object.keys(RANK).find((s) => RANK[s] === rank) ?? 'sending';
     return { waMessageId: msg.key.id, status };
