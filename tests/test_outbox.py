@@ -274,3 +274,17 @@ async def test_send_api_without_an_outbox_answers_503_json(make_settings):
     finally:
         await runner.cleanup()
         await sup.shutdown()
+
+
+def test_outbox_config_section(tmp_path: Path):
+    from supervisor.config import settings_from_dict
+    from supervisor.errors import ConfigError
+
+    s = settings_from_dict({"storage": {"root": str(tmp_path)},
+                            "outbox": {"rate": 0.5, "burst": 2, "max_attempts": 3, "path": "box.sqlite3"}})
+    assert (s.outbox.rate, s.outbox.burst, s.outbox.max_attempts) == (0.5, 2, 3)
+    assert s.outbox.path == tmp_path / "box.sqlite3" and settings_from_dict({}).outbox == OutboxSettings()
+    for bad, where in (({"rate": 0}, "outbox.rate"), ({"burst": 0}, "outbox.burst"), ({"speed": 1}, "outbox.speed"),
+                       ({"send_timeout": "5"}, "outbox.send_timeout"), ({"path": ""}, "outbox.path")):
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            settings_from_dict({"outbox": bad})
