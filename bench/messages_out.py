@@ -33,9 +33,10 @@ from e2e_harness import Daemon, Simulator, daemon_config, free_port, pair, perce
 
 FLOOR_JS = r"""
 import { pairAndLogin, MESSAGING_CLIENT } from './tests/wa_sim/harness.mjs';
-const [wsUrl, controlUrl, n] = [process.argv[1], process.argv[2], Number(process.argv[3])];  // -e: no script name
-const control = async (m, p, b) => (await fetch(controlUrl + p, { method: m, headers: { 'content-type': 'application/json' },
-  body: b ? JSON.stringify(b) : undefined })).json();
+// -e: no script name in argv
+const [wsUrl, controlUrl, n] = [process.argv[1], process.argv[2], Number(process.argv[3])];
+const control = async (m, p, b) => (await fetch(controlUrl + p, {
+  method: m, headers: { 'content-type': 'application/json' }, body: b ? JSON.stringify(b) : undefined })).json();
 const sim = { wsUrl, scan: (qr, extra = {}) => control('POST', '/scan', { qr, ...extra }) };
 const r = await pairAndLogin(sim, MESSAGING_CLIENT);
 const c = await control('POST', '/contacts', {});

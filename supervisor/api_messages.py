@@ -56,7 +56,8 @@ def _reply_to(value: Any) -> dict[str, Any]:
                          '"text"?: string}')
     if "fromMe" in value and not isinstance(value["fromMe"], bool):
         raise BadRequest("replyTo.fromMe must be true or false")
-    if "participant" in value and not (isinstance(value["participant"], str) and JID_RE.fullmatch(value["participant"])):
+    participant = value.get("participant")
+    if "participant" in value and not (isinstance(participant, str) and JID_RE.fullmatch(participant)):
         raise BadRequest("replyTo.participant must be a user jid")
     if "text" in value and not (isinstance(value["text"], str) and len(value["text"]) <= 4096):
         raise BadRequest("replyTo.text must be a string of at most 4096 characters")

@@ -104,7 +104,7 @@ def derive_ids(tenant: str, key: str) -> tuple[str, str]:
 
 
 def advances(old: str, new: str) -> bool:
-    """Whether a row in `old` may move to `new`: forward only; failed only before delivery; read and failed are final."""
+    """Whether a row in `old` may move to `new`: forward only; failed only before delivery; read, failed final."""
     if old in FINAL or new not in STATUSES:
         return False
     if new == "failed":

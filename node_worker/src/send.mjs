@@ -66,7 +66,8 @@ export function makeSender(w, { now = Date.now } = {}) {
 
   const open = async () => {
     await prepareDir(folder);
-    files = makeAuthFiles(folder, { onWriteError: (err, file) => w.logger.error({ err, file }, 'sent store write failed') });
+    const onWriteError = (err, file) => w.logger.error({ err, file }, 'sent store write failed');
+    files = makeAuthFiles(folder, { onWriteError });
     for (const name of await readdir(folder)) {
       if (!name.endsWith('.json')) continue;
       const id = name.slice(0, -5);
@@ -127,8 +128,8 @@ export function makeSender(w, { now = Date.now } = {}) {
     // linkPreview: null -- Baileys would otherwise fetch every URL in the text from this host before sending.
     const msg = await w.sock.sendMessage(cmd.to, { text: cmd.text, linkPreview: null },
       { messageId: waId, ...(quoted ? { quoted } : {}) });
-    await files.write({ to: cmd.to, at: now(), message: Buffer.from(w.baileys.proto.Message.encode(msg.message).finish()) },
-      `${waId}.json`);
+    const encoded = Buffer.from(w.baileys.proto.Message.encode(msg.message).finish());
+    await files.write({ to: cmd.to, at: now(), message: encoded }, `${waId}.json`);
     if (dying) process.kill(process.pid, 'SIGKILL');
     const rank = known.get(waId);
     const status = Object.keys(RANK).find((s) => RANK[s] === rank) ?? 'sending';

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .e2e_harness import Daemon, Simulator, _http, pair, wait_for
+from .e2e_harness import Daemon, Simulator, pair, wait_for
 
 pytestmark = pytest.mark.e2e
 
