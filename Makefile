@@ -60,6 +60,7 @@ bench: setup-test  # prints numbers (docs/benchmarks.md); needs wrk (apt) and su
 	$(PY) bench/e2e_latency.py --scan-delay 2 --variant 'no_prewarm={"prewarm": false}'
 	$(PY) bench/worker_rss.py --tenants 50 --tmpdir /dev/shm  # connected worker RSS: previous vs current flags
 	$(PY) bench/real_fleet.py $(FLEET_ARGS)  # real workers: ~20 min, 200 x ~80 MiB; e.g. FLEET_ARGS="--tenants 50 --tmpdir /dev/shm"
+	$(PY) bench/messages_out.py  # sending: POST -> server ack vs in-process Baileys, outbox throughput across 20 tenants
 
 clean:
 	rm -rf $(VENV) node_worker/node_modules

@@ -255,9 +255,11 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = None, metrics: Metrics | None = None,
-             webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT) -> web.Application:
+             webhook: WebhookForwarder | None = None, sse_heartbeat: float = HEARTBEAT,
+             outbox: Any = None) -> web.Application:
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
-    `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder. Serve it with `start_api`."""
+    `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder; the send API answers 503 without an
+    `outbox` (supervisor/outbox_dispatch.py). Serve it with `start_api`."""
     # Without a secret, auth_middleware lets everything through and the guard keeps web pages out instead.
     middlewares = [errors_middleware, auth_middleware if api.secret else no_secret_guard(api), body_limits(api)]
     app = web.Application(middlewares=middlewares, client_max_size=api.max_body_bytes)
@@ -273,6 +275,9 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/webhook", webhook_status)
+    from .api_messages import add_message_routes  # imports this module: here, not at the top
+
+    add_message_routes(app, outbox, _T)  # the send API and its durable outbox (supervisor/outbox_dispatch.py)
     if events is not None:
         app.router.add_get("/events", events_all)
         app.router.add_get(f"{_T}/events", events_tenant)

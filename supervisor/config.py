@@ -59,8 +59,9 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
     src = Path(source) if source is not None else None
     ctx = _Ctx(str(src) if src else "<config>", (src.resolve().parent if src else Path.cwd()))
     top = _mapping(ctx, "", data, ("storage", "api", "worker", "restart", "tenants", "limits", "logging",
-                                          "webhook", "cluster"))
+                                          "webhook", "cluster", "outbox"))
     storage, api = _storage(ctx, top.get("storage")), _api(ctx, top.get("api"))
+    from .config_outbox import outbox_config
     from .config_webhook import webhook_config  # split out: this module stays one screenful per section
     from .config_cluster import cluster_config
 
@@ -74,6 +75,7 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
         logging=_logging(ctx, top.get("logging")),
         webhook=webhook_config(ctx, top.get("webhook"), storage_root=storage.root, api_secret=api.secret),
         cluster=cluster_config(ctx, top.get("cluster")),  # None = single host; docs/cluster.md
+        outbox=outbox_config(ctx, top.get("outbox"), storage_root=storage.root),
         source=src.resolve() if src else None,
     )
 

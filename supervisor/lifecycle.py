@@ -85,6 +85,11 @@ class Forward:  # a message for the webhook
 
 
 @dataclass(frozen=True)
+class MessageStatus:  # a sent message reached a new status (the outbox)
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Rss:
     rss: int | float
 
@@ -168,6 +173,8 @@ def on_event(life: Life, event: protocol.Event, *, now: float, linked: bool = Fa
         return life, (Creds(bool(event.get("registered"))),)
     if t == "message":
         return life, (Forward(event.fields),)
+    if t == "message_status":
+        return life, (MessageStatus(event.fields),)
     if t == "pairing_code":
         return life, (PairingCode(),)
     if t == "error":

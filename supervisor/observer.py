@@ -38,6 +38,9 @@ class TenantObserver:
     def on_message(self, tenant: str, payload: dict[str, Any]) -> None:
         """A `message` event's fields (docs/protocol.md), for the webhook."""
 
+    def on_message_status(self, tenant: str, fields: dict[str, Any]) -> None:
+        """A `message_status` event's fields (docs/protocol.md): a sent message reached a new status (the outbox)."""
+
     def on_rss(self, tenant: str, rss_bytes: int | float | None) -> None:
         """The worker's resident memory at each heartbeat; None once the tenant has no worker."""
 
@@ -82,6 +85,9 @@ class Observers(TenantObserver):
 
     def on_message(self, tenant: str, payload: dict[str, Any]) -> None:
         self._each("on_message", tenant, payload)
+
+    def on_message_status(self, tenant: str, fields: dict[str, Any]) -> None:
+        self._each("on_message_status", tenant, fields)
 
     def on_rss(self, tenant: str, rss_bytes: int | float | None) -> None:
         self._each("on_rss", tenant, rss_bytes)

@@ -26,6 +26,8 @@ from .config import is_loopback, load_settings
 from .daemon import Supervisor
 from .errors import ConfigError
 from .notify import Notifier, run_watchdog, status_summary
+from .outbox import OutboxLocked
+from .outbox_dispatch import OutboxDispatcher, make_outbox
 from .reload import apply_reload
 from .settings import Settings
 from .webhook_sink import MessageSink, make_forwarder
@@ -62,6 +64,7 @@ class Daemon:
         self._boot: asyncio.Task[None] | None = None
         self._forwarder: WebhookForwarder | None = None
         self._sink: MessageSink | None = None
+        self._outbox: OutboxDispatcher | None = None
 
     async def run(self) -> None:
         api = self.settings.api
@@ -103,7 +106,9 @@ class Daemon:
         if self._forwarder is not None:
             self._sink = sup.on_message = MessageSink(self._forwarder)
             await self._forwarder.start()
-        app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder)
+        self._outbox = await _start_outbox(s, sup, self._forwarder)  # before the boot: tenants resume sending
+        app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder,
+                       outbox=self._outbox)
         self._api, port = await start_api(app, s.api.host, s.api.port)
         log.info("daemon.started", pid=os.getpid(), host=s.api.host, port=port, api=True, storage=str(s.storage.root))
         self._background = [
@@ -138,6 +143,8 @@ class Daemon:
             await asyncio.gather(self._boot, return_exceptions=True)
         if sup is not None:
             await sup.shutdown(force=self.force_exit)
+        if self._outbox is not None:
+            await self._outbox.aclose()  # after the workers (their last statuses), before the forwarder
         if self._sink is not None:
             await self._sink.drain()
         if self._forwarder is not None:
@@ -149,6 +156,20 @@ class Daemon:
             loop.remove_signal_handler(sig)
         notifier.close()
         log.info("daemon.stopped", pid=os.getpid())
+
+
+async def _start_outbox(s: Settings, sup: Supervisor, forwarder: WebhookForwarder | None) -> OutboxDispatcher | None:
+    """The send API's outbox; None when another daemon on this storage owns it (that one sends: two would send
+    twice). This daemon still serves its own tenants then, as without the webhook; its send API answers 503."""
+    box = make_outbox(s, sup, forwarder)
+    try:
+        await box.start()
+    except OutboxLocked as exc:
+        log.error("outbox.locked", message=exc.message)
+        await box.aclose()
+        return None
+    sup.observers.add(box)
+    return box
 
 
 async def _reload(sup: Supervisor, notifier: Notifier) -> None:

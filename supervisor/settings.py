@@ -127,6 +127,19 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class OutboxSettings:
+    # Sending (README "Sending messages", supervisor/outbox_dispatch.py): per tenant, a token bucket of `rate`
+    # messages per second with bursts of `burst`. WhatsApp publishes no limits; bursts to many new contacts get
+    # accounts restricted, so the default is human-paced.
+    rate: float = 1.0
+    burst: int = 5
+    send_timeout: float = 30.0  # seconds for the worker's reply to one `send`; then the message is handed over again
+    max_attempts: int = 5  # sends that failed in the worker (not: tenant offline) before the message is `failed`
+    keep_days: float = 30.0  # finished messages (delivered, read, failed) are deleted after this long
+    path: Path | None = None  # None: <storage.root>/outbox.sqlite3; relative: against storage.root
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -137,4 +150,5 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     cluster: ClusterSettings | None = None  # None = single host (flock)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     source: Path | None = None  # the YAML file these came from, for error messages and reload

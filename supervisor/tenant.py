@@ -23,9 +23,9 @@ from supervisor.backoff import Action, Decision, Ending
 from supervisor.backoff_wait import BackoffWait
 from supervisor.capacity import Place, ProcessBudget, unlimited
 from supervisor.errors import AlreadyLinked, NotReady, NotRunning, StorageError, WorkerCommandFailed
-from supervisor.lifecycle import (ArchiveAuth, Closed, Creds, DismissStandby, Enter, Forward, Hello, Opened,
-                                  PairingCode, Prewarm, ProtocolMismatch, ReapStandby, Restarting, Rss, ShowQR,
-                                  StopWorker, WorkerError)
+from supervisor.lifecycle import (ArchiveAuth, Closed, Creds, DismissStandby, Enter, Forward, Hello, MessageStatus,
+                                  Opened, PairingCode, Prewarm, ProtocolMismatch, ReapStandby, Restarting, Rss,
+                                  ShowQR, StopWorker, WorkerError)
 from supervisor.locks import TenantLock
 from supervisor.observer import Observers, TenantObserver
 from supervisor.settings import Settings
@@ -157,6 +157,8 @@ class Tenant:
                 log.info("tenant.creds", tenant=self.id, registered=registered)
             case Forward(payload):
                 self.observer.on_message(self.id, payload)
+            case MessageStatus(fields):
+                self.observer.on_message_status(self.id, fields)
             case WorkerError(fields):
                 log.warning("worker.error", tenant=self.id, code=fields.get("code"), message=fields.get("message"),
                             fatal=fields.get("fatal", False))

@@ -9,6 +9,7 @@ import pytest
 
 from supervisor.backoff import Action, Ending, Streak
 from supervisor.lifecycle import (ArchiveAuth, Close, Closed, Creds, DismissStandby, Enter, Forward, Hello, Life,
+                                  MessageStatus,
                                   Opened, PairingCode, Prewarm, ProtocolMismatch, ReapStandby, Restarting, Rss,
                                   ShowQR, StopWorker, WorkerError, after_backoff, ending, on_event, on_exit,
                                   spawning, started)
@@ -214,7 +215,7 @@ def test_tenant_has_an_executor_for_every_event_action(make_settings):
     close = Close(515, S.CONNECTING, None, "m")
     samples = [Hello({}), ProtocolMismatch(2), StopWorker(), Prewarm(), DismissStandby(), ShowQR("2@x"),
                Opened(None, None, None), Closed(close), Creds(True), Forward({}), Rss(1), WorkerError({}),
-               PairingCode(), Restarting("crash"), Enter(S.STARTING, "start")]
+               MessageStatus({}), PairingCode(), Restarting("crash"), Enter(S.STARTING, "start")]
     exit_only = {ReapStandby, ArchiveAuth}  # they await: executed by Tenant._apply_exit
     declared = {c for c in vars(lifecycle).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
                 and c.__module__ == lifecycle.__name__} - {Life, Close}

@@ -52,6 +52,16 @@ const HANDLERS = {
     }
   },
 
+  send: async (w, cmd) => {
+    // Not open (yet, or any more): the daemon's outbox keeps the message and sends it after the next `open`.
+    if (!w.isOpen || w.socketClosed || !w.sender) return reply(w, cmd, false, 'not_ready', 'not connected');
+    try {
+      reply(w, cmd, true, await w.sender.send(cmd));
+    } catch (err) {
+      reply(w, cmd, false, 'send_failed', String(err?.message ?? err));
+    }
+  },
+
   logout: async (w, cmd) => {
     if (!await readyInTime(w, w.sockReady.promise)) return reply(w, cmd, false, 'not_ready', 'socket is not connected');
     try {

@@ -8,6 +8,7 @@ import { toJsonSafe } from './jsonsafe.mjs';
 async function onClose(w, lastDisconnect) {
   if (w.socketClosed) return;
   w.socketClosed = true;
+  w.isOpen = false;
   clearTimeout(w.heartbeatTimer);
   const err = lastDisconnect?.error;
   const code = Number.isInteger(err?.output?.statusCode) ? err.output.statusCode : null;
@@ -50,6 +51,7 @@ function onConnectionUpdates(w, serverTime) {
       w.emit({ type: 'qr', qr: u.qr });
     }
     if (u.connection === 'open') {
+      w.isOpen = true; // `send` waits for this
       w.emit(openEvent(w.sock, serverTime.ms));
       // The login burst (pre-keys, app-state sync, optimised code) is garbage once the socket is idle: collect it
       // once, so an idle connected worker stays ~2 MiB smaller. Only with --expose-gc (the shipped command has it).
@@ -106,6 +108,7 @@ export function openSocket(w, version) {
     browser: settings.browser,
     logger: w.logger,
     ...(settings.waUrl ? { waWebSocketUrl: settings.waUrl } : {}),
+    getMessage: w.sender.getMessage, // retry receipts for what we sent, also after a restart (send.mjs)
     ...settings.socketOptions,
   });
   w.sock = sock;
@@ -122,5 +125,6 @@ export function openSocket(w, version) {
   sock.ev.on('connection.update', onConnectionUpdates(w, serverTime));
   sock.ev.on('creds.update', onCredsUpdate(w));
   sock.ev.on('messages.upsert', onMessagesUpsert(w));
+  w.sender.listen(sock);
   return sock;
 }

@@ -28,7 +28,7 @@ function deferred() {
 function makeWorkerState() {
   const w = {
     startedAt: Date.now(),
-    settings: null, logger: null, baileys: null, sock: null, auth: null,
+    settings: null, logger: null, baileys: null, sock: null, auth: null, sender: null, isOpen: false,
     exiting: false, shutdownStarted: false, exitCode: 0, stopReason: null, heartbeatTimer: null,
     isNewLogin: false, verificationFailed: false, socketClosed: false,
     sockReady: deferred(), // the socket exists (commands that need it wait for this)
@@ -102,6 +102,15 @@ async function openAuth(w) {
   } catch (err) {
     const code = err instanceof AuthCorruptError ? 'auth_corrupt' : 'auth_load_failed';
     w.emit({ type: 'error', code, message: String(err?.message ?? err), fatal: true });
+    w.finalExit(1);
+    return false;
+  }
+  try {
+    const { makeSender } = await import('./send.mjs');
+    w.sender = makeSender(w);
+    await w.sender.open();
+  } catch (err) {
+    w.emit({ type: 'error', code: 'auth_load_failed', message: `sent store: ${err?.message ?? err}`, fatal: true });
     w.finalExit(1);
     return false;
   }

@@ -1,0 +1,231 @@
+"""The durable outbox behind `POST /whatsapp/{tenant}/messages` (README "Sending messages"): one SQLite file beside
+the webhook spool, `<storage.root>/outbox.sqlite3` (0600, WAL, synchronous=FULL, flock'ed by one daemon).
+
+Synchronous on purpose, like spool.py: `outbox_dispatch.OutboxDispatcher` calls it from ONE dedicated thread.
+
+    box = Outbox(path); box.open()                       # OutboxLocked if another daemon owns it
+    row, created = box.submit(tenant, key, body_hash, to, text, reply_to, now)   # IdempotencyConflict (409)
+    box.get(tenant, message_id)                          # Row | None
+    box.next_to_send(tenant)                             # oldest queued/sending row not handed to the worker yet
+    box.mark_sending(message_id, now); box.mark_written(message_id, status, error, now)
+    box.set_status(tenant, wa_id, status, error, now)    # the Row when the status advanced, else None
+    box.reopen(tenant)                                   # at `open`: every `sending` row goes out again (same id)
+    box.pending_tenants(); box.prune(before); box.close()
+
+A row moves queued -> sending -> sent -> delivered -> read, or to failed (with `error`) from queued, sending or sent;
+never backwards (`advances`). `written` says the worker's reply came (the stanza left): such a row waits for its
+server ack instead of being handed over again, until the next `open` resends whatever is still `sending`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SupervisorError
+from .storage import create_private_file, make_private_dir
+
+RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
+STATUSES = (*RANK, "failed")
+FINAL = ("read", "failed")  # delivered can still become read
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO per tenant
+    tenant     TEXT NOT NULL,
+    idem_key   TEXT NOT NULL,                      -- the POST's Idempotency-Key
+    message_id TEXT NOT NULL UNIQUE,               -- ours, derived from (tenant, key)
+    wa_id      TEXT NOT NULL,                      -- WhatsApp's message id, derived from (tenant, key)
+    body_hash  TEXT NOT NULL,                      -- sha256 of the canonical request body: same key + other body = 409
+    to_jid     TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    reply_to   TEXT,                               -- JSON object or NULL
+    status     TEXT NOT NULL,
+    error      TEXT,
+    written    INTEGER NOT NULL DEFAULT 0,         -- the worker replied: the stanza left (this connection)
+    attempts   INTEGER NOT NULL DEFAULT 0,         -- sends handed to a worker
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (tenant, idem_key)
+);
+CREATE INDEX IF NOT EXISTS outbox_by_tenant ON outbox (tenant, status, written, seq);
+CREATE INDEX IF NOT EXISTS outbox_by_wa_id ON outbox (tenant, wa_id);
+"""
+_COLS = "seq, tenant, idem_key, message_id, wa_id, body_hash, to_jid, text, reply_to, status, error, written, " \
+        "attempts, created_at, updated_at"
+
+
+class OutboxError(SupervisorError):
+    code = "outbox_error"
+    status = 500
+
+
+class OutboxLocked(OutboxError):
+    """Another daemon sends from this outbox; two senders would break the order and send twice."""
+
+    code = "outbox_locked"
+    status = 409
+
+
+class IdempotencyConflict(SupervisorError):
+    code = "idempotency_conflict"
+    status = 409
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    tenant: str
+    idem_key: str
+    message_id: str
+    wa_id: str
+    body_hash: str
+    to_jid: str
+    text: str
+    reply_to: str | None
+    status: str
+    error: str | None
+    written: int
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+def derive_ids(tenant: str, key: str) -> tuple[str, str]:
+    """(messageId, WhatsApp id) from (tenant, Idempotency-Key): a resend after any crash, and a retried POST, use the
+    same ids. The WhatsApp id has the shape of Baileys' own (`3EB0` + 18 uppercase hex)."""
+    h = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()
+    return "msg_" + h[:24], "3EB0" + h[32:50].upper()  # 24 hex: logs scrub runs of 32+
+
+
+def advances(old: str, new: str) -> bool:
+    """Whether a row in `old` may move to `new`: forward only; failed only before delivery; read, failed final."""
+    if old in FINAL or new not in STATUSES:
+        return False
+    if new == "failed":
+        return RANK[old] <= RANK["sent"]
+    return RANK[new] > RANK[old]
+
+
+class Outbox:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        make_private_dir(self.path.parent, tighten=0)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutboxLocked(f"outbox {self.path} is in use by another process", path=str(self.path))
+        self._lock_fd = fd
+        try:
+            for suffix in ("", "-wal", "-shm"):  # message texts: 0600 before SQLite creates -wal/-shm from it
+                if suffix == "" or os.path.lexists(f"{self.path}{suffix}"):
+                    create_private_file(Path(f"{self.path}{suffix}"))
+            db = sqlite3.connect(self.path, isolation_level=None)
+            self._db = db
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise OutboxError(f"outbox {self.path}: WAL not available")
+            db.execute("PRAGMA synchronous=FULL")  # a 202 promises the message is kept: fsync per commit
+            db.executescript(SCHEMA)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise OutboxError("outbox is not open")
+        return self._db
+
+    def _one(self, where: str, args: tuple[Any, ...]) -> Row | None:
+        r = self.db.execute(f"SELECT {_COLS} FROM outbox WHERE {where}", args).fetchone()
+        return Row(*r) if r is not None else None
+
+    def submit(self, tenant: str, key: str, body_hash: str, to: str, text: str, reply_to: str | None,
+               now: float) -> tuple[Row, bool]:
+        message_id, wa_id = derive_ids(tenant, key)
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO outbox (tenant, idem_key, message_id, wa_id, body_hash, to_jid, text, reply_to,"
+            " status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            (tenant, key, message_id, wa_id, body_hash, to, text, reply_to, now, now))
+        row = self._one("tenant = ? AND idem_key = ?", (tenant, key))
+        assert row is not None
+        if cur.rowcount == 0 and row.body_hash != body_hash:
+            raise IdempotencyConflict("this Idempotency-Key was used with another body", messageId=row.message_id)
+        return row, cur.rowcount == 1
+
+    def get(self, tenant: str, message_id: str) -> Row | None:
+        return self._one("tenant = ? AND message_id = ?", (tenant, message_id))
+
+    def next_to_send(self, tenant: str) -> Row | None:
+        return self._one("tenant = ? AND status IN ('queued', 'sending') AND written = 0 ORDER BY seq LIMIT 1",
+                         (tenant,))
+
+    def mark_sending(self, message_id: str, now: float) -> Row:
+        self.db.execute("UPDATE outbox SET status = CASE status WHEN 'queued' THEN 'sending' ELSE status END,"
+                        " attempts = attempts + 1, updated_at = ? WHERE message_id = ?", (now, message_id))
+        row = self._one("message_id = ?", (message_id,))
+        assert row is not None
+        return row
+
+    def mark_written(self, message_id: str, status: str, error: str | None, now: float) -> tuple[Row, bool]:
+        """The worker replied. Returns the row and whether its status advanced (the reply may say `failed`, or
+        `sent` when the server's ack came first)."""
+        row = self._one("message_id = ?", (message_id,))
+        assert row is not None
+        moved = advances(row.status, status)
+        self.db.execute("UPDATE outbox SET written = 1, status = ?, error = ?, updated_at = ? WHERE message_id = ?",
+                        (status if moved else row.status, error if moved else row.error, now, message_id))
+        return self._one("message_id = ?", (message_id,)), moved  # type: ignore[return-value]
+
+    def requeue(self, message_id: str, now: float, *, fail: str | None = None) -> Row:
+        """The send did not happen (worker gone, not connected, an error): hand it over again later, or give up."""
+        if fail is not None:
+            self.db.execute("UPDATE outbox SET status = 'failed', error = ?, updated_at = ? WHERE message_id = ?"
+                            " AND status IN ('queued', 'sending')", (fail, now, message_id))
+        else:
+            self.db.execute("UPDATE outbox SET written = 0, updated_at = ? WHERE message_id = ?", (now, message_id))
+        row = self._one("message_id = ?", (message_id,))
+        assert row is not None
+        return row
+
+    def set_status(self, tenant: str, wa_id: str, status: str, error: str | None, now: float) -> Row | None:
+        row = self._one("tenant = ? AND wa_id = ?", (tenant, wa_id))
+        if row is None or not advances(row.status, status):
+            return None
+        self.db.execute("UPDATE outbox SET status = ?, error = ?, updated_at = ? WHERE seq = ?",
+                        (status, error if status == "failed" else row.error, now, row.seq))
+        return self._one("seq = ?", (row.seq,))
+
+    def reopen(self, tenant: str) -> int:
+        """A new connection: nothing is known to have left on the old one unless acked, so every `sending` row is
+        handed to the worker again, with the same WhatsApp id."""
+        return self.db.execute("UPDATE outbox SET written = 0 WHERE tenant = ? AND status = 'sending' AND written = 1",
+                               (tenant,)).rowcount
+
+    def pending_tenants(self) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT tenant FROM outbox WHERE status IN ('queued', 'sending')")
+        return [r[0] for r in rows]
+
+    def prune(self, before: float) -> int:
+        """Finished rows older than `before` (their keys may then be reused)."""
+        return self.db.execute("DELETE FROM outbox WHERE status IN ('delivered', 'read', 'failed') AND updated_at < ?",
+                               (before,)).rowcount

@@ -1,0 +1,260 @@
+"""The daemon's side of sending (README "Sending messages"): the outbox (supervisor/outbox.py) on one thread, and one
+dispatch task per tenant that hands its messages to the tenant's worker in order, one at a time, within its rate.
+
+    box = OutboxDispatcher(settings.outbox, path, sup, on_status=publish)
+    await box.start()                    # opens the file; tenants with waiting messages resume at their next `open`
+    sup.observers.add(box)               # on_state (connected -> dispatch) and on_message_status (worker events)
+    answer, created = await box.submit(tenant, key, body)   # body already validated (api_messages.py)
+    await box.get(tenant, message_id)    # the status dict, or None
+    await box.aclose()
+
+A message goes to a worker only while its tenant is `connected`; otherwise it waits (queued, or sending if it was
+handed over once). Each status change calls `on_status(tenant, status_dict)` (SSE and webhook, wired by the runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .errors import NotRunning, WorkerCommandFailed, WorkerTimeout
+from .observer import TenantObserver
+from .outbox import Outbox, Row
+from .settings import OutboxSettings
+from .states import TenantState, iso
+
+log = structlog.get_logger("supervisor.outbox")
+OUTBOX_FILENAME = "outbox.sqlite3"
+CLOSE_WAIT = 10.0  # shutdown: at most this long for status updates still being written
+RETRY_DELAY = 2.0  # after a send the worker could not do (error, timeout): wait, then the same message again
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    """The canonical request: a retried POST with the same key must carry the same body (key order aside)."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())\
+        .hexdigest()
+
+
+def status_dict(row: Row) -> dict[str, Any]:
+    """GET /whatsapp/{tenant}/messages/{messageId}, SSE `message_status` and the webhook's status event."""
+    return {"messageId": row.message_id, "waMessageId": row.wa_id, "tenant": row.tenant, "to": row.to_jid,
+            "status": row.status, "error": row.error, "attempts": row.attempts, "createdAt": iso(row.created_at),
+            "updatedAt": iso(row.updated_at)}
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; `wait()` is how long until the next token (0: take it now)."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.at = rate, burst, float(burst), now
+
+    def take(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class OutboxDispatcher(TenantObserver):
+    def __init__(self, settings: OutboxSettings, path: Path, sup: Any, *,
+                 on_status: Callable[[str, dict[str, Any]], None] = lambda _t, _s: None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.settings, self.sup, self.on_status = settings, sup, on_status
+        self.clock, self.monotonic, self._sleep = clock, monotonic, sleep
+        self.box = Outbox(path)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox")  # one connection, one thread
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._closed = False
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kw))
+
+    async def start(self) -> None:
+        await self._db(self.box.open)
+        pruned = await self._db(self.box.prune, self.clock() - self.settings.keep_days * 86400)
+        waiting = await self._db(self.box.pending_tenants)
+        log.info("outbox.started", path=str(self.box.path), tenants_waiting=len(waiting), pruned=pruned)
+
+    async def aclose(self) -> None:
+        """After the workers stopped: dispatch ends (a row in flight stays `sending`: resent at the next start), the
+        status updates and webhook submits already scheduled finish (bounded), the file closes."""
+        self._closing = True
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._background:
+            _done, late = await asyncio.wait(list(self._background), timeout=CLOSE_WAIT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        self._closed = True
+        await self._db(self.box.close)  # also after a failed start: close() undoes whatever open() got to
+        self._executor.shutdown(wait=True)
+
+    # -- the API ------------------------------------------------------------------------------------------------
+    async def submit(self, tenant: str, key: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Durable when it returns. The answer is the same for a retried POST (same key, same body)."""
+        reply_to = json.dumps(body["replyTo"], sort_keys=True) if body.get("replyTo") is not None else None
+        row, created = await self._db(self.box.submit, tenant, key, body_hash(body), body["to"], body["text"],
+                                      reply_to, self.clock())
+        if created:
+            log.info("outbox.queued", tenant=tenant, message_id=row.message_id)
+            self.on_status(tenant, status_dict(row))
+            self._kick(tenant)
+        return {"messageId": row.message_id, "waMessageId": row.wa_id, "status": "queued"}, created
+
+    async def get(self, tenant: str, message_id: str) -> dict[str, Any] | None:
+        row = await self._db(self.box.get, tenant, message_id)
+        return status_dict(row) if row is not None else None
+
+    # -- what tenants report (TenantObserver: synchronous, so the work is scheduled) ----------------------------
+    def on_state(self, tenant: str, old: TenantState, new: TenantState, reason: str | None) -> None:
+        if new is TenantState.CONNECTED:
+            self._spawn(self._opened(tenant))
+
+    def on_message_status(self, tenant: str, fields: dict[str, Any]) -> None:
+        wa_id, status = fields.get("waMessageId"), fields.get("status")
+        if isinstance(wa_id, str) and isinstance(status, str):
+            error = fields.get("error") if isinstance(fields.get("error"), str) else None
+            self._spawn(self._status(tenant, wa_id, status, error))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        if self._closed:  # a worker's line after the file closed (shutdown): nothing can be recorded any more
+            coro.close()  # type: ignore[attr-defined]
+            return
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _opened(self, tenant: str) -> None:
+        n = await self._db(self.box.reopen, tenant)
+        if n:
+            log.info("outbox.resend", tenant=tenant, messages=n)
+        self._kick(tenant)
+
+    async def _status(self, tenant: str, wa_id: str, status: str, error: str | None) -> None:
+        row = await self._db(self.box.set_status, tenant, wa_id, status, error, self.clock())
+        if row is not None:
+            self._changed(row)
+
+    def _changed(self, row: Row) -> None:
+        log.info("outbox.status", tenant=row.tenant, message_id=row.message_id, status=row.status,
+                 error=row.error[:200] if row.error else None)
+        self.on_status(row.tenant, status_dict(row))
+
+    # -- dispatch: one task per tenant, one message in flight -------------------------------------------------
+    def _connected_worker(self, tenant: str) -> Any:
+        t = self.sup.tenants.get(tenant)
+        if t is None or t.state is not TenantState.CONNECTED or t.worker is None or not t.worker.alive:
+            return None
+        return t.worker
+
+    def _kick(self, tenant: str) -> None:
+        if self._closing:
+            return
+        if tenant in self._tasks:
+            self._dirty.add(tenant)
+        else:
+            self._tasks[tenant] = asyncio.get_running_loop().create_task(self._run(tenant), name=f"outbox:{tenant}")
+
+    async def _run(self, tenant: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(tenant)
+                if self._connected_worker(tenant) is None:
+                    return  # the next `connected` kicks us again
+                row = await self._db(self.box.next_to_send, tenant)
+                if row is None:
+                    if tenant in self._dirty:
+                        continue
+                    return
+                bucket = self._buckets.setdefault(tenant, TokenBucket(self.settings.rate, self.settings.burst,
+                                                                      self.monotonic()))
+                delay = bucket.take(self.monotonic())
+                while delay > 0:
+                    await self._sleep(delay)
+                    delay = bucket.take(self.monotonic())
+                await self._send(tenant, row)
+        except Exception as exc:  # a disk error, a bug: logged; the tenant's next `connected` or POST starts over
+            log.error("outbox.dispatch_failed", tenant=tenant, error=type(exc).__name__, message=str(exc)[:200])
+        finally:
+            if self._tasks.get(tenant) is asyncio.current_task():
+                del self._tasks[tenant]
+
+    async def _send(self, tenant: str, row: Row) -> None:
+        worker = self._connected_worker(tenant)
+        if worker is None:
+            return
+        # Recorded while the command goes out, not before it: after a crash a `queued` row is handed over again with
+        # the same WhatsApp id exactly like a `sending` one, so waiting for this fsync would only add latency. Its
+        # status event comes from the future's callback, which runs before any later status of this message (the
+        # one outbox thread finishes writes in order).
+        mark = asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(self.box.mark_sending, row.message_id, self.clock()))
+        mark.add_done_callback(lambda f: None if f.cancelled() or f.exception() or f.result().status == row.status
+                               else self._changed(f.result()))
+        fields: dict[str, Any] = {"to": row.to_jid, "text": row.text, "waId": row.wa_id}
+        if row.reply_to is not None:
+            fields["replyTo"] = json.loads(row.reply_to)
+        try:
+            result = await worker.request("send", self.settings.send_timeout, **fields)
+        except NotRunning:
+            return  # the worker is gone: the row stays `sending`, handed over again at the next `open`
+        except (WorkerCommandFailed, WorkerTimeout) as exc:
+            await self._send_failed(tenant, await mark, exc)
+            return
+        status = result.get("status") if result.get("status") in ("sending", "sent", "failed") else "sending"
+        error = result.get("error") if isinstance(result.get("error"), str) else None
+        row2, moved = await self._db(self.box.mark_written, row.message_id, status, error, self.clock())
+        if moved:
+            self._changed(row2)
+
+    async def _send_failed(self, tenant: str, row: Row, exc: Exception) -> None:
+        reason = getattr(exc, "details", {}).get("worker_error") or exc.code  # type: ignore[attr-defined]
+        if reason == "not_ready":  # the socket is closing while our state still says connected: the close follows
+            await self._sleep(RETRY_DELAY)
+            return
+        log.warning("outbox.send_failed", tenant=tenant, message_id=row.message_id, attempt=row.attempts,
+                    error=reason)
+        fail = f"{reason}: {str(exc)[:200]}" if row.attempts >= self.settings.max_attempts else None
+        row2 = await self._db(self.box.requeue, row.message_id, self.clock(), fail=fail)
+        if fail is not None:
+            self._changed(row2)
+        else:
+            await self._sleep(RETRY_DELAY)
+
+
+def make_outbox(settings: Any, sup: Any, forwarder: Any = None) -> OutboxDispatcher:
+    """The daemon's outbox (supervisor/runner.py): status changes go to the live events (SSE `message_status`) and,
+    with the webhook on, into its spool as `{"type": "message_status", ...}` items."""
+    path = settings.outbox.path or settings.storage.root / OUTBOX_FILENAME
+
+    def on_status(tenant: str, status: dict[str, Any]) -> None:
+        sup.events.publish(tenant, "message_status", {k: v for k, v in status.items() if k != "tenant"})
+        if forwarder is not None:
+            box._spawn(_submit(tenant, {"type": "message_status", **status}))
+
+    async def _submit(tenant: str, payload: dict[str, Any]) -> None:
+        try:
+            await forwarder.submit(tenant, payload)
+        except Exception as exc:  # noqa: BLE001 - SpoolFull is logged by the forwarder; anything else here
+            log.error("outbox.webhook_failed", tenant=tenant, error=type(exc).__name__)
+
+    box = OutboxDispatcher(settings.outbox, path, sup, on_status=on_status)
+    return box
