@@ -1,7 +1,7 @@
 // HTTP/JSON control API for the simulator, loopback only. Every answer is JSON; failures are
 // {ok:false, error:<code>, message} with a 4xx/5xx status, so pytest and curl can both check them.
 import http from 'node:http';
-import { SimError } from './server.mjs';
+import { SimError } from './errors.mjs';
 
 async function readJson(req) {
   const chunks = [];
@@ -24,8 +24,25 @@ export function makeControlServer(sim) {
     'POST /scan': (b) => sim.scan(b),
     'POST /enter-code': (b) => sim.linkCodes.enterCode(b), // the phone types a companion's link code
     'POST /kill': (b) => sim.kill(b),
-    'POST /faults': (b) => ({ ok: true, pendingFaults: sim.addFault(b) }),
-    'DELETE /faults': () => { sim.faults = []; return { ok: true, pendingFaults: [] }; },
+    'POST /faults': (b) => ({ ok: true, pendingFaults: sim.faults.add(b) }),
+    'DELETE /faults': () => ({ ok: true, pendingFaults: sim.faults.clear() }),
+    // Messages (contacts.mjs, mailbox.mjs)
+    'POST /contacts': (b) => ({ ok: true, ...sim.contacts.create(b).state() }),
+    'GET /contacts': () => ({ ok: true, contacts: sim.contacts.state() }),
+    'POST /contacts/send': (b) => sim.contacts.send(b),
+    'GET /contacts/inbox': (_b, url) => sim.contacts.inbox(url.searchParams.get('contact')),
+    'POST /contacts/receipt': (b) => sim.contacts.receipt(b),
+    'POST /receipts/drop': (b) => {
+      const key = (b.jid ?? b.device) ? sim.devices.find(b).jid : '*';
+      const count = b.count ?? 1;
+      if (!Number.isInteger(count) || count < 1) throw new SimError('bad_request', 'count must be an integer >= 1', 400);
+      return { ok: true, dropNext: sim.mailbox.dropReceipts(key, count) };
+    },
+    'POST /sends/reject': (b) => ({ ok: true, rejectNext: sim.contacts.rejectSends(b) }),
+    'GET /mailbox': () => ({ ok: true, held: sim.mailbox.held, devices: Object.fromEntries(
+      Object.entries(sim.devices.state()).map(([jid, d]) => [jid, { queue: d.queue, stats: d.stats }])) }),
+    'POST /offline/hold': () => ({ ok: true, ...sim.mailbox.hold() }),
+    'POST /offline/release': () => ({ ok: true, ...sim.mailbox.release() }),
     'GET /config': () => ({ ok: true, config: sim.config }),
     'POST /config': (b) => ({ ok: true, config: sim.configure(b) }),
     // Back to a fresh simulator: no devices, counters, faults or connections, CLI config,

@@ -43,6 +43,11 @@ export async function startSim(args = []) {
     ...ready, proc, control,
     state: () => control('GET', '/state'),
     scan: (qr, extra = {}) => control('POST', '/scan', { qr, ...extra }),
+    events: async (since = 0) => (await control('GET', `/events?since=${since}`)).events,
+    newContact: (extra = {}) => control('POST', '/contacts', extra),
+    contactSend: (from, to, text, extra = {}) => control('POST', '/contacts/send', { from, to, text, ...extra }),
+    inbox: (contact) => control('GET', `/contacts/inbox?contact=${encodeURIComponent(contact)}`),
+    contactReceipt: (contact, id, type) => control('POST', '/contacts/receipt', { contact, id, type }),
     enterCode: (phone, code, extra = {}) => control('POST', '/enter-code', { phone, code, ...extra }),
     kill: (jid, variant) => control('POST', '/kill', { jid, variant }),
     fault: (fault, extra = {}) => control('POST', '/faults', { fault, ...extra }),
@@ -51,11 +56,17 @@ export async function startSim(args = []) {
   };
 }
 
+/**
+ * Client options for message tests: the simulator never sends a history sync, and without this
+ * Baileys holds messages.upsert for 20 s after a first login (PROTOCOL.md §3.7).
+ */
+export const MESSAGING_CLIENT = { shouldSyncHistoryMessage: () => false };
+
 export const tmpAuthDir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'wa-sim-auth-'));
 
 /**
  * One Baileys socket (what one worker connection does): useMultiFileAuthState in authDir,
- * creds writes chained and awaitable (notes §3.4), connection.update recorded with timestamps.
+ * creds writes chained and awaitable (PROTOCOL.md §3.4), connection.update recorded with timestamps.
  */
 export async function openClient({ wsUrl, authDir, ...opts }) {
   const { state, saveCreds } = await B.useMultiFileAuthState(authDir);
@@ -74,6 +85,20 @@ export async function openClient({ wsUrl, authDir, ...opts }) {
   });
   rec.sock = sock;
   sock.ev.on('creds.update', () => { saving = saving.then(saveCreds); });
+  // What Baileys hands the application: every upserted message and status update, in order.
+  rec.upserts = [];
+  rec.statusUpdates = [];
+  sock.ev.on('messages.upsert', ({ messages, type }) => {
+    for (const m of messages) {
+      rec.upserts.push({ type, t: Date.now(), key: m.key, status: m.status, stub: m.messageStubType ?? null,
+        stubParams: m.messageStubParameters ?? null, text: m.message?.conversation ?? m.message?.extendedTextMessage?.text ?? null });
+    }
+    rec.emit('update', {});
+  });
+  sock.ev.on('messages.update', (updates) => {
+    for (const u of updates) rec.statusUpdates.push({ t: Date.now(), id: u.key.id, status: u.update?.status ?? null });
+    rec.emit('update', {});
+  });
   sock.ev.on('connection.update', (u) => {
     const t = Date.now();
     rec.updates.push({ t, ...u });
@@ -132,3 +157,14 @@ export async function pairAndLogin(sim, { authDir = tmpAuthDir(), scanExtra = {}
 }
 
 export const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+
+/** Poll `fn` (async) until it returns a truthy value; reject after timeoutMs with `what`. */
+export async function until(fn, timeoutMs = 10000, what = 'condition', everyMs = 50) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timeout (${timeoutMs} ms) waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}

@@ -17,11 +17,11 @@
 //  phone decrypts the bundle: a wrong code gives another shared key, so GCM fails -> iq error, nothing
 //  links, the companion keeps its registration socket (WA Web lets the user retype the code). Right code:
 //  iq result, then the QR flow's pair-success (HMAC key = HKDF(sharedEph | sharedIdentity | random,
-//  'adv_secret')), pair-device-sign check and 515 (server.mjs linkDevice).
+//  'adv_secret')), pair-device-sign check and 515 (pairing.mjs linkDevice).
 import { createCipheriv, createDecipheriv, hkdfSync, pbkdf2, randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { B } from './baileys.mjs';
-import { SimError } from './server.mjs';
+import { SimError } from './errors.mjs';
 
 const { Curve, getBinaryNodeChild, getBinaryNodeChildBuffer, getBinaryNodeChildString } = B;
 const S_WA = 's.whatsapp.net';
@@ -99,7 +99,7 @@ export class LinkCodes {
 
   /** POST /enter-code: the user types the companion's code on the phone of `phone`. */
   enterCode({ phone, code, pushName } = {}) {
-    return this.sim.phoneAction('codeEntries', 'codeEntryFailures', 'code_entry_failed',
+    return this.sim.pairing.phoneAction('codeEntries', 'codeEntryFailures', 'code_entry_failed',
       () => this.doEnter({ phone, code, pushName }));
   }
 
@@ -132,7 +132,7 @@ export class LinkCodes {
   /** primary_hello -> companion_finish -> the phone's verdict -> (right code) pair-success. */
   async exchange(number, p, typed, pushName) {
     const { conn } = p;
-    const account = this.sim.accountFor(number, pushName);
+    const account = this.sim.pairing.accountFor(number, pushName);
     // The phone unwraps the companion's ephemeral key with the typed code (AES-CTR: a wrong code
     // silently gives another key) and wraps its own with the same code.
     const [salt, iv] = [randomBytes(32), randomBytes(16)];
@@ -170,7 +170,7 @@ export class LinkCodes {
     this.iqAnswer(conn, finish.attrs.id, 'result');
     const companionAcked = await ackP;
     this.pending.delete(number);
-    const linked = await this.sim.linkDevice(conn, {
+    const linked = await this.sim.pairing.linkDevice(conn, {
       account, identityPub: conn.reg.identityPub, noisePub: conn.reg.noisePub,
       advSecret: opened.advSecret, platformId: p.platformId, via: 'code'
     });

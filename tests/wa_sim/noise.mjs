@@ -1,6 +1,6 @@
 // Server side of WhatsApp's Noise XX handshake + frame transport.
 // Baileys only ships the client half (makeNoiseHandler: fixed key direction, sends the intro),
-// so this mirrors it from the other end. See notes §1 "Transport" for the derivation.
+// so this mirrors it from the other end. See PROTOCOL.md §1 "Transport" for the derivation.
 import { B, realVerify } from './baileys.mjs';
 
 const { Curve, hkdf, sha256, aesEncryptGCM, aesDecryptGCM, proto, NOISE_MODE, NOISE_WA_HEADER,
@@ -31,7 +31,7 @@ export function makeServerIdentity(root) {
     leaf: { details: leafDetails, signature: Curve.sign(intermediate.private, leafDetails) }
   };
   // Self-check with a verifier that actually verifies, so the chain keeps working once
-  // Baileys' Curve.verify is fixed (notes §3.1).
+  // Baileys' Curve.verify is fixed (PROTOCOL.md §3.1).
   if (!realVerify(root.public, interDetails, chain.intermediate.signature) ||
       !realVerify(intermediate.public, leafDetails, chain.leaf.signature)) {
     throw new Error('simulator certificate chain does not verify (bug)');

@@ -1,8 +1,9 @@
 // The simulated phone: the primary device that "scans" a companion's QR code.
 // It owns the account signature key (ADV account key) and builds the pair-success identity
-// exactly in the three layers Baileys' configureSuccessfulPairing unpacks (notes §1 phase 2).
+// exactly in the three layers Baileys' configureSuccessfulPairing unpacks (PROTOCOL.md §1 phase 2).
 import { createHmac, randomInt } from 'node:crypto';
 import { B, realVerify } from './baileys.mjs';
+import { Contact } from './contact.mjs';
 
 const { Curve, proto, WA_ADV_ACCOUNT_SIG_PREFIX, WA_ADV_DEVICE_SIG_PREFIX } = B;
 export const QR_PREFIX = 'https://wa.me/settings/linked_devices#';
@@ -29,7 +30,7 @@ export function parseQr(qr) {
   return { ref, noisePub, identityPub, advSecret, platformId };
 }
 
-/** A phone account: a number, a LID user, an ADV account key, and its linked devices. */
+/** A phone account: a number, a LID user, an ADV account key, its phone (device 0) and its linked devices. */
 export class PhoneAccount {
   constructor(phone, pushName) {
     this.phone = String(phone);
@@ -38,6 +39,8 @@ export class PhoneAccount {
     this.pushName = pushName ?? null;
     this.nextDevice = 1; // device 0 is the phone itself
     this.nextKeyIndex = 1;
+    // The phone as a Signal device: companions fan their sent messages out to it (copies).
+    this.device0 = new Contact({ phone: this.phone, lidUser: this.lidUser, pushName: this.pushName });
   }
 
   /**

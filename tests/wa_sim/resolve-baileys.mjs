@@ -1,5 +1,5 @@
 // Find the Baileys copy the *running program* uses, so a preload patches that module instance
-// (notes §3.2). Baileys has no `exports` map, so lib/Defaults/index.js resolved from the same
+// (PROTOCOL.md §3.2). Baileys has no `exports` map, so lib/Defaults/index.js resolved from the same
 // package dir is the very file URL Baileys' own `../Defaults/index.js` import loads.
 import { createRequire } from 'node:module';
 import path from 'node:path';

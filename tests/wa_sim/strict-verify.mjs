@@ -1,5 +1,5 @@
 // TEST-ONLY preload emulating a fixed Baileys: Curve.verify honours libsignal's boolean.
-// In rc14 it returns true for ANY 64-byte signature (notes §3.1), which would make the
+// In rc14 it returns true for ANY 64-byte signature (PROTOCOL.md §3.1), which would make the
 // wrong-root test meaningless. The worker gets its own fix; tests apply this one in-process.
 import { createRequire } from 'node:module';
 import path from 'node:path';

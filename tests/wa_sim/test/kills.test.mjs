@@ -1,5 +1,5 @@
 // Every kill variant against a logged-in real Baileys client, and the statusCode it reports
-// (notes §5). After each non-401 kill the same creds log in again without a re-scan.
+// (PROTOCOL.md §5). After each non-401 kill the same creds log in again without a re-scan.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSim, openClient, pairAndLogin } from '../harness.mjs';
