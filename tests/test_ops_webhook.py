@@ -13,7 +13,7 @@ from ops_helpers import SECRET, H, config, free_port, spawn, wait_log, write
 
 
 def msg(i: int) -> dict:
-    return {"emit": {"type": "message", "upsertType": "notify", "messages": [{"key": {"id": f"m{i}"}, "n": i}]}}
+    return {"emit": {"type": "message", "upsertType": "notify", "messages": [{"key": {"id": f"m{i}"}, "n": i}], "ref": f"r{i}"}}
 
 
 @pytest.mark.timeout(60)

@@ -17,6 +17,7 @@ export function installLifecycle(w) {
     if (!w.auth) return;
     try {
       await w.auth.flush();
+      await w.journal?.flush(); // acked tombstones: a replayed stanza is then answered, not re-emitted
     } catch (err) {
       w.emit({ type: 'error', code: 'auth_write_failed', message: String(err?.message ?? err), fatal: true });
       w.exitCode = 1;

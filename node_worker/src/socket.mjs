@@ -1,8 +1,7 @@
 // The worker's one Baileys socket: create it, translate its events into protocol events, and end the process
 // when it closes (one socket per process lifetime; the daemon decides what follows).
 import { isRegistered } from './creds.mjs';
-import { encodeMessageEvents } from './protocol.mjs';
-import { toJsonSafe } from './jsonsafe.mjs';
+import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs';
 
 /** The socket closed: flush, report `close`, exit. */
 async function onClose(w, lastDisconnect) {
@@ -82,29 +81,21 @@ function onCredsUpdate(w) {
   };
 }
 
-function onMessagesUpsert(w) {
-  return ({ messages, type }) => {
-    let safe;
-    try {
-      safe = toJsonSafe(messages);
-    } catch (err) {
-      w.emit({ type: 'error', code: 'message_encode_failed', message: String(err?.message ?? err), fatal: false });
-      return;
-    }
-    const { lines, errors } = encodeMessageEvents(type, safe);
-    for (const line of lines) w.emitter.writeLine(line);
-    for (const e of errors) w.emit(e);
-  };
-}
-
 /** makeWASocket on the loaded auth state, with every listener the protocol needs. */
 export function openSocket(w, version) {
   const { settings } = w;
+  const baseRepository = w.baileys.DEFAULT_CONNECTION_CONFIG.makeSignalRepository;
   const sock = w.baileys.default({
     auth: w.auth.state,
     version,
     browser: settings.browser,
     logger: w.logger,
+    // We forward no history (docs/protocol.md): without this a first login buffers every upsert for 20 s waiting
+    // for a history sync (Socket/chats.js, AwaitingInitialSync).
+    shouldSyncHistoryMessage: () => false,
+    // The decrypt journal (journal.mjs): durable before the receipt. `keys` is Baileys' transaction-capable store.
+    ...(w.journal ? { makeSignalRepository: (auth, logger, pnToLid) =>
+      w.journal.wrapRepository(baseRepository(auth, logger, pnToLid), auth.keys) } : {}),
     ...(settings.waUrl ? { waWebSocketUrl: settings.waUrl } : {}),
     ...settings.socketOptions,
   });
@@ -121,6 +112,11 @@ export function openSocket(w, version) {
   });
   sock.ev.on('connection.update', onConnectionUpdates(w, serverTime));
   sock.ev.on('creds.update', onCredsUpdate(w));
+  // Registered after Baileys' own CB:message handler, but that one reaches decrypt only after an await: ours, which
+  // is synchronous, has noted the stanza's envelope by then.
+  if (w.journal) sock.ws.on('CB:message', w.journal.noteStanza);
   sock.ev.on('messages.upsert', onMessagesUpsert(w));
+  sock.ev.on('messages.update', onMessagesUpdate(w));
+  reemitPending(w); // what an earlier worker journaled but the daemon never acked
   return sock;
 }
