@@ -101,7 +101,7 @@ class Daemon:
         sup = self.sup = self.sup or Supervisor(s)
         self._forwarder = make_forwarder(s.webhook, s.storage.root, sup.metrics)
         if self._forwarder is not None:
-            self._sink = sup.on_message = MessageSink(self._forwarder)
+            self._sink = sup.on_message = MessageSink(self._forwarder, sup.worker_command)
             await self._forwarder.start()
         app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder)
         self._api, port = await start_api(app, s.api.host, s.api.port)

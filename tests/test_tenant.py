@@ -128,7 +128,7 @@ async def test_heartbeat_timeout_kills_and_backs_off(make_settings, fake_state):
 
 
 async def test_protocol_mismatch_fails(make_settings):
-    sup = sup_for(make_settings([{"hello": {"protocol": 2}}, {"wait": True}]))
+    sup = sup_for(make_settings([{"hello": {"protocol": 999}}, {"wait": True}]))
     await sup.start_tenant("t")
     st = await settle(sup, "t", "failed")
     assert st["stateReason"] == "protocol_mismatch"
