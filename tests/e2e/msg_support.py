@@ -71,7 +71,8 @@ def make_daemon_with_webhook(tmp: Path, sim: Simulator, receiver: Receiver, mark
     workdir = tmp / name
     workdir.mkdir(exist_ok=True)
     cfg = daemon_config(tmp / "storage", free_port(), sim.ws_url, marker=marker,
-                        worker={"env": worker_env or {}}, restart={"stable_after": 1.0})
+                        worker={"env": worker_env or {}},
+                        restart={"stable_after": 1.0, "initial_delay": 0.05, "max_delay": 0.3})
     cfg["webhook"] = {"url": receiver.url, "secret": "", "initial_delay": 0.05, "max_delay": 0.3, "jitter": 0.0,
                       **(webhook or {})}
     d = Daemon(workdir, cfg)

@@ -74,3 +74,112 @@ def test_contact_messages_reach_the_webhook_with_text_and_a_stable_key(sim, rece
     # The journal only keeps tombstones once the daemon acked (no plaintext left behind).
     jdir = tmp_path / "storage" / "whatsapp" / "t" / "auth" / "journal"
     wait_for(lambda: all('"pt"' not in p.read_text() for p in jdir.glob("*.json")), 10, "acked journal entries")
+
+
+def test_twenty_offline_messages_arrive_in_order_once(sim, receiver, contacts, marker, tmp_path):
+    d, jid = linked(tmp_path, sim, receiver, marker)
+    bob = contacts.new("Bob")
+    code, body = d.call("POST", "/whatsapp/t/stop")
+    assert code == 200, body
+    sent = [contacts.send(bob, jid, f"offline {i:02d}")["id"] for i in range(20)]
+    assert contacts.queued(jid) == 20  # the worker is down: WhatsApp (the simulator) keeps them
+    assert sim.call("POST", "/config", {"offlineHoldMs": 3000})["ok"]
+    t0 = time.monotonic()
+    d.start_tenant("t")
+    wait_texts(receiver, [f"offline {i:02d}" for i in range(20)], 40)
+    assert time.monotonic() - t0 >= 2.5  # they came with the offline batch, after the held <ib><offline>
+    msgs = receiver.messages("t")
+    assert [m["id"] for m in msgs] == sent  # in order, each once
+    assert {m["upsertType"] for m in msgs} == {"append"}
+    assert_one_id_per_message(receiver, "t")
+    wait_for(lambda: contacts.queued(jid) == 0, 10, "queue emptied by receipts")
+    assert contacts.error_acks(jid) == {}
+
+
+def _connected_pid(d, old: int | None = None, timeout: float = 30.0) -> int:
+    st = d.wait_status("t", lambda s: s["connected"] and s["pid"] not in (None, old), timeout, "a new connected worker")
+    return st["pid"]
+
+
+def _check_nothing_lost(sim, receiver, contacts, jid: str, texts: list[str], timeout: float = 60.0) -> None:
+    wait_texts(receiver, texts, timeout)
+    ids = assert_one_id_per_message(receiver, "t")
+    assert len(ids) == len(texts)
+    assert contacts.error_acks(jid) == {}, "error acks (487 = key used already, 500 = no session): not decrypted"
+    assert sim.counters()["tenantRetryReceipts"] == 0
+    wait_for(lambda: contacts.queued(jid) == 0, 20, "every message acknowledged to the server")
+
+
+def test_sigkill_after_the_offline_receipt_before_the_upsert(sim, receiver, contacts, marker, tmp_path):
+    """(a) The server has the receipt, Baileys still holds the upsert (its buffer waits for <ib><offline>): a SIGKILL
+    here lost the message for good before the journal."""
+    rounds = max(1, KILLS * 10 // 100)
+    d, jid = linked(tmp_path, sim, receiver, marker)
+    bob = contacts.new("Bob")
+    assert sim.call("POST", "/offline/hold")["ok"]  # every later login: receipts go out, upserts stay buffered
+    pid = _connected_pid(d)
+    texts = []
+    for r in range(rounds):
+        batch = [f"a{r}-{i}" for i in range(2)]
+        for t in batch:
+            contacts.send(bob, jid, t)
+        texts += batch
+        before = contacts.receipts(jid)
+        kill9(pid)
+        pid = _connected_pid(d, pid)
+        wait_for(lambda b=before: contacts.receipts(jid) >= b + len(batch), 20, "receipts of the offline batch")
+    kill9(pid)  # the last batch too: receipted, never upserted
+    _connected_pid(d, pid)
+    sim.call("POST", "/offline/release")
+    _check_nothing_lost(sim, receiver, contacts, jid, texts)
+
+
+def test_sigkill_after_the_journal_write_before_the_receipt(sim, receiver, contacts, marker, tmp_path):
+    """(b) Each worker SIGKILLs itself right after its first journal write: the ratchet is not committed... or is, and
+    the receipt never left. The server redelivers; the journal answers (no 487, no stub)."""
+    n = max(1, KILLS * 20 // 100)
+    d, jid = linked(tmp_path, sim, receiver, marker, env={"BSUP_TEST_KILL_AFTER_JOURNAL": "1"})
+    bob = contacts.new("Bob")
+    texts = [f"b{i:02d}" for i in range(n)]
+    for t in texts:
+        contacts.send(bob, jid, t)
+    _check_nothing_lost(sim, receiver, contacts, jid, texts, timeout=30 + 3 * n)
+    assert d.status("t")["restarts"] >= n if JOURNAL_ENV["BSUP_JOURNAL"] != "off" else True
+    assert receiver.texts("t") == sorted(receiver.texts("t"))  # order held across the kills
+
+
+def test_sigkill_of_the_worker_at_random_moments_while_messages_flow(sim, receiver, contacts, marker, tmp_path):
+    kills = max(1, KILLS * 60 // 100)
+    rng = random.Random(int(os.environ.get("E2E_SEED", time.time())))
+    d, jid = linked(tmp_path, sim, receiver, marker)
+    bob = contacts.new("Bob")
+    texts, pid = [], _connected_pid(d)
+    for k in range(kills):
+        for i in range(rng.randint(1, 3)):
+            texts.append(f"r{k:03d}-{i}")
+            contacts.send(bob, jid, texts[-1])
+        time.sleep(rng.uniform(0.0, 0.15))  # somewhere in decrypt -> journal -> receipt -> upsert -> line -> ack
+        kill9(pid)
+        pid = _connected_pid(d, pid)
+    _check_nothing_lost(sim, receiver, contacts, jid, texts)
+
+
+def test_sigkill_of_the_daemon_with_message_lines_in_flight(sim, receiver, contacts, marker, tmp_path):
+    """(c) The daemon dies between the worker's line and its spool commit (or between the commit and the ack); the
+    worker exits on stdin EOF; the next daemon's worker re-emits what was never acked."""
+    kills = max(1, KILLS * 10 // 100)
+    rng = random.Random(int(os.environ.get("E2E_SEED", time.time())))
+    d, jid = linked(tmp_path, sim, receiver, marker)
+    d.config["tenants"]["boot"] = ["t"]
+    d.config_path.write_text(__import__("json").dumps(d.config))
+    bob = contacts.new("Bob")
+    texts = []
+    for k in range(kills):
+        for i in range(rng.randint(2, 4)):
+            texts.append(f"c{k:02d}-{i}")
+            contacts.send(bob, jid, texts[-1])
+        time.sleep(rng.uniform(0.0, 0.1))
+        d.kill9()
+        d.start()
+        _connected_pid(d)
+    _check_nothing_lost(sim, receiver, contacts, jid, texts)
