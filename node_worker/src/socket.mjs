@@ -85,14 +85,17 @@ function onCredsUpdate(w) {
 export function openSocket(w, version) {
   const { settings } = w;
   const baseRepository = w.baileys.DEFAULT_CONNECTION_CONFIG.makeSignalRepository;
+  const HISTORY = w.baileys.proto.HistorySync.HistorySyncType;
   const sock = w.baileys.default({
     auth: w.auth.state,
     version,
     browser: settings.browser,
     logger: w.logger,
-    // We forward no history (docs/protocol.md): without this a first login buffers every upsert for 20 s waiting
-    // for a history sync (Socket/chats.js, AwaitingInitialSync).
-    shouldSyncHistoryMessage: () => false,
+    // We forward no message history (docs/protocol.md, "Incoming"): RECENT and FULL syncs are skipped, so a first
+    // login does not buffer every upsert for 20 s waiting for one (Socket/chats.js, AwaitingInitialSync asks about
+    // RECENT). The other types stay on: INITIAL_BOOTSTRAP and NON_BLOCKING_DATA carry the PN<->LID mappings, and
+    // Baileys warns that sessions break without them (Socket/socket.js).
+    shouldSyncHistoryMessage: ({ syncType }) => syncType !== HISTORY.RECENT && syncType !== HISTORY.FULL,
     // The decrypt journal (journal.mjs): durable before the receipt. `keys` is Baileys' transaction-capable store.
     ...(w.journal ? { makeSignalRepository: (auth, logger, pnToLid) =>
       w.journal.wrapRepository(baseRepository(auth, logger, pnToLid), auth.keys) } : {}),
