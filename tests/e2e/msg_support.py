@@ -19,13 +19,15 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
+        self.status_for: dict[str, int] = {}  # tenant -> status, overrides `status` (one slow/failing tenant)
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status = receiver.status
+                tenant = json.loads(body).get("tenantId")
+                status = receiver.status_for.get(tenant, receiver.status)
                 if status == 200:
                     with receiver.lock:
                         receiver.requests.append({"key": self.headers.get("Idempotency-Key"),

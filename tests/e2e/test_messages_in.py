@@ -183,3 +183,48 @@ def test_sigkill_of_the_daemon_with_message_lines_in_flight(sim, receiver, conta
         d.start()
         _connected_pid(d)
     _check_nothing_lost(sim, receiver, contacts, jid, texts)
+
+
+def test_a_full_spool_stops_intake_and_whatsapp_keeps_the_messages(sim, receiver, contacts, marker, tmp_path):
+    max_unacked = 2
+    receiver.status = 503  # the web app is down: the spool fills up
+    d, jid = linked(tmp_path, sim, receiver, marker, env={"BSUP_JOURNAL_MAX_UNACKED": str(max_unacked)},
+                    webhook={"max_items": 3})
+    bob = contacts.new("Bob")
+    texts = [f"full {i:02d}" for i in range(10)]
+    for t in texts:
+        contacts.send(bob, jid, t)
+    # 3 spooled and acked, 2 journaled but refused by the spool, then the worker decrypts nothing more.
+    wait_for(lambda: any(e.get("event") == "webhook.tenant_held" for e in d.log_events()), 30, "tenant held")
+    wait_for(lambda: contacts.receipts(jid) >= 3 + max_unacked, 30, "receipts up to the bound")
+    assert contacts.receipts(jid) == 3 + max_unacked
+    assert contacts.queued(jid) == len(texts) - 3 - max_unacked  # still WhatsApp's: no receipt went out for them
+    code, stats = d.call("GET", "/webhook")
+    assert code == 200 and stats["queued"] == 3 and stats["refused"] >= 1, stats
+    receiver.status = 200  # the web app is back: the spool drains, the daemon replays, intake resumes
+    wait_texts(receiver, texts, 60)
+    msgs = receiver.messages("t")
+    first = {}
+    for m in msgs:
+        first.setdefault(m["text"], len(first))
+    assert sorted(first, key=first.get) == texts  # in order (a refused one is never overtaken)
+    assert_one_id_per_message(receiver, "t")
+    wait_for(lambda: contacts.queued(jid) == 0, 20, "queue drained")
+    assert contacts.error_acks(jid) == {}
+
+
+def test_order_per_tenant_and_a_failing_tenant_does_not_block_another(sim, receiver, contacts, marker, tmp_path):
+    d = make_daemon_with_webhook(tmp_path, sim, receiver, marker, worker_env=JOURNAL_ENV)
+    jids = {t: pair(d, sim, t)["scan"]["jid"] for t in ("t1", "t2")}
+    bob = contacts.new("Bob")
+    receiver.status_for["t1"] = 503  # the web app fails for t1 only
+    for i in range(10):
+        for t in ("t1", "t2"):
+            contacts.send(bob, jids[t], f"{t} {i:02d}")
+    want2 = [f"t2 {i:02d}" for i in range(10)]
+    wait_texts(receiver, want2, 30, tenant="t2")
+    assert receiver.texts("t2") == want2 and receiver.texts("t1") == []
+    receiver.status_for.pop("t1")
+    want1 = [f"t1 {i:02d}" for i in range(10)]
+    wait_texts(receiver, want1, 30, tenant="t1")
+    assert receiver.texts("t1") == want1
