@@ -46,6 +46,25 @@ export function journalOptions(env = process.env) {
   };
 }
 
+/** BSUP_JOURNAL=off with BSUP_TEST_KILL_AFTER_JOURNAL=N (tests only): SIGKILL right after the N-th decrypt has
+ *  committed the ratchet, before the receipt: what the journal prevents (the redelivery then fails with 487 or a
+ *  CIPHERTEXT stub). */
+export function killAfterDecrypts(inner, n) {
+  let count = 0;
+  const after = async (p) => {
+    const pt = await p;
+    if (++count >= n) process.kill(process.pid, 'SIGKILL');
+    return pt;
+  };
+  return new Proxy(inner, {
+    get(target, prop, receiver) {
+      if (prop === 'decryptMessage') return (args) => after(target.decryptMessage(args));
+      if (prop === 'decryptGroupMessage') return (args) => after(target.decryptGroupMessage(args));
+      return Reflect.get(target, prop, receiver);
+    },
+  });
+}
+
 export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked = DEFAULT_MAX_UNACKED,
   killAfterWrites = 0, now = Date.now } = {}) {
   const dir = join(authDir, 'journal');

@@ -2,6 +2,7 @@
 // when it closes (one socket per process lifetime; the daemon decides what follows).
 import { isRegistered } from './creds.mjs';
 import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs';
+import { killAfterDecrypts } from './journal.mjs';
 
 /** The socket closed: flush, report `close`, exit. */
 async function onClose(w, lastDisconnect) {
@@ -99,6 +100,8 @@ export function openSocket(w, version) {
     // The decrypt journal (journal.mjs): durable before the receipt. `keys` is Baileys' transaction-capable store.
     ...(w.journal ? { makeSignalRepository: (auth, logger, pnToLid) =>
       w.journal.wrapRepository(baseRepository(auth, logger, pnToLid), auth.keys) } : {}),
+    ...(!w.journal && w.killAfterDecrypts ? { makeSignalRepository: (auth, logger, pnToLid) =>
+      killAfterDecrypts(baseRepository(auth, logger, pnToLid), w.killAfterDecrypts) } : {}),
     ...(settings.waUrl ? { waWebSocketUrl: settings.waUrl } : {}),
     ...settings.socketOptions,
   });

@@ -107,6 +107,7 @@ async function openAuth(w) {
   }
   const { openJournal, journalOptions } = await import('./journal.mjs');
   const { enabled, ...journalOpts } = journalOptions();
+  if (!enabled) w.killAfterDecrypts = journalOpts.killAfterWrites; // test hook without the journal (journal.mjs)
   if (enabled) {
     try {
       w.journal = await openJournal(w.settings.authDir, { ...journalOpts,
