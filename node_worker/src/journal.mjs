@@ -71,6 +71,7 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
   await prepareDir(dir);
   const files = makeAuthFiles(dir, { onWriteError });
   const entries = new Map(); // hash -> entry (unacked or tombstone)
+  const byRef = new Map(); // ref -> Set of hashes (a message with several enc children has several entries)
   const envelopes = new Map(); // hash -> stanza attrs + enc attrs, from the CB:message listener (this process)
   const byStanza = new Map(); // stanzaKey -> ref of the message (several enc children share one ref)
   const byWaId = new Map(); // WhatsApp message id -> ref (to find the ref of an upsert)
@@ -78,6 +79,23 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
   let waiters = [];
   let seq = 0;
   let writes = 0;
+  let unackedCount = 0; // kept in step with `entries`: the backpressure check runs per stanza
+  let tombCount = 0;
+  const drop = (e) => {
+    const old = entries.get(e.hash);
+    if (!old) return;
+    entries.delete(e.hash);
+    if (old.acked) tombCount--; else unackedCount--;
+    byRef.get(old.ref)?.delete(old.hash);
+    if (byRef.get(old.ref)?.size === 0) byRef.delete(old.ref);
+  };
+  const put = (e) => {
+    drop(e);
+    entries.set(e.hash, e);
+    if (e.acked) tombCount++; else unackedCount++;
+    if (!byRef.has(e.ref)) byRef.set(e.ref, new Set());
+    byRef.get(e.ref).add(e.hash);
+  };
 
   for (const name of await readdir(dir)) {
     if (!name.endsWith('.json')) continue;
@@ -88,35 +106,35 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
       continue; // unreadable: the atomic writer never leaves a torn file, so this is foreign; leave it alone
     }
     if (!e?.hash) continue;
-    entries.set(e.hash, e);
+    put(e);
     seq = Math.max(seq, e.seq ?? 0);
     if (!e.acked && e.envelope?.attrs?.id) byWaId.set(e.envelope.attrs.id, e.ref);
   }
 
   const unacked = () => [...entries.values()].filter((e) => !e.acked);
-  let unackedCount = 0; // kept in step with `entries` (the backpressure check runs per stanza)
-  const recount = () => { unackedCount = unacked().length; };
-  const refEntries = (ref) => [...entries.values()].filter((e) => e.ref === ref);
+  const refEntries = (ref) => [...(byRef.get(ref) ?? [])].map((h) => entries.get(h)).filter(Boolean);
   const wake = () => {
-    recount();
     if (unackedCount >= maxUnacked) return;
     const ws = waiters;
     waiters = [];
     for (const resolve of ws) resolve();
   };
 
-  const pruneTombstones = () => {
+  // Pruning sorts every tombstone: done at open, then only once the cap is well exceeded or hourly.
+  let lastPrune = 0;
+  const pruneTombstones = (force = false) => {
+    if (!force && tombCount < MAX_TOMBSTONES + 500 && now() - lastPrune < 3600 * 1000) return;
+    lastPrune = now();
     const tombs = [...entries.values()].filter((e) => e.acked).sort((a, b) => a.acked - b.acked);
     const cutoff = now() - TOMBSTONE_MS;
     tombs.forEach((e, i) => {
       if (e.acked < cutoff || i < tombs.length - MAX_TOMBSTONES) {
-        entries.delete(e.hash);
+        drop(e);
         files.remove(`${e.hash}.json`).catch(() => {});
       }
     });
   };
-  pruneTombstones();
-  recount();
+  pruneTombstones(true);
 
   /** The CB:message listener: runs synchronously when the stanza arrives, before Baileys reaches decrypt. */
   const noteStanza = (node) => {
@@ -125,6 +143,8 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
       if (child?.tag !== 'enc' || !(child.content instanceof Uint8Array)) continue;
       envelopes.set(hashOf(child.attrs.type, child.content), { attrs: { ...node.attrs }, enc: { ...child.attrs } });
     }
+    // A stanza that never reaches decrypt (a plaintext ad, a refused one) leaves its envelope here: keep the newest.
+    while (envelopes.size > 1000) envelopes.delete(envelopes.keys().next().value);
   };
 
   const record = async (hash, pt) => {
@@ -142,8 +162,7 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
       // Baileys answer with an error ack, and the server drops what it gets an ack for.
       await new Promise(() => {});
     }
-    entries.set(hash, entry);
-    recount();
+    put(entry);
     writes += 1;
     if (killAfterWrites && writes >= killAfterWrites) process.kill(process.pid, 'SIGKILL'); // test hook (b)
   };
@@ -220,12 +239,15 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
       for (const e of refEntries(ref)) {
         if (e.acked) continue;
         const tomb = { hash: e.hash, ref: e.ref, msgKey: e.msgKey, at: e.at, acked: t };
-        entries.set(e.hash, tomb);
+        put(tomb);
+        byStanza.delete(e.msgKey); // only needed while its enc children are decrypted
         writes_.push(files.write(tomb, `${e.hash}.json`));
       }
     }
     wake();
     pruneTombstones();
+    // byWaId maps an upsert to its ref, also for a late redelivery: keep the newest ids only.
+    while (byWaId.size > 10000) byWaId.delete(byWaId.keys().next().value);
     await Promise.allSettled(writes_);
   };
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +32,7 @@ class Receiver:
                 if status == 200:
                     with receiver.lock:
                         receiver.requests.append({"key": self.headers.get("Idempotency-Key"),
-                                                  "body": json.loads(body)})
+                                                  "body": json.loads(body), "t": time.monotonic()})
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -57,7 +58,8 @@ class Receiver:
             msg = m.get("message") or {}
             out.append({"key": r["key"], "tenant": r["body"]["tenantId"], "id": m["key"]["id"],
                         "text": msg.get("conversation"), "upsertType": p.get("upsertType"),
-                        "recovered": p.get("recovered"), "stub": m.get("messageStubType"), "eventId": p["eventId"]})
+                        "recovered": p.get("recovered"), "stub": m.get("messageStubType"), "eventId": p["eventId"],
+                        "t": r["t"]})
         return out
 
     def texts(self, tenant: str | None = None) -> list[str]:

@@ -38,6 +38,21 @@ def contacts(sim) -> Contacts:
     return Contacts(sim)
 
 
+@pytest.fixture
+def make_msg_daemon(tmp_path, sim, receiver, marker):
+    """make_msg_daemon(**kw) -> a started daemon with the webhook on this test's receiver; stopped at teardown."""
+    made = []
+
+    def factory(env: dict | None = None, **kw):
+        d = make_daemon_with_webhook(tmp_path, sim, receiver, marker, worker_env={**JOURNAL_ENV, **(env or {})}, **kw)
+        made.append(d)
+        return d
+
+    yield factory
+    for d in made:
+        d.stop()
+
+
 def kill9(pid: int | None) -> None:
     if pid:
         try:
@@ -50,14 +65,14 @@ def event_id(tenant: str, remote_jid: str, wa_id: str, variant: str = "content")
     return hashlib.sha256(f"{tenant}|{remote_jid}|0|{wa_id}|{variant}".encode()).hexdigest()
 
 
-def linked(tmp_path: Path, sim, receiver, marker, tid: str = "t", env: dict | None = None, **kw):
-    d = make_daemon_with_webhook(tmp_path, sim, receiver, marker, worker_env={**JOURNAL_ENV, **(env or {})}, **kw)
+def linked(make_msg_daemon, sim, tid: str = "t", **kw):
+    d = make_msg_daemon(**kw)
     res = pair(d, sim, tid)
     return d, res["scan"]["jid"]
 
 
-def test_contact_messages_reach_the_webhook_with_text_and_a_stable_key(sim, receiver, contacts, marker, tmp_path):
-    d, jid = linked(tmp_path, sim, receiver, marker)
+def test_contact_messages_reach_the_webhook_with_text_and_a_stable_key(sim, receiver, contacts, make_msg_daemon, tmp_path):
+    d, jid = linked(make_msg_daemon, sim)
     bob = contacts.new("Bob")
     first = contacts.send(bob, jid, "hello from bob")
     assert [dev["type"] for dev in first["devices"]] == ["pkmsg"]
@@ -76,8 +91,8 @@ def test_contact_messages_reach_the_webhook_with_text_and_a_stable_key(sim, rece
     wait_for(lambda: all('"pt"' not in p.read_text() for p in jdir.glob("*.json")), 10, "acked journal entries")
 
 
-def test_twenty_offline_messages_arrive_in_order_once(sim, receiver, contacts, marker, tmp_path):
-    d, jid = linked(tmp_path, sim, receiver, marker)
+def test_twenty_offline_messages_arrive_in_order_once(sim, receiver, contacts, make_msg_daemon, tmp_path):
+    d, jid = linked(make_msg_daemon, sim)
     bob = contacts.new("Bob")
     code, body = d.call("POST", "/whatsapp/t/stop")
     assert code == 200, body
@@ -110,11 +125,11 @@ def _check_nothing_lost(sim, receiver, contacts, jid: str, texts: list[str], tim
     wait_for(lambda: contacts.queued(jid) == 0, 20, "every message acknowledged to the server")
 
 
-def test_sigkill_after_the_offline_receipt_before_the_upsert(sim, receiver, contacts, marker, tmp_path):
+def test_sigkill_after_the_offline_receipt_before_the_upsert(sim, receiver, contacts, make_msg_daemon, tmp_path):
     """(a) The server has the receipt, Baileys still holds the upsert (its buffer waits for <ib><offline>): a SIGKILL
     here lost the message for good before the journal."""
     rounds = max(1, KILLS * 10 // 100)
-    d, jid = linked(tmp_path, sim, receiver, marker)
+    d, jid = linked(make_msg_daemon, sim)
     bob = contacts.new("Bob")
     assert sim.call("POST", "/offline/hold")["ok"]  # every later login: receipts go out, upserts stay buffered
     pid = _connected_pid(d)
@@ -134,12 +149,12 @@ def test_sigkill_after_the_offline_receipt_before_the_upsert(sim, receiver, cont
     _check_nothing_lost(sim, receiver, contacts, jid, texts)
 
 
-def test_sigkill_after_the_journal_write_before_the_receipt(sim, receiver, contacts, marker, tmp_path):
+def test_sigkill_after_the_journal_write_before_the_receipt(sim, receiver, contacts, make_msg_daemon, tmp_path):
     """(b) Each worker SIGKILLs itself right after its first journal write, before the ratchet commit and the
     receipt. The server redelivers; the journal answers (no 487, no stub). With E2E_JOURNAL=off the hook fires after
     the ratchet commit instead, and the redelivery fails (487): what the journal prevents."""
     n = max(1, KILLS * 20 // 100)
-    d, jid = linked(tmp_path, sim, receiver, marker, env={"BSUP_TEST_KILL_AFTER_JOURNAL": "1"})
+    d, jid = linked(make_msg_daemon, sim, env={"BSUP_TEST_KILL_AFTER_JOURNAL": "1"})
     bob = contacts.new("Bob")
     texts = [f"b{i:02d}" for i in range(n)]
     for t in texts:
@@ -149,10 +164,10 @@ def test_sigkill_after_the_journal_write_before_the_receipt(sim, receiver, conta
     assert receiver.texts("t") == sorted(receiver.texts("t"))  # order held across the kills
 
 
-def test_sigkill_of_the_worker_at_random_moments_while_messages_flow(sim, receiver, contacts, marker, tmp_path):
+def test_sigkill_of_the_worker_at_random_moments_while_messages_flow(sim, receiver, contacts, make_msg_daemon, tmp_path):
     kills = max(1, KILLS * 60 // 100)
     rng = random.Random(int(os.environ.get("E2E_SEED", time.time())))
-    d, jid = linked(tmp_path, sim, receiver, marker)
+    d, jid = linked(make_msg_daemon, sim)
     bob = contacts.new("Bob")
     texts, pid = [], _connected_pid(d)
     for k in range(kills):
@@ -165,12 +180,12 @@ def test_sigkill_of_the_worker_at_random_moments_while_messages_flow(sim, receiv
     _check_nothing_lost(sim, receiver, contacts, jid, texts)
 
 
-def test_sigkill_of_the_daemon_with_message_lines_in_flight(sim, receiver, contacts, marker, tmp_path):
+def test_sigkill_of_the_daemon_with_message_lines_in_flight(sim, receiver, contacts, make_msg_daemon, tmp_path):
     """(c) The daemon dies between the worker's line and its spool commit (or between the commit and the ack); the
     worker exits on stdin EOF; the next daemon's worker re-emits what was never acked."""
     kills = max(1, KILLS * 10 // 100)
     rng = random.Random(int(os.environ.get("E2E_SEED", time.time())))
-    d, jid = linked(tmp_path, sim, receiver, marker)
+    d, jid = linked(make_msg_daemon, sim)
     d.config["tenants"]["boot"] = ["t"]
     d.config_path.write_text(__import__("json").dumps(d.config))
     bob = contacts.new("Bob")
@@ -186,10 +201,10 @@ def test_sigkill_of_the_daemon_with_message_lines_in_flight(sim, receiver, conta
     _check_nothing_lost(sim, receiver, contacts, jid, texts)
 
 
-def test_a_full_spool_stops_intake_and_whatsapp_keeps_the_messages(sim, receiver, contacts, marker, tmp_path):
+def test_a_full_spool_stops_intake_and_whatsapp_keeps_the_messages(sim, receiver, contacts, make_msg_daemon, tmp_path):
     max_unacked = 2
     receiver.status = 503  # the web app is down: the spool fills up
-    d, jid = linked(tmp_path, sim, receiver, marker, env={"BSUP_JOURNAL_MAX_UNACKED": str(max_unacked)},
+    d, jid = linked(make_msg_daemon, sim, env={"BSUP_JOURNAL_MAX_UNACKED": str(max_unacked)},
                     webhook={"max_items": 3})
     bob = contacts.new("Bob")
     texts = [f"full {i:02d}" for i in range(10)]
@@ -214,8 +229,8 @@ def test_a_full_spool_stops_intake_and_whatsapp_keeps_the_messages(sim, receiver
     assert contacts.error_acks(jid) == {}
 
 
-def test_order_per_tenant_and_a_failing_tenant_does_not_block_another(sim, receiver, contacts, marker, tmp_path):
-    d = make_daemon_with_webhook(tmp_path, sim, receiver, marker, worker_env=JOURNAL_ENV)
+def test_order_per_tenant_and_a_failing_tenant_does_not_block_another(sim, receiver, contacts, make_msg_daemon, tmp_path):
+    d = make_msg_daemon()
     jids = {t: pair(d, sim, t)["scan"]["jid"] for t in ("t1", "t2")}
     bob = contacts.new("Bob")
     receiver.status_for["t1"] = 503  # the web app fails for t1 only
