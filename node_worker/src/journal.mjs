@@ -241,7 +241,8 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
         const tomb = { hash: e.hash, ref: e.ref, msgKey: e.msgKey, at: e.at, acked: t };
         put(tomb);
         byStanza.delete(e.msgKey); // only needed while its enc children are decrypted
-        writes_.push(files.write(tomb, `${e.hash}.json`));
+        // Atomic, not fsynced: losing it to a power cut only re-emits the message (deduplicated by its event id).
+        writes_.push(files.write(tomb, `${e.hash}.json`, { durable: false }));
       }
     }
     wake();
