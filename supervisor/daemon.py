@@ -47,8 +47,11 @@ class _SupervisorHooks(TenantObserver):
         self.sup.server_clock[tenant] = {"serverTime": server_time, "receivedAt": received_at}
 
     def on_message(self, tenant: str, payload: dict[str, Any]) -> None:
-        if self.sup.on_message is not None:  # set by the runner when webhook forwarding is on
+        if self.sup.on_message is not None:  # set by the runner when webhook forwarding is on; it acks after spooling
             self.sup.on_message(tenant, payload)
+        elif payload.get("type") == "message" and isinstance(payload.get("ref"), str):
+            # No webhook: nothing to store, so the worker's journal need not keep it (docs/webhook.md).
+            self.sup.worker_command(tenant, "ack", refs=[payload["ref"]])
 
 
 class Supervisor:
@@ -113,6 +116,11 @@ class Supervisor:
                     self.tenants[entry.name] = Tenant(
                         entry.name, self.settings, spawn_slots=self.spawn_slots, clock=self.clock,
                         sleep=self._sleep, rand=self._rand, observer=self.observers, budget=self.budget)
+
+    def worker_command(self, tid: str, cmd: str, **fields: Any) -> bool:
+        """A command for a tenant's live worker (the webhook's `ack`/`replay`); False when it has none."""
+        tenant = self.tenants.get(tid)
+        return tenant.worker_command(cmd, **fields) if tenant is not None else False
 
     def clock_info(self, tid: str) -> dict[str, Any] | None:
         """Clock skew at the last login: our receive time minus the server time WhatsApp sent (ms; positive = our

@@ -80,7 +80,7 @@ class Creds:
 
 
 @dataclass(frozen=True)
-class Forward:  # a message for the webhook
+class Forward:  # a message or message update for the webhook: {"type": ..., **fields}
     payload: dict[str, Any]
 
 
@@ -171,8 +171,8 @@ def on_event(life: Life, event: protocol.Event, *, now: float, linked: bool = Fa
         return dataclasses.replace(life, close=close), (Closed(close),)
     if t == "creds":
         return life, (Creds(bool(event.get("registered"))),)
-    if t == "message":
-        return life, (Forward(event.fields),)
+    if t in ("message", "message_update"):
+        return life, (Forward({"type": t, **event.fields}),)
     if t == "message_status":
         return life, (MessageStatus(event.fields),)
     if t == "pairing_code":

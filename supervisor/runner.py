@@ -104,7 +104,7 @@ class Daemon:
         sup = self.sup = self.sup or Supervisor(s)
         self._forwarder = make_forwarder(s.webhook, s.storage.root, sup.metrics)
         if self._forwarder is not None:
-            self._sink = sup.on_message = MessageSink(self._forwarder)
+            self._sink = sup.on_message = MessageSink(self._forwarder, sup.worker_command)
             await self._forwarder.start()
         self._outbox = await _start_outbox(s, sup, self._forwarder)  # before the boot: tenants resume sending
         app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder,

@@ -5,7 +5,10 @@ loop never waits on fsync; sqlite3's default `check_same_thread=True` enforces t
 
     spool = Spool(path, max_items=100_000, max_bytes=None)
     spool.open()                                   # SpoolLocked if another process owns the file
-    item, depth = spool.put(tenant, body_json, now)   # durable when it returns; SpoolFull at the bound
+    item, depth = spool.put(tenant, body_json, now, event_id=None)   # durable when it returns; SpoolFull at the
+                                                   # bound; a pending row with the same event_id is returned as is
+    spool.unblock(tenant)                          # after a SpoolFull of a put with an event_id, that tenant's
+                                                   # puts with an event_id are refused until this
     spool.tenants()                                # tenants with pending rows, oldest first
     spool.next_items(tenant, after_seq, limit)     # pending rows of one tenant, in submit order
     depth = spool.delete(seq)                      # delivered
@@ -35,7 +38,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused, even after deletes
     tenant     TEXT NOT NULL,
-    key        TEXT NOT NULL UNIQUE,               -- Idempotency-Key, fixed at put time, same on every retry
+    key        TEXT NOT NULL UNIQUE,               -- row id for transport (uuid); the Idempotency-Key without event_id
     body       TEXT NOT NULL,                      -- the payload as JSON text (the worker's message event)
     size       INTEGER NOT NULL,                   -- UTF-8 bytes of body, for max_bytes
     created_at REAL NOT NULL                       -- wall clock (time.time()) at put
@@ -53,6 +56,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     dead_at    REAL NOT NULL
 );
 """
+# Added after the first release: the stable event id of a message (docs/webhook.md), the Idempotency-Key when set.
+MIGRATIONS = ("pending", "dead_letter")
+EVENT_INDEX = "CREATE INDEX IF NOT EXISTS pending_by_event ON pending (event_id)"
 
 
 class SpoolError(SupervisorError):
@@ -81,6 +87,11 @@ class Item:
     key: str
     body: str
     created_at: float
+    event_id: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.event_id or self.key
 
 
 class Spool:
@@ -94,6 +105,9 @@ class Spool:
         self.bytes = 0
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # Tenants refused since their last unblock(): later puts are refused too, so a refused message is never
+        # overtaken by a later one that found room after a delivery (the worker replays them in order).
+        self.refused_tenants: set[str] = set()
 
     def open(self) -> None:
         make_private_dir(self.path.parent, tighten=0)  # created 0700; an existing storage root is the operator's
@@ -120,6 +134,10 @@ class Spool:
                 raise SpoolError(f"webhook spool {self.path}: WAL not available (journal_mode={mode})")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
+            for table in MIGRATIONS:
+                if "event_id" not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN event_id TEXT")
+            db.execute(EVENT_INDEX)
             self.depth, self.bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending").fetchone()
         except BaseException:
             self.close()
@@ -139,21 +157,36 @@ class Spool:
             raise SpoolError("webhook spool is not open")
         return self._db
 
-    def put(self, tenant: str, body: str, now: float) -> tuple[Item, int]:
+    def has_room(self) -> bool:
+        return self.depth < self.max_items and (self.max_bytes is None or self.bytes < self.max_bytes)
+
+    def unblock(self, tenant: str) -> None:
+        self.refused_tenants.discard(tenant)
+
+    def put(self, tenant: str, body: str, now: float, event_id: str | None = None) -> tuple[Item, int]:
+        if event_id is not None:
+            row = self.db.execute("SELECT seq, tenant, key, body, created_at, event_id FROM pending"
+                                  " WHERE event_id = ? AND tenant = ?", (event_id, tenant)).fetchone()
+            if row is not None:  # the same message again (a replay, a lost ack): already safe, one row
+                return Item(*row), self.depth
         size = len(body.encode())
-        if self.depth >= self.max_items or (self.max_bytes is not None and self.bytes + size > self.max_bytes):
+        gated = event_id is not None  # a message: its worker replays refused ones in order (docs/webhook.md)
+        if ((gated and tenant in self.refused_tenants) or self.depth >= self.max_items
+                or (self.max_bytes is not None and self.bytes + size > self.max_bytes)):
+            if gated:
+                self.refused_tenants.add(tenant)
             raise SpoolFull(
                 f"webhook spool full ({self.depth} items, {self.bytes} bytes): message of tenant {tenant} refused",
                 depth=self.depth, bytes=self.bytes, max_items=self.max_items, max_bytes=self.max_bytes,
             )
         key = str(uuid.uuid4())  # not "<tenant>:<seq>": a recreated spool file would reuse seqs the target saw
         cur = self.db.execute(
-            "INSERT INTO pending (tenant, key, body, size, created_at) VALUES (?, ?, ?, ?, ?)",
-            (tenant, key, body, size, now),
+            "INSERT INTO pending (tenant, key, body, size, created_at, event_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (tenant, key, body, size, now, event_id),
         )
         self.depth += 1
         self.bytes += size
-        return Item(cur.lastrowid, tenant, key, body, now), self.depth
+        return Item(cur.lastrowid, tenant, key, body, now, event_id), self.depth
 
     def tenants(self) -> list[str]:
         rows = self.db.execute("SELECT tenant, MIN(seq) AS first FROM pending GROUP BY tenant ORDER BY first")
@@ -161,7 +194,8 @@ class Spool:
 
     def next_items(self, tenant: str, after_seq: int = 0, limit: int = 100) -> list[Item]:
         rows = self.db.execute(
-            "SELECT seq, tenant, key, body, created_at FROM pending WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, tenant, key, body, created_at, event_id FROM pending WHERE tenant = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
             (tenant, after_seq, limit),
         )
         return [Item(*r) for r in rows]
@@ -178,8 +212,8 @@ class Spool:
         db.execute("BEGIN IMMEDIATE")  # copy + delete in one transaction: the row is in exactly one table
         try:
             n = db.execute(
-                "INSERT OR REPLACE INTO dead_letter (seq, tenant, key, body, size, created_at, status, attempts, dead_at)"
-                " SELECT seq, tenant, key, body, size, created_at, ?, ?, ? FROM pending WHERE seq = ?",
+                "INSERT OR REPLACE INTO dead_letter (seq, tenant, key, body, size, created_at, status, attempts, dead_at,"
+                " event_id) SELECT seq, tenant, key, body, size, created_at, ?, ?, ?, event_id FROM pending WHERE seq = ?",
                 (status, attempts, now, item.seq),
             ).rowcount
             row = db.execute("DELETE FROM pending WHERE seq = ? RETURNING size", (item.seq,)).fetchone()

@@ -170,6 +170,18 @@ class Tenant:
             case _:
                 raise TypeError(f"no executor for {action!r}")  # a bug: a new action type without one
 
+    def worker_command(self, cmd: str, **fields: Any) -> bool:
+        """Fire-and-forget command to the live worker (`ack`, `replay`: docs/protocol.md); False when there is none
+        (the next worker re-emits what was not acked, so nothing is lost)."""
+        worker = self.worker
+        if worker is None or not worker.alive:
+            return False
+        try:
+            worker.notify(cmd, **fields)
+        except (NotRunning, ConnectionError, RuntimeError):
+            return False
+        return True
+
     def _prewarm(self) -> None:
         """Pre-start the standby while this tenant's worker lives. Not before its hello: two Baileys imports at once
         would delay the first QR (measured +210 ms on 2 CPUs)."""

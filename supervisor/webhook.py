@@ -5,16 +5,20 @@ Interface for the daemon:
     fw = WebhookForwarder(WebhookSettings(url=..., secret=...), storage_root=settings.storage.root,
                           on_depth=gauge.set, on_result=lambda r: counter.labels(r).inc())
     await fw.start()                    # opens <storage>/webhook-spool.sqlite3, resumes pending rows in order
-    ok = await fw.submit(tenant, event) # True once the item is durably spooled (the ack); False when disabled
-                                        # (url None); raises SpoolFull at the bound (already logged as
-                                        # webhook.spool_full and reported via on_result("spool_full"))
+    ok = await fw.submit(tenant, event, event_id=None)  # True once the item is durably spooled (the ack); False
+                                        # when disabled (url None); raises SpoolFull at the bound (already logged
+                                        # as webhook.spool_full and reported via on_result("spool_full")).
+                                        # event_id: the Idempotency-Key; one pending row per event id; after a
+                                        # SpoolFull the tenant's event-id puts are refused until unblock()
+    fw.has_room()                       # the bound is not reached
+    await fw.unblock(tenant)            # accept that tenant's messages again (queued after its pending puts)
     fw.depth                            # pending items
     await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
     await fw.stats()                    # {"enabled", "queued", "deadLetters", "refused"}: GET /webhook
     await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
 
-Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (a uuid stored with the
-row, identical on every retry and after a restart) and X-Internal-Secret (when set). 2xx -> deleted; 4xx other than
+Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (the event id, else a uuid
+stored with the row; identical on every retry and after a restart) and X-Internal-Secret (when set). 2xx -> deleted; 4xx other than
 408/429 -> dead letter; anything else (5xx, 3xx, 408, 429, timeout, connection error) -> retry with backoff while
 that tenant's queue waits. One task per tenant with pending items: tenants never wait for each other.
 Payloads, response bodies and the secret are never logged.
@@ -135,7 +139,7 @@ class WebhookForwarder:
         log.info("webhook.stopped", depth=self.depth)
 
     # ---- intake -----------------------------------------------------------------------------------------------
-    async def submit(self, tenant: str, payload: object) -> bool:
+    async def submit(self, tenant: str, payload: object, *, event_id: str | None = None) -> bool:
         """Spool one item durably; returns True only after it is committed. Order of calls = delivery order."""
         if not self.enabled:
             return False
@@ -147,11 +151,19 @@ class WebhookForwarder:
         # of failing the UTF-8 encode in SQLite.
         body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         # No await before this line: the executor queue order is exactly the submit() call order.
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._spool.put, tenant, body, time.time())
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._spool.put, tenant, body, time.time(),
+                                                         event_id)
         # Book-keeping in a done-callback, so a put that commits after the caller was cancelled is still delivered.
         fut.add_done_callback(functools.partial(self._put_done, tenant))
         await asyncio.shield(fut)
         return True
+
+    def has_room(self) -> bool:
+        return self._spool is not None and self._spool.has_room()
+
+    async def unblock(self, tenant: str) -> None:
+        if self._spool is not None and self._started and not self._closing:
+            await self._db(self._spool.unblock, tenant)
 
     def _put_done(self, tenant: str, fut: asyncio.Future) -> None:
         if fut.cancelled():
@@ -213,20 +225,20 @@ class WebhookForwarder:
             outcome = classify(status) if status is not None else "retry"
             if outcome == "delivered":
                 self._set_depth(await self._db(self._spool.delete, item.seq))
-                log.info("webhook.delivered", tenant=item.tenant, id=item.key, seq=item.seq, attempts=attempt,
+                log.info("webhook.delivered", tenant=item.tenant, id=item.idempotency_key, seq=item.seq, attempts=attempt,
                          ms=ms, status=status)
                 self._result("delivered")
                 return
             if outcome == "dead_letter":
                 self._set_depth(await self._db(self._spool.dead_letter, item, status, attempt, time.time()))
-                log.error("webhook.dead_letter", tenant=item.tenant, id=item.key, seq=item.seq, status=status,
+                log.error("webhook.dead_letter", tenant=item.tenant, id=item.idempotency_key, seq=item.seq, status=status,
                           attempts=attempt)
                 self._result("dead_letter")
                 return
             delay = backoff_delay(attempt, self.settings, self._rng)
             if retry_after is not None:  # the target asked for a pause (429/503); honour it up to our cap
                 delay = max(delay, min(retry_after, self.settings.max_delay))
-            log.warning("webhook.retry", tenant=item.tenant, id=item.key, seq=item.seq, attempt=attempt,
+            log.warning("webhook.retry", tenant=item.tenant, id=item.idempotency_key, seq=item.seq, attempt=attempt,
                         delay=round(delay, 3), status=status, error=error)
             self._result("retry")
             await self._sleep(delay)
@@ -236,7 +248,7 @@ class WebhookForwarder:
         assert self._session is not None and self.settings.url is not None
         # The payload is already JSON text in the spool: splice it in instead of parsing and re-serialising.
         body = ('{"tenantId":%s,"payload":%s}' % (json.dumps(item.tenant), item.body)).encode()
-        headers = {"Content-Type": "application/json", "Idempotency-Key": item.key}
+        headers = {"Content-Type": "application/json", "Idempotency-Key": item.idempotency_key}
         if self.settings.secret:
             headers["X-Internal-Secret"] = self.settings.secret
         try:

@@ -3,7 +3,7 @@
 Script (JSON) from BSUP_FAKE_SCRIPT or the file BSUP_FAKE_SCRIPT_FILE: either a list of steps (every spawn runs
 it) or {"spawns": [[steps of spawn 1], [steps of spawn 2], ...]} (the last list repeats). Spawns are counted per
 tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns.jsonl). Steps:
-  {"hello": {...overrides}}   hello event (protocol 1 unless overridden)
+  {"hello": {...overrides}}   hello event (the current protocol version unless overridden)
   {"emit": {...}}             any event object as is
   {"qr": "..."}               qr event            {"open": "me-jid"}   open event with me/pushName
   {"close": code, "message": "...", "reason": "..."}   close event, then exit 0 (one socket per process)
@@ -32,6 +32,9 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+# The version the daemon speaks: the one description of the line protocol (docs/protocol.md).
+PROTOCOL = json.loads((Path(__file__).resolve().parents[1] / "supervisor" / "protocol.json").read_text())["version"]
 
 OUT = sys.stdout.buffer
 IGNORE_TERM = os.environ.get("BSUP_FAKE_IGNORE_TERM") == "1"
@@ -69,7 +72,7 @@ async def run_steps(steps: list[dict], done: asyncio.Future) -> None:
     global heartbeats_on
     for step in steps:
         if "hello" in step:
-            emit({"type": "hello", "protocol": 1, "pid": os.getpid(), "worker": "fake/1", "baileys": "fake",
+            emit({"type": "hello", "protocol": PROTOCOL, "pid": os.getpid(), "worker": "fake/1", "baileys": "fake",
                   "waVersion": [2, 3000, 1], **step["hello"]})
         elif "emit" in step:
             emit(step["emit"])
@@ -118,7 +121,7 @@ async def heartbeat() -> None:
 
 async def standby_then_steps(tenant: str, go: asyncio.Future, done: asyncio.Future) -> None:
     await asyncio.sleep(float(os.environ.get("BSUP_FAKE_STANDBY_DELAY", "0")))
-    emit({"type": "hello", "protocol": 1, "pid": os.getpid(), "worker": "fake/1", "baileys": "fake",
+    emit({"type": "hello", "protocol": PROTOCOL, "pid": os.getpid(), "worker": "fake/1", "baileys": "fake",
           "waVersion": [2, 3000, 1]})
     await go
     await run_steps([s for s in load_steps(tenant) if "hello" not in s], done)

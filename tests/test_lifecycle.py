@@ -103,8 +103,10 @@ def test_only_incurable_fatal_errors_mark_the_tenant(code, fatal):
 
 
 def test_side_events_change_no_state():
-    msg = ev("message", upsertType="notify", messages=[])
-    assert feed(S.CONNECTED, msg) == (Life(S.CONNECTED), (Forward(msg.fields),))
+    msg = ev("message", upsertType="notify", messages=[], ref="r")
+    assert feed(S.CONNECTED, msg) == (Life(S.CONNECTED), (Forward({"type": "message", **msg.fields}),))
+    upd = ev("message_update", key={"id": "x"}, update={"status": 4})
+    assert feed(S.CONNECTED, upd) == (Life(S.CONNECTED), (Forward({"type": "message_update", **upd.fields}),))
     assert feed(S.CONNECTED, ev("creds", registered=1)) == (Life(S.CONNECTED), (Creds(True),))
     assert feed(S.CONNECTED, ev("heartbeat", rss=10)) == (Life(S.CONNECTED), (Rss(10),))
     assert feed(S.CONNECTED, ev("heartbeat")) == (Life(S.CONNECTED), ())

@@ -46,7 +46,7 @@ def test_fan_out_in_order_and_a_raising_observer_is_logged_and_skipped():
 
 async def test_a_raising_observer_never_breaks_a_tenants_transitions(make_settings):
     script = [{"hello": {}}, {"emit": {"type": "connecting"}}, {"qr": "2@fake"},
-              {"emit": {"type": "message", "upsertType": "notify", "messages": []}},
+              {"emit": {"type": "message", "upsertType": "notify", "messages": [], "ref": "r1"}},
               {"open": "1@s.whatsapp.net"}, {"wait": True}]
     clock = FakeClock()
     got: list = []

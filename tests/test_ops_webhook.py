@@ -15,7 +15,7 @@ from support import WAIT, DaemonProcess, free_port
 
 
 def msg(i: int) -> dict:
-    return {"emit": {"type": "message", "upsertType": "notify", "messages": [{"key": {"id": f"m{i}"}, "n": i}]}}
+    return {"emit": {"type": "message", "upsertType": "notify", "messages": [{"key": {"id": f"m{i}"}, "n": i}], "ref": f"r{i}"}}
 
 
 @pytest.mark.timeout(180)

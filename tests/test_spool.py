@@ -144,3 +144,63 @@ def _catch(errors, fn):
         fn()
     except Exception as exc:  # noqa: BLE001 - the test inspects it
         errors.append(exc)
+
+
+def test_one_pending_row_per_event_id(spool):
+    a, _ = spool.put("t", body(1), 0.0, event_id="e1")
+    again, depth = spool.put("t", body(1), 1.0, event_id="e1")  # the same message re-emitted: the same row
+    assert (again.seq, again.key, depth) == (a.seq, a.key, 1)
+    assert again.idempotency_key == "e1" and a.idempotency_key == "e1"
+    other, _ = spool.put("u", body(1), 0.0, event_id="e1")  # another tenant's row is its own
+    assert other.seq != a.seq
+    plain, _ = spool.put("t", body(2), 0.0)
+    assert plain.idempotency_key == plain.key  # no event id: the row uuid, as before
+    [first, *_] = spool.next_items("t")
+    assert first.event_id == "e1"
+    spool.delete(a.seq)
+    later, _ = spool.put("t", body(1), 2.0, event_id="e1")  # delivered already: a new row, the same key
+    assert later.seq != a.seq and later.idempotency_key == "e1"
+
+
+def test_a_refused_message_is_never_overtaken(tmp_path):
+    s = Spool(tmp_path / "s.sqlite3", max_items=2)
+    s.open()
+    try:
+        first = s.put("t", body(0), 0.0, event_id="e0")[0]
+        s.put("u", body(0), 0.0, event_id="u0")
+        with pytest.raises(SpoolFull):
+            s.put("t", body(1), 0.0, event_id="e1")
+        s.delete(first.seq)  # room again, but e1 was refused: e2 must not get in ahead of it
+        with pytest.raises(SpoolFull):
+            s.put("t", body(2), 0.0, event_id="e2")
+        s.put("v", body(0), 0.0, event_id="v0")  # other tenants are not held
+        s.delete(s.next_items("v")[0].seq)
+        s.unblock("t")  # the daemon replays: e1 then e2
+        assert [s.put("t", body(n), 0.0, event_id=f"e{n}")[0].event_id for n in (1,)] == ["e1"]
+    finally:
+        s.close()
+
+
+def test_an_older_spool_gets_the_event_id_column(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, key TEXT NOT NULL UNIQUE,
+                              body TEXT NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL);
+        CREATE TABLE dead_letter (seq INTEGER PRIMARY KEY, tenant TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
+                                  size INTEGER NOT NULL, created_at REAL NOT NULL, status INTEGER,
+                                  attempts INTEGER NOT NULL, dead_at REAL NOT NULL);
+        INSERT INTO pending (tenant, key, body, size, created_at) VALUES ('t', 'k-old', '{}', 2, 0);
+    """)
+    db.commit()
+    db.close()
+    s = Spool(path)
+    s.open()
+    try:
+        [old] = s.next_items("t")
+        assert old.key == "k-old" and old.event_id is None and old.idempotency_key == "k-old"
+        s.put("t", body(1), 0.0, event_id="e1")
+        s.dead_letter(old, 422, 1, 0.0)
+        assert [d["key"] for d in s.dead_letters()] == ["k-old"]
+    finally:
+        s.close()

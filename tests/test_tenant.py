@@ -128,7 +128,7 @@ async def test_heartbeat_timeout_kills_and_backs_off(make_settings, fake_state):
 
 
 async def test_protocol_mismatch_fails(make_settings):
-    sup = sup_for(make_settings([{"hello": {"protocol": 2}}, {"wait": True}]))
+    sup = sup_for(make_settings([{"hello": {"protocol": 999}}, {"wait": True}]))
     await sup.start_tenant("t")
     st = await settle(sup, "t", "failed")
     assert st["stateReason"] == "protocol_mismatch"
@@ -201,7 +201,7 @@ async def test_logout_live_worker_and_when_stopped(make_settings, storage):
 async def test_pairing_code_and_message_hook(make_settings):
     got = []
     sup = sup_for(make_settings(QR + [{"emit": {"type": "message", "upsertType": "notify",
-                                                "messages": [{"key": {"id": "m1"}}]}}, {"wait": True}]),
+                                                "messages": [{"key": {"id": "m1"}}], "ref": "r1"}}, {"wait": True}]),
                   on_message=lambda tid, payload: got.append((tid, payload["messages"][0]["key"]["id"])))
     await sup.start_tenant("t")
     await settle(sup, "t", "qr")

@@ -113,7 +113,8 @@ export async function prepareDir(folder) {
 }
 
 /**
- * The store: write(value, file), remove(file), read(file) -> value | null (throws with `corrupt: true` when the
+ * The store: write(value, file, {durable = true}) (durable false: atomic but not fsynced, for data whose loss after a
+ * power cut only costs a redo, e.g. journal tombstones), remove(file), read(file) -> value | null (throws with `corrupt: true` when the
  * file cannot be read or parsed), writeNow(value, file) (synchronous; throws), flush(), pending. Write/remove
  * failures also go to onWriteError(err, file). A file written with writeNow must not also go through write/remove:
  * an older queued write renamed after it would undo it.
@@ -125,13 +126,13 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
   const queuedWrite = new Map(); // path -> the last queued, not yet started write (for coalescing)
   let seq = 0;
 
-  const writeAtomic = async (filePath, name, text) => {
+  const writeAtomic = async (filePath, name, text, durable = true) => {
     const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
     await limit(async () => {
       const fh = await open(tmp, 'wx', 0o600);
       try {
         await fh.writeFile(text, 'utf8');
-        await fh.sync();
+        if (durable) await fh.sync();
       } finally {
         await fh.close();
       }
@@ -142,22 +143,23 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
         throw err;
       }
     });
-    await syncDir();
+    if (durable) await syncDir();
   };
 
-  const write = (data, file) => {
+  const write = (data, file, { durable = true } = {}) => {
     const name = fixFileName(file);
     const filePath = join(folder, name);
     const queued = queuedWrite.get(filePath);
     if (queued) {
       // Not started yet: the newest data replaces it, one write instead of two, order unchanged.
       queued.data = data;
+      queued.durable ||= durable;
       return queued.promise;
     }
-    const op = { data, promise: null };
+    const op = { data, durable, promise: null };
     op.promise = queue.track(queue.enqueue(filePath, async () => {
       if (queuedWrite.get(filePath) === op) queuedWrite.delete(filePath);
-      await writeAtomic(filePath, name, JSON.stringify(op.data, BufferJSON.replacer));
+      await writeAtomic(filePath, name, JSON.stringify(op.data, BufferJSON.replacer), op.durable);
     }));
     queuedWrite.set(filePath, op);
     op.promise.catch((err) => onWriteError(err, file));

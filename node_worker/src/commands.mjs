@@ -1,6 +1,7 @@
 // Commands from the daemon (stdin, docs/protocol.md): one handler per command, each answering with reply().
 import { CommandError, parseCommand, makeLineSplitter } from './protocol.mjs';
 import { isRegistered } from './creds.mjs';
+import { reemitPending } from './inbound.mjs';
 
 /** A pairing code can only be requested once the registration handshake is done (first QR seen). */
 const READY_WAIT_MS = 10000;
@@ -28,6 +29,20 @@ const HANDLERS = {
     w.goReceived = true;
     reply(w, cmd, true, {});
     w.go.resolve();
+  },
+
+  // The daemon committed these messages to its spool (or keeps no webhook): their journal entries become
+  // tombstones and a decrypt waiting for room goes on (journal.mjs).
+  ack: async (w, cmd) => {
+    const refs = cmd.refs.filter((r) => typeof r === 'string');
+    if (w.journal) await w.journal.ack(refs);
+    reply(w, cmd, true, {});
+  },
+
+  // The daemon has room again after refusing messages: every unacked entry once more, in journal order.
+  replay: (w, cmd) => {
+    const n = w.auth ? reemitPending(w) : 0;
+    reply(w, cmd, true, { replayed: n });
   },
 
   stop: async (w, cmd) => {

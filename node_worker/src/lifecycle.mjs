@@ -18,6 +18,7 @@ export function installLifecycle(w) {
     try {
       await w.auth.flush();
       await w.sender?.flush();
+      await w.journal?.flush(); // acked tombstones: a replayed stanza is then answered, not re-emitted
     } catch (err) {
       w.emit({ type: 'error', code: 'auth_write_failed', message: String(err?.message ?? err), fatal: true });
       w.exitCode = 1;

@@ -136,32 +136,15 @@ export function makeLineSplitter(onLine, onTooLong, maxBytes = MAX_COMMAND_BYTES
 }
 
 /**
- * Encode a `message` event, splitting `messages` over several lines so no line exceeds the daemon's
- * limit. A single message that alone is too large is replaced by an `error` event naming its key, so
- * the daemon hears about it instead of silently dropping an oversized line.
+ * Encode one `message` event (one message per event, protocol v2: each carries its own `ref`). A message too large
+ * for one line is replaced by an `error` event naming its key, so the daemon hears about it instead of silently
+ * dropping an oversized line. Returns {line} or {error}.
  */
-export function encodeMessageEvents(upsertType, safeMessages, maxBytes = MAX_LINE_BYTES) {
-  const lines = [];
-  const errors = [];
-  let batch = [];
-  const encode = (msgs) => JSON.stringify({ type: 'message', upsertType, messages: msgs });
-  for (const m of safeMessages) {
-    const single = encode([m]);
-    if (Buffer.byteLength(single) + 1 > maxBytes) {
-      errors.push({ type: 'error', code: 'message_too_large', fatal: false,
-        message: `message ${m?.key?.id ?? '?'} from ${m?.key?.remoteJid ?? '?'} is ${Buffer.byteLength(single)} bytes encoded; not forwarded` });
-      continue;
-    }
-    const candidate = encode([...batch, m]);
-    if (Buffer.byteLength(candidate) + 1 > maxBytes) {
-      lines.push(encode(batch));
-      batch = [m];
-    } else {
-      batch.push(m);
-    }
-  }
-  if (batch.length) lines.push(encode(batch));
-  return { lines, errors };
+export function encodeMessageEvent({ upsertType, message, ref, recovered = false }, maxBytes = MAX_LINE_BYTES) {
+  const line = JSON.stringify({ type: 'message', upsertType, messages: [message], ref, recovered, ts: Date.now() });
+  if (Buffer.byteLength(line) + 1 <= maxBytes) return { line };
+  return { error: { type: 'error', code: 'message_too_large', fatal: false,
+    message: `message ${message?.key?.id ?? '?'} from ${message?.key?.remoteJid ?? '?'} is ${Buffer.byteLength(line)} bytes encoded; not forwarded` } };
 }
 
 /**

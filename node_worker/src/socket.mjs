@@ -1,8 +1,8 @@
 // The worker's one Baileys socket: create it, translate its events into protocol events, and end the process
 // when it closes (one socket per process lifetime; the daemon decides what follows).
 import { isRegistered } from './creds.mjs';
-import { encodeMessageEvents } from './protocol.mjs';
-import { toJsonSafe } from './jsonsafe.mjs';
+import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs';
+import { killAfterDecrypts } from './journal.mjs';
 
 /** The socket closed: flush, report `close`, exit. */
 async function onClose(w, lastDisconnect) {
@@ -84,29 +84,26 @@ function onCredsUpdate(w) {
   };
 }
 
-function onMessagesUpsert(w) {
-  return ({ messages, type }) => {
-    let safe;
-    try {
-      safe = toJsonSafe(messages);
-    } catch (err) {
-      w.emit({ type: 'error', code: 'message_encode_failed', message: String(err?.message ?? err), fatal: false });
-      return;
-    }
-    const { lines, errors } = encodeMessageEvents(type, safe);
-    for (const line of lines) w.emitter.writeLine(line);
-    for (const e of errors) w.emit(e);
-  };
-}
-
 /** makeWASocket on the loaded auth state, with every listener the protocol needs. */
 export function openSocket(w, version) {
   const { settings } = w;
+  const baseRepository = w.baileys.DEFAULT_CONNECTION_CONFIG.makeSignalRepository;
+  const HISTORY = w.baileys.proto.HistorySync.HistorySyncType;
   const sock = w.baileys.default({
     auth: w.auth.state,
     version,
     browser: settings.browser,
     logger: w.logger,
+    // We forward no message history (docs/protocol.md, "Incoming"): RECENT and FULL syncs are skipped, so a first
+    // login does not buffer every upsert for 20 s waiting for one (Socket/chats.js, AwaitingInitialSync asks about
+    // RECENT). The other types stay on: INITIAL_BOOTSTRAP and NON_BLOCKING_DATA carry the PN<->LID mappings, and
+    // Baileys warns that sessions break without them (Socket/socket.js).
+    shouldSyncHistoryMessage: ({ syncType }) => syncType !== HISTORY.RECENT && syncType !== HISTORY.FULL,
+    // The decrypt journal (journal.mjs): durable before the receipt. `keys` is Baileys' transaction-capable store.
+    ...(w.journal ? { makeSignalRepository: (auth, logger, pnToLid) =>
+      w.journal.wrapRepository(baseRepository(auth, logger, pnToLid), auth.keys) } : {}),
+    ...(!w.journal && w.killAfterDecrypts ? { makeSignalRepository: (auth, logger, pnToLid) =>
+      killAfterDecrypts(baseRepository(auth, logger, pnToLid), w.killAfterDecrypts) } : {}),
     ...(settings.waUrl ? { waWebSocketUrl: settings.waUrl } : {}),
     getMessage: w.sender.getMessage, // retry receipts for what we sent, also after a restart (send.mjs)
     ...settings.socketOptions,
@@ -124,7 +121,12 @@ export function openSocket(w, version) {
   });
   sock.ev.on('connection.update', onConnectionUpdates(w, serverTime));
   sock.ev.on('creds.update', onCredsUpdate(w));
+  // Registered after Baileys' own CB:message handler, but that one reaches decrypt only after an await: ours, which
+  // is synchronous, has noted the stanza's envelope by then.
+  if (w.journal) sock.ws.on('CB:message', w.journal.noteStanza);
   sock.ev.on('messages.upsert', onMessagesUpsert(w));
   w.sender.listen(sock);
+  sock.ev.on('messages.update', onMessagesUpdate(w));
+  reemitPending(w); // what an earlier worker journaled but the daemon never acked
   return sock;
 }

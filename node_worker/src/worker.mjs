@@ -28,7 +28,7 @@ function deferred() {
 function makeWorkerState() {
   const w = {
     startedAt: Date.now(),
-    settings: null, logger: null, baileys: null, sock: null, auth: null, sender: null, isOpen: false,
+    settings: null, logger: null, baileys: null, sock: null, auth: null, sender: null, journal: null, isOpen: false,
     exiting: false, shutdownStarted: false, exitCode: 0, stopReason: null, heartbeatTimer: null,
     isNewLogin: false, verificationFailed: false, socketClosed: false,
     sockReady: deferred(), // the socket exists (commands that need it wait for this)
@@ -113,6 +113,19 @@ async function openAuth(w) {
     w.emit({ type: 'error', code: 'auth_load_failed', message: `sent store: ${err?.message ?? err}`, fatal: true });
     w.finalExit(1);
     return false;
+  }
+  const { openJournal, journalOptions } = await import('./journal.mjs');
+  const { enabled, ...journalOpts } = journalOptions();
+  if (!enabled) w.killAfterDecrypts = journalOpts.killAfterWrites; // test hook without the journal (journal.mjs)
+  if (enabled) {
+    try {
+      w.journal = await openJournal(w.settings.authDir, { ...journalOpts,
+        onWriteError: (err) => { if (!w.shutdownStarted) w.fatal('auth_write_failed', `journal write failed: ${err.message}`); } });
+    } catch (err) {
+      w.emit({ type: 'error', code: 'auth_load_failed', message: `journal: ${err?.message ?? err}`, fatal: true });
+      w.finalExit(1);
+      return false;
+    }
   }
   if (dropUnfinishedCodePairing(w.auth.state.creds)) {
     w.logger.warn('creds hold an unfinished pairing-code attempt (no pair-success); registering again');

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openSync, closeSync } from 'node:fs';
-import { parseCommand, makeLineSplitter, encodeMessageEvents, nextHeartbeatDelay, checkEvent, CommandError } from '../src/protocol.mjs';
+import { parseCommand, makeLineSplitter, encodeMessageEvent, nextHeartbeatDelay, checkEvent, CommandError } from '../src/protocol.mjs';
 import { parseEnv, parseVersionPolicy, parseSocketOptions, EnvError, DEFAULT_BROWSER } from '../src/env.mjs';
 
 const base = { BSUP_TENANT: 't1', BSUP_AUTH_DIR: '/tmp/x/auth' };
@@ -69,17 +69,17 @@ test('line splitter: chunked input, CRLF, blank lines, oversized lines skipped',
   assert.equal(tooLong, 1);
 });
 
-test('message events are split under the line limit; a too-large single message becomes an error', () => {
-  const msgs = Array.from({ length: 10 }, (_, i) => ({ key: { id: String(i) }, body: 'x'.repeat(300) }));
-  msgs.push({ key: { id: 'huge', remoteJid: 'j' }, body: 'y'.repeat(5000) });
-  const { lines, errors } = encodeMessageEvents('notify', msgs, 1000);
-  assert.ok(lines.length >= 4);
-  for (const l of lines) assert.ok(Buffer.byteLength(l) + 1 <= 1000);
-  assert.deepEqual(lines.flatMap((l) => JSON.parse(l).messages.map((m) => m.key.id)), msgs.slice(0, 10).map((m) => m.key.id));
-  assert.equal(errors.length, 1);
-  assert.equal(errors[0].code, 'message_too_large');
-  assert.match(errors[0].message, /huge/);
-  for (const ev of [...lines.map((l) => JSON.parse(l)), ...errors]) assert.deepEqual(checkEvent(ev), []);
+test('message events: one message per line with its ref; a too-large message becomes an error', () => {
+  const small = encodeMessageEvent({ upsertType: 'notify', message: { key: { id: 'a' } }, ref: 'r1' }, 1000);
+  const ev = JSON.parse(small.line);
+  assert.deepEqual([ev.messages.length, ev.ref, ev.recovered], [1, 'r1', false]);
+  assert.deepEqual(checkEvent(ev), []);
+  const huge = encodeMessageEvent({ upsertType: 'append', message: { key: { id: 'huge', remoteJid: 'j' }, body: 'y'.repeat(5000) },
+    ref: 'r2', recovered: true }, 1000);
+  assert.equal(huge.line, undefined);
+  assert.equal(huge.error.code, 'message_too_large');
+  assert.match(huge.error.message, /huge/);
+  assert.deepEqual(checkEvent(huge.error), []);
 });
 
 test('checkEvent: strict by the description (unknown type, missing, wrong type, undeclared field)', () => {

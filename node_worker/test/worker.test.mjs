@@ -8,7 +8,7 @@ import { mkdtemp as mkdtempP, rm as rmP } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkEvent } from '../src/protocol.mjs';
+import { checkEvent, PROTOCOL_VERSION } from '../src/protocol.mjs';
 
 const WORKER = fileURLToPath(new URL('../src/worker.mjs', import.meta.url));
 
@@ -71,7 +71,7 @@ test('closed loopback port: hello, connecting, close 408, exit 0; logs are pino 
   const types = w.events.map((e) => e.type).filter((t) => t !== 'heartbeat');
   assert.deepEqual(types, ['hello', 'connecting', 'close']);
   const [hello] = w.events;
-  assert.equal(hello.protocol, 1);
+  assert.equal(hello.protocol, PROTOCOL_VERSION);
   assert.equal(hello.pid, w.child.pid);
   assert.equal(hello.baileys, '7.0.0-rc14');
   assert.ok(Array.isArray(hello.waVersion) && hello.waVersion.length === 3);

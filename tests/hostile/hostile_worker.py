@@ -22,6 +22,10 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
+
+# The version the daemon speaks: the one description of the line protocol (docs/protocol.md).
+PROTOCOL = json.loads((Path(__file__).resolve().parents[2] / "supervisor" / "protocol.json").read_text())["version"]
 
 OUT = sys.stdout.buffer
 MAX_LINE_BYTES = 1 << 20  # docs/protocol.md; duplicated on purpose: the worker side must not import the daemon
@@ -78,7 +82,7 @@ def main() -> None:
     tenant = os.environ["BSUP_TENANT"]
     mode = tenant.split("-", 1)[0]
     threading.Thread(target=watch_stdin, daemon=True).start()
-    emit({"type": "hello", "protocol": 1, "pid": os.getpid(), "worker": f"hostile/{mode}", "baileys": "none",
+    emit({"type": "hello", "protocol": PROTOCOL, "pid": os.getpid(), "worker": f"hostile/{mode}", "baileys": "none",
           "waVersion": [2, 3000, 1]})
     if mode == "good":
         emit({"type": "qr", "qr": "good-qr"})

@@ -1,0 +1,93 @@
+"""Incoming messages with the real parts (simulator contacts with real Signal sessions -> real worker + Baileys with
+its decrypt journal -> `baileys-supervisor run` -> spool -> a local HTTP receiver), measured from outside:
+
+  latency      contact send (before the simulator's POST /contacts/send) -> the webhook request received, at a
+               steady --rate msg/s (default 10) for --count messages; p50/p95/max
+  sustained    --burst messages queued while the tenant is stopped, then started: first -> last webhook arrival,
+               msg/s through decrypt + journal + receipt + upsert + line + spool + ack + POST (one tenant)
+
+Both with the journal on (the default) and off (BSUP_JOURNAL=off, the baseline), in the same invocation, so the
+journal's cost is a ratio measured on the same machine at the same time.
+
+    .venv/bin/python bench/messages_in.py [--count 100] [--rate 10] [--burst 300] [--modes on,off]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.e2e_harness import Simulator, pair, percentile, wait_for  # noqa: E402
+from tests.e2e.msg_support import Contacts, Receiver, make_daemon_with_webhook  # noqa: E402
+
+
+def run(mode: str, args: argparse.Namespace) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-msgs-{mode}-"))
+    sim = Simulator(log_path=tmp / "sim.log")
+    receiver = Receiver()
+    d = None
+    try:
+        d = make_daemon_with_webhook(tmp, sim, receiver, "bsup-bench-messages-in", worker_env={"BSUP_JOURNAL": mode})
+        jid = pair(d, sim, "t")["scan"]["jid"]
+        contacts = Contacts(sim)
+        bob = contacts.new("Bob")
+        contacts.send(bob, jid, "warm-up")
+        wait_for(lambda: "warm-up" in receiver.texts("t"), 30, "warm-up")
+
+        sent: dict[str, float] = {}
+        t_next = time.monotonic()
+        for i in range(args.count):
+            t_next += 1.0 / args.rate
+            time.sleep(max(0.0, t_next - time.monotonic()))
+            text = f"lat {i:04d}"
+            sent[text] = time.monotonic()
+            contacts.send(bob, jid, text)
+        wait_for(lambda: all(t in set(receiver.texts("t")) for t in sent), 60, "latency messages")
+        got = {m["text"]: m["t"] for m in receiver.messages("t") if m["text"] in sent}
+        lat = [(got[t] - sent[t]) * 1000 for t in sent]
+
+        code, body = d.call("POST", "/whatsapp/t/stop")
+        assert code == 200, body
+        burst = [f"burst {i:05d}" for i in range(args.burst)]
+        for t in burst:
+            contacts.send(bob, jid, t)
+        d.start_tenant("t")
+        wait_for(lambda: all(t in set(receiver.texts("t")) for t in burst), 300, "burst", interval=0.2)
+        times = sorted(m["t"] for m in receiver.messages("t") if m["text"] in set(burst))
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+        return {"mode": mode, "latency_ms": {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
+                                             "max": round(max(lat), 1), "n": len(lat)},
+                "sustained_msg_s": round(rate, 1), "burst": len(times)}
+    finally:
+        if d is not None:
+            d.stop()
+        sim.stop()
+        receiver.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--burst", type=int, default=300)
+    ap.add_argument("--modes", default="on,off")
+    args = ap.parse_args()
+    results = [run(m, args) for m in args.modes.split(",")]
+    for r in results:
+        print(json.dumps(r))
+    if len(results) == 2:
+        on, off = results
+        print(json.dumps({"journal_cost": {
+            "p50_ratio_on_off": round(on["latency_ms"]["p50"] / off["latency_ms"]["p50"], 2),
+            "sustained_ratio_on_off": round(on["sustained_msg_s"] / off["sustained_msg_s"], 2)}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+// The decrypt journal: nothing is acknowledged to WhatsApp before it is durable (docs/protocol.md "Incoming").
+//
+// Baileys sends the delivery receipt (the receipt *is* the ack) before `messages.upsert`, and commits the Signal
+// ratchet before the receipt, so neither a late receipt nor a redelivery can save a message a SIGKILL caught in
+// between (shared notes, baileys-messages.md §1). The one seam before both is the socket option
+// `makeSignalRepository`: our wrapper decrypts inside `keys.transaction(...)` and durably writes
+// {hash, envelope, plaintext} before returning, so the order is journal -> ratchet commit -> receipt. A stanza the
+// server delivers again (its receipt was lost) is answered from the journal instead of libsignal, which would
+// fail it (pkmsg: 487, msg: "No matching sessions" + a CIPHERTEXT stub).
+//
+// Entries live in <auth>/journal/<hash>.json, written with the auth store's atomic writer (auth-files.mjs).
+//   - unacked: {hash, ref, msgKey, seq, at, envelope, pt}; kept until the daemon's `ack` names its ref (it is the
+//     only copy of the message), re-emitted at every start (`recovered: true`) and on `replay`.
+//   - acked: a tombstone {hash, ref, msgKey, at, acked} without envelope or plaintext; a redelivered stanza gets
+//     an empty plaintext (Baileys sends its receipt, we drop the upsert). Tombstones are deleted after
+//     TOMBSTONE_MS or beyond MAX_TOMBSTONES, oldest first.
+// Backpressure: a stanza that would need libsignal waits while `maxUnacked` entries are unacked (the daemon's
+// spool is full or its acks stall): no decrypt, no receipt, and WhatsApp keeps the rest queued.
+import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { makeAuthFiles, prepareDir } from './auth-files.mjs';
+
+export const TOMBSTONE_MS = 7 * 24 * 3600 * 1000;
+export const MAX_TOMBSTONES = 5000;
+export const DEFAULT_MAX_UNACKED = 100;
+const EMPTY_PLAINTEXT = Buffer.from([1]); // unpadRandomMax16 -> 0 bytes -> an empty proto.Message
+
+export const hashOf = (type, ciphertext) => createHash('sha256').update(type).update(ciphertext).digest('hex');
+
+/** The ref of an upsert that did not come through the journal (our own sends, stubs without a decrypt): a hash of
+ *  its key, so it is stable too. Acking it is a no-op. */
+export const keyRef = (key) => createHash('sha256')
+  .update(`${key?.remoteJid ?? ''}|${key?.fromMe ? 1 : 0}|${key?.id ?? ''}|${key?.participant ?? ''}`).digest('hex');
+
+const stanzaKey = (attrs) => `${attrs.from ?? ''}|${attrs.participant ?? ''}|${attrs.id ?? ''}`;
+
+/** Options from the environment (test hooks and the benchmark's switch; docs/protocol.md). */
+export function journalOptions(env = process.env) {
+  const max = Number(env.BSUP_JOURNAL_MAX_UNACKED);
+  const killAfter = Number(env.BSUP_TEST_KILL_AFTER_JOURNAL);
+  return {
+    enabled: env.BSUP_JOURNAL !== 'off',
+    maxUnacked: Number.isInteger(max) && max > 0 ? max : DEFAULT_MAX_UNACKED,
+    killAfterWrites: Number.isInteger(killAfter) && killAfter > 0 ? killAfter : 0,
+  };
+}
+
+/** BSUP_JOURNAL=off with BSUP_TEST_KILL_AFTER_JOURNAL=N (tests only): SIGKILL right after the N-th decrypt has
+ *  committed the ratchet, before the receipt: what the journal prevents (the redelivery then fails with 487 or a
+ *  CIPHERTEXT stub). */
+export function killAfterDecrypts(inner, n) {
+  let count = 0;
+  const after = async (p) => {
+    const pt = await p;
+    if (++count >= n) process.kill(process.pid, 'SIGKILL');
+    return pt;
+  };
+  return new Proxy(inner, {
+    get(target, prop, receiver) {
+      if (prop === 'decryptMessage') return (args) => after(target.decryptMessage(args));
+      if (prop === 'decryptGroupMessage') return (args) => after(target.decryptGroupMessage(args));
+      return Reflect.get(target, prop, receiver);
+    },
+  });
+}
+
+export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked = DEFAULT_MAX_UNACKED,
+  killAfterWrites = 0, now = Date.now } = {}) {
+  const dir = join(authDir, 'journal');
+  await prepareDir(dir);
+  const files = makeAuthFiles(dir, { onWriteError });
+  const entries = new Map(); // hash -> entry (unacked or tombstone)
+  const byRef = new Map(); // ref -> Set of hashes (a message with several enc children has several entries)
+  const envelopes = new Map(); // hash -> stanza attrs + enc attrs, from the CB:message listener (this process)
+  const byStanza = new Map(); // stanzaKey -> ref of the message (several enc children share one ref)
+  const byWaId = new Map(); // WhatsApp message id -> ref (to find the ref of an upsert)
+  const emitted = new Set(); // refs emitted by this process and not acked (an upsert of them is a duplicate)
+  let waiters = [];
+  let seq = 0;
+  let writes = 0;
+  let unackedCount = 0; // kept in step with `entries`: the backpressure check runs per stanza
+  let tombCount = 0;
+  const drop = (e) => {
+    const old = entries.get(e.hash);
+    if (!old) return;
+    entries.delete(e.hash);
+    if (old.acked) tombCount--; else unackedCount--;
+    byRef.get(old.ref)?.delete(old.hash);
+    if (byRef.get(old.ref)?.size === 0) byRef.delete(old.ref);
+  };
+  const put = (e) => {
+    drop(e);
+    entries.set(e.hash, e);
+    if (e.acked) tombCount++; else unackedCount++;
+    if (!byRef.has(e.ref)) byRef.set(e.ref, new Set());
+    byRef.get(e.ref).add(e.hash);
+  };
+
+  for (const name of await readdir(dir)) {
+    if (!name.endsWith('.json')) continue;
+    let e;
+    try {
+      e = await files.read(name);
+    } catch {
+      continue; // unreadable: the atomic writer never leaves a torn file, so this is foreign; leave it alone
+    }
+    if (!e?.hash) continue;
+    put(e);
+    seq = Math.max(seq, e.seq ?? 0);
+    if (!e.acked && e.envelope?.attrs?.id) byWaId.set(e.envelope.attrs.id, e.ref);
+  }
+
+  const unacked = () => [...entries.values()].filter((e) => !e.acked);
+  const refEntries = (ref) => [...(byRef.get(ref) ?? [])].map((h) => entries.get(h)).filter(Boolean);
+  const wake = () => {
+    if (unackedCount >= maxUnacked) return;
+    const ws = waiters;
+    waiters = [];
+    for (const resolve of ws) resolve();
+  };
+
+  // Pruning sorts every tombstone: done at open, then only once the cap is well exceeded or hourly.
+  let lastPrune = 0;
+  const pruneTombstones = (force = false) => {
+    if (!force && tombCount < MAX_TOMBSTONES + 500 && now() - lastPrune < 3600 * 1000) return;
+    lastPrune = now();
+    const tombs = [...entries.values()].filter((e) => e.acked).sort((a, b) => a.acked - b.acked);
+    const cutoff = now() - TOMBSTONE_MS;
+    tombs.forEach((e, i) => {
+      if (e.acked < cutoff || i < tombs.length - MAX_TOMBSTONES) {
+        drop(e);
+        files.remove(`${e.hash}.json`).catch(() => {});
+      }
+    });
+  };
+  pruneTombstones(true);
+
+  /** The CB:message listener: runs synchronously when the stanza arrives, before Baileys reaches decrypt. */
+  const noteStanza = (node) => {
+    if (!Array.isArray(node?.content)) return;
+    for (const child of node.content) {
+      if (child?.tag !== 'enc' || !(child.content instanceof Uint8Array)) continue;
+      envelopes.set(hashOf(child.attrs.type, child.content), { attrs: { ...node.attrs }, enc: { ...child.attrs } });
+    }
+    // A stanza that never reaches decrypt (a plaintext ad, a refused one) leaves its envelope here: keep the newest.
+    while (envelopes.size > 1000) envelopes.delete(envelopes.keys().next().value);
+  };
+
+  const record = async (hash, pt) => {
+    const envelope = envelopes.get(hash) ?? null;
+    envelopes.delete(hash);
+    const sk = envelope ? stanzaKey(envelope.attrs) : hash;
+    const ref = byStanza.get(sk) ?? hash;
+    byStanza.set(sk, ref);
+    if (envelope?.attrs?.id) byWaId.set(envelope.attrs.id, ref);
+    const entry = { hash, ref, msgKey: sk, seq: ++seq, at: now(), envelope, pt: Buffer.from(pt).toString('base64') };
+    try {
+      await files.write(entry, `${hash}.json`); // durable (fsync, rename, dir fsync) before the caller returns
+    } catch {
+      // onWriteError (the worker: fatal auth_write_failed) ends the process. Never return: a throw here would make
+      // Baileys answer with an error ack, and the server drops what it gets an ack for.
+      await new Promise(() => {});
+    }
+    put(entry);
+    writes += 1;
+    if (killAfterWrites && writes >= killAfterWrites) process.kill(process.pid, 'SIGKILL'); // test hook (b)
+  };
+
+  /** The plaintext for a stanza already journaled (its receipt never reached the server), else undefined. */
+  const replayed = (hash) => {
+    const e = entries.get(hash);
+    if (!e) return undefined;
+    const id = envelopes.get(hash)?.attrs?.id ?? e.envelope?.attrs?.id; // a tombstone keeps no envelope
+    envelopes.delete(hash);
+    if (id) byWaId.set(id, e.ref);
+    return e.acked ? EMPTY_PLAINTEXT : Buffer.from(e.pt, 'base64');
+  };
+
+  const waitForRoom = async () => {
+    while (unackedCount >= maxUnacked) await new Promise((resolve) => waiters.push(resolve));
+  };
+
+  /** Wraps a Baileys signal repository so decrypts go through the journal. */
+  const wrapRepository = (inner, keys) => {
+    const through = (type, ciphertext, jid, decrypt) => async () => {
+      const hash = hashOf(type, ciphertext);
+      const known = replayed(hash);
+      if (known !== undefined) return known;
+      await waitForRoom();
+      // Nested into the same transaction as inner's own: the ratchet is committed after our write returns.
+      return keys.transaction(async () => {
+        const pt = await decrypt();
+        await record(hash, pt);
+        return pt;
+      }, jid);
+    };
+    return new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === 'decryptMessage') {
+          return (args) => through(args.type, args.ciphertext, args.jid, () => target.decryptMessage(args))();
+        }
+        if (prop === 'decryptGroupMessage') {
+          return (args) => through('skmsg', args.msg, args.group, () => target.decryptGroupMessage(args))();
+        }
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+  };
+
+  /** The ref of an upserted message and whether to emit it (false: acked already, or already emitted). */
+  const refFor = (msg) => {
+    const ref = byWaId.get(msg?.key?.id);
+    if (ref === undefined) return { ref: keyRef(msg?.key), emit: true, journaled: false };
+    const es = refEntries(ref);
+    if (!es.length || es.some((e) => e.acked) || emitted.has(ref)) return { ref, emit: false, journaled: true };
+    emitted.add(ref);
+    return { ref, emit: true, journaled: true };
+  };
+
+  /** Unacked messages in journal order, one per ref: what `replay` and a start re-emit. */
+  const pending = () => {
+    const seen = new Map();
+    for (const e of unacked().sort((a, b) => (a.seq - b.seq) || (a.at - b.at))) {
+      if (!seen.has(e.ref)) seen.set(e.ref, []);
+      seen.get(e.ref).push(e);
+    }
+    return [...seen.entries()].map(([ref, es]) => {
+      emitted.add(ref);
+      return { ref, entries: es };
+    });
+  };
+
+  const ack = async (refs) => {
+    const writes_ = [];
+    const t = now();
+    for (const ref of refs) {
+      emitted.delete(ref);
+      for (const e of refEntries(ref)) {
+        if (e.acked) continue;
+        const tomb = { hash: e.hash, ref: e.ref, msgKey: e.msgKey, at: e.at, acked: t };
+        put(tomb);
+        byStanza.delete(e.msgKey); // only needed while its enc children are decrypted
+        // Atomic, not fsynced: losing it to a power cut only re-emits the message (deduplicated by its event id).
+        writes_.push(files.write(tomb, `${e.hash}.json`, { durable: false }));
+      }
+    }
+    wake();
+    pruneTombstones();
+    // byWaId maps an upsert to its ref, also for a late redelivery: keep the newest ids only.
+    while (byWaId.size > 10000) byWaId.delete(byWaId.keys().next().value);
+    await Promise.allSettled(writes_);
+  };
+
+  return {
+    noteStanza, wrapRepository, refFor, pending, ack,
+    flush: files.flush,
+    get unacked() { return unackedCount; },
+    get size() { return entries.size; },
+  };
+}
