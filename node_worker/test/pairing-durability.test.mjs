@@ -57,11 +57,15 @@ function linkedAs(creds, dev) {
   return isRegistered(creds) && creds.me.id === dev.jid && Buffer.from(creds.noiseKey.public).equals(dev.noisePub);
 }
 
-/** Every file in the auth dir parses (temp files of a killed writer excepted: the next start deletes them). */
+/** Every file in the auth dir and its sub-directories (the decrypt journal, the sent store) parses (temp files of a
+ *  killed writer excepted: the next start deletes them). */
 function unparsable(authDir) {
-  return readdirSync(authDir).filter((f) => !f.includes('.tmp-')).filter((f) => {
-    try { JSON.parse(readFileSync(join(authDir, f), 'utf8'), BufferJSON.reviver); return false; } catch { return true; }
-  });
+  return readdirSync(authDir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile() && !e.name.includes('.tmp-'))
+    .map((e) => join(e.parentPath ?? e.path, e.name))
+    .filter((file) => {
+      try { JSON.parse(readFileSync(file, 'utf8'), BufferJSON.reviver); return false; } catch { return true; }
+    });
 }
 
 /** fn(device) at the simulator's `paired` event for the worker that showed `qr`: it fires the moment the
