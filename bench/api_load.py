@@ -1,14 +1,21 @@
 """Benchmark: the control API under load from a separate process (wrk), 200 tenants registered (fake workers idle
-in `qr`), GET /whatsapp/{t}/status and /qr at 10 and 50 connections, random tenant per request. Baseline in the
-same run with the same wrk settings: supervisord (PyPI `supervisor`) with 200 programs (`sleep infinity`) answering
-XML-RPC supervisor.getProcessInfo(<random program>) on loopback.
+in `qr`, each with its standby), GET /whatsapp/{t}/status and /qr at 10 and 50 connections, random tenant per
+request. Baseline in the same run with the same wrk settings: supervisord (PyPI `supervisor`) with 200 programs
+(`sleep infinity`) answering XML-RPC supervisor.getProcessInfo(<random program>) on loopback.
 
-    .venv/bin/python bench/api_load.py [--duration 10] [--supervisord PATH] [--log-level info]
+    .venv/bin/python bench/api_load.py [--duration 10] [--rounds 1] [--base-tree DIR] [--supervisord PATH]
+                                       [--log-level info]
+
+--base-tree DIR: also measure the daemon of another source tree (e.g. `git archive <commit> | tar -x -C DIR`), in
+the same rounds; each round runs supervisord, then the base daemon, then this tree's daemon, so load from other
+work on the machine hits all of them alike. The report gives per-round ratios and the median over rounds.
+Measurement starts once every tenant shows its QR *and* its standby is up (`standbyPid`), plus a 2 s settle: the
+200 standby spawns right after the QRs are CPU work that is no part of serving a request.
 
 Needs `wrk` (Debian package) and a supervisord executable (default: `supervisord` on PATH, else
 /tmp/svd-venv/bin/supervisord; `python3 -m venv /tmp/svd-venv && /tmp/svd-venv/bin/pip install supervisor`).
-The daemon logs as in production (JSON, level --log-level, to /dev/null): every API request is an `api.request`
-info event, so its cost is part of the number. Everything binds 127.0.0.1; each wrk run is bounded by --duration.
+The daemon logs as in production (JSON, level --log-level, to /dev/null), so log cost is part of the number.
+Everything binds 127.0.0.1; each wrk run is bounded by --duration.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,10 +34,11 @@ import xmlrpc.client
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import daemon, free_port, machine, start_tenants, wrk  # noqa: E402
+from _common import ROOT, daemon, free_port, http, machine, start_tenants, wrk  # noqa: E402
 
 N = 200
 CONNS = (10, 50)
+WHATS = ("status", "qr")
 RANDOM_GET = """
 math.randomseed(os.time())
 request = function()
@@ -95,14 +104,25 @@ def run_supervisord(exe: str, tmp: Path, duration: int) -> dict:
             proc.wait()
 
 
-def run_daemon_load(tmp: Path, duration: int, log_level: str) -> tuple[dict, float]:
+def wait_standbys(url: str, timeout: float = 120.0) -> None:
+    """Until every tenant's standby is up (they are spawned at the QR, through the spawn slots), then a settle."""
+    t0 = time.monotonic()
+    while not all(s.get("standbyPid") for s in http("GET", url + "/whatsapp")["tenants"]):
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"standbys not all up after {timeout}s")
+        time.sleep(0.5)
+    time.sleep(2)
+
+
+def run_daemon_load(tmp: Path, duration: int, log_level: str, tree: Path) -> tuple[dict, float]:
     storage = tmp / "storage"
     storage.mkdir()
     tenants = [f"t{i:03d}" for i in range(N)]
     out: dict = {}
-    with daemon(storage, marker=f"bsup-bench-{os.getpid()}", log_level=log_level) as (url, _proc):
+    with daemon(storage, marker=f"bsup-bench-{os.getpid()}", log_level=log_level, tree=tree) as (url, _proc):
         boot = start_tenants(url, tenants, "qr")
-        for what in ("status", "qr"):
+        wait_standbys(url)
+        for what in WHATS:
             script = tmp / f"{what}.lua"
             script.write_text(RANDOM_GET.replace("{what}", what).replace("{n}", str(N)))
             with urllib.request.urlopen(f"{url}/whatsapp/t007/{what}") as r:
@@ -121,24 +141,47 @@ def row(name: str, r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--base-tree", type=Path, help="another source tree whose daemon is measured alongside")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--supervisord", default=shutil.which("supervisord") or "/tmp/svd-venv/bin/supervisord")
     args = ap.parse_args()
+    trees = [("base", args.base_tree.resolve())] if args.base_tree else []
+    trees.append(("daemon", ROOT))
+    runs: list[dict] = []  # per round: {"svd": {c: res}, name: ({(what, c): res}, boot)}
     with tempfile.TemporaryDirectory() as t:
-        tmp = Path(t)
-        (tmp / "svd").mkdir()
-        base = run_supervisord(args.supervisord, tmp / "svd", args.duration)
-        ours, boot = run_daemon_load(tmp, args.duration, args.log_level)
-    print(f"# bench/api_load.py  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  wrk -t2 -d{args.duration}s, random tenant")
-    print(f"# {machine()}; daemon log level {args.log_level}; 200 tenants started in {boot:.1f}s")
+        for i in range(args.rounds):
+            rnd = Path(t) / f"r{i}"
+            (rnd / "svd").mkdir(parents=True)
+            run = {"svd": run_supervisord(args.supervisord, rnd / "svd", args.duration)}
+            for name, tree in trees:
+                (rnd / name).mkdir()
+                run[name] = run_daemon_load(rnd / name, args.duration, args.log_level, tree)
+            runs.append(run)
+            report([run], trees, f"round {i + 1}")
+    if args.rounds > 1:
+        report(runs, trees, f"median of {args.rounds} rounds")
+    print(f"# bench/api_load.py  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  wrk -t2 -d{args.duration}s, random tenant; "
+          f"{machine()}; log level {args.log_level}; trees: " + ", ".join(f"{n}={p}" for n, p in trees))
+    print("goal: status req/s ratio >= 1.5 and p99 ratio <= 1.00 at both connection counts")
+
+
+def report(runs: list[dict], trees: list[tuple[str, Path]], title: str) -> None:
+    """Medians over `runs` of each number, and of the per-round ratios to that round's supervisord."""
+    med = statistics.median
+    print(f"## {title}")
     for c in CONNS:
-        b = base[c]
-        print(row(f"supervisord getProcessInfo  c={c}", b))
-        for what in ("status", "qr"):
-            r = ours[(what, c)]
-            print(row(f"daemon GET /{what:<6}              c={c}", r)
-                  + f"   ratio req/s {r['rps'] / b['rps']:.2f}x, p99 {r['p99'] / b['p99']:.2f}x")
-    print("goal: status req/s ratio >= 1.00 and p99 ratio <= 1.00 at both connection counts")
+        b = {k: med(r["svd"][c][k] for r in runs) for k in ("rps", "p50", "p99")}
+        print(row(f"supervisord getProcessInfo  c={c}", {**b, "non2xx": 0, "errors": 0}))
+        for name, _tree in trees:
+            for what in WHATS:
+                rs = [r[name][0][(what, c)] for r in runs]
+                m = {k: med(x[k] for x in rs) for k in ("rps", "p50", "p99")}
+                rr = med(r[name][0][(what, c)]["rps"] / r["svd"][c]["rps"] for r in runs)
+                pr = med(r[name][0][(what, c)]["p99"] / r["svd"][c]["p99"] for r in runs)
+                bad = {"non2xx": sum(x["non2xx"] for x in rs), "errors": sum(x["errors"] for x in rs)}
+                print(row(f"{name} GET /{what:<6}  c={c}", {**m, **bad}) + f"   ratio req/s {rr:.2f}x, p99 {pr:.2f}x")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
