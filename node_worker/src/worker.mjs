@@ -8,6 +8,7 @@ import {
   PROTOCOL_VERSION, EnvError, CommandError, parseEnv, parseCommand, makeEmitter, makeLineSplitter,
   encodeMessageEvents, nextHeartbeatDelay,
 } from './protocol.mjs';
+import { startKeyPairPool } from './prekey-pool.mjs';
 
 const startedAt = Date.now();
 const WORKER_NAME = 'baileys-supervisor-worker/0.1.0';
@@ -69,6 +70,7 @@ let goReceived = false;
 let resolveFirstQr;
 const firstQr = new Promise((r) => { resolveFirstQr = r; });
 let baileys = null;
+let keyPool = null; // a standby's pre-generated key pairs (prekey-pool.mjs), dropped once the socket is open
 
 function finalExit(code) {
   if (exiting) return;
@@ -287,7 +289,7 @@ async function onClose(lastDisconnect) {
 
 async function main() {
   baileys = await import('@whiskeysockets/baileys');
-  const { default: makeWASocket, Curve, DEFAULT_CONNECTION_CONFIG, fetchLatestWaWebVersion } = baileys;
+  const { default: makeWASocket, Curve, DEFAULT_CONNECTION_CONFIG, fetchLatestWaWebVersion, INITIAL_PREKEY_COUNT } = baileys;
   const { loadLibsignalCurve, installVerifyPatch } = await import('./verify.mjs');
   try {
     installVerifyPatch(Curve, loadLibsignalCurve(baileysEntry), {
@@ -315,7 +317,10 @@ async function main() {
   if (shutdownStarted) return; // EOF/SIGTERM/stop during start-up: shutdown() exits
   if (settings.standby) {
     // shutdown() exits the process; a standby that is never promoted ends here, having touched nothing.
+    // Meanwhile it makes the key pairs of the first login's pre-key upload (idle CPU, nothing written).
+    keyPool = startKeyPairPool(Curve, INITIAL_PREKEY_COUNT);
     await goSignal;
+    keyPool.stop();
     if (shutdownStarted) return;
   }
 
@@ -377,6 +382,7 @@ async function main() {
       const event = { type: 'open', me: out, pushName: me.name ?? null };
       if (serverTimeMs !== null) event.serverTime = serverTimeMs;
       emit(event);
+      keyPool?.release();
       // The login burst (pre-keys, app-state sync, optimised code) is garbage once the socket is idle: collect it
       // once, so an idle connected worker stays ~2 MiB smaller. Only with --expose-gc (the shipped command has it).
       if (typeof globalThis.gc === 'function') setTimeout(() => globalThis.gc(), 5000).unref();
