@@ -9,8 +9,9 @@ request. Baseline in the same run with the same wrk settings: supervisord (PyPI 
 --base-tree DIR: also measure the daemon of another source tree (e.g. `git archive <commit> | tar -x -C DIR`), in
 the same rounds; each round runs supervisord, then the base daemon, then this tree's daemon, so load from other
 work on the machine hits all of them alike. The report gives per-round ratios and the median over rounds.
-Measurement starts once every tenant shows its QR *and* its standby is up (`standbyPid`), plus a 2 s settle: the
-200 standby spawns right after the QRs are CPU work that is no part of serving a request.
+Measurement starts once every tenant shows its QR, its standby is up (`standbyPid`) and the workers are done starting
+(their CPU time is flat): the 200 standby start-ups right after the QRs are ~10 s of CPU that is no part of serving a
+request, and the first runs used to measure them (the /status runs, measured first, came out 2.3x below /qr).
 
 Needs `wrk` (Debian package) and a supervisord executable (default: `supervisord` on PATH, else
 /tmp/svd-venv/bin/supervisord; `python3 -m venv /tmp/svd-venv && /tmp/svd-venv/bin/pip install supervisor`).
@@ -32,6 +33,8 @@ import time
 import urllib.request
 import xmlrpc.client
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, daemon, free_port, http, machine, start_tenants, wrk  # noqa: E402
@@ -104,14 +107,31 @@ def run_supervisord(exe: str, tmp: Path, duration: int) -> dict:
             proc.wait()
 
 
-def wait_standbys(url: str, timeout: float = 120.0) -> None:
-    """Until every tenant's standby is up (they are spawned at the QR, through the spawn slots), then a settle."""
+def wait_settled(url: str, marker: str, timeout: float = 180.0) -> None:
+    """Until every tenant's standby is spawned (at the QR, through the spawn slots) and the workers' start-up is
+    over: their summed CPU time grows by < 5 % of a core over a second. Without this the first runs measured the
+    interpreters of 200 standbys starting (~10 s of CPU on 2 cores), not the API."""
     t0 = time.monotonic()
     while not all(s.get("standbyPid") for s in http("GET", url + "/whatsapp")["tenants"]):
         if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"standbys not all up after {timeout}s")
         time.sleep(0.5)
-    time.sleep(2)
+
+    def cpu() -> float:
+        total = 0.0
+        for p in psutil.process_iter(["cmdline", "cpu_times"]):
+            if marker in (p.info["cmdline"] or []) and p.info["cpu_times"] is not None:
+                total += p.info["cpu_times"].user + p.info["cpu_times"].system
+        return total
+
+    last = cpu()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(1)
+        now = cpu()
+        if now - last < 0.05:
+            return
+        last = now
+    raise RuntimeError(f"workers still busy after {timeout}s")
 
 
 def run_daemon_load(tmp: Path, duration: int, log_level: str, tree: Path) -> tuple[dict, float]:
@@ -119,9 +139,10 @@ def run_daemon_load(tmp: Path, duration: int, log_level: str, tree: Path) -> tup
     storage.mkdir()
     tenants = [f"t{i:03d}" for i in range(N)]
     out: dict = {}
-    with daemon(storage, marker=f"bsup-bench-{os.getpid()}", log_level=log_level, tree=tree) as (url, _proc):
+    marker = f"bsup-bench-{os.getpid()}"
+    with daemon(storage, marker=marker, log_level=log_level, tree=tree) as (url, _proc):
         boot = start_tenants(url, tenants, "qr")
-        wait_standbys(url)
+        wait_settled(url, marker)
         for what in WHATS:
             script = tmp / f"{what}.lua"
             script.write_text(RANDOM_GET.replace("{what}", what).replace("{n}", str(N)))
