@@ -6,9 +6,8 @@
 // in small chunks so its stdin (the `go`) is never kept waiting, and hands them out through Curve.generateKeyPair.
 // Only random key pairs are made in advance: nothing is written to the auth directory before `go`, and each pair is
 // handed out once (a pair is as fresh as one made on the spot, so the Noise handshake's ephemeral key may take one
-// too). Filling goes on after `go` in the same chunks: a standby that gets `go` right after its hello (a scan within
-// a second of the QR) still fills the pool in the idle gaps of connect + Noise handshake + login (~0.1 s of network
-// waits) before the upload needs the pairs. It stops when full, or at release() once the socket is open.
+// too). Filling stops at `go`: measured on the loaded 2-core box, filling on during the login delayed every step of it
+// (go -> connecting 175 -> 589 ms) and then made pairs nobody took. Left-overs are dropped at release() (`open`).
 
 /** Start filling a pool of up to `count` pairs on the event loop (`chunk` per turn) and route
  *  Curve.generateKeyPair through it. Returns { size(), stop(), release() }. */
@@ -28,7 +27,7 @@ export function startKeyPairPool(Curve, count, { chunk = 25 } = {}) {
   Curve.generateKeyPair = () => (pool.length ? pool.pop() : original());
   return {
     size: () => pool.length,
-    /** Stop generating; the pairs made so far are still handed out. */
+    /** Stop generating (at `go`: the login needs the CPU); the pairs made so far are still handed out. */
     stop() {
       filling = false;
       if (timer) clearImmediate(timer);

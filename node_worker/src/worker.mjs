@@ -320,6 +320,7 @@ async function main() {
     // Meanwhile it makes the key pairs of the first login's pre-key upload (idle CPU, nothing written).
     keyPool = startKeyPairPool(Curve, INITIAL_PREKEY_COUNT);
     await goSignal;
+    keyPool.stop();
     if (shutdownStarted) return;
   }
 
