@@ -6,9 +6,11 @@ request. Baseline in the same run with the same wrk settings: supervisord (PyPI 
     .venv/bin/python bench/api_load.py [--duration 10] [--rounds 1] [--base-tree DIR] [--supervisord PATH]
                                        [--log-level info]
 
---base-tree DIR: also measure the daemon of another source tree (e.g. `git archive <commit> | tar -x -C DIR`), in
-the same rounds; each round runs supervisord, then the base daemon, then this tree's daemon, so load from other
-work on the machine hits all of them alike. The report gives per-round ratios and the median over rounds.
+Every daemon run (route, connection count) comes right after a supervisord run with the same wrk settings, and its
+ratios are taken against that run: on a shared machine the load moves both by +-50 % within a minute, so only
+paired ratios mean something. --base-tree DIR: also measure the daemon of another source tree (e.g.
+`git archive <commit> | tar -x -C DIR`) in each round, before this tree's. The report gives each round and the
+medians over rounds (of the numbers and of the paired ratios).
 Measurement starts once every tenant shows its QR, its standby is up (`standbyPid`) and the workers are done starting
 (their CPU time is flat): the 200 standby start-ups right after the QRs are ~10 s of CPU that is no part of serving a
 request, and the first runs used to measure them (the /status runs, measured first, came out 2.3x below /qr).
@@ -32,6 +34,7 @@ import tempfile
 import time
 import urllib.request
 import xmlrpc.client
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -70,7 +73,9 @@ def supervisord_conf(tmp: Path, port: int) -> Path:
     return conf
 
 
-def run_supervisord(exe: str, tmp: Path, duration: int) -> dict:
+@contextmanager
+def supervisord(exe: str, tmp: Path):
+    """supervisord with 200 programs, up for the whole invocation; yields measure(c, duration) -> wrk result."""
     port = free_port()
     conf = supervisord_conf(tmp, port)
     # PyPI's supervisor and this project are both the top-level package `supervisor`: keep our PYTHONPATH out of
@@ -93,11 +98,12 @@ def run_supervisord(exe: str, tmp: Path, duration: int) -> dict:
         assert rpc.supervisor.getProcessInfo("p007")["name"] == "p007"
         script = tmp / "rpc.lua"
         script.write_text(RANDOM_RPC.format(n=N))
-        out = {}
-        for c in CONNS:
-            wrk(f"http://127.0.0.1:{port}", connections=c, duration=2, script=script)  # warm-up
-            out[c] = wrk(f"http://127.0.0.1:{port}", connections=c, duration=duration, script=script)
-        return out
+
+        def measure(c: int, duration: int) -> dict:
+            wrk(f"http://127.0.0.1:{port}", connections=c, duration=1, script=script)  # warm-up
+            return wrk(f"http://127.0.0.1:{port}", connections=c, duration=duration, script=script)
+
+        yield measure
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -134,7 +140,9 @@ def wait_settled(url: str, marker: str, timeout: float = 180.0) -> None:
     raise RuntimeError(f"workers still busy after {timeout}s")
 
 
-def run_daemon_load(tmp: Path, duration: int, log_level: str, tree: Path) -> tuple[dict, float]:
+def run_daemon_load(tmp: Path, duration: int, log_level: str, tree: Path, svd) -> tuple[dict, float]:
+    """Each daemon run right after a supervisord run with the same connection count: a pair sees the same machine
+    load (other work on a shared machine moves both by +-50 % within a minute)."""
     storage = tmp / "storage"
     storage.mkdir()
     tenants = [f"t{i:03d}" for i in range(N)]
@@ -149,8 +157,9 @@ def run_daemon_load(tmp: Path, duration: int, log_level: str, tree: Path) -> tup
             with urllib.request.urlopen(f"{url}/whatsapp/t007/{what}") as r:
                 assert r.status == 200
             for c in CONNS:
-                wrk(url, connections=c, duration=2, script=script)  # warm-up
-                out[(what, c)] = wrk(url, connections=c, duration=duration, script=script)
+                base = svd(c, duration)
+                wrk(url, connections=c, duration=1, script=script)  # warm-up
+                out[(what, c)] = (wrk(url, connections=c, duration=duration, script=script), base)
     return out, boot
 
 
@@ -169,38 +178,40 @@ def main() -> None:
     args = ap.parse_args()
     trees = [("base", args.base_tree.resolve())] if args.base_tree else []
     trees.append(("daemon", ROOT))
-    runs: list[dict] = []  # per round: {"svd": {c: res}, name: ({(what, c): res}, boot)}
-    with tempfile.TemporaryDirectory() as t:
+    runs: list[dict] = []  # per round: {name: ({(what, c): (ours, supervisord)}, boot)}
+    with tempfile.TemporaryDirectory() as t, supervisord(args.supervisord, Path(t)) as svd:
         for i in range(args.rounds):
-            rnd = Path(t) / f"r{i}"
-            (rnd / "svd").mkdir(parents=True)
-            run = {"svd": run_supervisord(args.supervisord, rnd / "svd", args.duration)}
+            run = {}
             for name, tree in trees:
-                (rnd / name).mkdir()
-                run[name] = run_daemon_load(rnd / name, args.duration, args.log_level, tree)
+                work = Path(t) / f"r{i}-{name}"
+                work.mkdir()
+                run[name] = run_daemon_load(work, args.duration, args.log_level, tree, svd)
             runs.append(run)
             report([run], trees, f"round {i + 1}")
     if args.rounds > 1:
         report(runs, trees, f"median of {args.rounds} rounds")
     print(f"# bench/api_load.py  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  wrk -t2 -d{args.duration}s, random tenant; "
           f"{machine()}; log level {args.log_level}; trees: " + ", ".join(f"{n}={p}" for n, p in trees))
-    print("goal: status req/s ratio >= 1.5 and p99 ratio <= 1.00 at both connection counts")
+    print("goal: status req/s ratio >= 1.5 and p99 ratio <= 1.00 at both connection counts (ratios: each run against "
+          "the supervisord run just before it, median over rounds)")
 
 
 def report(runs: list[dict], trees: list[tuple[str, Path]], title: str) -> None:
-    """Medians over `runs` of each number, and of the per-round ratios to that round's supervisord."""
+    """Medians over `runs` of each number, and of the ratios to the paired supervisord run."""
     med = statistics.median
+    keys = ("rps", "p50", "p99")
     print(f"## {title}")
     for c in CONNS:
-        b = {k: med(r["svd"][c][k] for r in runs) for k in ("rps", "p50", "p99")}
-        print(row(f"supervisord getProcessInfo  c={c}", {**b, "non2xx": 0, "errors": 0}))
+        svds = [r[name][0][(what, c)][1] for r in runs for name, _ in trees for what in WHATS]
+        print(row(f"supervisord getProcessInfo  c={c}", {**{k: med(x[k] for x in svds) for k in keys},
+                                                          "non2xx": 0, "errors": 0}))
         for name, _tree in trees:
             for what in WHATS:
-                rs = [r[name][0][(what, c)] for r in runs]
-                m = {k: med(x[k] for x in rs) for k in ("rps", "p50", "p99")}
-                rr = med(r[name][0][(what, c)]["rps"] / r["svd"][c]["rps"] for r in runs)
-                pr = med(r[name][0][(what, c)]["p99"] / r["svd"][c]["p99"] for r in runs)
-                bad = {"non2xx": sum(x["non2xx"] for x in rs), "errors": sum(x["errors"] for x in rs)}
+                pairs = [r[name][0][(what, c)] for r in runs]
+                m = {k: med(ours[k] for ours, _ in pairs) for k in keys}
+                rr = med(ours["rps"] / b["rps"] for ours, b in pairs)
+                pr = med(ours["p99"] / b["p99"] for ours, b in pairs)
+                bad = {"non2xx": sum(o["non2xx"] for o, _ in pairs), "errors": sum(o["errors"] for o, _ in pairs)}
                 print(row(f"{name} GET /{what:<6}  c={c}", {**m, **bad}) + f"   ratio req/s {rr:.2f}x, p99 {pr:.2f}x")
     sys.stdout.flush()
 
