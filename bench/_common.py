@@ -54,8 +54,10 @@ def http(method: str, url: str, timeout: float = 10.0) -> dict:
 
 @contextmanager
 def daemon(storage: Path, *, script: list | None = None, marker: str = "bsup-bench", log_level: str = "info",
-           heartbeat_interval: float = 5.0, log_path: Path | None = None, max_concurrent_spawns: int = 8):
-    """Yields (url, psutil-less Popen). Workers: tests/fake_worker.py with `script`."""
+           heartbeat_interval: float = 5.0, log_path: Path | None = None, max_concurrent_spawns: int = 8,
+           tree: Path = ROOT):
+    """Yields (url, psutil-less Popen). Workers: tests/fake_worker.py with `script`. `tree`: the source tree whose
+    daemon runs (another checkout, e.g. a `git archive` of a baseline commit, for A/B runs in one invocation)."""
     port = free_port()
     env = {}
     if script is not None:
@@ -64,7 +66,9 @@ def daemon(storage: Path, *, script: list | None = None, marker: str = "bsup-ben
            "env": env, "heartbeat_interval": heartbeat_interval, "heartbeat_timeout": heartbeat_interval * 6,
            "stop_grace": 2.0, "log_level": log_level, "max_concurrent_spawns": max_concurrent_spawns}
     out = open(log_path or os.devnull, "ab")
-    proc = subprocess.Popen([PYTHON, str(DAEMON_HOST), json.dumps(cfg)], stdout=out, stderr=subprocess.STDOUT)
+    penv = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.Popen([PYTHON, str(tree / DAEMON_HOST.relative_to(ROOT)), json.dumps(cfg)], stdout=out,
+                            stderr=subprocess.STDOUT, env=penv)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

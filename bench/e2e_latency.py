@@ -7,7 +7,11 @@ measured from outside through the daemon's HTTP API, as the web app sees them:
 
     .venv/bin/python bench/e2e_latency.py [--pairings 50] [--initial-delay 0.2] [--floor 20]
         [--worker-command '["node", "...", "worker.mjs"]'] [--variant 'LABEL=["node", ...]'] [--no-relogin]
-        [--scan-delay 0]
+        [--scan-delay 0] [--base-tree DIR]
+
+--base-tree DIR: also measure another source tree (e.g. `git archive <commit> | tar -x -C DIR`, with
+DIR/node_worker/node_modules a symlink to this tree's): its daemon (PYTHONPATH=DIR) and its worker.mjs, as variant
+`base`, interleaved pairing by pairing with the others.
 
 Each pairing uses a fresh tenant, which is stopped after its measurements so only one worker runs at a time.
 Status is polled every 10 ms, so every number carries up to ~10 ms of polling granularity.
@@ -113,8 +117,13 @@ def breakdown(events: list[dict], sim_events: list[dict], tid: str, t_scan: floa
     def d(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else b - a
 
+    everything = [e for e in events if e.get("tenant") == tid]
+    qr_at = next((ts(e) for e in everything if e["event"] == "tenant.qr"), None)
+    ready_at = next((ts(e) for e in everything if e["event"] == "standby.ready"), None)
     # Without a 515 close (a worker that reconnects in-process) the restart phases are absent (None).
     return {
+        "(first QR -> standby ready)": d(qr_at, ready_at),
+        "(scan - standby ready)": d(ready_at, t_scan),
         "scan -> pair-success sent": paired - t_scan,
         "pair-success -> close 515 (daemon)": d(paired, close),
         "close -> worker exited": d(close, exited),
@@ -181,6 +190,19 @@ def report(name: str, r: dict, floor: list[float], initial_delay: float) -> None
                 print("  " + row(k, xs))
 
 
+def start_daemon(d: Daemon, tree: Path) -> None:
+    """Daemon.start() with the daemon's Python code taken from `tree` (it passes os.environ on to the child)."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree)
+    try:
+        d.start()
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairings", type=int, default=50)
@@ -194,6 +216,7 @@ def main() -> int:
     ap.add_argument("--no-relogin", action="store_true")
     ap.add_argument("--scan-delay", type=float, default=0.0, help="seconds between QR shown and the scan")
     ap.add_argument("--label", default="")
+    ap.add_argument("--base-tree", type=Path, default=None)
     args = ap.parse_args()
     command = json.loads(args.worker_command) if args.worker_command else DEFAULT_COMMAND
     variants = [("main", {"command": command})]
@@ -201,6 +224,12 @@ def main() -> int:
         label, spec = v.split("=", 1)
         value = json.loads(spec)
         variants.append((label, {"command": command, **value} if isinstance(value, dict) else {"command": value}))
+    trees = {}
+    if args.base_tree:
+        base = args.base_tree.resolve()
+        variants.append(("base", {"command": [str(base / WORKER.relative_to(ROOT)) if a == str(WORKER) else a
+                                              for a in command]}))
+        trees["base"] = base
     load0 = os.getloadavg()
     results = {name: {"worker": worker, "start_qr": [], "scan_open": [], "relogin": [], "phases": []}
                for name, worker in variants}
@@ -216,13 +245,13 @@ def main() -> int:
                 cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, worker=worker,
                                     restart={"initial_delay": args.initial_delay, "jitter": 0.0})
                 daemons[name] = Daemon(wd, cfg)
-                daemons[name].start()
+                start_daemon(daemons[name], trees.get(name, ROOT))
             for i in range(max(args.pairings, args.floor)):
                 if i < args.floor:
                     floor.append(floor_run(sim.ws_url))
                 if i >= args.pairings:
                     continue
-                for name, _ in variants:
+                for name, _ in (variants if i % 2 == 0 else variants[::-1]):  # neither always goes first
                     pairing(daemons[name], sim, f"b{i}", results[name], not args.no_relogin, args.scan_delay)
                 print(f"pairing {i + 1}/{args.pairings}: " + "; ".join(
                     f"{n}: start->qr {r['start_qr'][-1]*1000:.0f} ms, scan->connected {r['scan_open'][-1]*1000:.0f} ms"

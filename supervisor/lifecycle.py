@@ -1,6 +1,6 @@
 """What worker events mean for a tenant, and what follows a worker's end: pure functions, supervisord style.
 
-    on_event(life, event, now=, linked=) -> (life', actions)                 a line of the tenant's current worker
+    on_event(life, event, now=) -> (life', actions)                          a line of the tenant's current worker
     on_exit(life, ending, settings, now=, draw=) -> (life', Decision, actions)   the worker is gone
     after_backoff(life, decision) -> (life', actions)                            the backoff delay has passed
 
@@ -142,8 +142,7 @@ class Restarting:  # an automatic restart was decided (counted, observed)
 Step = tuple[Life, tuple[Any, ...]]
 
 
-def on_event(life: Life, event: protocol.Event, *, now: float, linked: bool = False) -> Step:
-    """`linked`: whether the tenant's creds are a linked device (only read for `hello`: a QR is ahead if not)."""
+def on_event(life: Life, event: protocol.Event, *, now: float) -> Step:
     t, st = event.type, life.state
     if t == "heartbeat":  # first: nearly every line an idle daemon reads
         rss = event.get("rss")
@@ -153,11 +152,14 @@ def on_event(life: Life, event: protocol.Event, *, now: float, linked: bool = Fa
             # a worker speaking another protocol: stop it, and rest in `failed` instead of restarting it
             return (dataclasses.replace(life, fatal="protocol_mismatch"),
                     (Hello(event.fields), ProtocolMismatch(event.get("protocol")), StopWorker()))
-        return life, (Hello(event.fields),) if linked else (Hello(event.fields), Prewarm())
+        # No standby yet: a hello says nothing about the network, and a worker that cannot connect (offline, in a
+        # backoff loop) would get an idle Baileys process per cycle. The first QR proves a scan is ahead.
+        return life, (Hello(event.fields),)
     if t == "connecting" and st in (S.STARTING, S.QR, S.CONNECTED):
         return dataclasses.replace(life, state=S.CONNECTING), (Enter(S.CONNECTING),)
     if t == "qr" and st in (S.STARTING, S.CONNECTING, S.QR):
-        # a new worker is needed after the scan's 515: pre-start it now (standby.py)
+        # a new worker is needed after the scan's 515: pre-start it now (standby.py), at the first sign that a scan
+        # can come (Prewarm is a no-op while one is up, so QR refreshes cost nothing)
         return (dataclasses.replace(life, state=S.QR),
                 (Enter(S.QR, "waiting_for_scan"), ShowQR(event.get("qr")), Prewarm()))
     if t == "open" and st in (S.STARTING, S.QR, S.CONNECTING):

@@ -104,9 +104,7 @@ class Tenant:
 
     # -- worker events: lifecycle.on_event decides, _do executes ----------------------------------------------
     def _on_event(self, event: protocol.Event) -> None:
-        # Only `hello` needs to know whether the creds are linked, and that may read creds.json: not per heartbeat.
-        linked = event.type == "hello" and self.auth_info()["registered"]
-        life, actions = lifecycle.on_event(self.life, event, now=self.clock(), linked=linked)
+        life, actions = lifecycle.on_event(self.life, event, now=self.clock())
         self._apply(life, actions)
 
     def _apply(self, life: lifecycle.Life, actions: Iterable[Any]) -> None:
@@ -183,8 +181,8 @@ class Tenant:
         return True
 
     def _prewarm(self) -> None:
-        """Pre-start the standby while this tenant's worker lives. Not before its hello: two Baileys imports at once
-        would delay the first QR (measured +210 ms on 2 CPUs)."""
+        """Pre-start the standby while this tenant's worker lives and shows a QR (lifecycle: not at hello, where
+        no scan may ever come; and two Baileys imports at once would delay the first QR, +210 ms on 2 CPUs)."""
         if not (self.running and not self._want_stop and self.lock.fd is not None and self.worker is not None
                 and self.worker.alive and self.settings.worker.prewarm and self.standby.current is None):
             return

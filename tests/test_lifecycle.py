@@ -37,9 +37,17 @@ HELLO = ev("hello", protocol=PROTOCOL_VERSION, worker="w/1")
 
 
 # -- worker events ------------------------------------------------------------------------------------------------
-def test_hello_prewarms_only_when_the_creds_are_not_linked():
-    assert feed(S.STARTING, HELLO, linked=False) == (Life(S.STARTING), (Hello(HELLO.fields), Prewarm()))
-    assert feed(S.STARTING, HELLO, linked=True) == (Life(S.STARTING), (Hello(HELLO.fields),))
+def test_hello_does_not_prewarm_only_a_qr_does():
+    # a worker that says hello and then cannot connect (offline: connecting, close 408, backoff) shows no QR, so it
+    # must not get an idle standby per cycle; the QR that proves a scan can come prewarms (test below)
+    assert feed(S.STARTING, HELLO) == (Life(S.STARTING), (Hello(HELLO.fields),))
+    life, seen = Life(S.STARTING), []
+    for event in (HELLO, ev("connecting"), ev("close", code=408, reason="timedOut")):
+        life, actions = on_event(life, event, now=T0)
+        seen += actions
+    life, decision, actions = end(life)
+    assert decision.action is Action.BACKOFF and life.state is S.BACKOFF
+    assert Prewarm() not in seen + list(actions)
 
 
 def test_hello_of_another_protocol_stops_the_worker_and_the_tenant_rests_failed():

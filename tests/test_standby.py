@@ -5,7 +5,6 @@ need for it (open without 515, stop, forced shutdown, a rest)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -116,35 +115,34 @@ async def test_open_without_a_515_dismisses_the_standby(make_settings, fake_stat
     await sup.shutdown()
 
 
-LINKED_QR = {"registered": False, "me": {"id": "1:2@s.whatsapp.net", "name": "~"}, "account": {"details": "AA=="}}
-LINKED_CODE = {**LINKED_QR, "registered": True, "pairingCode": "ABCD1234"}
-CODE_UNFINISHED = {"registered": True, "me": {"id": "1@s.whatsapp.net", "name": "~"}, "pairingCode": "ABCD1234"}
+async def test_a_worker_that_says_hello_and_cannot_connect_gets_no_standby(make_settings, fake_state, marker):
+    # Offline: every worker says hello, tries to connect and closes with 408; no QR is ever shown. A standby
+    # started at hello would idle through each backoff (one more Baileys process per cycle, for a scan that
+    # cannot come). The fake clock runs the backoff loop until its limit, where the tenant sits in `backoff`.
+    clock = FakeClock(limit=6.0)  # backoff 1 + 2, then the third sleep (4 s) passes the limit: 3 workers
+    offline = [HELLO, {"emit": {"type": "connecting"}}, {"close": 408, "reason": "timedOut"}]
+    settings = make_settings(offline, worker={"prewarm": True}, restart={"initial_delay": 1.0, "max_delay": 4.0})
+    sup = Supervisor(settings, clock=clock, sleep=clock.sleep)
+    await sup.start_tenant("t")
+    tenant = sup.tenants["t"]
+    await asyncio.wait_for(clock.limit_reached.wait(), 30)
+    await wait_until(lambda: sup.status("t")["state"] == "backoff")
+    assert len(spawn_records(fake_state)) == 3  # three hello -> connecting -> 408 cycles ran
+    assert tenant.standby.current is None and sup.status("t")["standbyPid"] is None
+    assert live_workers(marker) == {}  # no idle standby waits out the backoff
+    await sup.shutdown()
 
 
-@pytest.mark.parametrize(("creds", "standby"), [
-    (LINKED_QR, False), (LINKED_CODE, False), (CODE_UNFINISHED, True), ({"registered": False}, True), (None, True),
-], ids=["qr-linked", "code-linked", "code-unfinished", "fresh", "no-creds"])
-async def test_only_a_tenant_without_linked_creds_gets_a_standby_at_hello(make_settings, fake_state, storage, marker,
-                                                                          creds, standby):
-    # A daemon (re)start finds linked creds on disk: the worker logs in, no QR, no 515 ahead, so a standby would be
-    # one more Baileys process per tenant spawned for nothing, competing with the boot for spawn slots.
-    auth = storage / "whatsapp" / "t" / "auth"
-    auth.mkdir(parents=True)
-    if creds is not None:
-        (auth / "creds.json").write_text(json.dumps(creds))
+async def test_the_first_qr_starts_the_standby_not_the_hello(make_settings, fake_state, marker):
     sup = prewarm_sup(make_settings, [HELLO, {"emit": {"type": "connecting"}}, {"wait_file": "go_on"},
-                                      {"open": "1@s.whatsapp.net"}, {"wait": True}])
+                                      {"qr": "2@fake"}, {"wait": True}])
     st = await sup.start_tenant("t")
     tenant = sup.tenants["t"]
     await wait_until(lambda: sup.status("t")["state"] == "connecting")  # its hello has been handled
-    assert sup.status("t")["auth"]["registered"] is not standby
-    if standby:
-        await ready_standby(sup)
-    else:
-        assert tenant.standby.current is None and set(live_workers(marker)) == {st["pid"]}
+    assert tenant.standby.current is None and set(live_workers(marker)) == {st["pid"]}
     (fake_state / "go_on").touch()
-    await wait_until(lambda: sup.status("t")["state"] == "connected")
-    await wait_until(lambda: set(live_workers(marker)) == {st["pid"]})
+    standby_pid = await ready_standby(sup)
+    assert sup.status("t")["state"] == "qr" and set(live_workers(marker)) == {st["pid"], standby_pid}
     await sup.shutdown()
 
 

@@ -13,6 +13,7 @@ import { listenForCommands } from './commands.mjs';
 import { resolveVersion } from './version.mjs';
 import { dropUnfinishedCodePairing } from './creds.mjs';
 import { openSocket } from './socket.mjs';
+import { startKeyPairPool } from './prekey-pool.mjs';
 
 const WORKER_NAME = 'baileys-supervisor-worker/0.1.0';
 const baileysEntry = import.meta.resolve('@whiskeysockets/baileys');
@@ -29,6 +30,7 @@ function makeWorkerState() {
   const w = {
     startedAt: Date.now(),
     settings: null, logger: null, baileys: null, sock: null, auth: null, sender: null, journal: null, isOpen: false,
+    keyPool: null, // a standby's pre-generated key pairs (prekey-pool.mjs), dropped once the socket is open
     exiting: false, shutdownStarted: false, exitCode: 0, stopReason: null, heartbeatTimer: null,
     isNewLogin: false, verificationFailed: false, socketClosed: false,
     sockReady: deferred(), // the socket exists (commands that need it wait for this)
@@ -141,7 +143,10 @@ async function main(w) {
   if (w.shutdownStarted) return; // EOF/SIGTERM/stop during start-up: shutdown() exits
   if (w.settings.standby) {
     // shutdown() exits the process; a standby that is never promoted ends here, having touched nothing.
+    // Meanwhile it makes the key pairs of the first login's pre-key upload (idle CPU, nothing written).
+    w.keyPool = startKeyPairPool(w.baileys.Curve, w.baileys.INITIAL_PREKEY_COUNT);
     await w.go.promise;
+    w.keyPool.stop();
     if (w.shutdownStarted) return;
   }
   if (!await openAuth(w) || w.shutdownStarted) return;

@@ -1,0 +1,43 @@
+// Key pairs generated ahead of need by a standby worker (BSUP_STANDBY=1) while it waits for `go`.
+//
+// Why: the login that follows a scan's 515 uploads 812 fresh pre-keys (Baileys' INITIAL_PREKEY_COUNT), and Baileys
+// generates them at that moment (Utils/signal.js generateOrGetPreKeys -> Curve.generateKeyPair), ~0.1-0.3 s of CPU
+// on the path from scan to connected (docs/benchmarks.md). A standby is idle until `go`: it makes the pairs then,
+// in small chunks so its stdin (the `go`) is never kept waiting, and hands them out through Curve.generateKeyPair.
+// Only random key pairs are made in advance: nothing is written to the auth directory before `go`, and each pair is
+// handed out once (a pair is as fresh as one made on the spot, so the Noise handshake's ephemeral key may take one
+// too). Filling stops at `go`: measured on the loaded 2-core box, filling on during the login delayed every step of it
+// (go -> connecting 175 -> 589 ms) and then made pairs nobody took. Left-overs are dropped at release() (`open`).
+
+/** Start filling a pool of up to `count` pairs on the event loop (`chunk` per turn) and route
+ *  Curve.generateKeyPair through it. Returns { size(), stop(), release() }. */
+export function startKeyPairPool(Curve, count, { chunk = 25 } = {}) {
+  const original = Curve.generateKeyPair;
+  const pool = [];
+  let filling = true;
+  let timer = null;
+  const fill = () => {
+    timer = null;
+    if (!filling) return;
+    for (let i = 0; i < chunk && pool.length < count; i++) pool.push(original());
+    if (pool.length < count) timer = setImmediate(fill);
+    else filling = false;
+  };
+  timer = setImmediate(fill);
+  Curve.generateKeyPair = () => (pool.length ? pool.pop() : original());
+  return {
+    size: () => pool.length,
+    /** Stop generating (at `go`: the login needs the CPU); the pairs made so far are still handed out. */
+    stop() {
+      filling = false;
+      if (timer) clearImmediate(timer);
+      timer = null;
+    },
+    /** Stop, drop what is left and restore Curve.generateKeyPair. */
+    release() {
+      this.stop();
+      pool.length = 0;
+      if (Curve.generateKeyPair !== original) Curve.generateKeyPair = original;
+    },
+  };
+}
