@@ -1,4 +1,5 @@
-"""Each restart-table row driven by the real fake worker (real subprocesses, real flocks), plus the watchdog, protocol
+"""The restart table wired through real fake workers (real subprocesses, real flocks): 515, the resting rows and one
+backoff row per way a worker ends (the code-by-code table is tests/test_backoff.py), plus the watchdog, protocol
 garbage, stop escalation, logout archiving and the crash-loop rate under a fake clock."""
 
 from __future__ import annotations
