@@ -1,9 +1,9 @@
-"""A daemon (or a one-shot probe) in a separate process, for the multi-process acceptance tests.
+"""A one-shot probe in a separate process for the multi-process tests (a second Supervisor beside a running daemon;
+the daemon itself is support.DaemonProcess):
 
-    python tests/daemon_proc.py run   '<json>'            run_daemon() until SIGTERM/SIGINT, exit 0
-    python tests/daemon_proc.py probe '<json>' T1 T2...   start each tenant once, print one JSON line per tenant
-                                                          ({"tenant", "ok", "error", "details", "state"}), stop, exit
-<json>: {"storage", "marker", "state", "boot": [...], "stop_grace", "env": {...}, "script": [...] | null}
+    python tests/daemon_proc.py '<json>' T1 T2...   start each tenant once, print one JSON line per tenant
+                                                    ({"tenant", "ok", "error", "details", "state"}), stop, exit
+<json>: {"storage", "marker", "state", "env": {...}, "script": [...] | null}
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ from support import fake_config, settings_of  # noqa: E402
 
 from supervisor.daemon import Supervisor  # noqa: E402
 from supervisor.errors import SupervisorError  # noqa: E402
-from supervisor.runner import run_daemon  # noqa: E402
 from supervisor.settings import Settings  # noqa: E402
 
 
 def build(cfg: dict) -> Settings:
-    """The one test config (support.fake_config); a `run` daemon is support.DaemonProcess in new tests."""
+    """The one test config (support.fake_config)."""
     return settings_of(fake_config(Path(cfg["storage"]), Path(cfg["state"]), cfg["marker"], cfg.get("script"),
-                                   boot=cfg.get("boot", ()), env=cfg.get("env"),
-                                   worker={"stop_grace": cfg.get("stop_grace", 2.0),
-                                           "prewarm": cfg.get("prewarm", False)}))
+                                   env=cfg.get("env")))
 
 
 async def probe(settings: Settings, tenants: list[str]) -> None:
@@ -44,12 +41,7 @@ async def probe(settings: Settings, tenants: list[str]) -> None:
 
 
 def main() -> int:
-    mode, cfg = sys.argv[1], json.loads(sys.argv[2])
-    settings = build(cfg)
-    if mode == "probe":
-        asyncio.run(probe(settings, sys.argv[3:]))
-    else:
-        asyncio.run(run_daemon(settings))
+    asyncio.run(probe(build(json.loads(sys.argv[1])), sys.argv[2:]))
     return 0
 
 

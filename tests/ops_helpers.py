@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -15,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from support import CLI, SCRUBBED_ENV, WAIT, fake_config, free_port, json_lines, wait_for  # noqa: F401 - free_port: old importers
+from support import WAIT, fake_config, json_lines, wait_for
 
 SECRET = "ops-secret"
 H = {"X-Internal-Secret": SECRET}
@@ -66,33 +65,11 @@ class NotifySocket:
         self.sock.close()
 
 
-def spawn(cfg_path: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Old form of support.DaemonProcess(...).start(wait=False) (tests/test_ops_doctor.py still uses it)."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(extra_env or {})
-    with open(log_path, "wb") as out:
-        return subprocess.Popen([str(CLI), "run", "--config", str(cfg_path)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-
-
 def api(port: int, method: str, path: str, timeout: float = 30.0) -> Any:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=H,
                                  data=b"" if method == "POST" else None)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    def up() -> bool:
-        assert proc.poll() is None, "daemon exited"
-        try:
-            return bool(api(port, "GET", "/healthz", 2))
-        except OSError:
-            return False
-
-    wait_for(up, timeout, "daemon /healthz")
 
 
 def log_events(log_path: Path) -> list[dict]:

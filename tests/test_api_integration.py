@@ -7,40 +7,28 @@ import asyncio
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from aiohttp import ClientSession
 
 from supervisor.api import make_app, start_api
 from supervisor.config import settings_from_dict
 from supervisor.daemon import Supervisor
+from support import CLI, WAIT, DaemonProcess, fake_config, free_port, http_json, wait_for, wait_until
 from test_api import raw_request
 
-HERE = Path(__file__).resolve().parent
-FAKE = HERE / "fake_worker.py"
 SECRET = "integration-secret"
 H = {"X-Internal-Secret": SECRET}
 
 
-def config_dict(tmp_path: Path, **extra) -> dict:
+def config_dict(tmp_path: Path, marker: str, **kw) -> dict:
+    """support.fake_config with this file's secret and JSON logs; the fake workers log to tmp_path/fake-state."""
     state = tmp_path / "fake-state"
     state.mkdir(exist_ok=True)
-    return {
-        "storage": {"root": "storage"},
-        "api": {"host": "127.0.0.1", "port": 0, "secret": SECRET},
-        "worker": {"command": [sys.executable, str(FAKE)], "env": {"BSUP_FAKE_STATE_DIR": str(state)},
-                   "heartbeat_interval": 0.5, "heartbeat_timeout": 10, "stop_grace": 2},
-        "logging": {"format": "json"},
-        **extra,
-    }
+    return fake_config(tmp_path / "storage", state, marker, secret=SECRET, logging={"format": "json"}, **kw)
 
 
 def spawns(tmp_path: Path) -> list[dict]:
@@ -53,9 +41,9 @@ def files_under(root: Path) -> list[str]:
 
 
 @pytest.fixture
-async def live(tmp_path):
+async def live(tmp_path, marker):
     """(supervisor, base_url, http session) for a real Supervisor behind the real API."""
-    settings = settings_from_dict(config_dict(tmp_path), tmp_path / "c.yaml")
+    settings = settings_from_dict(config_dict(tmp_path, marker), tmp_path / "c.yaml")
     sup = Supervisor(settings)
     runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
     try:
@@ -106,19 +94,9 @@ async def test_concurrent_start_over_http_is_one_worker_same_answer(live, tmp_pa
     pid = answers[0][1]["pid"]
     _, again = await start()
     assert again["pid"] == pid
-    await wait_for(lambda: _state_is(http, url, "shop1", "qr"))  # the worker ran (and logged its spawn)
+    await wait_until(lambda: sup.status("shop1")["state"] == "qr")  # the worker ran (and logged its spawn)
     assert [s["tenant"] for s in spawns(tmp_path)] == ["shop1"]
     assert {p.split("/")[0] for p in files_under(sup.settings.storage.root / "whatsapp")} == {"shop1"}
-
-
-async def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def test_qr_status_pairing_and_stop_through_the_api(live):
@@ -128,14 +106,10 @@ async def test_qr_status_pairing_and_stop_through_the_api(live):
         assert (await r.json())["dataUrl"] is None
     async with http.post(f"{url}/whatsapp/q1/start", headers=H) as r:
         assert r.status == 200
-
-    async def qr_json():
-        async with http.get(f"{url}/whatsapp/q1/qr", headers=H) as r:
-            assert r.status == 200
-            body = await r.json()
-            return body if body["qr"] else None
-
-    body = await wait_for(qr_json)
+    await wait_until(lambda: sup.status("q1")["hasQR"])
+    async with http.get(f"{url}/whatsapp/q1/qr", headers=H) as r:
+        assert r.status == 200
+        body = await r.json()
     assert body["qr"] == "fake-qr-1" and body["state"] == "qr" and body["connected"] is False
     assert base64.b64decode(body["dataUrl"].split(",", 1)[1]).startswith(b"\x89PNG")
     async with http.get(f"{url}/whatsapp/q1/qr?format=svg", headers=H) as r:
@@ -205,15 +179,15 @@ async def test_an_auth_symlink_to_a_directory_still_starts(live, tmp_path):
     (tdir / "auth").symlink_to(tmp_path / "auth-elsewhere")
     async with http.post(f"{url}/whatsapp/a2/start", headers=H) as r:
         assert r.status == 200, await r.text()
-    await wait_for(lambda: _state_is(http, url, "a2", "qr"))
+    await wait_until(lambda: sup.status("a2")["state"] == "qr")
     assert [s["tenant"] for s in spawns(tmp_path)] == ["a2"]
 
 
-async def test_without_a_secret_a_cross_site_page_cannot_log_out_or_read_a_qr(tmp_path):
+async def test_without_a_secret_a_cross_site_page_cannot_log_out_or_read_a_qr(tmp_path, marker):
     """The attack of issue 12 item 1 against the real Supervisor: a web page's `text/plain` POST /logout (no CORS
     preflight) and a DNS-rebinding page's QR read are refused, and the tenant keeps its worker and its auth."""
-    cfg = config_dict(tmp_path)
-    cfg["api"] = {"host": "127.0.0.1", "port": 0, "secret": None, "secret_env": None}
+    cfg = config_dict(tmp_path, marker)
+    cfg["api"]["secret"] = None
     sup = Supervisor(settings_from_dict(cfg, tmp_path / "c.yaml"))
     runner, port = await start_api(make_app(sup, sup.settings.api), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"
@@ -221,7 +195,7 @@ async def test_without_a_secret_a_cross_site_page_cannot_log_out_or_read_a_qr(tm
         async with ClientSession() as http:
             async with http.post(f"{url}/whatsapp/v1/start") as r:  # a local client (no Origin): served
                 assert r.status == 200
-            await wait_for(lambda: _state_is(http, url, "v1", "qr"))
+            await wait_until(lambda: sup.status("v1")["state"] == "qr")
             pid = sup.status("v1")["pid"]
             for action in ("logout", "stop", "restart"):
                 async with http.post(f"{url}/whatsapp/v1/{action}", data=b"x", headers={
@@ -239,69 +213,35 @@ async def test_without_a_secret_a_cross_site_page_cannot_log_out_or_read_a_qr(tm
         await sup.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli_bin() -> str:
-    return str(Path(sys.executable).with_name("baileys-supervisor"))
-
-
-async def _state_is(http, url: str, tid: str, state: str) -> bool:
-    async with http.get(f"{url}/whatsapp/{tid}/status", headers=H) as r:
-        return (await r.json())["state"] == state
-
-
-def test_cli_run_subprocess_serves_and_exits_0_on_sigterm(tmp_path):
-    port = free_port()
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(config_dict(tmp_path, api={"host": "127.0.0.1", "port": port, "secret": SECRET},
-                                              tenants={"boot": ["b1"]})))
+def test_cli_run_subprocess_serves_and_exits_0_on_sigterm(tmp_path, marker):
+    daemon = DaemonProcess(tmp_path / "d", config_dict(tmp_path, marker, port=free_port(), boot=["b1"]))
     env = {k: v for k, v in os.environ.items() if k != "INTERNAL_SECRET"}
-    proc = subprocess.Popen([cli_bin(), "run", "--config", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    cfg = daemon.config_path
     try:
-        import urllib.request
+        daemon.start()
+        assert http_json("GET", daemon.url + "/healthz")[1]["ok"] is True
 
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    assert json.loads(r.read())["ok"] is True
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "daemon never answered /healthz"
-                time.sleep(0.1)
-        # an operator command against it, through the config (URL + secret)
-        deadline = time.monotonic() + 10
-        while True:
-            out = subprocess.run([cli_bin(), "status", "b1", "--config", str(cfg), "--json"], capture_output=True,
-                                 text=True, env=env, timeout=20)
+        def qr_state() -> dict | None:  # an operator command against it, through the config (URL + secret)
+            out = subprocess.run([str(CLI), "status", "b1", "--config", str(cfg), "--json"], capture_output=True,
+                                 text=True, env=env, timeout=WAIT)
             assert out.returncode == 0, out.stderr
             st = json.loads(out.stdout)
-            if st["state"] == "qr":
-                break
-            assert time.monotonic() < deadline, st
-            time.sleep(0.1)
+            return st if st["state"] == "qr" else None
+
+        st = wait_for(qr_state, what="b1 in qr through the CLI")
         worker_pid = st["pid"]
         assert psutil.pid_exists(worker_pid)
         # a mutating request: logged as api.request at info (successful GETs like the status above are debug)
-        out = subprocess.run([cli_bin(), "start", "b1", "--config", str(cfg), "--json"], capture_output=True,
-                             text=True, env=env, timeout=20)
+        out = subprocess.run([str(CLI), "start", "b1", "--config", str(cfg), "--json"], capture_output=True,
+                             text=True, env=env, timeout=WAIT)
         assert out.returncode == 0, out.stderr
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        stdout = proc.stdout.read().decode()
+        assert daemon.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+    stdout = daemon.log_text()
     assert not psutil.pid_exists(worker_pid)
-    events = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
-    names = [e["event"] for e in events]
+    events = daemon.log_events()
     reqs = [e for e in events if e["event"] == "api.request"]
     assert [(e["method"], e["route"], e["level"]) for e in reqs] == [("POST", "/whatsapp/{tenant}/start", "info")]
     assert all({"ts", "level", "pid"} <= e.keys() for e in events)
@@ -311,7 +251,7 @@ def test_cli_run_subprocess_serves_and_exits_0_on_sigterm(tmp_path):
 def test_cli_run_bad_config_exits_2_with_key_path(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("api:\n  port: 3300\n  prot: 1\n")
-    out = subprocess.run([cli_bin(), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([str(CLI), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=WAIT)
     assert out.returncode == 2
     assert f"{cfg}: api.prot: unknown key" in out.stderr
     assert "Traceback" not in out.stderr

@@ -1,4 +1,4 @@
-"""The restart table, row by row, as pure logic (the fake worker drives the same rows in test_tenant.py)."""
+"""The restart table, row by row, as pure logic (test_tenant.py wires one row per way a worker ends)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 
 import pytest
 import structlog
@@ -15,6 +14,7 @@ import yaml
 from supervisor.api import make_app, start_api
 from supervisor.cli import format_table, main
 from supervisor.events import configure_logging
+from support import free_port
 from test_api import RAW_QR, SECRET, StubSupervisor, _settings
 
 
@@ -99,12 +99,6 @@ async def test_qr_draws_in_terminal(daemon, capsys):
     assert await cli("qr", "1", "--config", str(cfg)) == 0
     out = capsys.readouterr().out
     assert RAW_QR not in out and len(out.splitlines()) > 10 and "█" in out or "▀" in out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_pairing_code_sends_the_phone_and_prints_the_code_as_whatsapp_shows_it(daemon, capsys):

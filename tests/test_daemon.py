@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -24,15 +25,6 @@ from supervisor.errors import ConfigError, InvalidTenantId, ShuttingDown, Unknow
 from supervisor.states import TenantState
 
 DAEMON = Path(__file__).resolve().parent / "daemon_proc.py"
-
-
-def proc_cfg(storage: Path, fake_state: Path, marker: str, **kw) -> str:
-    return json.dumps({"storage": str(storage), "state": str(fake_state), "marker": marker, **kw})
-
-
-def spawn_daemon(cfg: str, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:  # a file, not a pipe: a chatty daemon must never block on a full pipe
-        return subprocess.Popen([sys.executable, str(DAEMON), "run", cfg], stdout=out, stderr=subprocess.STDOUT)
 
 
 def by_tenant(marker: str) -> dict[str, list[int]]:
@@ -107,13 +99,16 @@ async def test_run_daemon_refuses_a_non_loopback_host_without_a_secret(make_sett
 
 @pytest.mark.slow
 async def test_second_daemon_gets_409_for_held_tenants(storage, fake_state, marker, tmp_path):
-    cfg = proc_cfg(storage, fake_state, marker, boot=["t1", "t2"])
-    first = spawn_daemon(cfg, tmp_path / "d1.log")
+    from support import WAIT, DaemonProcess, fake_config
+
+    first = DaemonProcess(tmp_path / "d1", fake_config(storage, fake_state, marker, boot=["t1", "t2"]))
+    first.start(wait=False)
     try:
-        await wait_until(lambda: sorted(by_tenant(marker)) == ["t1", "t2"], timeout=15)
+        await wait_until(lambda: sorted(by_tenant(marker)) == ["t1", "t2"], timeout=2 * WAIT)
         owners = {t: p[0] for t, p in by_tenant(marker).items()}
-        out = subprocess.run([sys.executable, str(DAEMON), "probe", cfg, "t1", "t2", "t3"], capture_output=True,
-                             text=True, timeout=30, check=True).stdout
+        probe = json.dumps({"storage": str(storage), "state": str(fake_state), "marker": marker})
+        out = subprocess.run([sys.executable, str(DAEMON), probe, "t1", "t2", "t3"], capture_output=True,
+                             text=True, timeout=2 * WAIT, check=True).stdout
         res = {r["tenant"]: r for r in map(json.loads, (x for x in out.splitlines() if x.startswith('{"tenant"')))}
         for t in ("t1", "t2"):
             assert res[t]["ok"] is False and res[t]["status"] == 409 and res[t]["error"] == "tenant_locked"
@@ -121,8 +116,7 @@ async def test_second_daemon_gets_409_for_held_tenants(storage, fake_state, mark
         assert res["t3"]["ok"] is True  # the second daemon keeps serving other tenants
         assert {t: p[0] for t, p in by_tenant(marker).items()} == owners  # nobody was disturbed
     finally:
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(15) == 0
+        assert first.stop() == 0, first.log_text()[-3000:]
 
 
 @pytest.mark.slow
@@ -235,23 +229,36 @@ async def test_leftover_worker_of_dead_daemon_is_stopped_before_spawn(make_setti
 
 @pytest.mark.slow
 async def test_sigterm_stops_all_workers_within_grace_exit_0(storage, fake_state, marker, tmp_path):
+    """Workers that ignore SIGTERM, `stop` and stdin EOF: only the daemon's SIGKILL after the grace ends them, and
+    it stops all of them at once. Load-proof: the daemon's exit is bounded by WAIT (a missing KILL hangs it); that
+    the grace runs in parallel is read from its own log (kill times one grace apart would mean one by one)."""
+    from support import WAIT, DaemonProcess, fake_config
+
     tenants = [f"s{i}" for i in range(5)]
-    grace = 1.0
-    # Workers that ignore SIGTERM and `stop`: the daemon must escalate to SIGKILL within the grace.
-    cfg = proc_cfg(storage, fake_state, marker, boot=tenants, stop_grace=grace, env={"BSUP_FAKE_IGNORE_TERM": "1"})
-    daemon = spawn_daemon(cfg, tmp_path / "d.log")
+    grace = 2.0
+    env = {"BSUP_FAKE_IGNORE_TERM": "1", "BSUP_FAKE_IGNORE_EOF": "1"}
+    daemon = DaemonProcess(tmp_path / "d", fake_config(storage, fake_state, marker, boot=tenants, env=env,
+                                                       worker={"stop_grace": grace},
+                                                       logging={"format": "json", "level": "info"}))
+    daemon.start(wait=False)
     try:
-        await wait_until(lambda: sorted(by_tenant(marker)) == tenants, timeout=15)
+        await wait_until(lambda: sorted(by_tenant(marker)) == tenants, timeout=2 * WAIT)
+        # Their SIGTERM handlers are installed once they run their scripts: each logs a spawn record then.
+        await wait_until(lambda: len(spawn_records(fake_state)) == len(tenants), timeout=2 * WAIT)
         t0 = time.monotonic()
-        daemon.send_signal(signal.SIGTERM)
-        rc = await asyncio.to_thread(daemon.wait, 15)
+        daemon.proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(daemon.proc.wait, 2 * WAIT)
         elapsed = time.monotonic() - t0
-        assert rc == 0 and elapsed < grace + 2.0, elapsed
+        assert rc == 0 and elapsed >= grace, elapsed  # TERM first, the grace waited out
+        kills = [e for e in daemon.log_events() if e.get("event") == "worker.kill"]
+        assert sorted(e["tenant"] for e in kills) == tenants and {e["grace"] for e in kills} == {grace}
+        times = sorted(datetime.fromisoformat(e["ts"]).timestamp() for e in kills)
+        assert times[-1] - times[0] < grace, times  # one grace for all, not one after another
         assert live_workers(marker) == {}
         assert not any((storage / "whatsapp" / t / "worker.pid").exists() for t in tenants)
     finally:
-        if daemon.poll() is None:
-            os.kill(daemon.pid, signal.SIGKILL)
+        if daemon.proc.poll() is None:
+            daemon.kill9()
 
 
 async def test_shutdown_during_a_queued_boot_spawns_nothing_more(make_settings, fake_state):

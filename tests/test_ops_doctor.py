@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from ops_helpers import config, free_port, spawn, wait_healthy, wait_pids, write
+from ops_helpers import config, wait_pids
 from supervisor import doctor
-
-CLI = str(Path(sys.executable).with_name("baileys-supervisor"))
+from support import CLI, WAIT, DaemonProcess, free_port, wait_for
 
 
 def run_doctor(cfg_path: Path, *args: str) -> tuple[int, dict]:
-    p = subprocess.run([CLI, "doctor", *args, "--config", str(cfg_path), "--json", "--timeout", "5"],
-                       capture_output=True, text=True, timeout=30)
+    p = subprocess.run([str(CLI), "doctor", *args, "--config", str(cfg_path), "--json", "--timeout", "5"],
+                       capture_output=True, text=True, timeout=2 * WAIT)
     return p.returncode, json.loads(p.stdout)
 
 
@@ -27,20 +26,21 @@ def by_name(checks: list[dict]) -> dict[str, dict]:
     return {c["name"]: c for c in checks}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(8 * WAIT)  # a daemon start-up and four doctor runs, each seconds at load 30
 def test_doctor_verdicts_with_a_live_daemon(tmp_path, marker):
     port = free_port()
     script = {"spawns": [[{"hello": {}}, {"emit": {"type": "open", "me": {"id": "1@s"}, "serverTime":
                                                    time.time() * 1000 - 120_000}}, {"wait": True}]]}
-    cfg_path = write(tmp_path / "c.yaml", config(tmp_path, marker, port, boot=["ok1"], script=script))
+    # the config's storage is relative to its file: tmp_path/storage
+    daemon = DaemonProcess(tmp_path, config(tmp_path, marker, port, boot=["ok1"], script=script))
+    cfg_path = daemon.config_path
     # a second tenant whose auth holds a broken file: found by the auth check
     bad = tmp_path / "storage" / "whatsapp" / "bad1" / "auth"
     bad.mkdir(parents=True)
     (bad / "creds.json").write_text("{not json")
-    proc = spawn(cfg_path, tmp_path / "d.log")
     intruder = None
     try:
-        wait_healthy(port, proc)
+        daemon.start()
         wait_pids(port, lambda p: p.get("ok1"))
         rc, rep = run_doctor(cfg_path, "ok1")
         checks = by_name(rep["tenants"]["ok1"])
@@ -56,7 +56,7 @@ def test_doctor_verdicts_with_a_live_daemon(tmp_path, marker):
         (auth / "x.json").write_text("{}")
         intruder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)",
                                      str(auth / "x.json")])
-        time.sleep(0.3)
+        wait_for(lambda: psutil.Process(intruder.pid).open_files(), what="the intruder holding the auth file")
         rc, rep = run_doctor(cfg_path, "ok1")
         proc_check = by_name(rep["tenants"]["ok1"])["processes"]
         assert proc_check["verdict"] == "fail" and str(intruder.pid) in proc_check["detail"], proc_check
@@ -67,8 +67,7 @@ def test_doctor_verdicts_with_a_live_daemon(tmp_path, marker):
         if intruder is not None:
             intruder.kill()
             intruder.wait()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
     rc, rep = run_doctor(cfg_path, "ok1")  # daemon gone: a failing daemon check with the fix, exit 1
     assert rc == 1 and rep["daemon"][0]["verdict"] == "fail" and "systemctl" in rep["daemon"][0]["fix"]
 

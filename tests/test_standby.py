@@ -15,7 +15,7 @@ import pytest
 from conftest import FakeClock, live_workers, spawn_records, wait_until
 from supervisor.daemon import Supervisor
 from supervisor.doctor import PASS, process_check
-from test_daemon import by_tenant, proc_cfg, spawn_daemon
+from test_daemon import by_tenant
 
 HELLO = {"hello": {}}
 QR_THEN_SCAN = [HELLO, {"emit": {"type": "connecting"}}, {"qr": "2@fake"}, {"wait_file": "scanned"}]
@@ -197,25 +197,26 @@ async def test_doctor_counts_the_standby_as_the_daemons_own(make_settings, fake_
 async def test_kill9_daemon_with_standbys_up_then_takeover(storage, fake_state, marker, tmp_path):
     """The standby holds an inherited copy of the flock: after the daemon's kill -9 it leaves on stdin EOF like the
     worker, and the next daemon takes every tenant over (its own worker and standby), nothing of the old one left."""
+    from support import WAIT, DaemonProcess, fake_config
+
     tenants = ["s1", "s2"]
-    cfg = proc_cfg(storage, fake_state, marker, boot=tenants, prewarm=True)
-    first = spawn_daemon(cfg, tmp_path / "d1.log")
-    second = None
+    cfg = fake_config(storage, fake_state, marker, boot=tenants, worker={"prewarm": True})
+    first, second = DaemonProcess(tmp_path / "d1", cfg), DaemonProcess(tmp_path / "d2", cfg)
+    first.start(wait=False)
     try:
-        # a QR-showing worker and its standby per tenant, and the worker recorded in worker.pid
-        await wait_until(lambda: sorted(len(p) for p in by_tenant(marker).values()) == [2, 2], timeout=20)
+        # a QR-showing worker and its standby per tenant, and the worker recorded in worker.pid (a daemon's
+        # start-up plus four spawns: seconds at load 30)
+        await wait_until(lambda: sorted(len(p) for p in by_tenant(marker).values()) == [2, 2], timeout=2 * WAIT)
         await wait_until(lambda: all((storage / "whatsapp" / t / "worker.pid").exists() for t in tenants))
         old = set(live_workers(marker))
-        first.kill()
-        first.wait()
-        second = spawn_daemon(cfg, tmp_path / "d2.log")
+        first.kill9()
+        second.start(wait=False)
         await wait_until(lambda: not old & set(live_workers(marker))
-                         and sorted(len(p) for p in by_tenant(marker).values()) == [2, 2], timeout=30)
+                         and sorted(len(p) for p in by_tenant(marker).values()) == [2, 2], timeout=2 * WAIT)
     finally:
         for d in (first, second):
-            if d is not None and d.poll() is None:
-                d.send_signal(signal.SIGTERM)
-                d.wait(15)
+            if d.proc is not None and d.proc.poll() is None:
+                assert d.stop() == 0, d.log_text()[-3000:]
 
 
 async def test_a_standby_queued_for_a_spawn_slot_is_cancelled_not_waited_for(make_settings, fake_state, marker):
