@@ -1,0 +1,144 @@
+"""Cluster mode in the daemon (supervisor/cluster_node.py): three real `baileys-supervisor run` processes with fake
+workers on one real PostgreSQL. Tenants started through different nodes land on exactly one node each (live fake
+workers counted by each node's argv marker: never two for one tenant); a SIGKILLed node's tenants run on the others
+and its workers are gone; a SIGTERMed node hands its tenants over; GET /cluster and status answer from any node."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from tests.cluster.procs import owners
+from tests.conftest import kill_marked, live_workers
+from tests.support import DaemonProcess, fake_config, free_port, http_json, wait_for
+
+SECRET = "s3cret-cluster"
+H = {"X-Internal-Secret": SECRET}
+NODES = ("a", "b", "c")
+
+
+@pytest.fixture
+def cluster3(pg_dsn, tmp_path, marker):
+    daemons: dict[str, DaemonProcess] = {}
+
+    def make(names=NODES, **cluster_kw) -> dict[str, DaemonProcess]:
+        for n in names:
+            port = free_port()
+            state = tmp_path / f"state-{n}"
+            state.mkdir()
+            cfg = fake_config(tmp_path / f"storage-{n}", state, f"{marker}-{n}", port=port, secret=SECRET,
+                              cluster={"backend": "postgres", "dsn": pg_dsn, "node_id": n,
+                                       "advertise_url": f"http://127.0.0.1:{port}", "ping_interval": 0.5,
+                                       "fence_after": 4, "release_after": 10, "claim_interval": 0.3, **cluster_kw})
+            daemons[n] = DaemonProcess(tmp_path / f"node-{n}", cfg).start(timeout=60)
+        return daemons
+
+    try:
+        yield make
+    finally:
+        for d in daemons.values():
+            d.stop()
+        for n in NODES:
+            kill_marked(f"{marker}-{n}")
+
+
+def workers(marker: str, names=NODES) -> dict[str, list[str]]:
+    """node -> tenants of its live fake workers."""
+    return {n: sorted(live_workers(f"{marker}-{n}").values()) for n in names}
+
+
+def one_each(marker: str, tids: list[str], names=NODES) -> dict[str, str] | None:
+    """tenant -> node when every tenant has exactly one live worker on some node, else None. Asserts the invariant
+    that must hold at every moment: never two live workers for one tenant."""
+    where = workers(marker, names)
+    count = Counter(t for ts in where.values() for t in ts)
+    doubled = [t for t, c in count.items() if c > 1]
+    assert not doubled, f"two live workers for {doubled}: {where}"
+    if sorted(count) != sorted(tids):
+        return None
+    return {t: n for n, ts in where.items() for t in ts}
+
+
+def test_tenants_land_once_survive_sigkill_and_drain(cluster3, pg_dsn, marker):
+    d = cluster3()
+    tids = [f"t{i:02d}" for i in range(30)]
+    for i, t in enumerate(tids):  # each start through a different node
+        status, body = http_json("POST", d[NODES[i % 3]].url + f"/whatsapp/{t}/start", headers=H)
+        assert status == 200, body
+        assert body["tenant"] == t and "owner" in body
+    placed = wait_for(lambda: one_each(marker, tids), 60, "30 tenants with one worker each")
+    own = owners(pg_dsn)
+    assert {t: o for t, (o, _) in own.items()} == placed  # the worker runs on the owner of record
+    assert len(set(placed.values())) >= 2  # placement spreads them
+
+    # any node answers for any tenant: owner and epoch from the shared state
+    t0 = tids[0]
+    for n in NODES:
+        st = wait_for(lambda: (lambda r: r[1] if r[1].get("owner") == placed[t0] else None)(
+            http_json("GET", d[n].url + f"/whatsapp/{t0}/status", headers=H)), 10, "status from every node")
+        assert st["epoch"] == own[t0][1]
+    status, view = http_json("GET", d["a"].url + "/cluster", headers=H)
+    assert status == 200 and {x["nodeId"] for x in view["nodes"]} == set(NODES)
+    assert {t: x["nodeId"] for x in view["nodes"] for t in x["tenants"]} == placed
+    assert http_json("GET", d["a"].url + "/cluster")[0] == 401  # behind the secret
+    # a command that needs the live worker, sent to a node that does not own the tenant: 409 with the owner
+    other = next(n for n in NODES if n != placed[t0])
+    status, body = http_json("POST", d[other].url + f"/whatsapp/{t0}/restart", headers=H)
+    assert status == 409 and body["error"] == "not_owner" and body["owner"] == placed[t0]
+    assert body["advertiseUrl"] == d[placed[t0]].url
+
+    # SIGKILL the busiest node: its tenants run on the others, its workers die with it (stdin EOF)
+    victim = Counter(placed.values()).most_common(1)[0][0]
+    rest = [n for n in NODES if n != victim]
+    moved = [t for t, n in placed.items() if n == victim]
+    d[victim].kill9()
+    t_kill = time.monotonic()
+    after = wait_for(lambda: one_each(marker, tids), 60, "the victim's tenants re-started elsewhere")
+    print(f"\nSIGKILL: {len(moved)} tenants running on the other nodes after {time.monotonic() - t_kill:.2f} s")
+    assert all(after[t] in rest for t in moved)
+    assert all(after[t] == placed[t] for t in tids if t not in moved)  # the others' tenants untouched
+    assert not live_workers(f"{marker}-{victim}")  # no orphan workers
+    assert all(owners(pg_dsn)[t][1] == own[t][1] + 1 for t in moved)  # one takeover each
+
+    # SIGTERM drains: the leaver's tenants are handed to the last node, exit 0
+    leaver, last = rest
+    assert d[leaver].stop(60) == 0
+    final = wait_for(lambda: one_each(marker, tids), 60, "the drained tenants on the last node")
+    assert set(final.values()) == {last}
+    assert not live_workers(f"{marker}-{leaver}")
+    events = [e for e in d[leaver].log_events() if e.get("event") == "cluster.released"]
+    assert any(e.get("reason") == "drain" for e in events)
+
+
+def test_stop_from_any_node_and_started_stays_started(cluster3, pg_dsn, marker):
+    d = cluster3(("a", "b"))
+    tids = ["s1", "s2", "s3", "s4"]
+    for t in tids:
+        assert http_json("POST", d["a"].url + f"/whatsapp/{t}/start", headers=H)[0] == 200
+    placed = wait_for(lambda: one_each(marker, tids, ("a", "b")), 60, "4 tenants running")
+    # stop through the node that does not own it: the owner stops its worker, the row stays unwanted
+    t = next((t for t, n in placed.items() if n == "b"), tids[0])
+    via = "a" if placed[t] == "b" else "b"
+    status, body = http_json("POST", d[via].url + f"/whatsapp/{t}/stop", headers=H)
+    assert status == 200, body
+    rest = [x for x in tids if x != t]
+    wait_for(lambda: one_each(marker, rest, ("a", "b")), 30, "the stopped tenant's worker gone")
+    st = wait_for(lambda: (lambda r: r[1] if r[1].get("wanted") is False else None)(
+        http_json("GET", d[via].url + f"/whatsapp/{t}/status", headers=H)), 10, "stop visible from any node")
+    assert st["state"] == "stopped"
+    # a node restarted with an empty boot list: what was started stays started (the store, not the config)
+    survivor = "a" if placed[rest[0]] == "b" else "b"
+    d["b" if survivor == "a" else "a"].kill9()
+    wait_for(lambda: one_each(marker, rest, ("a", "b")), 60, "started tenants still running after a node death")
+    assert owners(pg_dsn)[t][0] is None
+    assert t not in [x for ts in workers(marker, ("a", "b")).values() for x in ts]
+
+
+def test_unknown_tenant_status_is_404_in_cluster_mode(cluster3):
+    d = cluster3(("a",))
+    status, body = http_json("GET", d["a"].url + "/whatsapp/nobody/status", headers=H)
+    assert status == 404 and body["error"] == "unknown_tenant"
+    status, body = http_json("POST", d["a"].url + "/whatsapp/nobody/stop", headers=H)
+    assert status == 404 and body["error"] == "unknown_tenant"
