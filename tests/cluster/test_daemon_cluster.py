@@ -142,3 +142,33 @@ def test_unknown_tenant_status_is_404_in_cluster_mode(cluster3):
     assert status == 404 and body["error"] == "unknown_tenant"
     status, body = http_json("POST", d["a"].url + "/whatsapp/nobody/stop", headers=H)
     assert status == 404 and body["error"] == "unknown_tenant"
+
+
+def test_metrics_and_doctor_in_cluster_mode(cluster3, marker):
+    import json
+    import subprocess
+
+    from tests.support import CLI
+
+    d = cluster3(("a",))
+    for t in ("m1", "m2"):
+        assert http_json("POST", d["a"].url + f"/whatsapp/{t}/start", headers=H)[0] == 200
+    wait_for(lambda: one_each(marker, ["m1", "m2"], ("a",)), 60, "2 tenants running")
+
+    def scrape() -> str:
+        import urllib.request
+
+        req = urllib.request.Request(d["a"].url + "/metrics", headers=H)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.read().decode()
+    text = scrape()
+    assert "baileys_supervisor_cluster_owned_tenants 2.0" in text
+    assert "baileys_supervisor_cluster_fenced 0.0" in text
+    p = subprocess.run([str(CLI), "doctor", "--config", str(d["a"].config_path), "--json", "--timeout", "10"],
+                       capture_output=True, text=True, timeout=60)
+    report = json.loads(p.stdout)
+    checks = {c["name"]: c for c in report["daemon"]}
+    assert checks["cluster.database"]["verdict"] == "pass", checks
+    assert checks["cluster.node"]["verdict"] == "pass" and "holds its lock" in checks["cluster.node"]["detail"]
+    assert checks["cluster.schema"]["verdict"] == "pass"
+    assert set(report["tenants"]) == {"m1", "m2"}
