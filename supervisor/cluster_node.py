@@ -148,8 +148,12 @@ class ClusterNode:
 
     def remote_status(self, tid: str) -> dict[str, Any]:
         row = self.remote.get(tid, {})
-        # `remote`: the worker runs elsewhere; `starting`: wanted and no owner yet; `stopped`: not wanted
-        state = "remote" if row.get("owner") else ("starting" if row.get("wanted") else "stopped")
+        # remote: runs on `owner`; stopping: not wanted, its owner has not released it yet; starting: wanted, no
+        # owner yet; stopped: neither
+        if row.get("owner"):
+            state = "remote" if row.get("wanted") else "stopping"
+        else:
+            state = "starting" if row.get("wanted") else "stopped"
         return {"tenant": tid, "state": state, "connected": None, **self._owner_fields(tid)}
 
     def _owner_fields(self, tid: str) -> dict[str, Any]:

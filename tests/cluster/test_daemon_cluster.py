@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster.procs import owners
 from tests.conftest import kill_marked, live_workers
+from tests.test_ops_openapi import validate
 from tests.support import DaemonProcess, fake_config, free_port, http_json, wait_for
 
 SECRET = "s3cret-cluster"
@@ -79,8 +80,14 @@ def test_tenants_land_once_survive_sigkill_and_drain(cluster3, pg_dsn, marker):
         st = wait_for(lambda: (lambda r: r[1] if r[1].get("owner") == placed[t0] else None)(
             http_json("GET", d[n].url + f"/whatsapp/{t0}/status", headers=H)), 10, "status from every node")
         assert st["epoch"] == own[t0][1]
+        validate(st, {"$ref": "#/components/schemas/" + ("TenantStatus" if n == placed[t0] else "RemoteTenantStatus")})
     status, view = http_json("GET", d["a"].url + "/cluster", headers=H)
     assert status == 200 and {x["nodeId"] for x in view["nodes"]} == set(NODES)
+    validate(view, {"$ref": "#/components/schemas/ClusterView"})
+    listed = http_json("GET", d["b"].url + "/whatsapp", headers=H)[1]["tenants"]
+    assert [x["tenant"] for x in listed] == tids and {x["tenant"]: x["owner"] for x in listed} == placed
+    for x in listed:  # ours: the full status; the others' tenants: from the store
+        validate(x, {"$ref": "#/components/schemas/" + ("TenantStatus" if x["owner"] == "b" else "RemoteTenantStatus")})
     assert {t: x["nodeId"] for x in view["nodes"] for t in x["tenants"]} == placed
     assert http_json("GET", d["a"].url + "/cluster")[0] == 401  # behind the secret
     # a command that needs the live worker, sent to a node that does not own the tenant: 409 with the owner
@@ -125,9 +132,10 @@ def test_stop_from_any_node_and_started_stays_started(cluster3, pg_dsn, marker):
     assert status == 200, body
     rest = [x for x in tids if x != t]
     wait_for(lambda: one_each(marker, rest, ("a", "b")), 30, "the stopped tenant's worker gone")
-    st = wait_for(lambda: (lambda r: r[1] if r[1].get("wanted") is False else None)(
-        http_json("GET", d[via].url + f"/whatsapp/{t}/status", headers=H)), 10, "stop visible from any node")
-    assert st["state"] == "stopped"
+    for n in ("a", "b"):  # from either node, once the owner has released it: stopped, not wanted, no owner
+        st = wait_for(lambda: (lambda r: r[1] if r[1].get("owner") is None else None)(
+            http_json("GET", d[n].url + f"/whatsapp/{t}/status", headers=H)), 10, "stop visible from any node")
+        assert st["state"] == "stopped" and st["wanted"] is False
     # a node restarted with an empty boot list: what was started stays started (the store, not the config)
     survivor = "a" if placed[rest[0]] == "b" else "b"
     d["b" if survivor == "a" else "a"].kill9()
