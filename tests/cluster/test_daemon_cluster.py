@@ -180,3 +180,39 @@ def test_metrics_and_doctor_in_cluster_mode(cluster3, marker):
     assert checks["cluster.node"]["verdict"] == "pass" and "holds its lock" in checks["cluster.node"]["detail"]
     assert checks["cluster.schema"]["verdict"] == "pass"
     assert set(report["tenants"]) == {"m1", "m2"}
+
+
+def test_sigstopped_daemon_fences_itself_then_its_tenants_run_again(cluster3, pg_dsn, marker):
+    """SIGSTOP beyond fence_after: on SIGCONT the daemon's first lease check says lapsed, it SIGKILLs its workers
+    (on_fence), its gate keeps their restart loops from respawning, and the tenants run again after a re-claim (one
+    bump). A stopped process keeps its lock (its kernel still ACKs): nobody else starts them meanwhile."""
+    import os
+    import signal
+
+    d = cluster3(("a", "b"))
+    tids = [f"p{i}" for i in range(6)]
+    for t in tids:
+        assert http_json("POST", d["a"].url + f"/whatsapp/{t}/start", headers=H)[0] == 200
+    placed = wait_for(lambda: one_each(marker, tids, ("a", "b")), 60, "6 tenants running")
+    victim = Counter(placed.values()).most_common(1)[0][0]
+    mine = [t for t, n in placed.items() if n == victim]
+    old_pids = set(live_workers(f"{marker}-{victim}"))
+    epochs = {t: e for t, (_, e) in owners(pg_dsn).items()}
+    os.kill(d[victim].pid, signal.SIGSTOP)
+    try:
+        end = time.monotonic() + 6.0  # > fence_after (4 s): a positive wait, the lapse has no event while stopped
+        while time.monotonic() < end:
+            one_each(marker, tids, ("a", "b"))  # never two workers for one tenant, at any poll
+            time.sleep(0.2)
+    finally:
+        os.kill(d[victim].pid, signal.SIGCONT)
+    wait_for(lambda: [e for e in d[victim].log_events() if e.get("event") == "cluster.workers_killed"], 30,
+             "the resumed daemon killed its workers")
+    after = wait_for(lambda: (lambda w: w if w and not set(live_workers(f"{marker}-{victim}")) & old_pids else None)(
+        one_each(marker, tids, ("a", "b"))), 60, "the fenced tenants running again on fresh workers")
+    assert not any(p in old_pids for n in ("a", "b") for p in live_workers(f"{marker}-{n}"))
+    now = owners(pg_dsn)
+    assert all(now[t][1] == epochs[t] + 1 for t in mine)  # one re-claim (or takeover) each
+    assert {t: now[t][0] for t in tids} == after
+    fenced = [e for e in d[victim].log_events() if e.get("event") == "cluster.fenced"]
+    assert fenced and fenced[0]["reason"] == "ping_deadline"
