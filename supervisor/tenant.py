@@ -174,8 +174,9 @@ class Tenant:
     def _prewarm(self) -> None:
         """Pre-start the standby while this tenant's worker lives. Not before its hello: two Baileys imports at once
         would delay the first QR (measured +210 ms on 2 CPUs)."""
-        if not (self.running and not self._want_stop and self._gate() and self.lock.fd is not None and self.worker is not None
-                and self.worker.alive and self.settings.worker.prewarm and self.standby.current is None):
+        if not (self.running and not self._want_stop and self._gate() and self.lock.fd is not None
+                and self.worker is not None and self.worker.alive and self.settings.worker.prewarm
+                and self.standby.current is None):
             return
         self._standby_place = self.budget.prewarm(self.standby, self.settings.worker, self.auth_dir, self.lock.fd)
         if self._standby_place is None:  # limits.max_standbys / max_processes: this scan takes ~0.9 s longer
