@@ -43,6 +43,14 @@ class NotOwner(SupervisorError):
     status = 409
 
 
+class ClusterUnavailable(SupervisorError):
+    """The daemon cannot join the cluster at start (database unreachable, schema newer than this code, node_id held
+    by another live daemon): one clear line and a non-zero exit instead of a traceback."""
+
+    code = "cluster_unavailable"
+    status = 503
+
+
 class ClusterNode:
     def __init__(self, sup: Supervisor, settings: Settings) -> None:
         assert settings.cluster is not None
@@ -57,7 +65,12 @@ class ClusterNode:
     async def start(self) -> None:
         """Migrate, take the node lock, claim in the background; then the boot tenants are wanted (not started here:
         placement decides where each one runs)."""
-        await self.own.start()
+        try:
+            await self.own.start()
+        except Exception as exc:  # noqa: BLE001 - psycopg's, NodeIdInUse, SchemaError: never the DSN in the text
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ClusterUnavailable(f"cannot join the cluster as node {self.cs.node_id!r}: "
+                                     f"{type(exc).__name__}: {first}") from None
         self.sup.metrics.registry.register(OwnershipCollector(self.own))
         boot = list(self.sup.settings.tenants.boot)
         if boot:

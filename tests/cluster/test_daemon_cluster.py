@@ -216,3 +216,15 @@ def test_sigstopped_daemon_fences_itself_then_its_tenants_run_again(cluster3, pg
     assert {t: now[t][0] for t in tids} == after
     fenced = [e for e in d[victim].log_events() if e.get("event") == "cluster.fenced"]
     assert fenced and fenced[0]["reason"] == "ping_deadline"
+
+
+def test_unreachable_database_is_one_clear_line_and_a_nonzero_exit(tmp_path, marker):
+    port = free_port()  # nothing listens there
+    cfg = fake_config(tmp_path / "storage", tmp_path, marker, port=free_port(), secret=SECRET,
+                      cluster={"backend": "postgres", "dsn": f"host=127.0.0.1 port={port} user=u password=hunter2x",
+                               "node_id": "z"})
+    d = DaemonProcess(tmp_path / "node-z", cfg).start(wait=False)
+    assert d.proc.wait(60) != 0
+    text = d.log_text()
+    assert "cluster_unavailable" in text and "cannot join the cluster as node 'z'" in text
+    assert "Traceback" not in text and "hunter2x" not in text
