@@ -228,3 +228,28 @@ def test_unreachable_database_is_one_clear_line_and_a_nonzero_exit(tmp_path, mar
     text = d.log_text()
     assert "cluster_unavailable" in text and "cannot join the cluster as node 'z'" in text
     assert "Traceback" not in text and "hunter2x" not in text
+
+
+def test_postgres_restart_daemons_fence_and_every_tenant_runs_once(cluster3, pg_server, pg_dsn, marker):
+    """A server restart drops every node lock at once: each daemon fences (kills its workers), re-acquires when the
+    server is back, and every tenant ends with exactly one owner and one worker; never two workers at any poll."""
+    import threading
+
+    d = cluster3(("a", "b"))
+    tids = [f"r{i}" for i in range(8)]
+    for i, t in enumerate(tids):
+        assert http_json("POST", d["ab"[i % 2]].url + f"/whatsapp/{t}/start", headers=H)[0] == 200
+    wait_for(lambda: one_each(marker, tids, ("a", "b")), 60, "8 tenants running")
+    old_pids = {p for n in "ab" for p in live_workers(f"{marker}-{n}")}
+    restart = threading.Thread(target=pg_server.restart)
+    restart.start()
+    while restart.is_alive():  # the invariant holds while the server is down too
+        one_each(marker, tids, ("a", "b"))
+        time.sleep(0.1)
+    restart.join()
+    for n in "ab":
+        wait_for(lambda n=n: [e for e in d[n].log_events() if e.get("event") == "cluster.workers_killed"], 30,
+                 f"node {n} fenced")
+    after = wait_for(lambda: (lambda w: w if w and not {p for n in "ab" for p in live_workers(f"{marker}-{n}")}
+                              & old_pids else None)(one_each(marker, tids, ("a", "b"))), 60, "all running again")
+    assert {t: o for t, (o, _) in owners(pg_dsn).items()} == after
