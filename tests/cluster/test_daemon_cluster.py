@@ -62,6 +62,12 @@ def one_each(marker: str, tids: list[str], names=NODES) -> dict[str, str] | None
     return {t: n for n, ts in where.items() for t in ts}
 
 
+def settled(marker: str, tids: list[str], dsn: str, names=NODES) -> dict[str, str] | None:
+    """one_each, and each worker on its owner of record (no claim or hand-off in flight)."""
+    where = one_each(marker, tids, names)
+    return where if where and {t: o for t, (o, _) in owners(dsn).items()} == where else None
+
+
 def test_tenants_land_once_survive_sigkill_and_drain(cluster3, pg_dsn, marker):
     d = cluster3()
     tids = [f"t{i:02d}" for i in range(30)]
@@ -69,9 +75,8 @@ def test_tenants_land_once_survive_sigkill_and_drain(cluster3, pg_dsn, marker):
         status, body = http_json("POST", d[NODES[i % 3]].url + f"/whatsapp/{t}/start", headers=H)
         assert status == 200, body
         assert body["tenant"] == t and "owner" in body
-    placed = wait_for(lambda: one_each(marker, tids), 60, "30 tenants with one worker each")
+    placed = wait_for(lambda: settled(marker, tids, pg_dsn), 60, "30 tenants, one worker each, on its owner")
     own = owners(pg_dsn)
-    assert {t: o for t, (o, _) in own.items()} == placed  # the worker runs on the owner of record
     assert len(set(placed.values())) >= 2  # placement spreads them
 
     # any node answers for any tenant: owner and epoch from the shared state
@@ -102,7 +107,7 @@ def test_tenants_land_once_survive_sigkill_and_drain(cluster3, pg_dsn, marker):
     moved = [t for t, n in placed.items() if n == victim]
     d[victim].kill9()
     t_kill = time.monotonic()
-    after = wait_for(lambda: one_each(marker, tids), 60, "the victim's tenants re-started elsewhere")
+    after = wait_for(lambda: settled(marker, tids, pg_dsn), 60, "the victim's tenants re-started elsewhere")
     print(f"\nSIGKILL: {len(moved)} tenants running on the other nodes after {time.monotonic() - t_kill:.2f} s")
     assert all(after[t] in rest for t in moved)
     assert all(after[t] == placed[t] for t in tids if t not in moved)  # the others' tenants untouched
@@ -124,7 +129,7 @@ def test_stop_from_any_node_and_started_stays_started(cluster3, pg_dsn, marker):
     tids = ["s1", "s2", "s3", "s4"]
     for t in tids:
         assert http_json("POST", d["a"].url + f"/whatsapp/{t}/start", headers=H)[0] == 200
-    placed = wait_for(lambda: one_each(marker, tids, ("a", "b")), 60, "4 tenants running")
+    placed = wait_for(lambda: settled(marker, tids, pg_dsn, ("a", "b")), 60, "4 tenants running")
     # stop through the node that does not own it: the owner stops its worker, the row stays unwanted
     t = next((t for t, n in placed.items() if n == "b"), tids[0])
     via = "a" if placed[t] == "b" else "b"
@@ -193,7 +198,7 @@ def test_sigstopped_daemon_fences_itself_then_its_tenants_run_again(cluster3, pg
     tids = [f"p{i}" for i in range(6)]
     for t in tids:
         assert http_json("POST", d["a"].url + f"/whatsapp/{t}/start", headers=H)[0] == 200
-    placed = wait_for(lambda: one_each(marker, tids, ("a", "b")), 60, "6 tenants running")
+    placed = wait_for(lambda: settled(marker, tids, pg_dsn, ("a", "b")), 60, "6 tenants running")
     victim = Counter(placed.values()).most_common(1)[0][0]
     mine = [t for t, n in placed.items() if n == victim]
     old_pids = set(live_workers(f"{marker}-{victim}"))
@@ -208,12 +213,12 @@ def test_sigstopped_daemon_fences_itself_then_its_tenants_run_again(cluster3, pg
         os.kill(d[victim].pid, signal.SIGCONT)
     wait_for(lambda: [e for e in d[victim].log_events() if e.get("event") == "cluster.workers_killed"], 30,
              "the resumed daemon killed its workers")
-    after = wait_for(lambda: (lambda w: w if w and not set(live_workers(f"{marker}-{victim}")) & old_pids else None)(
-        one_each(marker, tids, ("a", "b"))), 60, "the fenced tenants running again on fresh workers")
+    wait_for(lambda: (lambda w: w if w and not set(live_workers(f"{marker}-{victim}")) & old_pids else None)(
+        settled(marker, tids, pg_dsn, ("a", "b"))), 60, "the fenced tenants running again on fresh workers")
     assert not any(p in old_pids for n in ("a", "b") for p in live_workers(f"{marker}-{n}"))
     now = owners(pg_dsn)
-    assert all(now[t][1] == epochs[t] + 1 for t in mine)  # one re-claim (or takeover) each
-    assert {t: now[t][0] for t in tids} == after
+    # re-claimed by the victim (one bump), or taken over by the other node and maybe handed back (two)
+    assert all(now[t][1] > epochs[t] for t in mine)
     fenced = [e for e in d[victim].log_events() if e.get("event") == "cluster.fenced"]
     assert fenced and fenced[0]["reason"] == "ping_deadline"
 
@@ -250,6 +255,6 @@ def test_postgres_restart_daemons_fence_and_every_tenant_runs_once(cluster3, pg_
     for n in "ab":
         wait_for(lambda n=n: [e for e in d[n].log_events() if e.get("event") == "cluster.workers_killed"], 30,
                  f"node {n} fenced")
-    after = wait_for(lambda: (lambda w: w if w and not {p for n in "ab" for p in live_workers(f"{marker}-{n}")}
-                              & old_pids else None)(one_each(marker, tids, ("a", "b"))), 60, "all running again")
-    assert {t: o for t, (o, _) in owners(pg_dsn).items()} == after
+
+    wait_for(lambda: settled(marker, tids, pg_dsn, ("a", "b")) and not {
+        p for n in "ab" for p in live_workers(f"{marker}-{n}")} & old_pids, 60, "all running again, each on its owner")
