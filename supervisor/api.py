@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import stream_token, ui_routes
+from . import api_cluster, stream_token, ui_routes
 from .api_guard import no_secret_guard
 from .api_server import HTTP_CODES, body_limits, error_response, json_response, read_body, serve
 from .errors import BadRequest, SupervisorError, UnknownTenant
@@ -284,6 +284,7 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
         app.router.add_post(f"{_T}/events-token", events_token)
     if metrics is not None:
         app.router.add_get("/metrics", metrics_route)
+    api_cluster.add_routes(app)  # GET /cluster (cluster mode)
     ui_routes.add_ui(app)  # GET /ui/: the operator console, public static files outside the auth
     return app
 

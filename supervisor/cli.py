@@ -208,7 +208,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     url, secret = endpoint(args)
     config = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    storage = load_settings(config).storage.root if config else StorageSettings().root
+    settings = load_settings(config) if config else None
+    storage = settings.storage.root if settings else StorageSettings().root
 
     def api(method: str, path: str) -> dict[str, Any]:
         try:
@@ -223,7 +224,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     tenant = args.tenant
     if tenant is not None:
         _q(tenant)
-    report = doctor.diagnose(api, storage, tenant)
+    report = doctor.diagnose(api, storage, tenant, settings.cluster if settings else None)
     print(json.dumps(report.to_dict(), indent=2) if args.json else doctor.render(report))
     return EXIT_OK if report.ok else EXIT_API
 

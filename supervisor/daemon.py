@@ -78,6 +78,11 @@ class Supervisor:
         self.server_clock: dict[str, dict[str, Any]] = {}  # tenant -> the last `open` event's serverTime
         # What every tenant reports to: metrics, then the live events / notify / clock / webhook glue below.
         self.observers = Observers(self.metrics, _SupervisorHooks(self))
+        self.cluster: Any = None  # cluster mode: a ClusterNode (supervisor/cluster_node.py), set by the runner
+
+    def _may_spawn(self, tid: str) -> bool:
+        """The fenced gate: in cluster mode a worker may only be spawned for a tenant owned under a valid lease."""
+        return self.cluster is None or self.cluster.may_spawn(tid)
 
     @property
     def root(self):
@@ -93,7 +98,7 @@ class Supervisor:
             if not on_disk:
                 self._admit(tid)
             tenant = Tenant(tid, self.settings, spawn_slots=self.spawn_slots, clock=self.clock, sleep=self._sleep,
-                            rand=self._rand, observer=self.observers, budget=self.budget)
+                            rand=self._rand, observer=self.observers, budget=self.budget, may_spawn=self._may_spawn)
             self.tenants[tid] = tenant
         return tenant
 
@@ -115,7 +120,8 @@ class Supervisor:
                 if entry.name not in self.tenants and is_tenant_id(entry.name) and (entry / "auth").is_dir():
                     self.tenants[entry.name] = Tenant(
                         entry.name, self.settings, spawn_slots=self.spawn_slots, clock=self.clock,
-                        sleep=self._sleep, rand=self._rand, observer=self.observers, budget=self.budget)
+                        sleep=self._sleep, rand=self._rand, observer=self.observers, budget=self.budget,
+                        may_spawn=self._may_spawn)
 
     def worker_command(self, tid: str, cmd: str, **fields: Any) -> bool:
         """A command for a tenant's live worker (the webhook's `ack`/`replay`); False when it has none."""
@@ -151,8 +157,15 @@ class Supervisor:
 
     # -- operations ---------------------------------------------------------------------------------------------
     async def start_tenant(self, tid: str) -> dict[str, Any]:
-        """Idempotent and single-flight: concurrent callers share one start and get the very same answer."""
+        """Idempotent and single-flight: concurrent callers share one start and get the very same answer. Cluster
+        mode: the intent goes to the store and the owner starts it (supervisor/cluster_node.py)."""
         tid = validate_tenant_id(tid)
+        if self.cluster is not None:
+            return await self.cluster.start_tenant(tid)
+        return await self.start_here(tid)
+
+    async def start_here(self, tid: str) -> dict[str, Any]:
+        """Start the tenant's worker on this host (cluster mode: only for a tenant this node owns)."""
         if self.shutting_down:
             raise ShuttingDown("the daemon is shutting down")
         task = self._inflight.get(tid)
@@ -190,10 +203,15 @@ class Supervisor:
         return self._tenant(tid, create=True)
 
     async def stop_tenant(self, tid: str) -> dict[str, Any]:
+        if self.cluster is not None:
+            return await self.cluster.stop_tenant(validate_tenant_id(tid))
+        return await self.stop_here(tid)
+
+    async def stop_here(self, tid: str, reason: str = "stop") -> dict[str, Any]:
         self._tenant(tid, create=False)  # UnknownTenant before any lock is made
         async with self._op(tid):
             tenant = self._tenant(tid, create=False)
-            await tenant.stop("stop")
+            await tenant.stop(reason)
             return self._status(tenant)
 
     async def restart_tenant(self, tid: str) -> dict[str, Any]:
@@ -201,6 +219,8 @@ class Supervisor:
         if self.shutting_down:
             raise ShuttingDown("the daemon is shutting down")
         self._check_auth_path(tid)  # before the stop: a restart that cannot start leaves the tenant as it is
+        if self.cluster is not None:
+            self.cluster.require_owner(tid)  # NotOwner (409) with the owner's advertiseUrl
         async with self._op(tid):
             tenant = self.tenants.get(tid)
             if tenant is not None:
@@ -210,6 +230,8 @@ class Supervisor:
             return self._status(tenant)
 
     async def logout_tenant(self, tid: str) -> dict[str, Any]:
+        if self.cluster is not None:
+            self.cluster.require_owner(validate_tenant_id(tid))
         self._tenant(tid, create=False)
         async with self._op(tid):
             tenant = self._tenant(tid, create=False)
@@ -247,13 +269,21 @@ class Supervisor:
                                "never deleted: logout first", tenant=tenant.id)
 
     async def pairing_code(self, tid: str, phone: str) -> str:
+        if self.cluster is not None:
+            self.cluster.require_owner(validate_tenant_id(tid))
         return await self._tenant(tid, create=False).pairing_code(phone)
 
     def status(self, tid: str) -> dict[str, Any]:
+        if self.cluster is not None:  # any node answers for any tenant (owner, epoch from the shared state)
+            tid = validate_tenant_id(tid)
+            local = self.tenants.get(tid)
+            return self.cluster.status(tid, self._status(local) if local is not None else None)
         return self._status(self._tenant(tid, create=False))
 
     def statuses(self) -> list[dict[str, Any]]:
         self._load_disk_tenants()
+        if self.cluster is not None:
+            return [self.status(t) for t in sorted(self.cluster.tenant_ids() | set(self.tenants))]
         return [self._status(self.tenants[t]) for t in sorted(self.tenants)]
 
     def qr(self, tid: str) -> str | None:
@@ -264,11 +294,15 @@ class Supervisor:
         for t in self.tenants.values():
             counts[t.state.value] = counts.get(t.state.value, 0) + 1
         return {"ok": not self.shutting_down, "pid": os.getpid(), "uptime": round(self.clock() - self.started_at, 3),
-                "tenants": len(self.tenants), "states": counts, "shuttingDown": self.shutting_down}
+                "tenants": len(self.tenants), "states": counts, "shuttingDown": self.shutting_down,
+                **({"cluster": self.cluster.health()} if self.cluster is not None else {})}
 
     # -- life cycle ---------------------------------------------------------------------------------------------
     async def boot(self) -> None:
-        """Start the configured tenants; a locked or broken tenant is logged, never fatal for the others."""
+        """Start the configured tenants; a locked or broken tenant is logged, never fatal for the others. Cluster
+        mode: ClusterNode.start() made them wanted; placement starts each one on its node."""
+        if self.cluster is not None:
+            return
         async def one(tid: str) -> None:
             try:
                 await self.start_tenant(tid)

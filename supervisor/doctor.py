@@ -13,12 +13,15 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from supervisor.states import CLOSE_CODES
 from supervisor.storage import read_creds_linked
+
+if TYPE_CHECKING:
+    from supervisor.settings import ClusterSettings
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 SKEW_WARN_MS, SKEW_FAIL_MS = 5_000, 60_000  # WhatsApp's login and message timestamps get unreliable past a minute
@@ -66,8 +69,15 @@ class Report:
 Api = Callable[[str, str], dict[str, Any]]
 
 
-def diagnose(api: Api, storage_root: Path, tenant: str | None = None) -> Report:
+def diagnose(api: Api, storage_root: Path, tenant: str | None = None, cluster: ClusterSettings | None = None
+             ) -> Report:
+    """`cluster` (the config's section, cluster mode): the cluster's checks are added (supervisor/cluster/checks.py)
+    and only the tenants this node owns get the per-host checks (the others' files are on their owners' hosts)."""
     report = Report()
+    if cluster is not None:
+        from .cluster.checks import cluster_checks  # imports psycopg: cluster mode only
+
+        report.daemon.extend(cluster_checks(cluster))
     health: dict[str, Any] | None = None
     try:
         health = api("GET", "/healthz")
@@ -89,6 +99,8 @@ def diagnose(api: Api, storage_root: Path, tenant: str | None = None) -> Report:
         root = storage_root / "whatsapp"
         statuses = {p.name: None for p in sorted(root.iterdir()) if (p / "auth").is_dir()} if root.is_dir() else {}
     for tid, st in statuses.items():
+        if cluster is not None and st is not None and st.get("owner") not in (None, cluster.node_id):
+            continue  # running on another node: its doctor checks it
         report.tenants[tid] = tenant_checks(tid, st, storage_root / "whatsapp" / tid, daemon_pid, bool(health))
     return report
 

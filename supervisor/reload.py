@@ -14,7 +14,7 @@ What is applied live, and how:
 - logging.*: re-configured at once.
 Not applied (logged as `config.reload_not_applied`, the old values stay in force until a restart): api.*
 (the listening socket and the secret of open clients), storage.* (where every lock and auth dir lives), webhook.*
-(the spool is owned by the running forwarder).
+(the spool is owned by the running forwarder), cluster.* (the node's lock, connections and lease are set up at start).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import structlog
 from .settings import Settings
 
 log = structlog.get_logger("supervisor.reload")
-RESTART_REQUIRED = ("api", "storage", "webhook")
+RESTART_REQUIRED = ("api", "storage", "webhook", "cluster")
 # worker.* fields the daemon reads for itself, never passed to a worker: changing them restarts nobody.
 DAEMON_SIDE_WORKER_FIELDS = frozenset({"max_concurrent_spawns", "prewarm"})
 
@@ -43,7 +43,7 @@ class ReloadPlan:
 
 
 def plan_reload(old: Settings, new: Settings, running: set[str]) -> ReloadPlan:
-    sections = ("storage", "api", "worker", "restart", "tenants", "limits", "logging", "webhook")
+    sections = ("storage", "api", "worker", "restart", "tenants", "limits", "logging", "webhook", "cluster")
     changed = [s for s in sections if getattr(old, s) != getattr(new, s)]
     old_boot, new_boot = set(old.tenants.boot), set(new.tenants.boot)
     stop = sorted(old_boot - new_boot)

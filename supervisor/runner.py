@@ -1,13 +1,15 @@
 """`run_daemon()`: one run of the daemon, as `Daemon.run()` = startup -> main_loop -> shutdown (uvicorn's
 Server.serve shape). Signal handlers only set events; the Daemon awaits every task it creates.
 
-startup:   notifier from $NOTIFY_SOCKET (removed from the env before any worker is spawned) -> webhook forwarder
+startup:   notifier from $NOTIFY_SOCKET (removed from the env before any worker is spawned) -> cluster mode: node lock
+           and claims (supervisor/cluster_node.py) -> webhook forwarder
            (so boot tenants' messages are spooled) -> API listening -> watchdog + STATUS tasks -> boot tenants
            -> READY=1 (only now: the API answers and every boot tenant has its worker or its error).
 main_loop: SIGHUP: RELOADING=1 -> re-read the config file -> apply the diff (supervisor/reload.py) -> READY=1. An
            invalid file is logged (`config.reload_failed`) and the old config keeps running.
-shutdown:  (SIGTERM/SIGINT, or a failed start-up) STOPPING=1 -> SSE streams end -> API closed (no new calls) -> all
-           workers stopped in parallel within the grace (a second signal kills them at once) -> pending spool writes
+shutdown:  (SIGTERM/SIGINT, or a failed start-up) STOPPING=1 -> SSE streams end -> API closed (no new calls) ->
+           cluster mode: drain (tenants handed to the other nodes) -> all workers stopped in parallel within the
+           grace (a second signal kills them at once) -> pending spool writes
            finished -> webhook forwarder closed (after the workers: their last messages are spooled) -> watchdog stops.
 """
 
@@ -65,6 +67,7 @@ class Daemon:
         self._forwarder: WebhookForwarder | None = None
         self._sink: MessageSink | None = None
         self._outbox: OutboxDispatcher | None = None
+        self._cluster: Any = None  # cluster mode: supervisor/cluster_node.py's ClusterNode, once its lock is held
 
     async def run(self) -> None:
         api = self.settings.api
@@ -102,6 +105,11 @@ class Daemon:
         s, notifier = self.settings, self.notifier
         assert notifier is not None
         sup = self.sup = self.sup or Supervisor(s)
+        if s.cluster is not None:  # before the API: every answer in cluster mode needs the store
+            from .cluster_node import ClusterNode  # imports psycopg: never in the single-host mode
+
+            self._cluster = sup.cluster = ClusterNode(sup, s)
+            await self._cluster.start()
         self._forwarder = make_forwarder(s.webhook, s.storage.root, sup.metrics)
         if self._forwarder is not None:
             self._sink = sup.on_message = MessageSink(self._forwarder, sup.worker_command)
@@ -141,6 +149,8 @@ class Daemon:
         if self._boot is not None:
             self._boot.cancel()  # starts still in flight are awaited by shutdown()
             await asyncio.gather(self._boot, return_exceptions=True)
+        if self._cluster is not None:
+            await self._cluster.close()  # drain: each worker stopped, then its row released for another node
         if sup is not None:
             await sup.shutdown(force=self.force_exit)
         if self._outbox is not None:

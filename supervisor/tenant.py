@@ -46,8 +46,11 @@ class Tenant:
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: SpawnSlots,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random, observer: TenantObserver | None = None,
-                 budget: ProcessBudget | None = None) -> None:
+                 budget: ProcessBudget | None = None, may_spawn: Callable[[str], bool] | None = None) -> None:
         self.id = tid
+        # The fenced gate (cluster mode, supervisor/cluster_node.py): no spawn unless it says yes; a worker that ends
+        # while it says no is not restarted, the tenant rests in `stopped` (not_owner) until started again.
+        self._may_spawn = may_spawn
         # Always a guarded fan-out: an observer's bug never breaks a transition (observer.py).
         self.observer = observer if isinstance(observer, Observers) else Observers(*filter(None, [observer]))
         self.settings = settings  # replaced by a reload; read at each spawn and each decision
@@ -183,12 +186,16 @@ class Tenant:
     def _prewarm(self) -> None:
         """Pre-start the standby while this tenant's worker lives and shows a QR (lifecycle: not at hello, where
         no scan may ever come; and two Baileys imports at once would delay the first QR, +210 ms on 2 CPUs)."""
-        if not (self.running and not self._want_stop and self.lock.fd is not None and self.worker is not None
-                and self.worker.alive and self.settings.worker.prewarm and self.standby.current is None):
+        if not (self.running and not self._want_stop and self._gate() and self.lock.fd is not None
+                and self.worker is not None and self.worker.alive and self.settings.worker.prewarm
+                and self.standby.current is None):
             return
         self._standby_place = self.budget.prewarm(self.standby, self.settings.worker, self.auth_dir, self.lock.fd)
         if self._standby_place is None:  # limits.max_standbys / max_processes: this scan takes ~0.9 s longer
             log.info("standby.skipped", tenant=self.id, reason="capacity")
+
+    def _gate(self) -> bool:
+        return self._may_spawn is None or self._may_spawn(self.id)
 
     @property
     def running(self) -> bool:
@@ -279,14 +286,14 @@ class Tenant:
     # -- the supervise loop -----------------------------------------------------------------------------------
     async def _supervise(self) -> None:
         try:
-            while not self._want_stop:
+            while not self._want_stop and self._gate():
                 storage_error: OSError | None = None
                 try:
                     ending, info = await self._run_once()
                 except OSError as exc:  # _run_once has already made sure no worker of its own is left
                     storage_error, ending, info = exc, Ending.SPAWN, None
                     self._spawned.set()  # a waiting start() answers with the backoff state below
-                if self._want_stop:
+                if self._want_stop or not self._gate():
                     break
                 if storage_error is not None:
                     log.error("tenant.storage_error", tenant=self.id,
@@ -302,6 +309,8 @@ class Tenant:
                 if decision.action is Action.BACKOFF:
                     await self.backoff.sleep(decision.delay)
                     self._apply(*lifecycle.after_backoff(self.life, decision))
+            if not self._want_stop and self.state not in RESTING_STATES:  # the gate closed (fenced, handed off)
+                self.change_state(S.STOPPED, "not_owner")
         except Exception as exc:  # a bug: say so in the state instead of freezing in `starting` with no worker
             log.error("tenant.supervise_failed", tenant=self.id, error=type(exc).__name__, message=str(exc)[:300],
                       exc_info=True)
@@ -325,7 +334,7 @@ class Tenant:
         self.life, self._hello = lifecycle.spawning(self.life), asyncio.Event()
         self._attempt_at = self.clock()
         run = self._run = WorkerRun(self.id, self.lock, self._spawn_slots, clock=self.clock, spawned=self._spawned,
-                                    hello=self._hello, stop_requested=lambda: self._want_stop,
+                                    hello=self._hello, stop_requested=lambda: self._want_stop or not self._gate(),
                                     on_started=self._count_spawn)
         standby = await self.standby.take(self.settings.worker.heartbeat_timeout)
         if standby is not None:
