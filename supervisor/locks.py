@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -24,31 +23,12 @@ import structlog
 from filelock import lock_descriptor
 
 from supervisor.errors import StorageError, TenantLocked
+from supervisor.procs import same_process, env_names_auth_dir, holds_file, kill_group, process_identity
 from supervisor.storage import make_private_dir
 
 log = structlog.get_logger("supervisor.locks")
 
-# Two create_time readings of one process agree to within this (psutil derives it from jiffies since boot).
-_CREATE_TIME_SLACK = 0.05
 _LOCK_POLL = 0.05  # flock offers no async wake-up: bounded polling while a killed leftover lets go
-
-
-def _same_process(pid: Any, create_time: Any) -> psutil.Process | None:
-    """The live process `pid` if it is the very process that was recorded (same create_time), else None."""
-    if not isinstance(pid, int) or not isinstance(create_time, (int, float)) or pid <= 0:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > _CREATE_TIME_SLACK or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def process_identity(pid: int) -> float:
-    """create_time of `pid`, recorded next to it so the pid can be trusted later."""
-    return psutil.Process(pid).create_time()
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -84,31 +64,6 @@ def _is_path_of(fd: int, path: Path) -> bool:
     except OSError:
         return False
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-def holds_file(pid: int, target: os.stat_result) -> bool:
-    """Whether process `pid` has an open descriptor on the file `target` (same device and inode): for a worker,
-    the auth.lock it inherited. False when that cannot be read (another user's process: not provably ours)."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            st = os.stat(f"/proc/{pid}/fd/{fd}")  # follows the magic link to the open file itself
-            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-                return True
-    return False
-
-
-def env_names_auth_dir(pid: int, auth_dir: Path) -> bool:
-    """Whether process `pid` was started as the worker of `auth_dir` (BSUP_AUTH_DIR in its environment)."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            environ = fh.read().split(b"\0")
-    except OSError:
-        return False
-    return b"BSUP_AUTH_DIR=" + os.fsencode(str(auth_dir.resolve())) in environ
 
 
 class TenantLock:
@@ -188,7 +143,7 @@ class TenantLock:
         # The owning daemon is dead but no recorded worker was stopped: the holder is its worker, killed with the
         # daemon before `worker.pid` was written (or one finishing its exit). It exits on stdin EOF within ~1 s, so
         # wait for it like for a stopped leftover instead of answering 409 (a boot start would not retry).
-        orphaned = bool(owner) and _same_process(owner.get("daemon_pid"), owner.get("daemon_create_time")) is None
+        orphaned = bool(owner) and same_process(owner.get("daemon_pid"), owner.get("daemon_create_time")) is None
         if stopped or orphaned:
             deadline = time.monotonic() + self.stop_grace + 1.0
             while time.monotonic() < deadline:
@@ -198,9 +153,9 @@ class TenantLock:
         elif lock_descriptor(fd, blocking=False):  # the holder went away meanwhile
             return
         details: dict[str, Any] = {"tenant": self.tenant}
-        if record and _same_process(record.get("pid"), record.get("create_time")):
+        if record and same_process(record.get("pid"), record.get("create_time")):
             details.update(owner_pid=record.get("pid"), daemon_pid=record.get("daemon_pid"))
-        elif _same_process(owner.get("daemon_pid"), owner.get("daemon_create_time")):
+        elif same_process(owner.get("daemon_pid"), owner.get("daemon_create_time")):
             details.update(owner_pid=owner.get("daemon_pid"), daemon_pid=owner.get("daemon_pid"))
         log.warning("lock.busy", **details)
         raise TenantLocked(f"tenant {self.tenant} is owned by another process", **details)
@@ -210,13 +165,13 @@ class TenantLock:
         tenant's worker. True if one was stopped."""
         if not record:
             return False
-        proc = _same_process(record.get("pid"), record.get("create_time"))
+        proc = same_process(record.get("pid"), record.get("create_time"))
         if proc is None:
             return False
         daemon_pid = record.get("daemon_pid")
         if daemon_pid == os.getpid():
             return False  # one of ours (the caller guarantees it is not a live tenant of this daemon)
-        if require_dead_daemon and _same_process(daemon_pid, record.get("daemon_create_time")):
+        if require_dead_daemon and same_process(daemon_pid, record.get("daemon_create_time")):
             return False  # a live daemon owns it: 409, never kill another daemon's worker
         # worker.pid is a file anyone with access to the tenant directory can write: pid + create_time only prove
         # that the recorded process still runs, not that it is a worker. A forged record could name any process of
@@ -260,53 +215,3 @@ class TenantLock:
         # also the copy a still-living worker inherited. The kernel releases it when the last copy closes.
         os.close(fd)
         log.info("lock.released", tenant=self.tenant)
-
-
-async def kill_group(proc: psutil.Process, grace: float) -> None:
-    """SIGTERM the process group led by `proc`, wait up to `grace`, then SIGKILL the group.
-
-    The wait is the loop's own (a pidfd becomes readable when the process exits), not `to_thread(proc.wait)`: the
-    default pool has cpu_count + 4 threads, so N hung leftovers of a killed daemon were stopped 6 at a time on 2
-    cores, the last after ceil(N/6) x grace. The pidfd also pins the process: a pid reused after our identity check
-    is never signalled."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:  # gone already
-        return
-    try:
-        if not proc.is_running():  # psutil compares create_time: the pid was reused before the pidfd pinned it
-            return
-        try:
-            pgid = os.getpgid(proc.pid)
-        except ProcessLookupError:
-            return
-        # Workers lead their own session; anything else gets only a direct signal, never someone else's group.
-        group = pgid == proc.pid
-
-        def send(sig: int) -> None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if group:
-                    os.killpg(pgid, sig)
-                else:
-                    signal.pidfd_send_signal(pidfd, sig)
-
-        send(signal.SIGTERM)
-        if not await _exited(pidfd, grace):
-            send(signal.SIGKILL)
-            await _exited(pidfd, grace)
-    finally:
-        os.close(pidfd)
-
-
-async def _exited(pidfd: int, timeout: float) -> bool:
-    """Wait up to `timeout` for the process behind `pidfd` to exit; True if it did."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
-    try:
-        await asyncio.wait_for(done, timeout)
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(pidfd)
