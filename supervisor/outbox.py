@@ -19,7 +19,6 @@ server ack instead of being handed over again, until the next `open` resends wha
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import sqlite3
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SupervisorError
-from .storage import create_private_file, make_private_dir
+from .private_db import PrivateDb
 
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
 STATUSES = (*RANK, "failed")
@@ -115,45 +114,20 @@ def advances(old: str, new: str) -> bool:
 class Outbox:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        # Message texts; a 202 promises the message is kept: private, flock'ed, WAL + fsync per commit (private_db.py)
+        self._file = PrivateDb(self.path, "outbox", error=OutboxError, locked=OutboxLocked)
 
     def open(self) -> None:
-        make_private_dir(self.path.parent, tighten=0)
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutboxLocked(f"outbox {self.path} is in use by another process", path=str(self.path))
-        self._lock_fd = fd
-        try:
-            for suffix in ("", "-wal", "-shm"):  # message texts: 0600 before SQLite creates -wal/-shm from it
-                if suffix == "" or os.path.lexists(f"{self.path}{suffix}"):
-                    create_private_file(Path(f"{self.path}{suffix}"))
-            db = sqlite3.connect(self.path, isolation_level=None)
-            self._db = db
-            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-                raise OutboxError(f"outbox {self.path}: WAL not available")
-            db.execute("PRAGMA synchronous=FULL")  # a 202 promises the message is kept: fsync per commit
-            db.executescript(SCHEMA)
-        except BaseException:
-            self.close()
-            raise
+        self._file.open(SCHEMA)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._file.close()
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
+        if self._file.conn is None:
             raise OutboxError("outbox is not open")
-        return self._db
+        return self._file.conn
 
     def _one(self, where: str, args: tuple[Any, ...]) -> Row | None:
         r = self.db.execute(f"SELECT {_COLS} FROM outbox WHERE {where}", args).fetchone()

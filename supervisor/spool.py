@@ -24,7 +24,6 @@ that the message is safe, and message rates are human-scale, so one fsync per pu
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import uuid
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SupervisorError
-from .storage import create_private_file, make_private_dir
+from .private_db import PrivateDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -103,37 +102,15 @@ class Spool:
         self.max_bytes = max_bytes
         self.depth = 0  # pending rows; mirrored in memory so put() needs no COUNT(*)
         self.bytes = 0
-        self._db: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        # The message bodies' file: private, flock'ed, WAL + synchronous=FULL (private_db.py)
+        self._file = PrivateDb(self.path, "webhook spool", error=SpoolError, locked=SpoolLocked)
         # Tenants refused since their last unblock(): later puts are refused too, so a refused message is never
         # overtaken by a later one that found room after a delivery (the worker replays them in order).
         self.refused_tenants: set[str] = set()
 
     def open(self) -> None:
-        make_private_dir(self.path.parent, tighten=0)  # created 0700; an existing storage root is the operator's
-        # flock on a side file (SQLite's own locks are fcntl locks on the db, which flock does not interfere with).
-        # It belongs to this open file description, so a SIGKILLed owner releases it at once.
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        db = self._file.open(SCHEMA)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolLocked(f"webhook spool {self.path} is in use by another process", path=str(self.path))
-        self._lock_fd = fd
-        try:
-            # The spool holds message bodies: 0600 whatever the umask. SQLite creates its files 0644 & ~umask and
-            # gives -wal and -shm the mode of the database file, so the database is created (or fixed) first.
-            for suffix in ("", "-wal", "-shm"):
-                if suffix == "" or os.path.lexists(f"{self.path}{suffix}"):
-                    create_private_file(Path(f"{self.path}{suffix}"))
-            # isolation_level=None: autocommit; multi-statement changes use explicit BEGIN IMMEDIATE.
-            db = sqlite3.connect(self.path, isolation_level=None)
-            self._db = db
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise SpoolError(f"webhook spool {self.path}: WAL not available (journal_mode={mode})")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
             for table in MIGRATIONS:
                 if "event_id" not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN event_id TEXT")
@@ -144,18 +121,13 @@ class Spool:
             raise
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        self._file.close()
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
+        if self._file.conn is None:
             raise SpoolError("webhook spool is not open")
-        return self._db
+        return self._file.conn
 
     def has_room(self) -> bool:
         return self.depth < self.max_items and (self.max_bytes is None or self.bytes < self.max_bytes)
