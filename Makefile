@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 # come with the targets that run tests.
 setup: $(VENV)/.installed node_worker/node_modules/.installed
 setup-test: setup $(VENV)/.installed-test
+	bash scripts/test-system-deps.sh  # PostgreSQL + chromium for the cluster and console tests (apt when root)
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
