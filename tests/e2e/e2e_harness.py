@@ -143,7 +143,9 @@ class Daemon(DaemonProcess):
             raise AssertionError(f"{exc}; last status: {seen[-1] if seen else None}") from None
 
     def wait_connected(self, tid: str, timeout: float = 2 * WAIT) -> dict[str, Any]:
-        return self.wait_status(tid, lambda s: s["connected"], timeout, "connected")
+        # With a live worker: right after a SIGKILL the status can still say connected with pid null, until the
+        # daemon has handled the exit (a caller that signals the pid would get None).
+        return self.wait_status(tid, lambda s: s["connected"] and s["pid"] is not None, timeout, "connected")
 
     def wait_qr(self, tid: str, timeout: float = WAIT) -> str:
         self.wait_status(tid, lambda s: s["hasQR"], timeout, "hasQR")
