@@ -62,7 +62,17 @@ export async function startSim(args = []) {
  */
 export const MESSAGING_CLIENT = { shouldSyncHistoryMessage: () => false };
 
-export const tmpAuthDir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'wa-sim-auth-'));
+// Removed when the test process exits (the suite ran ~700 runs' worth of them into /tmp otherwise). Synchronous:
+// 'exit' handlers cannot wait.
+const authDirs = [];
+process.on('exit', () => {
+  for (const d of authDirs) { try { fs.rmSync(d, { recursive: true, force: true }); } catch { /* best effort */ } }
+});
+export const tmpAuthDir = () => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'wa-sim-auth-'));
+  authDirs.push(d);
+  return d;
+};
 
 /**
  * One Baileys socket (what one worker connection does): useMultiFileAuthState in authDir,
