@@ -19,6 +19,7 @@ from supervisor.api_forward import FORWARDED_BY, FORWARDED_TO, QUICK
 from tests.cluster.test_daemon_cluster import H, cluster3, settled  # noqa: F401 - cluster3 is a fixture
 from tests.conftest import live_workers
 from tests.support import http_json, wait_for
+from tests.test_ops_openapi import validate
 
 AB = ("a", "b")
 PHONE = "15550001111"  # a made-up number: never a real one in tests
@@ -64,6 +65,8 @@ def test_commands_and_qr_through_a_non_owner_act_on_the_owner(cluster3, pg_dsn, 
     status, hdrs, body = req("GET", via + "/qr", headers=H)
     assert status == 200 and body["qr"] == "fake-qr-1" and body["dataUrl"].startswith("data:image/png")
     assert hdrs[FORWARDED_TO] == owner and hdrs["Cache-Control"] == "no-store"
+    assert hdrs["Content-Type"].startswith("application/json")
+    validate(body, {"$ref": "#/components/schemas/QR"})
 
     status, hdrs, body = req("POST", via + "/pairing-code", {"phone": PHONE}, headers=H)
     assert status == 200 and body["code"] == "FAKE1234", body
@@ -181,6 +184,7 @@ def test_a_sigstopped_owner_is_504_within_the_bound_and_start_falls_back_to_the_
     for status, answer, took in (qr, send):
         assert status == 504 and answer["error"] == "owner_unreachable", answer
         assert answer["owner"] == owner and answer["advertiseUrl"] == d[owner].url
+        validate(answer, {"$ref": "#/components/schemas/Error"})
         # it waited for the owner (QUICK), and not much longer (a loose bound for a loaded machine)
         assert QUICK - 0.5 <= took < QUICK + 20, took
     status, answer, took = start
@@ -207,3 +211,75 @@ def test_the_loop_guard_header_is_no_way_around_the_secret(cluster3, pg_dsn, mar
     ev = [e for e in d[owner].log_events() if e.get("event") == "api.request" and e.get("route", "").endswith(
         "/pairing-code") and e.get("status") == 200]
     assert ev
+
+
+def test_without_advertise_url_the_answer_stays_409_not_owner(cluster3, pg_dsn, marker):
+    """A cluster whose nodes advertise no URL: nothing to forward to, today's 409 with the owner (docs/cluster.md)."""
+    d, t, owner, other = two_nodes(lambda names: cluster3(names, advertise_url=None), pg_dsn, marker)
+    status, hdrs, body = req("POST", d[other].url + f"/whatsapp/{t}/restart", headers=H)
+    assert status == 409 and body["error"] == "not_owner" and body["owner"] == owner and body["advertiseUrl"] is None
+    status, hdrs, body = req("GET", d[other].url + f"/whatsapp/{t}/qr", headers=H)
+    assert status == 200 and body["qr"] is None and FORWARDED_TO not in hdrs  # the local answer: no QR here
+
+
+class Recorder(threading.Thread):
+    """A plain HTTP listener that records every request it gets (path, headers) and answers 200 {}."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        seen = self.seen = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                seen.append((self.command, self.path, dict(self.headers)))
+                body = b'{"ok": true, "tenant": "x", "code": "REC00000"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _any
+
+            def log_message(self, *a) -> None:
+                pass
+
+        super().__init__(daemon=True)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.1)
+
+
+def test_only_a_usable_url_from_the_store_is_sent_the_secret(cluster3, pg_dsn, marker):
+    import psycopg
+
+    d, t, owner, other = two_nodes(cluster3, pg_dsn, marker)
+    rec = Recorder()
+    rec.start()
+    via = d[other].url + f"/whatsapp/{t}/pairing-code"
+
+    def advertise(url: str) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            c.execute("UPDATE cluster_node SET advertise_url = %s WHERE node_id = %s", (url, owner))
+        wait_for(lambda: http_json("GET", d[other].url + f"/whatsapp/{t}/status", headers=H)[1].get(
+            "advertiseUrl") == url, 30, "the new URL in the snapshot")
+
+    try:
+        host_port = rec.url.removeprefix("http://")
+        for bad in (f"http://user:pw@{host_port}", f"ftp://{host_port}", f"{rec.url}/?x=1", f"{rec.url}/#f"):
+            advertise(bad)
+            status, hdrs, body = req("POST", via, {"phone": PHONE}, headers={**H, "X-Forwarded-Host": host_port})
+            assert status == 409 and body["error"] == "not_owner", (bad, body)
+        assert rec.seen == []  # not one request, so never the secret
+        # the check can see a forward: a usable URL in the store is where the request goes (path and query kept)
+        advertise(rec.url + "/prefix")
+        status, hdrs, body = req("POST", via + "?a=1", {"phone": PHONE}, headers=H)
+        assert status == 200 and body["code"] == "REC00000" and hdrs[FORWARDED_TO] == owner
+        (method, path, headers), = rec.seen
+        assert (method, path) == ("POST", f"/prefix/whatsapp/{t}/pairing-code?a=1")
+        assert headers["X-Internal-Secret"] == H["X-Internal-Secret"] and headers[FORWARDED_BY] == other
+    finally:
+        rec.server.shutdown()
