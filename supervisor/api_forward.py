@@ -95,8 +95,10 @@ class Forwarder:
 
     async def start(self) -> None:
         # limit: one outgoing connection per incoming one at most, and those are capped by api.max_connections.
+        # force_close: no pooled keep-alive connections. The owner closes idle ones on its own terms (api.idle_timeout,
+        # and evicts them first at its connection cap), and a request sent on one it just closed would be a 502.
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.settings.api.max_connections),
+            connector=aiohttp.TCPConnector(limit=self.settings.api.max_connections, force_close=True),
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, auto_decompress=False)
 
     def end_streams(self) -> None:
