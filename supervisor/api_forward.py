@@ -49,6 +49,7 @@ REQUEST_HEADERS = ("X-Internal-Secret", "Authorization", "Idempotency-Key", "Con
 RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Idempotent-Replayed", "Retry-After", "Allow",
                     "X-Accel-Buffering")
 QUICK = 10.0  # seconds for an answer that needs no worker round trip (also: a stream's response headers)
+CONNECT = 5.0  # seconds for the TCP connection to the owner (a SIGSTOPped owner's kernel still accepts: QUICK ends that)
 MAX_ANSWER = 4 * 1024 * 1024  # an owner's answer larger than this is not one of ours (a QR PNG is a few KB)
 FORWARDER: web.AppKey[Any] = web.AppKey("forwarder")
 
@@ -90,6 +91,8 @@ class Forwarder:
         # a restart stops (grace) and then waits for the new worker's hello (heartbeat_timeout).
         self.slow = max(30.0, w.stop_grace + w.heartbeat_timeout) + 5.0
         self.stream_idle = 2 * 15.0 + 5.0  # two missed SSE keep-alives (sse.HEARTBEAT) and the stream is dead
+        # An owner cut off by the network never answers the SYN: a slow command must not wait its whole bound for it.
+        self._connect_only = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT)
         self.session: aiohttp.ClientSession | None = None
         self._streams: set[aiohttp.ClientResponse] = set()
 
@@ -149,7 +152,8 @@ class Forwarder:
         try:
             async with asyncio.timeout(bound):
                 async with self.session.request(request.method, target(base, request.raw_path), data=body,
-                                                headers=self._headers(request), allow_redirects=False) as up:
+                                                headers=self._headers(request), allow_redirects=False,
+                                                timeout=self._connect_only) as up:
                     if (up.content_length or 0) > MAX_ANSWER:
                         raise OwnerUnreachable(502, "answer_too_large")
                     data = await up.content.read(MAX_ANSWER + 1)
@@ -167,7 +171,7 @@ class Forwarder:
         """The owner's event stream, chunk by chunk. Its headers must come within QUICK; after that a stream silent
         for two keep-alives ends (the client reconnects with Last-Event-ID, as after any daemon restart)."""
         assert self.session is not None
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=QUICK, sock_read=self.stream_idle)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT, sock_read=self.stream_idle)
         try:
             async with asyncio.timeout(QUICK):
                 up = await self.session.get(target(base, request.raw_path), headers=self._headers(request),
