@@ -3,11 +3,12 @@ Server.serve shape). Signal handlers only set events; the Daemon awaits every ta
 
 startup:   notifier from $NOTIFY_SOCKET (removed from the env before any worker is spawned) -> cluster mode: node lock
            and claims (supervisor/cluster_node.py) -> webhook forwarder
-           (so boot tenants' messages are spooled) -> API listening -> watchdog + STATUS tasks -> boot tenants
+           (so boot tenants' messages are spooled) -> cluster mode: the proxy to the other nodes
+           (supervisor/api_forward.py) -> API listening -> watchdog + STATUS tasks -> boot tenants
            -> READY=1 (only now: the API answers and every boot tenant has its worker or its error).
 main_loop: SIGHUP: RELOADING=1 -> re-read the config file -> apply the diff (supervisor/reload.py) -> READY=1. An
            invalid file is logged (`config.reload_failed`) and the old config keeps running.
-shutdown:  (SIGTERM/SIGINT, or a failed start-up) STOPPING=1 -> SSE streams end -> API closed (no new calls) ->
+shutdown:  (SIGTERM/SIGINT, or a failed start-up) STOPPING=1 -> SSE streams (also proxied ones) end -> API closed (no new calls) ->
            cluster mode: drain (tenants handed to the other nodes) -> all workers stopped in parallel within the
            grace (a second signal kills them at once) -> pending spool writes
            finished -> webhook forwarder closed (after the workers: their last messages are spooled) -> watchdog stops.
