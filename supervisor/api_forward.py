@@ -46,10 +46,10 @@ ROUTES = {
 # Request headers passed on: auth (the owner checks it again), the send API's key, SSE resume, the body's type.
 # Not Host/Origin (the owner's no-secret guard compares them with its own address), not hop-by-hop headers.
 REQUEST_HEADERS = ("X-Internal-Secret", "Authorization", "Idempotency-Key", "Content-Type", "Last-Event-ID", "Accept")
-RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Idempotent-Replayed", "Retry-After", "Allow",
+RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Idempotent-Replayed", "Retry-After", "Allow",
                     "X-Accel-Buffering")
 QUICK = 10.0  # seconds for an answer that needs no worker round trip (also: a stream's response headers)
-CONNECT = 5.0  # seconds for the TCP connection to the owner (a SIGSTOPped owner's kernel still accepts: QUICK ends that)
+CONNECT = 5.0  # seconds for the TCP connection (a SIGSTOPped owner's kernel still accepts: QUICK ends that)
 MAX_ANSWER = 4 * 1024 * 1024  # an owner's answer larger than this is not one of ours (a QR PNG is a few KB)
 FORWARDER: web.AppKey[Any] = web.AppKey("forwarder")
 

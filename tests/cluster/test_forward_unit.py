@@ -1,5 +1,5 @@
 """The pure parts of supervisor/api_forward.py: which advertised URLs may be sent a request (and so the secret), and
-the owner's URL for a request (its path and query byte for byte). The forwarding itself: tests/cluster/test_forward.py."""
+the owner's URL for a request (its path and query byte for byte). The forwarding itself: test_forward.py."""
 
 from __future__ import annotations
 
