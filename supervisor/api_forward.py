@@ -30,6 +30,7 @@ from .api_server import error_response, read_body
 from .events import get_logger
 from .ids import is_tenant_id
 from .settings import Settings
+from .sse import HEARTBEAT
 
 log = get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,7 +91,7 @@ class Forwarder:
         # A slow command may legitimately take the owner this long: pairing-code waits up to 30 s for its worker,
         # a restart stops (grace) and then waits for the new worker's hello (heartbeat_timeout).
         self.slow = max(30.0, w.stop_grace + w.heartbeat_timeout) + 5.0
-        self.stream_idle = 2 * 15.0 + 5.0  # two missed SSE keep-alives (sse.HEARTBEAT) and the stream is dead
+        self.stream_idle = 2 * HEARTBEAT + 5.0  # two missed SSE keep-alives and the owner's stream is dead
         # An owner cut off by the network never answers the SYN: a slow command must not wait its whole bound for it.
         self._connect_only = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT)
         self.session: aiohttp.ClientSession | None = None
