@@ -283,3 +283,29 @@ def test_only_a_usable_url_from_the_store_is_sent_the_secret(cluster3, pg_dsn, m
         assert headers["X-Internal-Secret"] == H["X-Internal-Secret"] and headers[FORWARDED_BY] == other
     finally:
         rec.server.shutdown()
+
+
+def test_a_proxied_stream_ends_when_the_owner_leaves_and_the_reconnect_follows_the_tenant(cluster3, pg_dsn, marker):
+    """SIGTERM drains the owner: its streams end, so does the proxied one (no stream left hanging on a node that no
+    longer serves the tenant), and the client's reconnect through the same node reaches the tenant's new home."""
+    d, t, owner, other = two_nodes(cluster3, pg_dsn, marker)
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    url = d[other].url + f"/whatsapp/{t}/events"
+    reader = threading.Thread(target=read_sse, args=(url, H, events, stop), daemon=True)
+    reader.start()
+    try:
+        assert events.get(timeout=60).get("forwardedTo") == owner
+        assert events.get(timeout=60)["event"] == "snapshot"
+        assert d[owner].stop(60) == 0
+        reader.join(60)
+        assert not reader.is_alive(), "the proxied stream is still open after its owner left"
+        wait_for(lambda: settled(marker, [t, "f2", "f3", "f4"], pg_dsn, (other,)), 60, "the tenants on the last node")
+        again: queue.Queue = queue.Queue()
+        threading.Thread(target=read_sse, args=(url, H, again, stop), daemon=True).start()
+        head = again.get(timeout=60)
+        assert head.get("status") == 200 and head["forwardedTo"] is None  # served here now
+        snap = again.get(timeout=60)
+        assert snap["data"]["status"]["owner"] == other and snap["data"]["status"].get("pid")
+    finally:
+        stop.set()
