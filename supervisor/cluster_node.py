@@ -9,9 +9,9 @@ the single-host mode never imports psycopg.
   Tenant checks it before each spawn and after each worker's end, so a killed worker is not a crash to restart: the
   tenant rests in `stopped` (reason `not_owner`) until a new claim calls `on_gain` again.
 - Operator intent lives in the store: start/stop from any node set `tenant_owner.wanted` (a started tenant stays
-  started across node deaths); the owner acts on it. A node that does not own a tenant answers with its owner
-  (`owner`, `advertiseUrl`) and does not forward: the caller may follow `advertiseUrl` for commands that need the
-  live worker (restart, logout, pairing-code), which answer 409 `not_owner` elsewhere.
+  started across node deaths); the owner acts on it. A request for another node's tenant is forwarded there by
+  supervisor/api_forward.py (`forward_target`); one that cannot be (no advertiseUrl, already forwarded) and needs
+  the live worker (restart, logout, pairing-code) answers 409 `not_owner` with `owner` and `advertiseUrl`.
 - Any node answers status/list for any tenant from a snapshot of `tenant_owner` refreshed every `claim_interval`
   on a connection of its own (constant per node, like the lock and data connections).
 """
@@ -176,6 +176,16 @@ class ClusterNode:
         row = self.remote.get(tid, {})
         return {"owner": row.get("owner"), "epoch": row.get("epoch"), "wanted": row.get("wanted"),
                 "advertiseUrl": row.get("advertiseUrl")}
+
+    def forward_target(self, tid: str) -> tuple[str, str | None] | None:
+        """(owner, its advertiseUrl) when another node owns `tid` in the snapshot; None when we own it or nobody does
+        (supervisor/api_forward.py then answers locally)."""
+        if tid in self.own.owned:
+            return None
+        row = self.remote.get(tid)
+        if not row or not row.get("owner") or row["owner"] == self.own.node_id:
+            return None
+        return row["owner"], row.get("advertiseUrl")
 
     def tenant_ids(self) -> set[str]:
         return set(self.remote) | set(self.own.owned)

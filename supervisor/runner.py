@@ -3,11 +3,12 @@ Server.serve shape). Signal handlers only set events; the Daemon awaits every ta
 
 startup:   notifier from $NOTIFY_SOCKET (removed from the env before any worker is spawned) -> cluster mode: node lock
            and claims (supervisor/cluster_node.py) -> webhook forwarder
-           (so boot tenants' messages are spooled) -> API listening -> watchdog + STATUS tasks -> boot tenants
+           (so boot tenants' messages are spooled) -> cluster mode: the proxy to the other nodes
+           (supervisor/api_forward.py) -> API listening -> watchdog + STATUS tasks -> boot tenants
            -> READY=1 (only now: the API answers and every boot tenant has its worker or its error).
 main_loop: SIGHUP: RELOADING=1 -> re-read the config file -> apply the diff (supervisor/reload.py) -> READY=1. An
            invalid file is logged (`config.reload_failed`) and the old config keeps running.
-shutdown:  (SIGTERM/SIGINT, or a failed start-up) STOPPING=1 -> SSE streams end -> API closed (no new calls) ->
+shutdown:  (SIGTERM/SIGINT, or a failed start-up) STOPPING=1 -> SSE streams (also proxied ones) end -> API closed (no new calls) ->
            cluster mode: drain (tenants handed to the other nodes) -> all workers stopped in parallel within the
            grace (a second signal kills them at once) -> pending spool writes
            finished -> webhook forwarder closed (after the workers: their last messages are spooled) -> watchdog stops.
@@ -68,6 +69,7 @@ class Daemon:
         self._sink: MessageSink | None = None
         self._outbox: OutboxDispatcher | None = None
         self._cluster: Any = None  # cluster mode: supervisor/cluster_node.py's ClusterNode, once its lock is held
+        self._forward: Any = None  # cluster mode: the API's proxy to other nodes and its ClientSession
 
     async def run(self) -> None:
         api = self.settings.api
@@ -117,6 +119,12 @@ class Daemon:
         self._outbox = await _start_outbox(s, sup, self._forwarder)  # before the boot: tenants resume sending
         app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder,
                        outbox=self._outbox)
+        if self._cluster is not None:  # requests for another node's tenants go to it (supervisor/api_forward.py)
+            from .api_forward import Forwarder, install
+
+            self._forward = Forwarder(self._cluster, s)
+            await self._forward.start()
+            install(app, self._forward)
         self._api, port = await start_api(app, s.api.host, s.api.port)
         log.info("daemon.started", pid=os.getpid(), host=s.api.host, port=port, api=True, storage=str(s.storage.root))
         self._background = [
@@ -144,8 +152,12 @@ class Daemon:
         log.info("daemon.stopping", tenants=len(sup.tenants) if sup else 0)
         if sup is not None:
             sup.events.close()  # open SSE streams end now, so closing the API below does not wait for them
+        if self._forward is not None:
+            self._forward.end_streams()  # proxied ones too
         if self._api is not None:
             await self._api.cleanup()  # stop accepting first: no start can race the shutdown
+        if self._forward is not None:
+            await self._forward.close()
         if self._boot is not None:
             self._boot.cancel()  # starts still in flight are awaited by shutdown()
             await asyncio.gather(self._boot, return_exceptions=True)

@@ -95,9 +95,11 @@ def test_tenants_land_once_survive_sigkill_and_drain(cluster3, pg_dsn, marker):
         validate(x, {"$ref": "#/components/schemas/" + ("TenantStatus" if x["owner"] == "b" else "RemoteTenantStatus")})
     assert {t: x["nodeId"] for x in view["nodes"] for t in x["tenants"]} == placed
     assert http_json("GET", d["a"].url + "/cluster")[0] == 401  # behind the secret
-    # a command that needs the live worker, sent to a node that does not own the tenant: 409 with the owner
+    # a command that needs the live worker, on a node that does not own the tenant, already forwarded once (the
+    # loop guard: tests/cluster/test_forward.py covers the forwarding itself): 409 with the owner
     other = next(n for n in NODES if n != placed[t0])
-    status, body = http_json("POST", d[other].url + f"/whatsapp/{t0}/restart", headers=H)
+    status, body = http_json("POST", d[other].url + f"/whatsapp/{t0}/restart",
+                             headers={**H, "X-Bsup-Forwarded-By": placed[t0]})
     assert status == 409 and body["error"] == "not_owner" and body["owner"] == placed[t0]
     assert body["advertiseUrl"] == d[placed[t0]].url
 
