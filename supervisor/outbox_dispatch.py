@@ -34,7 +34,7 @@ from .errors import NotRunning, WorkerCommandFailed, WorkerTimeout
 from .observer import TenantObserver
 from .outbox import Outbox, Row, status_dict
 from .settings import OutboxSettings
-from .states import TenantState, iso
+from .states import TenantState
 
 log = structlog.get_logger("supervisor.outbox")
 OUTBOX_FILENAME = "outbox.sqlite3"
