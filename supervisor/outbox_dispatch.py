@@ -109,6 +109,11 @@ class OutboxDispatcher(TenantObserver):
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self.forwarder is not None:  # the statuses of the last moments: into the spool now, not at the next start
+            try:
+                await asyncio.wait_for(self._copy_hooks(), CLOSE_WAIT)
+            except asyncio.TimeoutError:
+                pass  # they stay in the outbox: the next start copies them
         self._closed = True
         await self._db(self.box.close)  # also after a failed start: close() undoes whatever open() got to
         self._executor.shutdown(wait=True)

@@ -18,7 +18,7 @@ import pytest
 from test_webhook import Target
 
 from supervisor.outbox import Outbox, status_event_id
-from supervisor.outbox_dispatch import make_outbox
+from supervisor.outbox_dispatch import OutboxDispatcher, make_outbox
 from supervisor.settings import OutboxSettings, WebhookSettings
 from supervisor.spool import Spool, SpoolFull
 from supervisor.webhook import WebhookForwarder
@@ -126,3 +126,35 @@ def test_an_ungated_put_does_not_hold_back_the_tenants_messages(tmp_path: Path) 
         assert TENANT in spool.refused_tenants
     finally:
         spool.close()
+
+
+async def test_a_status_item_the_full_spool_refused_is_retried_until_there_is_room(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("supervisor.outbox_dispatch.HOOK_RETRY", 0.05)
+    target = Target()
+    target.default[TENANT] = 503  # the web app is down: the spool fills (bound: 1 item)
+    await target.start()
+    fw = WebhookForwarder(WebhookSettings(url=target.url, timeout=5.0, initial_delay=0.05, max_delay=0.1,
+                                          max_items=1), storage_root=tmp_path)
+    await fw.start()
+    box = OutboxDispatcher(OutboxSettings(), tmp_path / "outbox.sqlite3", SimpleNamespace(tenants={}), forwarder=fw)
+    await box.start()
+    try:
+        answer, _ = await box.submit(TENANT, "k1", {"to": JID, "text": "hi"})
+        box.on_message_status(TENANT, {"waMessageId": answer["waMessageId"], "status": "sent"})
+        await until(lambda: fw.refused >= 2, "the `sent` item refused, then refused again on its retry")
+        assert [json.loads(b)["status"] for *_x, b in await box._db(box.box.hooks_pending)] == ["sent"]
+        target.default[TENANT] = 200  # back: the spool drains, the outbox's retry gets room
+        await until(lambda: [r["payload"]["status"] for r in target.received] == ["queued", "sent"], "both items")
+        await until(lambda: box._hooks is None, "the copier done")
+        assert await box._db(box.box.hooks_pending) == []
+    finally:
+        await box.aclose()
+        await fw.aclose()
+        await target.stop()
+
+
+async def until(pred, what: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
