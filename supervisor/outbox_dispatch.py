@@ -40,7 +40,7 @@ log = structlog.get_logger("supervisor.outbox")
 OUTBOX_FILENAME = "outbox.sqlite3"
 CLOSE_WAIT = 10.0  # shutdown: at most this long for status updates still being written
 RETRY_DELAY = 2.0  # after a send the worker could not do (error, timeout): wait, then the same message again
-HOOK_RETRY = 1.0  # status webhook items the spool refused (full, closed, a disk error): tried again after this
+HOOK_RETRY = 1.0  # a status webhook item the spool refused (full, a disk error): tried again after this, with room
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -192,10 +192,11 @@ class OutboxDispatcher(TenantObserver):
                 done, refused = await self._spool_hooks(rows)
                 if done is not None:
                     await self._db(self.box.hooks_done, done)
-                if refused:
+                while refused:  # refused once (logged by the forwarder), not once per retry: wait for room first
                     if self._closing:
                         return  # the rows stay in the outbox: the next start copies them
                     await self._sleep(HOOK_RETRY)
+                    refused = not self.forwarder.has_room()
         finally:
             self._hooks = None
 
