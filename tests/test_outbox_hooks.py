@@ -37,18 +37,28 @@ async def _child(phase: str, root: Path, url: str) -> None:
     box = make_outbox(settings, sup, fw)  # the daemon's wiring
     await box.start()  # copies what a crash left between a status commit and its spool write
 
-    async def settled() -> None:  # every status item copied into the spool (no task left) and delivered
-        while box._background or getattr(box, "_hooks", None) is not None or fw.depth:
+    async def copied() -> None:  # every status item copied into the spool: no task left
+        while box._background or getattr(box, "_hooks", None) is not None:
             await asyncio.sleep(0.02)
 
-    if phase == "kill":
+    async def settled() -> None:  # ... and delivered
+        await copied()
+        while fw.depth:
+            await asyncio.sleep(0.02)
+
+    def die(*_a, **_kw):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if phase.startswith("kill"):
         answer, _ = await box.submit(TENANT, "k1", {"to": JID, "text": "hi"})
-        await settled()  # `queued` is delivered normally
+        await (settled() if phase == "kill" else copied())  # `queued` goes the normal way
+        if phase == "kill":
+            async def die_at_submit(*_a, **_kw):  # the post-commit step: the outbox has `sent`, the spool not yet
+                die()
 
-        async def die(*_a, **_kw):  # the post-commit step: the outbox has `sent`, the spool not yet
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        fw.submit = die
+            fw.submit = die_at_submit
+        else:  # kill_after_spool: the spool has `sent` (pending: the target answers 503), the outbox still its copy
+            box.box.hooks_done = die
         box.on_message_status(TENANT, {"waMessageId": answer["waMessageId"], "status": "sent"})
         await asyncio.sleep(CHILD_TIMEOUT)
         raise SystemExit("not killed")
@@ -63,11 +73,17 @@ async def _run(phase: str, root: Path, url: str) -> int:
     return await asyncio.wait_for(proc.wait(), CHILD_TIMEOUT)
 
 
-async def test_sigkill_between_status_commit_and_spool_write_loses_no_status_item(tmp_path: Path) -> None:
+@pytest.mark.parametrize("phase", ["kill", "kill_after_spool"])
+async def test_sigkill_between_status_commit_and_spool_write_loses_no_status_item(tmp_path: Path, phase: str) -> None:
+    """kill: between the outbox commit and the spool write (lost the item before the `hook` table). kill_after_spool:
+    between the spool write and the outbox's delete: the start copies it again, the spool keeps one row."""
     target = Target()
     await target.start()
     try:
-        assert await _run("kill", tmp_path, target.url) == -signal.SIGKILL
+        if phase == "kill_after_spool":
+            target.default[TENANT] = 503  # nothing leaves the spool before the kill
+        assert await _run(phase, tmp_path, target.url) == -signal.SIGKILL
+        target.default.pop(TENANT, None)
         assert await _run("restart", tmp_path, target.url) == 0
         assert await _run("restart", tmp_path, target.url) == 0  # a second start copies nothing again
     finally:
@@ -79,10 +95,6 @@ async def test_sigkill_between_status_commit_and_spool_write_loses_no_status_ite
     assert sent["payload"]["type"] == "message_status" and sent["payload"]["to"] == JID
     # the key is the stable one per (message, status), not a random uuid per spool row
     assert sent["key"] == sent["payload"]["eventId"] == status_event_id(TENANT, sent["payload"]["messageId"], "sent")
-
-
-if __name__ == "__main__":
-    asyncio.run(_child(sys.argv[1], Path(sys.argv[2]), sys.argv[3]))
 
 
 def test_each_status_change_writes_its_item_in_the_same_transaction(tmp_path: Path) -> None:
@@ -167,3 +179,7 @@ async def until(pred, what: str, timeout: float = 20.0) -> None:
     while not pred():
         assert asyncio.get_running_loop().time() < deadline, what
         await asyncio.sleep(0.01)
+
+
+if __name__ == "__main__":
+    asyncio.run(_child(sys.argv[1], Path(sys.argv[2]), sys.argv[3]))
