@@ -197,6 +197,8 @@ class OutboxDispatcher(TenantObserver):
                         return  # the rows stay in the outbox: the next start copies them
                     await self._sleep(HOOK_RETRY)
                     refused = not self.forwarder.has_room()
+        except Exception as exc:  # the outbox file failed: the rows stay; the next status change or start tries again
+            log.error("outbox.webhook_copy_failed", error=type(exc).__name__, message=str(exc)[:200])
         finally:
             self._hooks = None
 
