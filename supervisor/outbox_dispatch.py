@@ -1,15 +1,19 @@
 """The daemon's side of sending (README "Sending messages"): the outbox (supervisor/outbox.py) on one thread, and one
 dispatch task per tenant that hands its messages to the tenant's worker in order, one at a time, within its rate.
 
-    box = OutboxDispatcher(settings.outbox, path, sup, on_status=publish)
-    await box.start()                    # opens the file; tenants with waiting messages resume at their next `open`
+    box = OutboxDispatcher(settings.outbox, path, sup, on_status=publish, forwarder=fw)
+    await box.start()                    # opens the file (after fw.start()); tenants with waiting messages resume at
+                                         # their next `open`; status webhook items a crash left are spooled
     sup.observers.add(box)               # on_state (connected -> dispatch) and on_message_status (worker events)
     answer, created = await box.submit(tenant, key, body)   # body already validated (api_messages.py)
     await box.get(tenant, message_id)    # the status dict, or None
     await box.aclose()
 
 A message goes to a worker only while its tenant is `connected`; otherwise it waits (queued, or sending if it was
-handed over once). Each status change calls `on_status(tenant, status_dict)` (SSE and webhook, wired by the runner).
+handed over once). Each status change calls `on_status(tenant, status_dict)` (SSE, wired by the runner). With a
+webhook forwarder, the outbox writes each change's webhook item in the change's own transaction (outbox.py `hook`), and
+one task copies those items into the spool in commit order, then deletes them: a crash in between copies them again
+at the next start, under the same Idempotency-Key.
 """
 
 from __future__ import annotations
@@ -28,27 +32,21 @@ import structlog
 
 from .errors import NotRunning, WorkerCommandFailed, WorkerTimeout
 from .observer import TenantObserver
-from .outbox import Outbox, Row
+from .outbox import Outbox, Row, status_dict
 from .settings import OutboxSettings
-from .states import TenantState, iso
+from .states import TenantState
 
 log = structlog.get_logger("supervisor.outbox")
 OUTBOX_FILENAME = "outbox.sqlite3"
 CLOSE_WAIT = 10.0  # shutdown: at most this long for status updates still being written
 RETRY_DELAY = 2.0  # after a send the worker could not do (error, timeout): wait, then the same message again
+HOOK_RETRY = 1.0  # a status webhook item the spool refused (full, a disk error): tried again after this, with room
 
 
 def body_hash(body: dict[str, Any]) -> str:
     """The canonical request: a retried POST with the same key must carry the same body (key order aside)."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())\
         .hexdigest()
-
-
-def status_dict(row: Row) -> dict[str, Any]:
-    """GET /whatsapp/{tenant}/messages/{messageId}, SSE `message_status` and the webhook's status event."""
-    return {"messageId": row.message_id, "waMessageId": row.wa_id, "tenant": row.tenant, "to": row.to_jid,
-            "status": row.status, "error": row.error, "attempts": row.attempts, "createdAt": iso(row.created_at),
-            "updatedAt": iso(row.updated_at)}
 
 
 class TokenBucket:
@@ -68,12 +66,15 @@ class TokenBucket:
 
 class OutboxDispatcher(TenantObserver):
     def __init__(self, settings: OutboxSettings, path: Path, sup: Any, *,
-                 on_status: Callable[[str, dict[str, Any]], None] = lambda _t, _s: None,
+                 on_status: Callable[[str, dict[str, Any]], None] = lambda _t, _s: None, forwarder: Any = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.settings, self.sup, self.on_status = settings, sup, on_status
         self.clock, self.monotonic, self._sleep = clock, monotonic, sleep
-        self.box = Outbox(path)
+        self.forwarder = forwarder
+        self.box = Outbox(path, hooks=forwarder is not None)
+        self._hooks: asyncio.Task[None] | None = None  # copies status webhook items into the spool
+        self._hooks_dirty = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox")  # one connection, one thread
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
@@ -89,7 +90,10 @@ class OutboxDispatcher(TenantObserver):
         await self._db(self.box.open)
         pruned = await self._db(self.box.prune, self.clock() - self.settings.keep_days * 86400)
         waiting = await self._db(self.box.pending_tenants)
+        if self.forwarder is None:  # webhook off: items a webhook-on run left would be stale news for nobody
+            await self._db(self.box.hooks_done, 2**62)
         log.info("outbox.started", path=str(self.box.path), tenants_waiting=len(waiting), pruned=pruned)
+        self._kick_hooks()  # what a crash left between a status commit and its spool write
 
     async def aclose(self) -> None:
         """After the workers stopped: dispatch ends (a row in flight stays `sending`: resent at the next start), the
@@ -98,11 +102,18 @@ class OutboxDispatcher(TenantObserver):
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._hooks is not None:
+            self._background.add(self._hooks)  # bounded like the rest: what it does not copy, the next start does
         if self._background:
             _done, late = await asyncio.wait(list(self._background), timeout=CLOSE_WAIT)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self.forwarder is not None:  # the statuses of the last moments: into the spool now, not at the next start
+            try:
+                await asyncio.wait_for(self._copy_hooks(), CLOSE_WAIT)
+            except asyncio.TimeoutError:
+                pass  # they stay in the outbox: the next start copies them
         self._closed = True
         await self._db(self.box.close)  # also after a failed start: close() undoes whatever open() got to
         self._executor.shutdown(wait=True)
@@ -116,6 +127,7 @@ class OutboxDispatcher(TenantObserver):
         if created:
             log.info("outbox.queued", tenant=tenant, message_id=row.message_id)
             self.on_status(tenant, status_dict(row))
+            self._kick_hooks()
             self._kick(tenant)
         return {"messageId": row.message_id, "waMessageId": row.wa_id, "status": "queued"}, created
 
@@ -157,6 +169,51 @@ class OutboxDispatcher(TenantObserver):
         log.info("outbox.status", tenant=row.tenant, message_id=row.message_id, status=row.status,
                  error=row.error[:200] if row.error else None)
         self.on_status(row.tenant, status_dict(row))
+        self._kick_hooks()
+
+    # -- status webhook items: outbox `hook` rows -> the spool, in commit order --------------------------------
+    def _kick_hooks(self) -> None:
+        if self.forwarder is None or self._closing:
+            return
+        if self._hooks is not None:
+            self._hooks_dirty = True
+        else:
+            self._hooks = asyncio.get_running_loop().create_task(self._copy_hooks(), name="outbox:hooks")
+
+    async def _copy_hooks(self) -> None:
+        try:
+            while True:
+                self._hooks_dirty = False
+                rows = await self._db(self.box.hooks_pending, 100)
+                if not rows:
+                    if self._hooks_dirty:
+                        continue
+                    return  # no await between the check and the finally: a later kick starts a new task
+                done, refused = await self._spool_hooks(rows)
+                if done is not None:
+                    await self._db(self.box.hooks_done, done)
+                while refused:  # refused once (logged by the forwarder), not once per retry: wait for room first
+                    if self._closing:
+                        return  # the rows stay in the outbox: the next start copies them
+                    await self._sleep(HOOK_RETRY)
+                    refused = not self.forwarder.has_room()
+        except Exception as exc:  # the outbox file failed: the rows stay; the next status change or start tries again
+            log.error("outbox.webhook_copy_failed", error=type(exc).__name__, message=str(exc)[:200])
+        finally:
+            self._hooks = None
+
+    async def _spool_hooks(self, rows: list[tuple[int, str, str, str]]) -> tuple[int | None, bool]:
+        """Spools rows in order; returns the last seq spooled and whether one was refused (the rest waits)."""
+        done = None
+        for seq, tenant, eid, body in rows:
+            try:
+                # gated=False: a refused status is retried from here; it must not hold back the tenant's messages
+                await self.forwarder.submit(tenant, json.loads(body), event_id=eid, gated=False)
+            except Exception as exc:  # noqa: BLE001 - SpoolFull (logged by the forwarder), a disk error, closed
+                log.warning("outbox.webhook_retry", tenant=tenant, error=type(exc).__name__)
+                return done, True
+            done = seq
+        return done, False
 
     # -- dispatch: one task per tenant, one message in flight -------------------------------------------------
     def _connected_worker(self, tenant: str) -> Any:
@@ -242,19 +299,10 @@ class OutboxDispatcher(TenantObserver):
 
 def make_outbox(settings: Any, sup: Any, forwarder: Any = None) -> OutboxDispatcher:
     """The daemon's outbox (supervisor/runner.py): status changes go to the live events (SSE `message_status`) and,
-    with the webhook on, into its spool as `{"type": "message_status", ...}` items."""
+    with the webhook on, into its spool as `{"type": "message_status", ...}` items (outbox.py `status_item`)."""
     path = settings.outbox.path or settings.storage.root / OUTBOX_FILENAME
 
     def on_status(tenant: str, status: dict[str, Any]) -> None:
         sup.events.publish(tenant, "message_status", {k: v for k, v in status.items() if k != "tenant"})
-        if forwarder is not None:
-            box._spawn(_submit(tenant, {"type": "message_status", **status}))
 
-    async def _submit(tenant: str, payload: dict[str, Any]) -> None:
-        try:
-            await forwarder.submit(tenant, payload)
-        except Exception as exc:  # noqa: BLE001 - SpoolFull is logged by the forwarder; anything else here
-            log.error("outbox.webhook_failed", tenant=tenant, error=type(exc).__name__)
-
-    box = OutboxDispatcher(settings.outbox, path, sup, on_status=on_status)
-    return box
+    return OutboxDispatcher(settings.outbox, path, sup, on_status=on_status, forwarder=forwarder)

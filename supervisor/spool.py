@@ -5,10 +5,11 @@ loop never waits on fsync; sqlite3's default `check_same_thread=True` enforces t
 
     spool = Spool(path, max_items=100_000, max_bytes=None)
     spool.open()                                   # SpoolLocked if another process owns the file
-    item, depth = spool.put(tenant, body_json, now, event_id=None)   # durable when it returns; SpoolFull at the
-                                                   # bound; a pending row with the same event_id is returned as is
-    spool.unblock(tenant)                          # after a SpoolFull of a put with an event_id, that tenant's
-                                                   # puts with an event_id are refused until this
+    item, depth = spool.put(tenant, body_json, now, event_id=None, gated=True)   # durable when it returns;
+                                                   # SpoolFull at the bound; a pending row with the same event_id is
+                                                   # returned as is
+    spool.unblock(tenant)                          # after a SpoolFull of a gated put with an event_id (a message),
+                                                   # that tenant's such puts are refused until this
     spool.tenants()                                # tenants with pending rows, oldest first
     spool.next_items(tenant, after_seq, limit)     # pending rows of one tenant, in submit order
     depth = spool.delete(seq)                      # delivered
@@ -135,14 +136,17 @@ class Spool:
     def unblock(self, tenant: str) -> None:
         self.refused_tenants.discard(tenant)
 
-    def put(self, tenant: str, body: str, now: float, event_id: str | None = None) -> tuple[Item, int]:
+    def put(self, tenant: str, body: str, now: float, event_id: str | None = None,
+            gated: bool = True) -> tuple[Item, int]:
         if event_id is not None:
             row = self.db.execute("SELECT seq, tenant, key, body, created_at, event_id FROM pending"
                                   " WHERE event_id = ? AND tenant = ?", (event_id, tenant)).fetchone()
             if row is not None:  # the same message again (a replay, a lost ack): already safe, one row
                 return Item(*row), self.depth
         size = len(body.encode())
-        gated = event_id is not None  # a message: its worker replays refused ones in order (docs/webhook.md)
+        # A message: its worker replays refused ones in order (docs/webhook.md). Not gated: the outbox's status items,
+        # which the outbox keeps and retries itself.
+        gated = gated and event_id is not None
         if ((gated and tenant in self.refused_tenants) or self.depth >= self.max_items
                 or (self.max_bytes is not None and self.bytes + size > self.max_bytes)):
             if gated:

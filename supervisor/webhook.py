@@ -10,6 +10,7 @@ Interface for the daemon:
                                         # as webhook.spool_full and reported via on_result("spool_full")).
                                         # event_id: the Idempotency-Key; one pending row per event id; after a
                                         # SpoolFull the tenant's event-id puts are refused until unblock()
+                                        # (gated=False: not these, not that one; the outbox's status items)
     fw.has_room()                       # the bound is not reached
     await fw.unblock(tenant)            # accept that tenant's messages again (queued after its pending puts)
     fw.depth                            # pending items
@@ -139,7 +140,7 @@ class WebhookForwarder:
         log.info("webhook.stopped", depth=self.depth)
 
     # ---- intake -----------------------------------------------------------------------------------------------
-    async def submit(self, tenant: str, payload: object, *, event_id: str | None = None) -> bool:
+    async def submit(self, tenant: str, payload: object, *, event_id: str | None = None, gated: bool = True) -> bool:
         """Spool one item durably; returns True only after it is committed. Order of calls = delivery order."""
         if not self.enabled:
             return False
@@ -152,7 +153,7 @@ class WebhookForwarder:
         body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         # No await before this line: the executor queue order is exactly the submit() call order.
         fut = asyncio.get_running_loop().run_in_executor(self._executor, self._spool.put, tenant, body, time.time(),
-                                                         event_id)
+                                                         event_id, gated)
         # Book-keeping in a done-callback, so a put that commits after the caller was cancelled is still delivered.
         fut.add_done_callback(functools.partial(self._put_done, tenant))
         await asyncio.shield(fut)

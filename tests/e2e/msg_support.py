@@ -55,12 +55,21 @@ class Receiver:
             if p.get("type") != "message" or (tenant and r["body"]["tenantId"] != tenant):
                 continue
             [m] = p["messages"]  # exactly one message per item
+            if m["key"].get("fromMe"):
+                continue  # the tenant's own sends (docs/webhook.md): see sent_copies()
             msg = m.get("message") or {}
             out.append({"key": r["key"], "tenant": r["body"]["tenantId"], "id": m["key"]["id"],
                         "text": msg.get("conversation"), "upsertType": p.get("upsertType"),
                         "recovered": p.get("recovered"), "stub": m.get("messageStubType"), "eventId": p["eventId"],
                         "t": r["t"]})
         return out
+
+    def sent_copies(self, tenant: str) -> list[dict[str, Any]]:
+        """The `message` items of the tenant's own sends (`key.fromMe`)."""
+        with self.lock:
+            reqs = list(self.requests)
+        return [m for r in reqs if r["body"]["tenantId"] == tenant and r["body"]["payload"].get("type") == "message"
+                for m in r["body"]["payload"]["messages"] if m["key"].get("fromMe")]
 
     def texts(self, tenant: str | None = None) -> list[str]:
         return [m["text"] for m in self.messages(tenant)]
@@ -95,8 +104,8 @@ class Contacts:
         assert res.get("ok"), res
         return res["phone"]
 
-    def send(self, phone: str, to: str, text: str) -> dict[str, Any]:
-        res = self.sim.call("POST", "/contacts/send", {"from": phone, "to": to, "text": text})
+    def send(self, phone: str, to: str, text: str, addressing: str = "pn") -> dict[str, Any]:
+        res = self.sim.call("POST", "/contacts/send", {"from": phone, "to": to, "text": text, "addressing": addressing})
         assert res.get("ok"), res
         return res
 

@@ -19,6 +19,7 @@ import pytest
 
 from .e2e_harness import pair, wait_for
 from .msg_support import Contacts, Receiver, assert_one_id_per_message, make_daemon_with_webhook, wait_texts
+from .test_messages_out import post, wait_inbox, wait_message
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -244,3 +245,57 @@ def test_order_per_tenant_and_a_failing_tenant_does_not_block_another(sim, recei
     want1 = [f"t1 {i:02d}" for i in range(10)]
     wait_texts(receiver, want1, 30, tenant="t1")
     assert receiver.texts("t1") == want1
+
+
+@pytest.mark.parametrize("addressing", ["pn", "lid"])
+def test_the_contacts_msg_after_the_tenants_reply(sim, receiver, contacts, make_msg_daemon, addressing):
+    """A conversation: the contact's pkmsg builds the session, the tenant replies through the send API (the contact
+    decrypts the reply), and the contact's next message is a `msg` on the established session (no pre-key; the
+    simulator says which it sent): it must reach the webhook with its text, no stub, no retry. The reply's statuses
+    reach the webhook too, one Idempotency-Key per status. With LID addressing too (`from` = the contact's LID)."""
+    d, jid = linked(make_msg_daemon, sim)
+    bob = contacts.new("Bob")
+    bob_jid = f"{bob}@s.whatsapp.net"
+    first = contacts.send(bob, jid, "hi, do you have it in blue?", addressing)
+    assert [dev["type"] for dev in first["devices"]] == ["pkmsg"]
+    wait_texts(receiver, ["hi, do you have it in blue?"], 30)
+
+    code, ans, _ = post(d, "t", "reply-1", {"to": bob, "text": "yes, in blue ✓"})
+    assert code == 202, ans
+    got = wait_inbox(sim, bob, lambda b: any(m["id"] == ans["waMessageId"] for m in b), "bob decrypts the reply")
+    [reply] = [m for m in got if m["id"] == ans["waMessageId"]]
+    assert (reply["text"], reply.get("error")) == ("yes, in blue ✓", None), reply
+    wait_message(d, "t", ans["messageId"], "sent")
+
+    second = contacts.send(bob, jid, "great, I'll take two", addressing)
+    assert [dev["type"] for dev in second["devices"]] == ["msg"]  # bob got a message back: no pre-key any more
+    wait_texts(receiver, ["great, I'll take two"], 30)
+    msgs = receiver.messages("t")
+    assert [m["text"] for m in msgs] == ["hi, do you have it in blue?", "great, I'll take two"]
+    assert [m["stub"] for m in msgs] == [None, None]
+    assert msgs[1]["id"] == second["id"]
+    if addressing == "pn":
+        assert msgs[1]["key"] == event_id("t", bob_jid, second["id"])
+    assert contacts.error_acks(jid) == {} and sim.counters()["tenantRetryReceipts"] == 0
+    wait_for(lambda: contacts.queued(jid) == 0, 10, "bob's messages receipted")
+    assert [m["key"]["id"] for m in receiver.sent_copies("t")] == [ans["waMessageId"]]  # the reply's own copy
+
+    def statuses() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for r in list(receiver.requests):
+            p = r["body"]["payload"]
+            if p.get("type") == "message_status" and p["messageId"] == ans["messageId"]:
+                assert r["key"] == p["eventId"], r
+                out.setdefault(p["status"], set()).add(r["key"])
+        return out
+
+    wait_for(lambda: "sent" in statuses(), 20, "the reply's sent item at the webhook")
+    assert {s: len(k) for s, k in statuses().items()} == {"queued": 1, "sending": 1, "sent": 1}
+
+    # The tenant's next reply is a `msg` too: both sides are on one established session now. (Its first reply was
+    # a pkmsg: Baileys fetched bob's bundle for it instead of using the session bob's pkmsg built; bob took it.)
+    code, ans2, _ = post(d, "t", "reply-2", {"to": bob, "text": "shipping today"})
+    assert code == 202, ans2
+    got = wait_inbox(sim, bob, lambda b: any(m["id"] == ans2["waMessageId"] for m in b), "bob decrypts reply 2")
+    assert [(m["text"], m["type"], m.get("error")) for m in got if m["id"] == ans2["waMessageId"]] == \
+        [("shipping today", "msg", None)]
