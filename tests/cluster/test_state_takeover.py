@@ -1,0 +1,88 @@
+"""Issue 13's "SIGKILL a node -> its tenants reconnect elsewhere with saved creds (no QR)", end to end: two real
+`baileys-supervisor run` daemons with *separate* storage roots on one real PostgreSQL, real node workers with real
+Baileys against the WhatsApp Web simulator (tests/wa_sim). The tenant is paired on node a (a scan), a is SIGKILLed,
+node b takes the tenant over and reaches `connected` from the fenced store alone: no QR, the simulator saw one
+registration and never two live sessions of the device, and no worker of a is left."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+import pytest
+
+from tests.conftest import kill_marked, live_workers
+from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def store_creds(dsn: str, tid: str) -> dict | None:
+    with psycopg.connect(dsn) as c:
+        row = c.execute("SELECT v FROM tenant_kv WHERE tenant_id = %s AND k = 'creds.json'", (tid,)).fetchone()
+    return json.loads(bytes(row[0])) if row else None
+
+
+@pytest.fixture
+def sim(tmp_path):
+    s = Simulator(log_path=tmp_path / "sim.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def nodes(pg_dsn, tmp_path, marker):
+    made: dict[str, Daemon] = {}
+
+    def make(name: str) -> Daemon:
+        cfg = daemon_config(tmp_path / f"storage-{name}", free_port(), sim_url[0], marker=f"{marker}-{name}")
+        cfg["cluster"] = {"backend": "postgres", "dsn": pg_dsn, "node_id": name, "ping_interval": 0.5,
+                          "fence_after": 4, "release_after": 10, "claim_interval": 0.3}
+        made[name] = Daemon(tmp_path / f"node-{name}", cfg).start(timeout=2 * WAIT)
+        return made[name]
+
+    sim_url: list[str] = []
+    try:
+        yield make, sim_url
+    finally:
+        for d in made.values():
+            d.stop()
+        for n in made:
+            kill_marked(f"{marker}-{n}")
+
+
+def test_sigkill_owner_tenant_reconnects_elsewhere_with_saved_creds_no_qr(sim, nodes, pg_dsn, marker):
+    make, sim_url = nodes
+    sim_url.append(sim.ws_url)
+    a = make("a")
+    a.start_tenant("t1")  # the only node: it claims t1 in its next round, then start -> QR -> scan -> connected
+    a.wait_status("t1", lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
+    scan = sim.scan(a.qr("t1")["qr"], pushName="Dana")
+    assert scan.get("ok"), scan
+    jid = scan["jid"]
+    paired = a.wait_connected("t1")
+    # the linked creds reached the store through the daemon (the write resolved only after the commit)
+    creds = wait_for(lambda: (lambda c: c if c and c.get("account") and c.get("me") else None)(store_creds(pg_dsn, "t1")),
+                     WAIT, "linked creds in the store")
+    assert creds["me"]["id"].split(":")[0] == jid.split("@")[0].split(":")[0]
+    b = make("b")  # separate storage root: it has nothing of t1 on disk
+    assert not (b.workdir.parent / "storage-b" / "whatsapp" / "t1" / "auth" / "creds.json").exists()
+    before = sim.counters()
+
+    a.kill9()  # its worker exits on stdin EOF; b's next claim round takes t1 over (node lock released)
+    t_kill = time.monotonic()
+    st = b.wait_connected("t1", 2 * WAIT)
+    print(f"\nSIGKILL -> connected on the other node: {time.monotonic() - t_kill:.2f} s")
+    assert st["owner"] == "b" and st["me"]["id"] == paired["me"]["id"]
+    events = b.log_events()
+    assert not [e for e in events if e.get("event") == "tenant.qr"], "the new owner showed a QR"
+    assert [e for e in events if e.get("event") == "cluster.state_materialized" and e.get("tenant") == "t1"]
+    c = sim.counters()
+    assert c["registrations"] == before["registrations"] == 1 and c["pairings"] == 1
+    assert c["logins"] > before["logins"]  # b logged in with the saved creds
+    state = sim.state()
+    assert state["maxConcurrentAnyDevice"] == 1, "two live sessions of one device"
+    assert len(state["devices"]) == 1 and state["devices"][jid]["maxConcurrent"] == 1
+    assert not live_workers(f"{marker}-a")  # no orphan worker of the killed node
+    assert len(live_workers(f"{marker}-b")) == 1
