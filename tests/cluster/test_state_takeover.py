@@ -2,7 +2,9 @@
 `baileys-supervisor run` daemons with *separate* storage roots on one real PostgreSQL, real node workers with real
 Baileys against the WhatsApp Web simulator (tests/wa_sim). The tenant is paired on node a (a scan), a is SIGKILLed,
 node b takes the tenant over and reaches `connected` from the fenced store alone: no QR, the simulator saw one
-registration and never two live sessions of the device, and no worker of a is left."""
+registration and never two live sessions of the device, and no worker of a is left. Then a comes back with its stale
+auth dir and b is SIGTERMed (drain): a takes the tenant back, its stale local files are moved aside and replaced
+from the store, and it connects again without a QR."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.conftest import kill_marked, live_workers
+from tests.support import json_lines
 from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +89,16 @@ def test_sigkill_owner_tenant_reconnects_elsewhere_with_saved_creds_no_qr(sim, n
     assert len(state["devices"]) == 1 and state["devices"][jid]["maxConcurrent"] == 1
     assert not live_workers(f"{marker}-a")  # no orphan worker of the killed node
     assert len(live_workers(f"{marker}-b")) == 1
+
+    # a comes back (its local auth dir is what it had at the kill); b drains on SIGTERM: a takes t1 back from the store
+    a.start(2 * WAIT)
+    assert b.stop(2 * WAIT) == 0
+    st = a.wait_connected("t1", 2 * WAIT)
+    assert st["owner"] == "a" and st["me"]["id"] == paired["me"]["id"]
+    second_run = json_lines(a.log_path.read_text(errors="replace"))  # this run only: the first one showed the QR
+    assert not [e for e in second_run if e.get("event") == "tenant.qr"], "a showed a QR when it took t1 back"
+    assert [e for e in second_run if e.get("event") == "cluster.state_materialized" and e.get("tenant") == "t1"]
+    c = sim.counters()
+    assert c["registrations"] == 1 and c["pairings"] == 1
+    assert sim.state()["maxConcurrentAnyDevice"] == 1
+    assert not live_workers(f"{marker}-b")
