@@ -184,7 +184,8 @@ class StateStore:
             self._lost(tid, epoch)
             log.warning("cluster.state_fenced", tenant=tid, epoch=epoch, workers_killed=len(acks))
             return
-        except Exception as exc:  # noqa: BLE001 - store away: the writes fail, the worker exits, the restart re-materializes
+        except Exception as exc:  # noqa: BLE001 - store away: the writes fail, the worker exits, its restart
+            # re-materializes what was committed
             self.stats["state_failed"] += 1
             log.error("cluster.state_write_failed", tenant=tid, error=type(exc).__name__)
             acks = [(w, r, False) for w, r, _ in acks]

@@ -46,7 +46,7 @@ export function makeStateSync(emit, { maxBatchBytes = 512 * 1024 } = {}) {
     if (!b) return;
     waiting.delete(ref);
     if (ok) b.resolve();
-    else b.reject(Object.assign(new Error('the daemon could not commit the auth write'), { code: 'state_not_committed' }));
+    else b.reject(Object.assign(new Error('auth write not committed by the daemon'), { code: 'state_not_committed' }));
   };
 
   /** stdin EOF: no answer will come; fail what waits, so the worker's exit is not held up. */

@@ -66,8 +66,10 @@ def test_sigkill_owner_tenant_reconnects_elsewhere_with_saved_creds_no_qr(sim, n
     jid = scan["jid"]
     paired = a.wait_connected("t1")
     # the linked creds reached the store through the daemon (the write resolved only after the commit)
-    creds = wait_for(lambda: (lambda c: c if c and c.get("account") and c.get("me") else None)(store_creds(pg_dsn, "t1")),
-                     WAIT, "linked creds in the store")
+    def linked() -> dict | None:
+        c = store_creds(pg_dsn, "t1")
+        return c if c and c.get("account") and c.get("me") else None
+    creds = wait_for(linked, WAIT, "linked creds in the store")
     assert creds["me"]["id"].split(":")[0] == jid.split("@")[0].split(":")[0]
     b = make("b")  # separate storage root: it has nothing of t1 on disk
     assert not (b.workdir.parent / "storage-b" / "whatsapp" / "t1" / "auth" / "creds.json").exists()
