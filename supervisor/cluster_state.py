@@ -74,7 +74,7 @@ def write_dir(auth_dir: Path, rows: dict[str, bytes]) -> tuple[int, int]:
     for name, data in rows.items():
         if local.get(name) == data:
             continue
-        tmp = auth_dir / f".{name}.tmp-{os.getpid()}-m"
+        tmp = auth_dir / f".{name}.tmp-{os.getpid()}-0"  # the worker's temp-file pattern: removed at its next open
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
