@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 
 import psycopg
 import pytest
@@ -61,16 +62,23 @@ def test_sigkill_owner_tenant_reconnects_elsewhere_with_saved_creds_no_qr(sim, n
     a = make("a")
     a.start_tenant("t1")  # the only node: it claims t1 in its next round, then start -> QR -> scan -> connected
     a.wait_status("t1", lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
+    t_scan = time.monotonic()
     scan = sim.scan(a.qr("t1")["qr"], pushName="Dana")
     assert scan.get("ok"), scan
     jid = scan["jid"]
     paired = a.wait_connected("t1")
+    print(f"\nscan -> connected with every auth write committed in the store first: {time.monotonic() - t_scan:.2f} s")
     # the linked creds reached the store through the daemon (the write resolved only after the commit)
     def linked() -> dict | None:
         c = store_creds(pg_dsn, "t1")
         return c if c and c.get("account") and c.get("me") else None
     creds = wait_for(linked, WAIT, "linked creds in the store")
     assert creds["me"]["id"].split(":")[0] == jid.split("@")[0].split(":")[0]
+    with urllib.request.urlopen(a.url + "/metrics", timeout=30) as resp:
+        metrics = resp.read().decode()
+    writes = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith("baileys_supervisor_cluster_store_write_seconds_")}
+    print(f"store writes during the pairing: {writes}")
     b = make("b")  # separate storage root: it has nothing of t1 on disk
     assert not (b.workdir.parent / "storage-b" / "whatsapp" / "t1" / "auth" / "creds.json").exists()
     before = sim.counters()
