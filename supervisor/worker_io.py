@@ -60,6 +60,8 @@ def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: i
     if settings.socket_options:
         env["BSUP_SOCKET_OPTIONS"] = json.dumps(settings.socket_options)
     env.update(settings.env)
+    if not settings.state_sync:  # never from worker.env: without a cluster nobody would answer its writes
+        env.pop("BSUP_STATE_SYNC", None)
     return env
 
 

@@ -137,3 +137,20 @@ async def test_materialize_moves_local_files_aside_and_reconcile_writes_unsent_c
         assert kv(pg_dsn, "t") == {}
     finally:
         await a.close(drain=False)
+
+
+def test_state_sync_is_set_in_cluster_mode_only(tmp_path):
+    import pytest
+
+    from supervisor.config import settings_from_dict
+    from supervisor.errors import ConfigError
+    from supervisor.worker_io import worker_env
+
+    single = settings_from_dict({"worker": {"env": {"BSUP_STATE_SYNC": "1"}}}, tmp_path / "c.yaml")
+    assert single.worker.state_sync is False
+    # not even through worker.env: without a cluster nobody would answer the worker's writes
+    assert "BSUP_STATE_SYNC" not in worker_env(single.worker, "t", tmp_path, 3)
+    cluster = settings_from_dict({"cluster": {"backend": "postgres", "dsn": "postgresql://x/y"}}, tmp_path / "c.yaml")
+    assert worker_env(cluster.worker, "t", tmp_path, 3)["BSUP_STATE_SYNC"] == "1"
+    with pytest.raises(ConfigError):  # not a config key
+        settings_from_dict({"worker": {"state_sync": True}}, tmp_path / "c.yaml")
