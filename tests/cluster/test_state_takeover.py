@@ -112,3 +112,45 @@ def test_sigkill_owner_tenant_reconnects_elsewhere_with_saved_creds_no_qr(sim, n
     assert c["registrations"] == 1 and c["pairings"] == 1
     assert sim.state()["maxConcurrentAnyDevice"] == 1
     assert not live_workers(f"{marker}-b")
+
+
+def test_three_nodes_join_handoff_and_death_every_tenant_keeps_its_link(sim, nodes, pg_dsn, marker):
+    """Three tenants paired on node a alone; b and c join (a hands tenants off to them: stopped on a, materialized
+    on the new owner), then a is SIGKILLed: every tenant ends connected on b or c with its first link, no QR on b or
+    c, one registration per tenant, never two live sessions of a device."""
+    make, sim_url = nodes
+    sim_url.append(sim.ws_url)
+    a = make("a")
+    tids = ["p1", "p2", "p3"]
+    linked = {}
+    for t in tids:
+        a.start_tenant(t)
+        a.wait_status(t, lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
+        scan = sim.scan(a.qr(t)["qr"])
+        assert scan.get("ok"), scan
+        linked[t] = a.wait_connected(t)["me"]["id"]
+    daemons = {"a": a, "b": make("b"), "c": make("c")}
+
+    def where(names) -> dict[str, str] | None:
+        """tenant -> the node it is connected on, when every tenant is connected on one of `names`."""
+        out = {}
+        for t in tids:
+            for n in names:
+                st = daemons[n].status(t)
+                if st.get("owner") == n and st.get("connected") and st.get("pid"):
+                    assert st["me"]["id"] == linked[t]
+                    out[t] = n
+        return out if len(out) == len(tids) else None
+
+    spread = wait_for(lambda: (lambda w: w if w and len(set(w.values())) >= 2 else None)(where("abc")), 4 * WAIT,
+                      "tenants handed off to the joining nodes, connected there")
+    daemons["a"].kill9()
+    final = wait_for(lambda: where("bc"), 4 * WAIT, "every tenant connected on b or c")
+    print(f"\nafter the joins: {spread}; after a's death: {final}")
+    for n in ("b", "c"):
+        assert not [e for e in daemons[n].log_events() if e.get("event") == "tenant.qr"], f"{n} showed a QR"
+    c = sim.counters()
+    assert c["registrations"] == 3 and c["pairings"] == 3
+    assert sim.state()["maxConcurrentAnyDevice"] == 1, "two live sessions of one device"
+    assert not live_workers(f"{marker}-a")
+    assert sum(len(live_workers(f"{marker}-{n}")) for n in ("b", "c")) == 3
