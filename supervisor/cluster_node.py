@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .cluster import make_ownership
 from .cluster import pg
 from .cluster.metrics import OwnershipCollector
+from .cluster_state import StateStore
 from .errors import SupervisorError, UnknownTenant
 from .events import get_logger
 
@@ -56,6 +57,7 @@ class ClusterNode:
         assert settings.cluster is not None
         self.sup, self.cs = sup, settings.cluster
         self.own = make_ownership(settings, on_gain=self._gain, on_lose=self._lose, on_fence=self._fence)
+        self.state = StateStore(self.own)  # the tenants' auth in the fenced store (Tenant's state_hooks)
         self.remote: dict[str, dict[str, Any]] = {}  # tenant -> {owner, epoch, wanted, advertiseUrl}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poll: asyncio.Task[None] | None = None
@@ -84,6 +86,7 @@ class ClusterNode:
             self._poll.cancel()
             await asyncio.gather(self._poll, return_exceptions=True)
         await self.own.close(drain=True)
+        await self.state.close()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

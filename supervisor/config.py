@@ -6,6 +6,7 @@ Strict on purpose: a typo such as `stop_grace_s` silently falling back to a defa
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -65,16 +66,18 @@ def settings_from_dict(data: Any, source: str | os.PathLike[str] | None = None) 
     from .config_webhook import webhook_config  # split out: this module stays one screenful per section
     from .config_cluster import cluster_config
 
+    cluster = cluster_config(ctx, top.get("cluster"))  # None = single host; docs/cluster.md
+    worker = _worker(ctx, top.get("worker"))
     return Settings(
         storage=storage,
         api=api,
-        worker=_worker(ctx, top.get("worker")),
+        worker=dataclasses.replace(worker, state_sync=True) if cluster is not None else worker,
         restart=_restart(ctx, top.get("restart")),
         tenants=_tenants(ctx, top.get("tenants")),
         limits=_limits(ctx, top.get("limits")),
         logging=_logging(ctx, top.get("logging")),
         webhook=webhook_config(ctx, top.get("webhook"), storage_root=storage.root, api_secret=api.secret),
-        cluster=cluster_config(ctx, top.get("cluster")),  # None = single host; docs/cluster.md
+        cluster=cluster,
         outbox=outbox_config(ctx, top.get("outbox"), storage_root=storage.root),
         source=src.resolve() if src else None,
     )
@@ -149,7 +152,7 @@ def _secret(ctx: _Ctx, d: dict[str, Any]) -> str | None:
 
 
 def _worker(ctx: _Ctx, raw: Any) -> WorkerSettings:
-    d = _mapping(ctx, "worker", raw, _names(WorkerSettings))
+    d = _mapping(ctx, "worker", raw, tuple(n for n in _names(WorkerSettings) if n != "state_sync"))
     out: dict[str, Any] = {}
     if d.get("command") is not None:
         cmd = d["command"]

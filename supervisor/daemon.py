@@ -80,6 +80,10 @@ class Supervisor:
         self.observers = Observers(self.metrics, _SupervisorHooks(self))
         self.cluster: Any = None  # cluster mode: a ClusterNode (supervisor/cluster_node.py), set by the runner
 
+    def _state_hooks(self) -> Any:
+        """Cluster mode: the fenced auth state (supervisor/cluster_state.py); None on a single host."""
+        return getattr(self.cluster, "state", None)  # a test's stand-in gate may have none
+
     def _may_spawn(self, tid: str) -> bool:
         """The fenced gate: in cluster mode a worker may only be spawned for a tenant owned under a valid lease."""
         return self.cluster is None or self.cluster.may_spawn(tid)
@@ -98,7 +102,8 @@ class Supervisor:
             if not on_disk:
                 self._admit(tid)
             tenant = Tenant(tid, self.settings, spawn_slots=self.spawn_slots, clock=self.clock, sleep=self._sleep,
-                            rand=self._rand, observer=self.observers, budget=self.budget, may_spawn=self._may_spawn)
+                            rand=self._rand, observer=self.observers, budget=self.budget, may_spawn=self._may_spawn,
+                            state_hooks=self._state_hooks)
             self.tenants[tid] = tenant
         return tenant
 
@@ -121,7 +126,7 @@ class Supervisor:
                     self.tenants[entry.name] = Tenant(
                         entry.name, self.settings, spawn_slots=self.spawn_slots, clock=self.clock,
                         sleep=self._sleep, rand=self._rand, observer=self.observers, budget=self.budget,
-                        may_spawn=self._may_spawn)
+                        may_spawn=self._may_spawn, state_hooks=self._state_hooks)
 
     def worker_command(self, tid: str, cmd: str, **fields: Any) -> bool:
         """A command for a tenant's live worker (the webhook's `ack`/`replay`); False when it has none."""

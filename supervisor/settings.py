@@ -56,6 +56,9 @@ class WorkerSettings:
     # While a QR is shown, pre-start the worker that logs in after the scan's 515 restart (supervisor/standby.py):
     # ~0.9 s less from scan to connected, for one more idle process per tenant that is waiting for a scan.
     prewarm: bool = True
+    # Not a config key: set by the loader when `cluster:` is present (auth writes through the daemon's fenced store,
+    # BSUP_STATE_SYNC=1; docs/cluster.md "Tenant state").
+    state_sync: bool = False
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,12 @@ class Tenant:
     def __init__(self, tid: str, settings: Settings, *, spawn_slots: SpawnSlots,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random, observer: TenantObserver | None = None,
-                 budget: ProcessBudget | None = None, may_spawn: Callable[[str], bool] | None = None) -> None:
+                 budget: ProcessBudget | None = None, may_spawn: Callable[[str], bool] | None = None,
+                 state_hooks: Callable[[], Any] | None = None) -> None:
         self.id = tid
+        # Cluster mode: the auth state in the fenced store (supervisor/cluster_state.py): rebuilt before a spawn,
+        # written through on `state` events, reconciled at a worker's end. None in single-host mode.
+        self._state_hooks = state_hooks
         # The fenced gate (cluster mode, supervisor/cluster_node.py): no spawn unless it says yes; a worker that ends
         # while it says no is not restarted, the tenant rests in `stopped` (not_owner) until started again.
         self._may_spawn = may_spawn
@@ -107,6 +111,11 @@ class Tenant:
 
     # -- worker events: lifecycle.on_event decides, _do executes ----------------------------------------------
     def _on_event(self, event: protocol.Event) -> None:
+        if event.type == "state":  # cluster mode's write-through (never sent by a worker without BSUP_STATE_SYNC)
+            hooks = self._hooks()
+            if hooks is not None:
+                hooks.on_event(self.id, self.worker, event)
+            return
         life, actions = lifecycle.on_event(self.life, event, now=self.clock())
         self._apply(life, actions)
 
@@ -193,6 +202,9 @@ class Tenant:
         self._standby_place = self.budget.prewarm(self.standby, self.settings.worker, self.auth_dir, self.lock.fd)
         if self._standby_place is None:  # limits.max_standbys / max_processes: this scan takes ~0.9 s longer
             log.info("standby.skipped", tenant=self.id, reason="capacity")
+
+    def _hooks(self) -> Any:
+        return self._state_hooks() if self._state_hooks is not None else None
 
     def _gate(self) -> bool:
         return self._may_spawn is None or self._may_spawn(self.id)
@@ -343,11 +355,17 @@ class Tenant:
             self.worker = standby.worker
             info = await run.promote(standby, self._on_event, self._on_invalid_line)
         else:
+            hooks = self._hooks()
+            if hooks is not None:  # rebuilt from the store (OSError: backoff, like any storage error)
+                await hooks.before_spawn(self.id, self.auth_dir)
             self.worker = run.new_worker(self.settings.worker, self.auth_dir, self._on_event, self._on_invalid_line)
             self._spawn_t0 = time.monotonic()
             # Before a flood of new, unlinked starts: a real user's connection, or the login right after a scan (515).
             urgent = self.life.streak.immediate > 0 or self.auth_info()["registered"]
             info = await run.spawn(self.worker, self.settings.worker.heartbeat_timeout, urgent=urgent)
+        hooks = self._hooks()
+        if hooks is not None:  # what the worker wrote is committed (or it was fenced) before anything decides
+            await hooks.after_exit(self.id, self.auth_dir)
         if info is None:  # nothing ran: stopped while queued, or the command could not be executed
             return Ending.SPAWN, None
         self.lock.clear_pidfile()
@@ -391,6 +409,9 @@ class Tenant:
     # -- storage (supervisor/storage.py) ------------------------------------------------------------------------
     def _archive_auth(self) -> None:
         archive_auth(self.id, self.dir, self.auth_dir)
+        hooks = self._hooks()
+        if hooks is not None:
+            hooks.on_archived(self.id)
         self.registered, self.me, self.push_name = False, None, None
 
     def auth_info(self) -> dict[str, Any]:

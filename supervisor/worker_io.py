@@ -53,11 +53,15 @@ def worker_env(settings: WorkerSettings, tenant: str, auth_dir: Path, lock_fd: i
     })
     if standby:
         env["BSUP_STANDBY"] = "1"  # up to hello, then wait for `go` (supervisor/standby.py)
+    if settings.state_sync:
+        env["BSUP_STATE_SYNC"] = "1"  # cluster mode: auth writes through the daemon (supervisor/cluster_state.py)
     if settings.wa_url:
         env["BSUP_WA_URL"] = settings.wa_url
     if settings.socket_options:
         env["BSUP_SOCKET_OPTIONS"] = json.dumps(settings.socket_options)
     env.update(settings.env)
+    if not settings.state_sync:  # never from worker.env: without a cluster nobody would answer its writes
+        env.pop("BSUP_STATE_SYNC", None)
     return env
 
 

@@ -131,7 +131,7 @@ def command_lines() -> list[tuple[str, bytes, dict[str, Any] | None]]:
 @pytest.fixture(scope="module")
 def node_side() -> dict[str, Any]:
     env = {k: v for k, v in worker_env(WorkerSettings(wa_url="ws://127.0.0.1:1/ws/chat",
-                                                      socket_options={"qrTimeout": 1000}),
+                                                      socket_options={"qrTimeout": 1000}, state_sync=True),
                                        "t1", Path("/tmp/auth"), 9, standby=True).items() if k.startswith("BSUP_")}
     return {"env": env, **run_node([line for _, line, _ in command_lines()],
                                    [json.dumps(e) for _, e, _ in event_cases()], env)}

@@ -9,6 +9,9 @@
 //     it. Writes queued behind an in-flight write of the same file are coalesced into one (the data is
 //     serialised when the write starts, as stock useMultiFileAuthState does inside its mutex).
 //   - new files are created with mode 0600 (they hold private keys).
+//   - onDurable(name, text|null) (cluster mode, state-sync.mjs): called once a write/remove is durable, in the file's
+//     order; the write's promise then also waits for the promise it returns (the daemon's commit), outside the
+//     file's queue.
 //   - writeNow() does the same steps synchronously: the file is durable when it returns, before any other code
 //     runs (creds.json: Baileys sends the pair-success reply right after emitting creds.update; README "Creds").
 import { open, rename, readFile, unlink, mkdir, stat, readdir } from 'node:fs/promises';
@@ -119,12 +122,15 @@ export async function prepareDir(folder) {
  * failures also go to onWriteError(err, file). A file written with writeNow must not also go through write/remove:
  * an older queued write renamed after it would undo it.
  */
-export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32 } = {}) {
+export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32, onDurable = null } = {}) {
   const limit = makeLimiter(maxConcurrentWrites);
   const queue = makeFileQueue();
   const syncDir = makeDirSync(folder);
   const queuedWrite = new Map(); // path -> the last queued, not yet started write (for coalescing)
   let seq = 0;
+  // The hook's promise rides in an array: returned bare from the queued operation it would hold the file's queue.
+  const toStore = (name, text) => (onDurable ? [onDurable(name, text)] : null);
+  const settled = (p) => p.then((r) => r?.[0]);
 
   const writeAtomic = async (filePath, name, text, durable = true) => {
     const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
@@ -157,27 +163,31 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
       return queued.promise;
     }
     const op = { data, durable, promise: null };
-    op.promise = queue.track(queue.enqueue(filePath, async () => {
+    op.promise = queue.track(settled(queue.enqueue(filePath, async () => {
       if (queuedWrite.get(filePath) === op) queuedWrite.delete(filePath);
-      await writeAtomic(filePath, name, JSON.stringify(op.data, BufferJSON.replacer), op.durable);
-    }));
+      const text = JSON.stringify(op.data, BufferJSON.replacer);
+      await writeAtomic(filePath, name, text, op.durable);
+      return toStore(name, text);
+    })));
     queuedWrite.set(filePath, op);
     op.promise.catch((err) => onWriteError(err, file));
     return op.promise;
   };
 
   const remove = (file) => {
-    const filePath = join(folder, fixFileName(file));
+    const name = fixFileName(file);
+    const filePath = join(folder, name);
     queuedWrite.delete(filePath); // a later write must not be merged into one queued before this remove
-    const p = queue.track(queue.enqueue(filePath, async () => {
+    const p = queue.track(settled(queue.enqueue(filePath, async () => {
       try {
         await unlink(filePath);
       } catch (err) {
         if (err.code !== 'ENOENT') throw err;
-        return;
+        return null; // nothing to remove: the store matches the directory at each spawn (materialized)
       }
       await syncDir();
-    }));
+      return toStore(name, null);
+    })));
     p.catch((err) => onWriteError(err, file));
     return p;
   };
@@ -200,10 +210,12 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
     });
   };
 
+  /** Returns the text written (cluster mode sends it to the daemon right after). */
   const writeNow = (data, file) => {
     const name = fixFileName(file);
-    writeAtomicSync(folder, join(folder, name), join(folder, `.${name}.tmp-${process.pid}-${++seq}`),
-      JSON.stringify(data, BufferJSON.replacer));
+    const text = JSON.stringify(data, BufferJSON.replacer);
+    writeAtomicSync(folder, join(folder, name), join(folder, `.${name}.tmp-${process.pid}-${++seq}`), text);
+    return text;
   };
 
   return { write, remove, read, writeNow, flush: queue.flush, get pending() { return queue.pending; } };

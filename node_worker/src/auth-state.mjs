@@ -13,6 +13,9 @@
 //     on disk, durably, before the code that emitted creds.update goes on. At pair-success that code sends the
 //     reply that makes the phone show the new device (node_worker/README.md, "Creds before the pairing reply").
 //   - `flush()` resolves when every queued write/remove has finished; the worker awaits it before exit.
+//   - cluster mode (`sync`, state-sync.mjs): every durable write/remove also goes to the daemon's fenced store, and
+//     the promise Baileys awaits resolves only once the daemon committed it. creds.json cannot wait (written before
+//     the pair-success reply): it is sent right after; saveCreds() and flush() wait for its commit.
 //   - a creds.json that exists but cannot be parsed (empty, truncated, not JSON) is NOT replaced by
 //     fresh creds: that would silently throw away the linked device and show a new QR. We throw
 //     AuthCorruptError instead (the worker reports `auth_corrupt` and exits 1; an operator or the daemon
@@ -78,25 +81,38 @@ export async function useAtomicMultiFileAuthState(folder, {
   onCorruptKey = () => {},
   onWriteError = () => {},
   maxConcurrentWrites = 32,
+  sync = null,
 } = {}) {
   await prepareDir(folder);
-  const files = makeAuthFiles(folder, { onWriteError, maxConcurrentWrites });
+  const files = makeAuthFiles(folder, { onWriteError, maxConcurrentWrites, onDurable: sync ? sync.push : null });
   const creds = await loadCreds(files);
+  const credsSent = new Set(); // creds.json commits not yet answered (flush waits for them)
+  let lastCreds = Promise.resolve();
   const saveCredsNow = () => {
+    let text;
     try {
-      files.writeNow(creds, 'creds.json');
+      text = files.writeNow(creds, 'creds.json');
     } catch (err) {
       onWriteError(err, 'creds.json');
       throw err;
+    }
+    if (sync) {
+      const p = sync.push('creds.json', text, { now: true });
+      credsSent.add(p);
+      p.catch((err) => onWriteError(err, 'creds.json')).finally(() => credsSent.delete(p));
+      lastCreds = p;
     }
   };
   return {
     state: { creds, keys: makeKeyStore(files, onCorruptKey) },
     /** Durable when it returns; throws (after onWriteError) when the write failed. */
     saveCredsNow,
-    saveCreds: async () => saveCredsNow(),
+    saveCreds: async () => { saveCredsNow(); await lastCreds; },
     /** Resolves once every write/remove queued so far (and any queued while waiting) has settled. */
-    flush: files.flush,
+    flush: async () => {
+      await files.flush();
+      await Promise.allSettled([...credsSent]);
+    },
     get pendingWrites() { return files.pending; },
   };
 }

@@ -45,6 +45,12 @@ const HANDLERS = {
     reply(w, cmd, true, { replayed: n });
   },
 
+  // Cluster mode: the daemon committed (ok) or could not commit a `state` event's auth writes (state-sync.mjs).
+  state_ack: (w, cmd) => {
+    w.stateSync?.ack(cmd.ref, cmd.ok);
+    reply(w, cmd, true, {});
+  },
+
   stop: async (w, cmd) => {
     reply(w, cmd, true, {});
     await w.shutdown('stop command', 0);
@@ -117,6 +123,7 @@ export function listenForCommands(w, stdin = process.stdin) {
   stdin.on('data', makeLineSplitter((line) => onLine(w, line), () => {
     w.emit({ type: 'error', code: 'bad_command', message: 'command line too long', fatal: false });
   }));
-  stdin.on('end', () => w.shutdown('stdin EOF', 0));
-  stdin.on('error', () => w.shutdown('stdin error', 0));
+  // The daemon is gone: no state_ack will come, the writes waiting for one fail now (the exit is not held up).
+  stdin.on('end', () => { w.stateSync?.abort('stdin EOF'); w.shutdown('stdin EOF', 0); });
+  stdin.on('error', () => { w.stateSync?.abort('stdin error'); w.shutdown('stdin error', 0); });
 }

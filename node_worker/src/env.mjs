@@ -74,6 +74,14 @@ export function parseStandby(raw) {
   throw new EnvError('BSUP_STANDBY', `expected 0 or 1, got ${JSON.stringify(raw)}`);
 }
 
+/** A 0/1 variable; absent = false. */
+function parseFlag(env, name) {
+  const raw = env[name];
+  if (raw === undefined || raw === '' || raw === '0') return false;
+  if (raw === '1') return true;
+  throw new EnvError(name, `expected 0 or 1, got ${JSON.stringify(raw)}`);
+}
+
 /** Parse and validate every BSUP_* variable. Throws EnvError (the worker then exits 2). */
 export function parseEnv(env = process.env, { checkFd = true } = {}) {
   const tenant = env.BSUP_TENANT;
@@ -133,5 +141,6 @@ export function parseEnv(env = process.env, { checkFd = true } = {}) {
     heartbeatMs: parsePositiveInt(env, 'BSUP_HEARTBEAT_MS', 5000, { min: 50 }),
     socketOptions: parseSocketOptions(env.BSUP_SOCKET_OPTIONS),
     standby: parseStandby(env.BSUP_STANDBY),
+    stateSync: parseFlag(env, 'BSUP_STATE_SYNC'), // cluster mode: auth writes through the daemon (state-sync.mjs)
   };
 }

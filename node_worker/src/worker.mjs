@@ -30,6 +30,7 @@ function makeWorkerState() {
   const w = {
     startedAt: Date.now(),
     settings: null, logger: null, baileys: null, sock: null, auth: null, sender: null, journal: null, isOpen: false,
+    stateSync: null, // cluster mode's write-through to the daemon (state-sync.mjs)
     keyPool: null, // a standby's pre-generated key pairs (prekey-pool.mjs), dropped once the socket is open
     exiting: false, shutdownStarted: false, exitCode: 0, stopReason: null, heartbeatTimer: null,
     isNewLogin: false, verificationFailed: false, socketClosed: false,
@@ -91,8 +92,13 @@ function sayHello(w, version) {
 /** Loads the auth directory; a corrupt creds.json is fatal (node_worker/README.md, "Decisions"). */
 async function openAuth(w) {
   const { useAtomicMultiFileAuthState, AuthCorruptError } = await import('./auth-state.mjs');
+  if (w.settings.stateSync) { // cluster mode: writes go through the daemon's fenced store (state-sync.mjs)
+    const { makeStateSync } = await import('./state-sync.mjs');
+    w.stateSync = makeStateSync(w.emit);
+  }
   try {
     w.auth = await useAtomicMultiFileAuthState(w.settings.authDir, {
+      sync: w.stateSync,
       onCorruptKey: (file, err) => {
         w.emit({ type: 'error', code: 'auth_corrupt_key', fatal: false,
           message: `${file} is unreadable (${err.message}); treated as missing` });

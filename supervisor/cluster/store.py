@@ -27,11 +27,28 @@ async def fenced_tx(conn: Any, tid: str, node_id: str, epoch: int) -> AsyncItera
 
 
 async def put_kv(cur: Any, tid: str, epoch: int, items: dict[str, bytes | None]) -> None:
-    """Inside a fenced_tx: upsert (or delete, for None) several keys at once: atomic with the epoch check."""
-    for k, v in items.items():
-        if v is None:
-            await cur.execute("DELETE FROM tenant_kv WHERE tenant_id = %s AND k = %s", (tid, k))
-        else:
-            await cur.execute("INSERT INTO tenant_kv (tenant_id, k, v, epoch) VALUES (%s, %s, %s, %s) "
+    """Inside a fenced_tx: upsert (or delete, for None) several keys at once: atomic with the epoch check. One
+    statement per kind (executemany is pipelined): the 812 pre-keys of a first login are one round trip, not 812."""
+    gone = [k for k, v in items.items() if v is None]
+    rows = [(tid, k, v, epoch) for k, v in items.items() if v is not None]
+    if gone:
+        await cur.execute("DELETE FROM tenant_kv WHERE tenant_id = %s AND k = ANY(%s)", (tid, gone))
+    if rows:
+        await cur.executemany("INSERT INTO tenant_kv (tenant_id, k, v, epoch) VALUES (%s, %s, %s, %s) "
                               "ON CONFLICT (tenant_id, k) DO UPDATE SET v = EXCLUDED.v, epoch = EXCLUDED.epoch, "
-                              "updated_at = clock_timestamp()", (tid, k, v, epoch))
+                              "updated_at = clock_timestamp()", rows)
+
+
+async def get_kv(cur: Any, tid: str, keys: list[str] | None = None) -> dict[str, bytes]:
+    """Inside a fenced_tx: the tenant's keys (all, or `keys`)."""
+    if keys is None:
+        await cur.execute("SELECT k, v FROM tenant_kv WHERE tenant_id = %s", (tid,))
+    else:
+        await cur.execute("SELECT k, v FROM tenant_kv WHERE tenant_id = %s AND k = ANY(%s)", (tid, keys))
+    return {k: bytes(v) for k, v in await cur.fetchall()}
+
+
+async def clear_kv(cur: Any, tid: str) -> int:
+    """Inside a fenced_tx: drop every key of the tenant (after a logout: its auth was archived on the owner's host)."""
+    await cur.execute("DELETE FROM tenant_kv WHERE tenant_id = %s", (tid,))
+    return int(cur.rowcount or 0)
