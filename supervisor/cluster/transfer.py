@@ -14,10 +14,15 @@ fences any writer of an older epoch (`fenced_tx` checks the epoch), a claim wait
 whose lock is free but comes back mid-import cannot: the import holds that node's lock for the transaction, as a
 takeover does. `wanted` is left as it is (a new row is not wanted: start the tenant through the API or
 `tenants.boot`).
+
+On this host, a tenant whose `auth.lock` is held (a single-host daemon or its worker runs it: the directory may be
+changing) is refused (`tenant_running`); the lock is held by the import while it reads and writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterable
@@ -73,11 +78,35 @@ def tenants_under(storage_root: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if is_tenant_id(p.name) and (p / "auth").is_dir())
 
 
+@contextlib.contextmanager
+def _local_lock(tenant_dir: Path) -> Any:
+    """The single-host tenant lock (supervisor/locks.py), if the directory has one: held while importing."""
+    try:
+        fd = os.open(tenant_dir / "auth.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TransferError("tenant_running", f"{tenant_dir.name} is locked by a running daemon or worker on "
+                                "this host (auth.lock): stop it first") from None
+        yield
+    finally:
+        os.close(fd)  # drops our flock
+
+
 def import_tenant(conn: Any, tid: str, auth_dir: Path, *, force: bool = False) -> dict[str, Any]:
     """Load one auth directory into the store (see the module doc for the fencing). Returns the tenant's report;
     raises TransferError for a tenant that is not imported."""
     if not auth_dir.is_dir():
         raise TransferError("no_auth_dir", f"{auth_dir} is not a directory")
+    with _local_lock(auth_dir.parent):
+        return _import_locked(conn, tid, auth_dir, force)
+
+
+def _import_locked(conn: Any, tid: str, auth_dir: Path, force: bool) -> dict[str, Any]:
     files, skipped = auth_files(auth_dir)
     check_creds(files)
     with conn.transaction(), conn.cursor() as cur:

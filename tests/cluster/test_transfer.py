@@ -127,6 +127,23 @@ def test_no_overwrite_without_force_and_bad_creds(tmp_path, db):
     assert rows(db, "a") == {"creds.json": b'{"noiseKey": 2}'}  # the store is the directory: no stale key left
 
 
+def test_a_tenant_locked_on_this_host_is_refused(tmp_path, db):
+    """A single-host daemon (or its worker) holding the tenant's auth.lock may be writing the directory."""
+    import fcntl
+
+    auth = tmp_path / "s" / "whatsapp" / "t1" / "auth"
+    auth.mkdir(parents=True)
+    (auth / "creds.json").write_bytes(b"{}")
+    fd = os.open(auth.parent / "auth.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        [rep] = transfer.import_many(db, tmp_path / "s")
+        assert rep["status"] == "tenant_running" and rows(db, "t1") == {}, rep
+    finally:
+        os.close(fd)
+    assert transfer.import_many(db, tmp_path / "s")[0]["status"] == "imported"  # lock free: imported
+
+
 async def test_import_is_fenced(tmp_path, db, cluster_settings, pg_dsn):
     root = tmp_path / "s"
     (root / "whatsapp" / "t1" / "auth").mkdir(parents=True)
