@@ -18,25 +18,31 @@ Process-wide on purpose: one daemon per process, and cluster mode is the whole d
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 lease_source: Callable[[], int] | None = None  # cluster mode: the lease's end in epoch ms; None: single host
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+@functools.cache
+def _prctl() -> Any:
+    import ctypes  # only in cluster mode: the single-host daemon never loads it
+
+    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def die_with_parent() -> Callable[[], None]:
     """A preexec_fn: the child gets SIGKILL when the forking thread (ours) exits. If the daemon died between the
     fork and the prctl the signal would never come: then the child kills itself (its parent changed)."""
-    parent = os.getpid()
+    parent, prctl = os.getpid(), _prctl()  # resolved in the parent: the child only calls it
 
     def preexec() -> None:
-        if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return preexec

@@ -33,19 +33,28 @@ test('the timer fires once the latest validUntil passed, not before', async () =
   assert.equal(fired, 1); // once
 });
 
-test('a lease already past expires at once; a clock step back re-arms instead of firing', async () => {
+test('a lease already past expires at once; the earlier of the two clocks decides', async () => {
   let fired = 0;
   makeLease({ onExpire: () => { fired += 1; } }).update(Date.now() - 1);
   assert.equal(fired, 1);
-  let clock = 0;
-  let fired2 = 0;
-  const lease = makeLease({ onExpire: () => { fired2 += 1; }, now: () => clock });
-  lease.update(30); // timer armed for 30 ms of real time, but our clock has not moved
+  const clocks = { wall: 1000, mono: 0 };
+  let n = 0;
+  const lease = makeLease({ onExpire: () => { n += 1; }, now: () => clocks.wall, mono: () => clocks.mono });
+  lease.update(1030); // 30 ms on both clocks; the timer fires after 30 ms of real time, our clocks have not moved
   await sleep(100);
-  assert.equal(fired2, 0);
-  clock = 30;
-  lease.update(30);
-  assert.equal(fired2, 1);
+  assert.equal(n, 0); // re-armed, not fired
+  clocks.wall = 900; // the wall clock is stepped back 100 ms...
+  clocks.mono = 30; // ...but 30 ms went by: expired all the same
+  await sleep(100);
+  assert.equal(n, 1);
+
+  const c2 = { wall: 1000, mono: 0 };
+  let m = 0;
+  const late = makeLease({ onExpire: () => { m += 1; }, now: () => c2.wall, mono: () => c2.mono });
+  late.update(1030);
+  c2.wall = 1030; // the wall clock reached validUntil (e.g. the lease was read late): no monotonic grace
+  await sleep(100);
+  assert.equal(m, 1);
 });
 
 async function standby() {
