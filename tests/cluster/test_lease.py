@@ -119,3 +119,18 @@ async def test_workers_fork_on_the_event_loop_thread(tmp_path, fake_state, marke
     finally:
         spawn_fence.lease_source, spawn_fence.die_with_parent = None, real
         os.close(lock)
+
+
+def test_fence_reports_each_renewal_and_its_end_in_ms():
+    from supervisor.cluster.fence import Fence
+
+    now = [100.0]
+    f = Fence(4.0, clock=lambda: now[0])
+    renewals = []
+    f.on_renew = lambda: renewals.append(f.valid_until_ms())
+    f.reset(100.0)
+    assert f.renewed(101.0) and len(renewals) == 1  # a renewal: the workers get the new end
+    assert abs(renewals[0] - (time.time() + 5.0) * 1000) < 1000  # send time 101 + 4 s, clock at 100: 5 s ahead
+    now[0] = 106.0
+    assert not f.renewed(105.5) and len(renewals) == 1  # lapsed: no renewal, nothing sent
+    assert f.valid_until_ms() <= time.time() * 1000 + 1
