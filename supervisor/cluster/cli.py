@@ -20,7 +20,9 @@ def add_db_command(sub: Any) -> None:
                     "under the storage root); export: the tenant (required)")
     db.add_argument("--from", dest="source", help="import: a storage root holding whatsapp/<tenant>/auth (default: "
                     "the config's storage.root)")
-    db.add_argument("--to", dest="target", help="export: a new (or empty) directory to write the auth files into")
+    db.add_argument("--to", dest="target", help="export: a new (or empty) directory to write the tenant's auth files "
+                    "into; with --all, a storage root (whatsapp/<tenant>/auth for each)")
+    db.add_argument("--all", action="store_true", help="export: every tenant with state in the store")
     db.add_argument("--force", action="store_true", help="import: replace a tenant's state already in the store")
     db.set_defaults(func=cmd_db)
 
@@ -67,8 +69,10 @@ def _transfer(args: argparse.Namespace, settings: Any) -> int:
     from ..cli import EXIT_API, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, _fail
     from . import pg, schema, transfer
 
-    if args.action == "export" and (not args.tenant or len(args.tenant) != 1 or not args.target):
-        return _fail(args, EXIT_USAGE, "bad_arguments", "db export needs one --tenant and --to DIR")
+    if args.action == "export" and (not args.target or (args.all == bool(args.tenant))
+                                    or (args.tenant and len(args.tenant) != 1)):
+        return _fail(args, EXIT_USAGE, "bad_arguments", "db export needs --to and either one --tenant (--to = its "
+                     "auth directory) or --all (--to = a storage root)")
     try:
         with pg.connect_sync(settings.cluster, "cli") as conn:
             with conn.cursor() as cur:
@@ -79,6 +83,9 @@ def _transfer(args: argparse.Namespace, settings: Any) -> int:
                 root = Path(args.source) if args.source else settings.storage.root
                 results = transfer.import_many(conn, root, args.tenant, force=args.force)
                 done = "imported"
+            elif args.all:
+                results = transfer.export_many(conn, Path(args.target))
+                done = "exported"
             else:
                 try:
                     results = [transfer.export_tenant(conn, args.tenant[0], Path(args.target))]

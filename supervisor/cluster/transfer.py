@@ -190,3 +190,19 @@ def export_tenant(conn: Any, tid: str, target: Path) -> dict[str, Any]:
         os.close(dfd)
     return {"tenant": tid, "status": "exported", "files": len(rows), "bytes": sum(len(v) for _, v in rows),
             "epoch": epoch, "to": str(target)}
+
+
+def export_many(conn: Any, storage_root: Path, tenants: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Each tenant (default: every one with rows) into `<storage_root>/whatsapp/<t>/auth`, the single-host layout;
+    one report per tenant, failures included."""
+    if tenants is None:
+        tenants = [r[0] for r in conn.execute("SELECT DISTINCT tenant_id FROM tenant_kv ORDER BY 1").fetchall()]
+    out = []
+    for tid in tenants:
+        try:
+            if not is_tenant_id(tid):
+                raise TransferError("invalid_tenant", f"invalid tenant id {tid[:80]!r}")
+            out.append(export_tenant(conn, tid, storage_root / "whatsapp" / tid / "auth"))
+        except TransferError as exc:
+            out.append({"tenant": tid, "status": exc.code, "message": str(exc)})
+    return out

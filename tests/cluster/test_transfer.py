@@ -158,7 +158,9 @@ async def test_import_is_fenced(tmp_path, db, cluster_settings, pg_dsn):
         assert rep["status"] == "owned_by_live_node" and "'a'" in rep["message"], rep
         assert rows(db, "t1") == {}
     finally:
-        await node.close(drain=False)  # dies without releasing: its row still names it, its lock is free
+        await node.close(drain=False)  # dies without releasing: its row still names it, its lock is freed
+    # the server ends the closed session (and frees the node lock) a moment after the client is gone
+    assert await wait_for(lambda: _no_node_lock(db), 20)
     [rep] = transfer.import_many(db, root)
     assert rep["status"] == "imported" and rep["epoch"] == epoch + 1 and rep["previousOwner"] == "a", rep
     assert db.execute("SELECT owner, epoch, wanted FROM tenant_owner").fetchone() == (None, epoch + 1, True)
@@ -174,6 +176,13 @@ async def test_import_is_fenced(tmp_path, db, cluster_settings, pg_dsn):
 
 async def _owns(node, t):
     return t in node.owned
+
+
+async def _no_node_lock(conn) -> bool:
+    from supervisor.cluster.schema import LOCK_NS
+
+    return not conn.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objsubid = 2 "
+                            "AND granted", (LOCK_NS,)).fetchall()
 
 
 def test_cli_import_export(tmp_path, db, pg_dsn):
@@ -197,4 +206,9 @@ def test_cli_import_export(tmp_path, db, pg_dsn):
         {p.name: p.read_bytes() for p in auth.iterdir()}
     assert run("export", "--tenant", "t9", "--to", str(tmp_path / "out")).returncode == 1
     assert run("export", "--tenant", "nobody", "--to", str(tmp_path / "o2")).returncode == 1
-    assert run("export", "--to", str(tmp_path / "o3")).returncode == 2
+    assert run("export", "--to", str(tmp_path / "o3")).returncode == 2  # neither --tenant nor --all
+    assert run("export", "--all", "--tenant", "t9", "--to", str(tmp_path / "o3")).returncode == 2
+    every = run("export", "--all", "--to", str(tmp_path / "root2"))  # back to the single-host layout
+    assert every.returncode == 0 and [r["tenant"] for r in json.loads(every.stdout)["tenants"]] == ["t9"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "root2" / "whatsapp" / "t9" / "auth").iterdir()} == \
+        {p.name: p.read_bytes() for p in auth.iterdir()}
