@@ -24,6 +24,13 @@ function reply(w, cmd, ok, resultOrError, message) {
 const HANDLERS = {
   ping: (w, cmd) => reply(w, cmd, true, {}),
 
+  // Cluster mode: the daemon's lease end; past it without a newer one the worker exits at once (lease.mjs).
+  lease: (w, cmd) => {
+    w.lease ??= makeLease({ onExpire: () => w.finalExit(LEASE_EXPIRED_EXIT) });
+    w.lease.update(cmd.validUntil);
+    reply(w, cmd, true, {});
+  },
+
   go: (w, cmd) => {
     if (!w.settings.standby) return reply(w, cmd, false, 'not_standby', 'this worker was not started as a standby');
     if (w.goReceived) return reply(w, cmd, false, 'already_started', 'go was already received');
@@ -44,13 +51,6 @@ const HANDLERS = {
   replay: (w, cmd) => {
     const n = w.auth ? reemitPending(w) : 0;
     reply(w, cmd, true, { replayed: n });
-  },
-
-  // Cluster mode: the daemon's lease end; past it without a newer one the worker exits at once (lease.mjs).
-  lease: (w, cmd) => {
-    w.lease ??= makeLease({ onExpire: () => w.finalExit(LEASE_EXPIRED_EXIT) });
-    w.lease.update(cmd.validUntil);
-    reply(w, cmd, true, {});
   },
 
   stop: async (w, cmd) => {
