@@ -14,6 +14,9 @@ the single-host mode never imports psycopg.
   the live worker (restart, logout, pairing-code) answers 409 `not_owner` with `owner` and `advertiseUrl`.
 - Any node answers status/list for any tenant from a snapshot of `tenant_owner` refreshed every `claim_interval`
   on a connection of its own (constant per node, like the lock and data connections).
+- The worker lease: every worker and standby gets `lease {validUntil}` (the node's lease end, epoch ms) at each
+  renewal, and its first one at spawn (supervisor/spawn_fence.py, which also makes it die with the daemon); it exits
+  (code 3) when that passes without a newer one, so a SIGSTOPped daemon cannot keep a worker connected.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import signal
 from typing import TYPE_CHECKING, Any
 
+from . import spawn_fence
 from .cluster import make_ownership
 from .cluster import pg
 from .cluster.metrics import OwnershipCollector
@@ -67,9 +71,13 @@ class ClusterNode:
     async def start(self) -> None:
         """Migrate, take the node lock, claim in the background; then the boot tenants are wanted (not started here:
         placement decides where each one runs)."""
+        # before the first claim can spawn anything: workers die with us and get their first lease at spawn
+        spawn_fence.lease_source = self.own.fence.valid_until_ms
+        self.own.fence.on_renew = self._send_leases
         try:
             await self.own.start()
         except Exception as exc:  # noqa: BLE001 - psycopg's, NodeIdInUse, SchemaError: never the DSN in the text
+            spawn_fence.lease_source = None
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ClusterUnavailable(f"cannot join the cluster as node {self.cs.node_id!r}: "
                                      f"{type(exc).__name__}: {first}") from None
@@ -93,6 +101,8 @@ class ClusterNode:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
+        self.own.fence.on_renew = None
+        spawn_fence.lease_source = None
 
     # -- ownership callbacks -------------------------------------------------------------------------------------
     def may_spawn(self, tid: str) -> bool:
@@ -123,6 +133,16 @@ class ClusterNode:
                     w._signal_group(signal.SIGKILL)
                     killed += 1
         log.warning("cluster.workers_killed", reason=reason, workers=killed)
+
+    def _send_leases(self) -> None:
+        """At each renewal (synchronous, from the ping task): the new lease end to every live worker and standby.
+        A pipe write each; a worker that is going away is skipped."""
+        until = self.own.fence.valid_until_ms()
+        for tenant in self.sup.tenants.values():
+            for w in (tenant.worker, tenant.standby.current.worker if tenant.standby.current else None):
+                if w is not None and w.alive:
+                    with contextlib.suppress(Exception):  # NotRunning, a closing pipe: it is ending anyway
+                        w.notify("lease", validUntil=until)
 
     # -- operations (Supervisor delegates here in cluster mode) -------------------------------------------------
     async def start_tenant(self, tid: str) -> dict[str, Any]:

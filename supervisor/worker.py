@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from supervisor import protocol
+from supervisor import protocol, spawn_fence
 from supervisor.childwatch import HeartbeatWatch, install_child_watcher
 from supervisor.errors import NotRunning, WorkerCommandFailed, WorkerTimeout
 from supervisor.worker_io import StderrForwarder, worker_env
@@ -81,6 +81,7 @@ class WorkerProcess:
         # subprocess pipes would cost two extra loop turns per line (a call_soon to the subprocess protocol, then
         # a task wake-up of the StreamReader's reader), i.e. 3 wake-ups per heartbeat per worker.
         out_r, out_w = os.pipe()  # both non-inheritable; the child gets out_w as its fd 1 only
+        lease = spawn_fence.lease_source  # cluster mode: dies with the daemon, first lease at once (spawn_fence.py)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.settings.command,
@@ -88,12 +89,15 @@ class WorkerProcess:
                 start_new_session=True,  # own group: stop signals reach its children, terminal signals do not
                 pass_fds=(self.lock_fd,),  # the same open file description: the flock lives as long as the worker
                 env=worker_env(self.settings, self.tenant, self.auth_dir, self.lock_fd, standby=self.standby),
+                preexec_fn=spawn_fence.die_with_parent() if lease is not None else None,
             )
         except BaseException:
             os.close(out_r)
             raise
         finally:
             os.close(out_w)  # the child's copy is the only writer left: its exit is our EOF
+        if lease is not None:  # buffered in the stdin pipe: the first command the worker reads
+            self.notify("lease", validUntil=lease())
         loop = asyncio.get_running_loop()
         self._stdout_closed = loop.create_future()
         try:

@@ -2,6 +2,7 @@
 import { CommandError, parseCommand, makeLineSplitter } from './protocol.mjs';
 import { isRegistered } from './creds.mjs';
 import { reemitPending } from './inbound.mjs';
+import { makeLease, LEASE_EXPIRED_EXIT } from './lease.mjs';
 
 /** A pairing code can only be requested once the registration handshake is done (first QR seen). */
 const READY_WAIT_MS = 10000;
@@ -22,6 +23,13 @@ function reply(w, cmd, ok, resultOrError, message) {
 
 const HANDLERS = {
   ping: (w, cmd) => reply(w, cmd, true, {}),
+
+  // Cluster mode: the daemon's lease end; past it without a newer one the worker exits at once (lease.mjs).
+  lease: (w, cmd) => {
+    w.lease ??= makeLease({ onExpire: () => w.finalExit(LEASE_EXPIRED_EXIT) });
+    w.lease.update(cmd.validUntil);
+    reply(w, cmd, true, {});
+  },
 
   go: (w, cmd) => {
     if (!w.settings.standby) return reply(w, cmd, false, 'not_standby', 'this worker was not started as a standby');

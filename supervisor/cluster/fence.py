@@ -24,6 +24,8 @@ class Fence:
         self._ok_at: float | None = None  # send time of the last successful ping; None = no lock held
         self.tripped = True  # until the first acquisition
         self.trips = 0  # fence events (metrics)
+        # Called after each renewal (cluster_node.py: each worker gets the new end as its `lease`); must not raise.
+        self.on_renew: Callable[[], None] | None = None
 
     def reset(self, sent_at: float) -> None:
         """The node lock was (re)acquired by a statement sent at `sent_at`."""
@@ -34,6 +36,8 @@ class Fence:
         if not self.valid():
             return False
         self._ok_at = max(self._ok_at or sent_at, sent_at)
+        if self.on_renew is not None:
+            self.on_renew()
         return True
 
     def remaining(self) -> float:
@@ -47,6 +51,10 @@ class Fence:
     def valid_until(self) -> float:
         """The lease's end as wall-clock epoch seconds (what a worker is told: it exits when this passes)."""
         return time.time() + max(0.0, self.remaining())
+
+    def valid_until_ms(self) -> int:
+        """The same in whole epoch milliseconds, rounded down (the `lease` command's validUntil)."""
+        return int(self.valid_until() * 1000)
 
     def trip(self) -> bool:
         """Mark fenced; True only for the transition (the caller kills its workers once)."""
