@@ -1,18 +1,30 @@
 // Cluster mode's write-through (state-sync.mjs over auth-state.mjs): a Baileys-facing write resolves only after the
 // daemon's state_ack, the keys of one keys.set share few events, every item is the file's bytes, creds.json leaves at
 // once, ok:false and stdin EOF fail the waiting writes.
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Curve } from '@whiskeysockets/baileys';
 import { useAtomicMultiFileAuthState } from '../src/auth-state.mjs';
 import { makeStateSync } from '../src/state-sync.mjs';
 
-const tmp = () => mkdtemp(join(tmpdir(), 'bsup-sync-'));
+const dirs = [];
+const tmp = async () => { const d = await mkdtemp(join(tmpdir(), 'bsup-sync-')); dirs.push(d); return d; };
+after(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));
 const settle = (p) => Promise.race([p.then(() => 'resolved', () => 'rejected'),
   new Promise((r) => setTimeout(() => r('pending'), 200))]);
+// Bounded waits for something that must happen (300 fsynced files take seconds on a loaded machine): never a fixed
+// sleep for a positive condition.
+async function until(cond, what, ms = 30000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+const itemsOf = (events) => Object.assign({}, ...events.map((e) => e.items));
 
 async function open() {
   const dir = await tmp();
@@ -28,9 +40,9 @@ test('keys.set resolves only after state_ack; 300 keys in few events carrying th
   for (let i = 1; i <= 300; i++) keys[i] = Curve.generateKeyPair();
   const p = auth.state.keys.set({ 'pre-key': keys, session: { gone: null } });
   // every local write is durable before the daemon hears of it; nothing resolves without an answer
-  await new Promise((r) => setTimeout(r, 300));
+  await until(() => Object.keys(itemsOf(events)).length >= 300, '300 items');
   assert.equal(await settle(p), 'pending');
-  const items = Object.assign({}, ...events.map((e) => e.items));
+  const items = itemsOf(events);
   assert.equal(Object.keys(items).length, 300); // the remove of a file that never existed sends nothing
   assert.ok(events.length >= 1 && events.length <= 40, `${events.length} events for 300 keys`);
   for (const name of ['pre-key-1.json', 'pre-key-300.json']) {
@@ -41,8 +53,9 @@ test('keys.set resolves only after state_ack; 300 keys in few events carrying th
   sync.ack(events.at(-1).ref, true);
   assert.equal(await settle(p), 'resolved');
   // a remove of an existing file goes as null
+  const before = events.length;
   const r = auth.state.keys.set({ 'pre-key': { 1: null } });
-  await new Promise((res) => setTimeout(res, 100));
+  await until(() => events.length > before, 'the remove event');
   assert.deepEqual(events.at(-1).items, { 'pre-key-1.json': null });
   sync.ack(events.at(-1).ref, true);
   await r;
@@ -69,12 +82,12 @@ test('ok:false fails the write (onWriteError); abort (stdin EOF) fails what wait
   const sync = makeStateSync((e) => events.push(e));
   const auth = await useAtomicMultiFileAuthState(dir, { sync, onWriteError: (err, file) => errors.push(file) });
   const p = auth.state.keys.set({ 'pre-key': { 1: Curve.generateKeyPair() } });
-  await new Promise((r) => setTimeout(r, 100));
+  await until(() => events.length >= 1, 'the first event');
   sync.ack(events[0].ref, false);
   assert.equal(await settle(p), 'rejected');
   assert.deepEqual(errors, ['pre-key-1.json']);
   const q = auth.state.keys.set({ 'pre-key': { 2: Curve.generateKeyPair() } });
-  await new Promise((r) => setTimeout(r, 100));
+  await until(() => events.length >= 2, 'the second event');
   sync.abort('stdin EOF');
   assert.equal(await settle(q), 'rejected');
   assert.equal(await settle(auth.flush()), 'resolved'); // the exit is not held up
