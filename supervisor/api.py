@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from . import api_cluster, stream_token, ui_routes
-from .api_guard import no_secret_guard
-from .api_server import HTTP_CODES, body_limits, error_response, json_response, read_body, serve
+from .api_guard import no_secret_check
+from .api_server import HTTP_CODES, error_response, json_response, limit_body, read_body, serve
 from .errors import BadRequest, SupervisorError, UnknownTenant
 from .eventbus import EventBus
-from .events import get_logger
+from .events import enabled_for, get_logger
 from .ids import is_tenant_id, validate_phone, validate_tenant_id
 from .settings import ApiSettings
 from .sse import HEARTBEAT, stream
@@ -48,49 +49,59 @@ log = get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: times and logs the request, and turns every exception into a JSON error without a trace."""
-    started = time.monotonic()
-    try:
-        response = await handler(request)
-    except SupervisorError as exc:
-        response = error_response(exc.status, exc.code, exc.message, **_json_safe(exc.details))
-    except web.HTTPException as exc:
-        if exc.status < 400:  # redirects etc. are answers, not errors
-            raise
-        code = HTTP_CODES.get(exc.status, "http_error")
-        message = exc.reason if exc.status != 413 else "request body too large"
-        response = error_response(exc.status, code, message)
-        if exc.status == 405:
-            response.headers["Allow"] = exc.headers.get("Allow", "")
-    except ConnectionError:  # the client went away mid-request: nobody to answer, nothing to log as an error
-        raise  # aiohttp drops the connection quietly (api_server.ApiRequestHandler.handle_error)
-    except Exception as exc:  # noqa: BLE001 - the client gets a generic 500, the log gets the type
-        log.error("api.error", method=request.method, route=_route(request), error=type(exc).__name__,
-                  exc_info=True)
-        response = error_response(500, "internal", "internal error")
-    # Successful reads (status/qr polling, health checks, scrapes) only at debug: rendering one info line per
-    # request cost ~25-30 % of GET /status throughput. Errors (>= 400) and every mutating request stay at info.
-    quiet = request.method in ("GET", "HEAD") and response.status < 400
-    (log.debug if quiet else log.info)(
-        "api.request",
-        method=request.method,
-        route=_route(request),
-        tenant=request.match_info.get("tenant") if is_tenant_id(request.match_info.get("tenant")) else None,
-        status=response.status,
-        duration_ms=round((time.monotonic() - started) * 1000, 2),
-    )
-    return response
+def api_middleware(api: ApiSettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The API's one middleware (every layer costs each request; this was three): in order, auth (401) or, without a
+    secret, the web-page guard (403/415, supervisor/api_guard.py), then the body limit (413), then the handler; around
+    all of it, every exception becomes a JSON error without a trace, and the request is timed and logged."""
+    secret = api.secret
+    guard = None if secret else no_secret_check(api)
 
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            if secret:
+                response = None
+                if request.path not in OPEN_PATHS and not _authorized(request, secret) \
+                        and not _stream_token_ok(request, secret):
+                    response = error_response(401, "unauthorized",
+                                              "missing or wrong secret (X-Internal-Secret or Bearer)")
+            else:
+                guard(request)  # type: ignore[misc]  # set whenever there is no secret
+                response = None
+            if response is None:
+                response = await limit_body(request, api)  # not `or`: a Response is a mapping, empty is falsy
+            if response is None:
+                response = await handler(request)
+        except SupervisorError as exc:
+            response = error_response(exc.status, exc.code, exc.message, **_json_safe(exc.details))
+        except web.HTTPException as exc:
+            if exc.status < 400:  # redirects etc. are answers, not errors
+                raise
+            code = HTTP_CODES.get(exc.status, "http_error")
+            message = exc.reason if exc.status != 413 else "request body too large"
+            response = error_response(exc.status, code, message)
+            if exc.status == 405:
+                response.headers["Allow"] = exc.headers.get("Allow", "")
+        except ConnectionError:  # the client went away mid-request: nobody to answer, nothing to log as an error
+            raise  # aiohttp drops the connection quietly (api_server.ApiRequestHandler.handle_error)
+        except Exception as exc:  # noqa: BLE001 - the client gets a generic 500, the log gets the type
+            log.error("api.error", method=request.method, route=_route(request), error=type(exc).__name__,
+                      exc_info=True)
+            response = error_response(500, "internal", "internal error")
+        # Successful reads (status/qr polling, health checks, scrapes) only at debug: rendering one info line per
+        # request cost ~25-30 % of GET /status throughput; and at info the dropped debug event is not even built.
+        # Errors (>= 400) and every mutating request stay at info.
+        quiet = request.method in ("GET", "HEAD") and response.status < 400
+        if not quiet or enabled_for(logging.DEBUG):
+            tenant = request.match_info.get("tenant")
+            (log.debug if quiet else log.info)(
+                "api.request", method=request.method, route=_route(request),
+                tenant=tenant if is_tenant_id(tenant) else None, status=response.status,
+                duration_ms=round((time.monotonic() - started) * 1000, 2))
+        return response
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    secret = request.app[API].secret
-    if secret and request.path not in OPEN_PATHS and not _authorized(request, secret) \
-            and not _stream_token_ok(request, secret):
-        return error_response(401, "unauthorized", "missing or wrong secret (X-Internal-Secret or Bearer)")
-    return await handler(request)
+    return middleware
 
 
 def _stream_token_ok(request: web.Request, secret: str) -> bool:
@@ -260,18 +271,18 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
     `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder; the send API answers 503 without an
     `outbox` (supervisor/outbox_dispatch.py). Serve it with `start_api`."""
-    # Without a secret, auth_middleware lets everything through and the guard keeps web pages out instead.
-    middlewares = [errors_middleware, auth_middleware if api.secret else no_secret_guard(api), body_limits(api)]
-    app = web.Application(middlewares=middlewares, client_max_size=api.max_body_bytes)
+    app = web.Application(middlewares=[api_middleware(api)], client_max_size=api.max_body_bytes)
     app[SUPERVISOR], app[API], app[EVENTS], app[SSE_HEARTBEAT] = supervisor, api, events, sse_heartbeat
     app[METRICS], app[WEBHOOK] = metrics, webhook
+    # The polled routes first: aiohttp tries every `/whatsapp/{tenant}/...` route in registration order (a regex
+    # each) until one matches. No two of them match the same path, so the order changes no answer.
+    app.router.add_get(f"{_T}/status", status)
+    app.router.add_get(f"{_T}/qr", qr)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/whatsapp", list_tenants)
     for name in ("start", "stop", "restart", "logout"):
         app.router.add_post(f"{_T}/{name}", _action(name))
     app.router.add_delete(_T, forget)
-    app.router.add_get(f"{_T}/status", status)
-    app.router.add_get(f"{_T}/qr", qr)
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/webhook", webhook_status)
