@@ -26,6 +26,7 @@ from .events import enabled_for, get_logger
 from .ids import is_tenant_id, validate_phone, validate_tenant_id
 from .settings import ApiSettings
 from .sse import HEARTBEAT, stream
+from .ui_routes import is_console_path
 from .states import iso
 
 if TYPE_CHECKING:
@@ -49,15 +50,18 @@ log = get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def api_middleware(api: ApiSettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The API's one middleware (every layer costs each request; this was three): in order, auth (401) or, without a
-    secret, the web-page guard (403/415, supervisor/api_guard.py), then the body limit (413), then the handler; around
-    all of it, every exception becomes a JSON error without a trace, and the request is timed and logged."""
+def api_middleware(api: ApiSettings, ui: Handler) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The app's one middleware (every layer costs each request; this was four): the console (`ui`) first, outside
+    everything else; then, in order, auth (401) or, without a secret, the web-page guard (403/415,
+    supervisor/api_guard.py), then the body limit (413), then the handler; around all of it, every exception becomes
+    a JSON error without a trace, and the request is timed and logged."""
     secret = api.secret
     guard = None if secret else no_secret_check(api)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_console_path(request.path):
+            return await ui(request)
         started = time.monotonic()
         try:
             if secret:
@@ -271,7 +275,9 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
     `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder; the send API answers 503 without an
     `outbox` (supervisor/outbox_dispatch.py). Serve it with `start_api`."""
-    app = web.Application(middlewares=[api_middleware(api)], client_max_size=api.max_body_bytes)
+    # GET /ui/: the operator console, public static files outside the auth (supervisor/ui_routes.py)
+    ui = ui_routes.console(ui_routes.load_files())
+    app = web.Application(middlewares=[api_middleware(api, ui)], client_max_size=api.max_body_bytes)
     app[SUPERVISOR], app[API], app[EVENTS], app[SSE_HEARTBEAT] = supervisor, api, events, sse_heartbeat
     app[METRICS], app[WEBHOOK] = metrics, webhook
     # The polled routes first: aiohttp tries every `/whatsapp/{tenant}/...` route in registration order (a regex
@@ -296,7 +302,6 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     if metrics is not None:
         app.router.add_get("/metrics", metrics_route)
     api_cluster.add_routes(app)  # GET /cluster (cluster mode)
-    ui_routes.add_ui(app)  # GET /ui/: the operator console, public static files outside the auth
     return app
 
 
