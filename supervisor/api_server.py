@@ -44,6 +44,10 @@ _encode = json.JSONEncoder(default=str).encode
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}  # what web.json_response sends
 
 
+def json_body(data: Any) -> bytes:
+    return _encode(data).encode()
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encode(data).encode(), status=status, headers=JSON_HEADERS)
 
