@@ -9,10 +9,13 @@ from typing import Any
 
 import structlog
 
-from supervisor import api as api_module
+from supervisor import api_middleware as api_module
 from supervisor import qr as qrimg
 from supervisor.events import configure_logging
-from test_api import RAW_QR, H, served  # noqa: F401 - `served` is the fixture
+import test_api
+from test_api import RAW_QR, H
+
+served = test_api.served  # the fixture: a stub supervisor behind the real app on a loopback port
 
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -22,7 +25,7 @@ async def _get(http, url: str) -> tuple[int, dict[str, str], bytes]:
         return r.status, dict(r.headers), await r.read()
 
 
-async def test_status_healthz_and_errors_are_plain_json_bytes(served):  # noqa: F811
+async def test_status_healthz_and_errors_are_plain_json_bytes(served):
     stub, url, http = await served()
     status, headers, body = await _get(http, f"{url}/whatsapp/1/status")
     assert status == 200 and headers["Content-Type"] == JSON_TYPE
@@ -33,7 +36,7 @@ async def test_status_healthz_and_errors_are_plain_json_bytes(served):  # noqa: 
     assert status == 404 and headers["Content-Type"] == JSON_TYPE and json.loads(body)["error"] == "unknown_tenant"
 
 
-async def test_qr_body_follows_qr_state_and_connected(served):  # noqa: F811
+async def test_qr_body_follows_qr_state_and_connected(served):
     stub, url, http = await served()
     state = {"state": "qr"}
 
@@ -69,7 +72,7 @@ class _CountingLog:
         return lambda event, **fields: self.calls.append((level, event, fields))
 
 
-async def test_dropped_debug_request_event_is_not_built(served, monkeypatch, capsys):  # noqa: F811
+async def test_dropped_debug_request_event_is_not_built(served, monkeypatch, capsys):
     counting = _CountingLog()
     monkeypatch.setattr(api_module, "log", counting)
     configure_logging("json", "info")
