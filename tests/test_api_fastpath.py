@@ -89,3 +89,19 @@ async def test_dropped_debug_request_event_is_not_built(served, monkeypatch, cap
         assert [(lvl, ev) for lvl, ev, _ in counting.calls][-1] == ("debug", "api.request")
     finally:
         structlog.reset_defaults()
+
+
+async def test_health_counts_states_in_order_of_first_occurrence(make_settings):
+    import dataclasses
+
+    from supervisor.daemon import Supervisor
+    from supervisor.states import TenantState as S
+
+    sup = Supervisor(make_settings())
+    for tid, state in [("a", S.QR), ("b", S.STOPPED), ("c", S.QR), ("d", S.CONNECTED), ("e", S.STOPPED)]:
+        tenant = sup._tenant(tid, create=True)
+        tenant.life = dataclasses.replace(tenant.life, state=state)
+    states = sup.health()["states"]
+    assert list(states.items()) == [("qr", 2), ("stopped", 2), ("connected", 1)]
+    assert all(type(k) is str for k in states)  # the values, not the members: plain JSON keys
+    assert sup.health()["tenants"] == 5
