@@ -117,19 +117,22 @@ async def qr(request: web.Request) -> web.StreamResponse:
         state, connected = st.get("state"), bool(st.get("connected"))
     except UnknownTenant:
         state, connected = "stopped", False
-    # The answer is a function of these four values alone: its JSON (~5 us for the ~1.4 KB data URL) is kept.
-    key = (tid, raw, state, connected)
-    body = _qr_bodies.get(key) if type(state) is str else None  # exact types: True == 1 would share an entry
-    if body is None:
+    # The answer is a function of the tenant and these three values alone: its JSON (~5 us for the ~1.4 KB data URL)
+    # is kept, the last one per tenant (an expired QR is not kept past the next poll).
+    key = (raw, state, connected)
+    kept = _qr_bodies.get(tid)
+    if kept is not None and kept[0] == key and type(state) is str:  # exact types: True == 1 would match
+        body = kept[1]
+    else:
         body = json_body({"tenant": tid, "dataUrl": qrimg.png_data_url(raw) if raw else None, "qr": raw,
                           "state": state, "connected": connected})
-        if len(_qr_bodies) >= _QR_BODIES_MAX:  # stale entries (old QRs, other states) go all at once
+        if len(_qr_bodies) >= _QR_BODIES_MAX:  # many ids polled (unknown ones too): start over
             _qr_bodies.clear()
-        _qr_bodies[key] = body
+        _qr_bodies[tid] = (key, body)
     return web.Response(body=body, headers=_QR_HEADERS)
 
 
-_qr_bodies: dict[tuple[str, str | None, Any, bool], bytes] = {}
+_qr_bodies: dict[str, tuple[tuple[str | None, Any, bool], bytes]] = {}
 _QR_BODIES_MAX = 1024
 _QR_HEADERS = {**JSON_HEADERS, "Cache-Control": "no-store"}
 
