@@ -105,3 +105,20 @@ async def test_health_counts_states_in_order_of_first_occurrence(make_settings):
     assert list(states.items()) == [("qr", 2), ("stopped", 2), ("connected", 1)]
     assert all(type(k) is str for k in states)  # the values, not the members: plain JSON keys
     assert sup.health()["tenants"] == 5
+
+
+def test_enabled_for_follows_the_live_configuration():
+    import logging
+
+    from supervisor.events import enabled_for
+
+    try:
+        configure_logging("json", "info")
+        assert not enabled_for(logging.DEBUG) and enabled_for(logging.INFO)
+        configure_logging("json", "debug")
+        assert enabled_for(logging.DEBUG)
+        structlog.configure(wrapper_class=structlog.stdlib.BoundLogger)  # needs a logger to answer: never a 500
+        assert enabled_for(logging.DEBUG)
+    finally:
+        structlog.reset_defaults()
+    assert enabled_for(logging.DEBUG)  # structlog's default logs everything
