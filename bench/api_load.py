@@ -114,13 +114,13 @@ def supervisord(exe: str, tmp: Path):
             proc.wait()
 
 
-def wait_settled(url: str, marker: str, timeout: float = 180.0) -> None:
+def wait_settled(url: str, marker: str, timeout: float = 180.0, want: int | None = None) -> None:
     """Until every standby the limits allow is spawned (at the QR, through the spawn slots) and the workers' start-up is
     over: their summed CPU time grows by < 5 % of a core over a second. Without this the first runs measured the
     interpreters of 200 standbys starting (~10 s of CPU on 2 cores), not the API."""
     t0 = time.monotonic()
     # at most limits.max_standbys standbys exist at once (the default: the bench's daemon sets no limits)
-    want = min(N, LimitsSettings().max_standbys)
+    want = min(N, LimitsSettings().max_standbys) if want is None else want
     while sum(bool(s.get("standbyPid")) for s in http("GET", url + "/whatsapp")["tenants"]) < want:
         if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"standbys not all up after {timeout}s")

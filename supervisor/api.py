@@ -8,7 +8,6 @@ The tenant id is validated here, before the supervisor (and therefore the filesy
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from pathlib import Path
@@ -17,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from . import api_cluster, stream_token, ui_routes
-from .api_guard import no_secret_guard
-from .api_server import HTTP_CODES, body_limits, error_response, json_response, read_body, serve
-from .errors import BadRequest, SupervisorError, UnknownTenant
+from .api_middleware import api_middleware
+from .api_server import JSON_HEADERS, error_response, json_body, json_response, read_body, serve
+from .errors import BadRequest, UnknownTenant
 from .eventbus import EventBus
 from .events import get_logger
-from .ids import is_tenant_id, validate_phone, validate_tenant_id
+from .ids import validate_phone, validate_tenant_id
 from .settings import ApiSettings
 from .sse import HEARTBEAT, stream
 from .states import iso
@@ -38,8 +37,6 @@ EVENTS: web.AppKey[EventBus | None] = web.AppKey("events")
 SSE_HEARTBEAT: web.AppKey[float] = web.AppKey("sse_heartbeat", float)
 METRICS: web.AppKey[Metrics | None] = web.AppKey("metrics")
 WEBHOOK: web.AppKey[WebhookForwarder | None] = web.AppKey("webhook")
-# /openapi.json is open on purpose: it describes the API (no secrets, no tenant data), and tools fetch it unauthenticated.
-OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 # `{tenant:[^/]*}` also matches the empty id, so `/whatsapp//start` is a clear 400 instead of a bare 404.
 _T = "/whatsapp/{tenant:[^/]*}"
@@ -48,85 +45,8 @@ log = get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: times and logs the request, and turns every exception into a JSON error without a trace."""
-    started = time.monotonic()
-    try:
-        response = await handler(request)
-    except SupervisorError as exc:
-        response = error_response(exc.status, exc.code, exc.message, **_json_safe(exc.details))
-    except web.HTTPException as exc:
-        if exc.status < 400:  # redirects etc. are answers, not errors
-            raise
-        code = HTTP_CODES.get(exc.status, "http_error")
-        message = exc.reason if exc.status != 413 else "request body too large"
-        response = error_response(exc.status, code, message)
-        if exc.status == 405:
-            response.headers["Allow"] = exc.headers.get("Allow", "")
-    except ConnectionError:  # the client went away mid-request: nobody to answer, nothing to log as an error
-        raise  # aiohttp drops the connection quietly (api_server.ApiRequestHandler.handle_error)
-    except Exception as exc:  # noqa: BLE001 - the client gets a generic 500, the log gets the type
-        log.error("api.error", method=request.method, route=_route(request), error=type(exc).__name__,
-                  exc_info=True)
-        response = error_response(500, "internal", "internal error")
-    # Successful reads (status/qr polling, health checks, scrapes) only at debug: rendering one info line per
-    # request cost ~25-30 % of GET /status throughput. Errors (>= 400) and every mutating request stay at info.
-    quiet = request.method in ("GET", "HEAD") and response.status < 400
-    (log.debug if quiet else log.info)(
-        "api.request",
-        method=request.method,
-        route=_route(request),
-        tenant=request.match_info.get("tenant") if is_tenant_id(request.match_info.get("tenant")) else None,
-        status=response.status,
-        duration_ms=round((time.monotonic() - started) * 1000, 2),
-    )
-    return response
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    secret = request.app[API].secret
-    if secret and request.path not in OPEN_PATHS and not _authorized(request, secret) \
-            and not _stream_token_ok(request, secret):
-        return error_response(401, "unauthorized", "missing or wrong secret (X-Internal-Secret or Bearer)")
-    return await handler(request)
-
-
-def _stream_token_ok(request: web.Request, secret: str) -> bool:
-    """`?token=` opens one tenant's event stream and nothing else (supervisor/stream_token.py)."""
-    token = request.query.get("token")
-    if token is None or request.method != "GET" or _route(request) != "/whatsapp/{tenant}/events":
-        return False
-    tid = request.match_info.get("tenant")
-    return is_tenant_id(tid) and stream_token.valid(secret, str(tid), token, time.time())
-
-
-def _authorized(request: web.Request, secret: str) -> bool:
-    provided = request.headers.get("X-Internal-Secret")
-    if provided is None:
-        auth = request.headers.get("Authorization", "")
-        if auth[:7].lower() == "bearer ":
-            provided = auth[7:].strip()
-    if not provided:
-        return False
-    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 (0xff) to lone surrogates, which plain
-    # .encode("utf-8") refuses with a 500; such a header is simply a wrong secret.
-    return hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
-
-
-def _route(request: web.Request) -> str:
-    """The route template (bounded cardinality, no tenant ids or junk paths in metrics/logs)."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "<unmatched>"
-
-
 def _tenant(request: web.Request) -> str:
     return validate_tenant_id(request.match_info.get("tenant", ""))
-
-
-def _json_safe(details: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in details.items() if k not in ("error", "message")}
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -197,11 +117,24 @@ async def qr(request: web.Request) -> web.StreamResponse:
         state, connected = st.get("state"), bool(st.get("connected"))
     except UnknownTenant:
         state, connected = "stopped", False
-    body = {"tenant": tid, "dataUrl": qrimg.png_data_url(raw) if raw else None, "qr": raw,
-            "state": state, "connected": connected}
-    response = json_response(body)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    # The answer is a function of the tenant and these three values alone: its JSON (~5 us for the ~1.4 KB data URL)
+    # is kept, the last one per tenant (an expired QR is not kept past the next poll).
+    key = (raw, state, connected)
+    kept = _qr_bodies.get(tid)
+    if kept is not None and kept[0] == key and type(state) is str:  # exact types: True == 1 would match
+        body = kept[1]
+    else:
+        body = json_body({"tenant": tid, "dataUrl": qrimg.png_data_url(raw) if raw else None, "qr": raw,
+                          "state": state, "connected": connected})
+        if len(_qr_bodies) >= _QR_BODIES_MAX:  # many ids polled (unknown ones too): start over
+            _qr_bodies.clear()
+        _qr_bodies[tid] = (key, body)
+    return web.Response(body=body, headers=_QR_HEADERS)
+
+
+_qr_bodies: dict[str, tuple[tuple[str | None, Any, bool], bytes]] = {}
+_QR_BODIES_MAX = 1024
+_QR_HEADERS = {**JSON_HEADERS, "Cache-Control": "no-store"}
 
 
 async def pairing_code(request: web.Request) -> web.Response:
@@ -260,18 +193,20 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     """The control API around `supervisor`'s tenant operations (docs/design.md). `events` adds the SSE routes and
     `metrics` GET /metrics; GET /webhook answers "disabled" without a forwarder; the send API answers 503 without an
     `outbox` (supervisor/outbox_dispatch.py). Serve it with `start_api`."""
-    # Without a secret, auth_middleware lets everything through and the guard keeps web pages out instead.
-    middlewares = [errors_middleware, auth_middleware if api.secret else no_secret_guard(api), body_limits(api)]
-    app = web.Application(middlewares=middlewares, client_max_size=api.max_body_bytes)
+    # GET /ui/: the operator console, public static files outside the auth (supervisor/ui_routes.py)
+    ui = ui_routes.console(ui_routes.load_files())
+    app = web.Application(middlewares=[api_middleware(api, ui)], client_max_size=api.max_body_bytes)
     app[SUPERVISOR], app[API], app[EVENTS], app[SSE_HEARTBEAT] = supervisor, api, events, sse_heartbeat
     app[METRICS], app[WEBHOOK] = metrics, webhook
+    # The polled routes first: aiohttp tries every `/whatsapp/{tenant}/...` route in registration order (a regex
+    # each) until one matches. No two of them match the same path, so the order changes no answer.
+    app.router.add_get(f"{_T}/status", status)
+    app.router.add_get(f"{_T}/qr", qr)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/whatsapp", list_tenants)
     for name in ("start", "stop", "restart", "logout"):
         app.router.add_post(f"{_T}/{name}", _action(name))
     app.router.add_delete(_T, forget)
-    app.router.add_get(f"{_T}/status", status)
-    app.router.add_get(f"{_T}/qr", qr)
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/webhook", webhook_status)
@@ -285,7 +220,6 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     if metrics is not None:
         app.router.add_get("/metrics", metrics_route)
     api_cluster.add_routes(app)  # GET /cluster (cluster mode)
-    ui_routes.add_ui(app)  # GET /ui/: the operator console, public static files outside the auth
     return app
 
 

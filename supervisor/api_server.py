@@ -18,7 +18,7 @@ import asyncio
 import json
 import resource
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -27,7 +27,6 @@ from .events import get_logger
 from .settings import ApiSettings
 
 log = get_logger()
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               408: "request_timeout", 413: "body_too_large", 415: "unsupported_media_type",
               431: "headers_too_large"}
@@ -40,28 +39,33 @@ class RequestTimeout(SupervisorError):
     status = 408
 
 
+# One encoder for every answer: json.dumps(o, default=str) builds a new JSONEncoder per call.
+_encode = json.JSONEncoder(default=str).encode
+JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}  # what web.json_response sends
+
+
+def json_body(data: Any) -> bytes:
+    return _encode(data).encode()
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
+    return web.Response(body=_encode(data).encode(), status=status, headers=JSON_HEADERS)
 
 
 def error_response(status: int, code: str, message: str, **details: Any) -> web.Response:
     return json_response({"error": code, "message": message, **details}, status=status)
 
 
-def body_limits(api: ApiSettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """413 before any handler runs, also for routes that ignore their body (a 1 MiB POST /start); a chunked body is
-    read here (aiohttp enforces client_max_size while reading), within `api.body_timeout`."""
-    limit = api.max_body_bytes
-
-    @web.middleware
-    async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.content_length is not None and request.content_length > limit:
-            return error_response(413, "body_too_large", f"request body over {limit} bytes")
-        if request.body_exists and request.content_length is None:
-            await read_body(request, api.body_timeout)
-        return await handler(request)
-
-    return body_limit_middleware
+async def limit_body(request: web.Request, api: ApiSettings) -> web.Response | None:
+    """The 413 answer before any handler runs, also for routes that ignore their body (a 1 MiB POST /start); a
+    chunked body is read here (aiohttp enforces client_max_size while reading), within `api.body_timeout`. None:
+    go on. Called by the API's one middleware (supervisor/api.py)."""
+    length = request.content_length
+    if length is not None and length > api.max_body_bytes:
+        return error_response(413, "body_too_large", f"request body over {api.max_body_bytes} bytes")
+    if length is None and request.body_exists:
+        await read_body(request, api.body_timeout)
+    return None
 
 
 async def read_body(request: web.Request, timeout: float) -> bytes:

@@ -211,6 +211,16 @@ def _bridge_stdlib(level: int) -> None:
     logging.captureWarnings(True)
 
 
+def enabled_for(level: int) -> bool:
+    """Whether an event at `level` (logging.DEBUG, ...) would be written now, so that a hot path can skip building
+    one that would be dropped (GET /status's `api.request`). Read from structlog's live configuration: a reload's
+    configure_logging, or a test's reset_defaults (everything enabled), applies at once."""
+    try:  # make_filtering_bound_logger's classes (configure_logging, structlog's default): a level comparison
+        return bool(structlog.get_config()["wrapper_class"].is_enabled_for(None, level))
+    except Exception:  # noqa: BLE001 - another wrapper class (e.g. stdlib's) needs a logger: let the logger decide
+        return True
+
+
 def get_logger(**bind: Any) -> Any:
     """A bound logger; e.g. `get_logger(tenant="1")` so every event of that tenant carries it."""
     return structlog.get_logger(**bind)  # a lazy proxy: picks up configure_logging() even if called later

@@ -3,6 +3,7 @@ format of the status. Data the tenant, the restart policy, the metrics, doctor a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -84,6 +85,7 @@ def reason_name(code: int | None) -> str | None:
     return entry.name if entry is not None else None
 
 
+@functools.lru_cache(maxsize=4096)  # every GET /status formats the same few timestamps again (1.4 us each)
 def iso(ts: float | None) -> str | None:
     """The API's time format (status `since`, `nextRetryAt`, `lastDisconnect.at`; token expiry): UTC, ms, `Z`."""
     if ts is None:

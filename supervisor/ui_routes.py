@@ -1,8 +1,9 @@
 """The operator console: `GET /ui/` serves the static page in `supervisor/ui/` (docs/ui.md).
 
 The page is public on purpose (it holds no data: it signs in with the API secret itself, kept in the tab's
-sessionStorage and sent as `X-Internal-Secret`), so it is served by an outer middleware instead of a route: it never
-reaches the API's auth, body-limit and origin checks, and it is no API route (supervisor/openapi.json lists the API).
+sessionStorage and sent as `X-Internal-Secret`), so it is served ahead of the API's checks instead of by a route: it
+never reaches the API's auth, body-limit and origin checks, and it is no API route (supervisor/openapi.json lists the
+API).
 Every answer carries a strict Content-Security-Policy: the page has no inline script or style, and the QR is a
 `data:` PNG from `GET /whatsapp/{t}/qr`, hence `img-src 'self' data:`.
 """
@@ -52,14 +53,17 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
     return web.Response(text=body, status=status, content_type="application/json", headers={**HEADERS, **headers})
 
 
-def ui_middleware(files: dict[str, tuple[bytes, str]]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def is_console_path(path: str) -> bool:
+    return path == "/ui" or path.startswith(PREFIX)
+
+
+def console(files: dict[str, tuple[bytes, str]]) -> Handler:
+    """The answer for a console path (`is_console_path`). The API's middleware calls it before any of its checks
+    (supervisor/api.py): an outer middleware of its own cost every API request one more layer."""
     etags = {name: '"' + hashlib.sha256(body).hexdigest()[:16] + '"' for name, (body, _) in files.items()}
 
-    @web.middleware
-    async def serve_ui(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def serve_ui(request: web.Request) -> web.StreamResponse:
         path = request.path
-        if path != "/ui" and not path.startswith(PREFIX):
-            return await handler(request)
         if request.method not in ("GET", "HEAD"):
             return _error(405, "method_not_allowed", "the console is read-only: GET", Allow="GET, HEAD")
         if path == "/ui":
@@ -74,8 +78,3 @@ def ui_middleware(files: dict[str, tuple[bytes, str]]) -> Callable[[web.Request,
         return web.Response(body=body, content_type=ctype, charset="utf-8", headers=headers)
 
     return serve_ui
-
-
-def add_ui(app: web.Application) -> None:
-    """Serve the console on `app` (before it starts): outermost, so the API's checks do not apply to it."""
-    app.middlewares.insert(0, ui_middleware(load_files()))
