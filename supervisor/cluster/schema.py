@@ -3,8 +3,9 @@ transaction-scoped advisory lock so several daemons starting at once apply each 
 supervisor.cluster db upgrade --config FILE` does the same by hand. A database newer than this code is refused.
 
 Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys); version 2 the outbox. The
-decrypt journal and the webhook spool are later versions (docs/cluster.md "Not done yet"); every such table carries `tenant_id` and is
-written only through `ownership.fenced()`, which checks the writer's epoch on `tenant_owner` in the same transaction.
+decrypt journal and the webhook spool are later versions (docs/cluster.md "Not done yet"). Every such table carries
+`tenant_id` and its writes check the writer's epoch on `tenant_owner` in the same transaction (`store.fenced_tx`;
+the outbox's sync twin in outbox.py; its submit is the documented exception).
 """
 
 from __future__ import annotations
