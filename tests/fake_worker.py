@@ -13,7 +13,7 @@ tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns
   {"heartbeats": false}       stop sending heartbeats (watchdog tests)
   {"wait_file": "name"}       idle until BSUP_FAKE_STATE_DIR/name exists (the test decides when the script goes on)
 No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Commands: stop -> exit 0; logout ->
-close 401 + exit 0; pairing_code -> reply {code} + pairing_code event (BSUP_FAKE_PAIRING_ERROR: that error); ping -> reply {}; others -> bad_command.
+close 401 + exit 0; pairing_code -> reply {code} + pairing_code event (BSUP_FAKE_PAIRING_ERROR: that error); ping -> reply {}; send -> one line in sends.jsonl, reply {waMessageId, status: sent}; others -> bad_command.
 BSUP_FAKE_GRANDCHILD=1 starts a SIGTERM-immune grandchild in the worker's process group (group-kill tests).
 Every SIGTERM is appended to BSUP_FAKE_STATE_DIR/signals.jsonl ({"tenant", "pid", "signal", "t"}).
 BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF exits (the daemon is
@@ -151,6 +151,14 @@ async def commands(done: asyncio.Future, go: asyncio.Future) -> None:
         elif name == "go" and STANDBY and not go.done():
             emit({"type": "reply", "id": cid, "ok": True, "result": {}}) if cid else None
             go.set_result(None)
+        elif name == "send":  # recorded (the test counts sends per WhatsApp id), then "the server acked it"
+            state_dir = os.environ.get("BSUP_FAKE_STATE_DIR")
+            if state_dir:
+                with open(Path(state_dir) / "sends.jsonl", "a") as fh:
+                    fh.write(json.dumps({"tenant": os.environ.get("BSUP_TENANT"), "pid": os.getpid(),
+                                         "waId": cmd.get("waId"), "text": cmd.get("text")}) + "\n")
+            emit({"type": "reply", "id": cid, "ok": True, "result": {"waMessageId": cmd.get("waId"),
+                                                                      "status": "sent"}}) if cid else None
         elif name == "ping":
             emit({"type": "reply", "id": cid, "ok": True, "result": {}}) if cid else None
         elif cid:
