@@ -85,6 +85,7 @@ class OutboxDispatcher(TenantObserver):
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._closed = False
+        self._poller: asyncio.Task[None] | None = None
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kw))
@@ -97,11 +98,28 @@ class OutboxDispatcher(TenantObserver):
             await self._db(self.box.hooks_done, 2**62)
         log.info("outbox.started", path=str(self.box.path), tenants_waiting=len(waiting), pruned=pruned)
         self._kick_hooks()  # what a crash left between a status commit and its spool write
+        if getattr(self.box, "poll_every", None):
+            self._poller = asyncio.get_running_loop().create_task(self._poll(self.box.poll_every), name="outbox:poll")
+
+    async def _poll(self, every: float) -> None:
+        """Cluster mode: a message another node queued for one of our tenants (its snapshot was stale, or nobody
+        owned the tenant then) is sent within `every` s, not at the tenant's next POST here or reconnect."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                for tenant in await self._db(self.box.pending_tenants):
+                    if self._connected_worker(tenant) is not None:
+                        self._kick(tenant)
+            except Exception as exc:  # noqa: BLE001 - the server away: the next round tries again
+                log.warning("outbox.poll_failed", error=type(exc).__name__)
 
     async def aclose(self) -> None:
         """After the workers stopped: dispatch ends (a row in flight stays `sending`: resent at the next start), the
         status updates and webhook submits already scheduled finish (bounded), the file closes."""
         self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -39,6 +39,7 @@ OWNER_ROW = "SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND 
 
 class PgOutbox:
     fenced = True  # the dispatcher awaits mark_sending before the send: a fenced node hands nothing to a worker
+    poll_every = 2.0  # s: the dispatcher looks for messages other nodes queued for our tenants (pending_tenants)
 
     def __init__(self, cs: ClusterSettings, *, hooks: bool = False,
                  epoch_of: Callable[[str], int | None] = lambda _t: None,
@@ -191,9 +192,11 @@ class PgOutbox:
 
     # -- housekeeping ------------------------------------------------------------------------------------------
     def pending_tenants(self) -> list[str]:
+        """Tenants of THIS node with a message to hand over (the SQLite outbox's are all its own)."""
         with self.db.cursor() as cur:
             return [r[0] for r in cur.execute(
-                "SELECT DISTINCT tenant_id FROM outbox_msg WHERE status IN ('queued', 'sending')")]
+                "SELECT DISTINCT m.tenant_id FROM outbox_msg m JOIN tenant_owner o ON o.tenant_id = m.tenant_id "
+                "AND o.owner = %s WHERE m.status IN ('queued', 'sending') AND m.written = 0", (self.cs.node_id,))]
 
     def prune(self, before: float) -> int:
         db = self.db

@@ -221,3 +221,27 @@ async def test_a_fenced_dispatcher_hands_nothing_to_the_worker(cluster_settings,
     finally:
         await d.aclose()
 
+
+
+async def test_a_message_queued_through_another_node_reaches_the_owners_worker(cluster_settings, pg_dsn):
+    """No POST and no reconnect on the owner: its dispatcher finds the row another node queued (poll_every)."""
+    setup_db(pg_dsn, {"a": NODE})
+    owner_sup, other_sup = fake_sup("a"), fake_sup()
+    made = []
+    for node, sup in ((NODE, owner_sup), ("n2", other_sup)):
+        box = PgOutbox(cluster_settings(node), epoch_of=({"a": 1} if node == NODE else {}).get)
+        box.poll_every = 0.2
+        d = OutboxDispatcher(OutboxSettings(rate=1000.0, burst=1000), None, sup, box=box)
+        await d.start()
+        made.append(d)
+    try:
+        answer, created = await made[1].submit("a", "k", {"to": JID, "text": "via n2"})
+        assert created
+        worker = owner_sup.tenants["a"].worker
+        await until(lambda: worker.sent, "sent by the owner", timeout=30)
+        assert [f["waId"] for f in worker.sent] == [answer["waMessageId"]]
+        await until(lambda: not made[0]._tasks, "the owner's dispatch idle")
+        assert (await made[1].get("a", answer["messageId"]))["status"] == "sending"  # written, awaiting its ack
+    finally:
+        for d in made:
+            await d.aclose()
