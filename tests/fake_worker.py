@@ -13,7 +13,8 @@ tenant in BSUP_FAKE_STATE_DIR (which also gets one JSON line per spawn in spawns
   {"heartbeats": false}       stop sending heartbeats (watchdog tests)
   {"wait_file": "name"}       idle until BSUP_FAKE_STATE_DIR/name exists (the test decides when the script goes on)
 No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Commands: stop -> exit 0; logout ->
-close 401 + exit 0; pairing_code -> reply {code} + pairing_code event (BSUP_FAKE_PAIRING_ERROR: that error); ping -> reply {}; send -> one line in sends.jsonl, reply {waMessageId, status: sent}; others -> bad_command.
+close 401 + exit 0; pairing_code -> reply {code} + pairing_code event (BSUP_FAKE_PAIRING_ERROR: that error); ping -> reply {}; others -> bad_command.
+send -> one line in BSUP_FAKE_STATE_DIR/sends.jsonl ({tenant, pid, waId, text}), reply {waMessageId, status: sent}.
 BSUP_FAKE_GRANDCHILD=1 starts a SIGTERM-immune grandchild in the worker's process group (group-kill tests).
 Every SIGTERM is appended to BSUP_FAKE_STATE_DIR/signals.jsonl ({"tenant", "pid", "signal", "t"}).
 BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF exits (the daemon is
