@@ -176,9 +176,11 @@ class OutboxDispatcher(TenantObserver):
         task.add_done_callback(self._background.discard)
 
     def gained(self, tenant: str) -> None:
-        """This node now owns `tenant` (cluster mode): resend what the old owner had handed over, then dispatch."""
+        """This node now owns `tenant` (cluster mode): resend what the old owner had handed over, then dispatch; the
+        status webhook items the old owner had not spooled are ours to spool now."""
         if not self._closing:
             self._spawn(self._opened(tenant))
+            self._kick_hooks()
 
     async def _opened(self, tenant: str) -> None:
         try:
