@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from supervisor.outbox import derive_ids
@@ -80,6 +81,9 @@ def test_queued_messages_are_sent_once_by_the_new_owner_after_a_sigkill(two, pg_
              60, "the tenant taken over by the other node")
     wait_for(lambda: all(status_of(two[other], m)["status"] == "sent" for m in mids), 60, "every message sent")
     assert not live_workers(f"{marker}-{owner}")
+    with psycopg.connect(pg_dsn) as c:  # one outbox connection per node, whatever the tenant or message count
+        assert c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                         (f"bsup:{other}:outbox",)).fetchone()[0] == 1
 
     # the killed node back: it answers too (from the shared outbox, or forwarded to the owner), and resends nothing
     two[owner].start(timeout=60)
