@@ -245,3 +245,15 @@ async def test_a_message_queued_through_another_node_reaches_the_owners_worker(c
     finally:
         for d in made:
             await d.aclose()
+
+
+def test_a_dropped_connection_is_replaced_at_the_next_call(pgbox, pg_dsn):
+    """A server restart or a killed session fails the call in flight only; the next call reconnects."""
+    row = pgbox.submit("t", "k", "h", JID, "x", None, 1.0)[0]
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        assert c.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                         (f"bsup:{NODE}:outbox",)).fetchone()[0] == 1
+    with pytest.raises(psycopg.OperationalError):
+        pgbox.get("t", row.message_id)
+    assert pgbox.get("t", row.message_id) == row
+    assert pgbox.mark_sending(row.message_id, 2.0).status == "sending"
