@@ -66,6 +66,7 @@ class ClusterNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poll: asyncio.Task[None] | None = None
         self._conn: Any = None
+        self.outbox: Any = None  # the OutboxDispatcher (outbox_dispatch.make_outbox): told of each gained tenant
 
     # -- life ----------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -109,6 +110,8 @@ class ClusterNode:
         return self.own.fence.valid() and tid in self.own.owned
 
     async def _gain(self, tid: str, epoch: int) -> None:
+        if self.outbox is not None:  # the old owner's queued messages are ours to send now
+            self.outbox.gained(tid)
         task = asyncio.create_task(self._start_here(tid), name=f"gain:{tid}")  # on_gain only schedules
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -13,7 +13,9 @@ A message goes to a worker only while its tenant is `connected`; otherwise it wa
 handed over once). Each status change calls `on_status(tenant, status_dict)` (SSE, wired by the runner). With a
 webhook forwarder, the outbox writes each change's webhook item in the change's own transaction (outbox.py `hook`), and
 one task copies those items into the spool in commit order, then deletes them: a crash in between copies them again
-at the next start, under the same Idempotency-Key.
+at the next start, under the same Idempotency-Key. In cluster mode the outbox is PostgreSQL's (supervisor/cluster/
+outbox.py): its dispatch-side writes raise `Fenced` once another node owns the tenant, which ends that tenant's
+dispatch here; `gained(t)` (cluster_node.py, on each claim) resumes the tenant's messages on its new owner.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from .cluster.store import Fenced  # no psycopg: store.py imports none
 from .errors import NotRunning, WorkerCommandFailed, WorkerTimeout
 from .observer import TenantObserver
 from .outbox import Outbox, Row, status_dict
@@ -68,11 +71,11 @@ class OutboxDispatcher(TenantObserver):
     def __init__(self, settings: OutboxSettings, path: Path, sup: Any, *,
                  on_status: Callable[[str, dict[str, Any]], None] = lambda _t, _s: None, forwarder: Any = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, box: Any = None) -> None:
         self.settings, self.sup, self.on_status = settings, sup, on_status
         self.clock, self.monotonic, self._sleep = clock, monotonic, sleep
         self.forwarder = forwarder
-        self.box = Outbox(path, hooks=forwarder is not None)
+        self.box = box if box is not None else Outbox(path, hooks=forwarder is not None)
         self._hooks: asyncio.Task[None] | None = None  # copies status webhook items into the spool
         self._hooks_dirty = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox")  # one connection, one thread
@@ -82,6 +85,7 @@ class OutboxDispatcher(TenantObserver):
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._closed = False
+        self._poller: asyncio.Task[None] | None = None
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kw))
@@ -94,11 +98,28 @@ class OutboxDispatcher(TenantObserver):
             await self._db(self.box.hooks_done, 2**62)
         log.info("outbox.started", path=str(self.box.path), tenants_waiting=len(waiting), pruned=pruned)
         self._kick_hooks()  # what a crash left between a status commit and its spool write
+        if getattr(self.box, "poll_every", None):
+            self._poller = asyncio.get_running_loop().create_task(self._poll(self.box.poll_every), name="outbox:poll")
+
+    async def _poll(self, every: float) -> None:
+        """Cluster mode: a message another node queued for one of our tenants (its snapshot was stale, or nobody
+        owned the tenant then) is sent within `every` s, not at the tenant's next POST here or reconnect."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                for tenant in await self._db(self.box.pending_tenants):
+                    if self._connected_worker(tenant) is not None:
+                        self._kick(tenant)
+            except Exception as exc:  # noqa: BLE001 - the server away: the next round tries again
+                log.warning("outbox.poll_failed", error=type(exc).__name__)
 
     async def aclose(self) -> None:
         """After the workers stopped: dispatch ends (a row in flight stays `sending`: resent at the next start), the
         status updates and webhook submits already scheduled finish (bounded), the file closes."""
         self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -154,14 +175,29 @@ class OutboxDispatcher(TenantObserver):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def gained(self, tenant: str) -> None:
+        """This node now owns `tenant` (cluster mode): resend what the old owner had handed over, then dispatch; the
+        status webhook items the old owner had not spooled are ours to spool now."""
+        if not self._closing:
+            self._spawn(self._opened(tenant))
+            self._kick_hooks()
+
     async def _opened(self, tenant: str) -> None:
-        n = await self._db(self.box.reopen, tenant)
+        try:
+            n = await self._db(self.box.reopen, tenant)
+        except Fenced:
+            log.info("outbox.fenced", tenant=tenant)  # not ours (any more): its owner resends
+            return
         if n:
             log.info("outbox.resend", tenant=tenant, messages=n)
         self._kick(tenant)
 
     async def _status(self, tenant: str, wa_id: str, status: str, error: str | None) -> None:
-        row = await self._db(self.box.set_status, tenant, wa_id, status, error, self.clock())
+        try:
+            row = await self._db(self.box.set_status, tenant, wa_id, status, error, self.clock())
+        except Fenced:
+            log.info("outbox.fenced", tenant=tenant)  # its new owner's worker gets the receipts too
+            return
         if row is not None:
             self._changed(row)
 
@@ -248,6 +284,8 @@ class OutboxDispatcher(TenantObserver):
                     await self._sleep(delay)
                     delay = bucket.take(self.monotonic())
                 await self._send(tenant, row)
+        except Fenced:  # another node owns the tenant now: it sends the rest, nothing more commits from here
+            log.info("outbox.fenced", tenant=tenant)
         except Exception as exc:  # a disk error, a bug: logged; the tenant's next `connected` or POST starts over
             log.error("outbox.dispatch_failed", tenant=tenant, error=type(exc).__name__, message=str(exc)[:200])
         finally:
@@ -266,6 +304,8 @@ class OutboxDispatcher(TenantObserver):
             self._executor, functools.partial(self.box.mark_sending, row.message_id, self.clock()))
         mark.add_done_callback(lambda f: None if f.cancelled() or f.exception() or f.result().status == row.status
                                else self._changed(f.result()))
+        if getattr(self.box, "fenced", False):
+            await mark  # cluster mode: nothing reaches a worker unless our epoch's commit did (else Fenced)
         fields: dict[str, Any] = {"to": row.to_jid, "text": row.text, "waId": row.wa_id}
         if row.reply_to is not None:
             fields["replyTo"] = json.loads(row.reply_to)
@@ -301,8 +341,18 @@ def make_outbox(settings: Any, sup: Any, forwarder: Any = None) -> OutboxDispatc
     """The daemon's outbox (supervisor/runner.py): status changes go to the live events (SSE `message_status`) and,
     with the webhook on, into its spool as `{"type": "message_status", ...}` items (outbox.py `status_item`)."""
     path = settings.outbox.path or settings.storage.root / OUTBOX_FILENAME
+    box, cluster = None, getattr(sup, "cluster", None)
+    if getattr(settings, "cluster", None) is not None and cluster is not None:  # one for all nodes, fenced
+        from .cluster.outbox import PgOutbox  # psycopg: cluster mode only
+
+        own = cluster.own
+        box = PgOutbox(settings.cluster, hooks=forwarder is not None, epoch_of=lambda t: own.owned.get(t),
+                       valid=lambda: own.fence.valid())
 
     def on_status(tenant: str, status: dict[str, Any]) -> None:
         sup.events.publish(tenant, "message_status", {k: v for k, v in status.items() if k != "tenant"})
 
-    return OutboxDispatcher(settings.outbox, path, sup, on_status=on_status, forwarder=forwarder)
+    disp = OutboxDispatcher(settings.outbox, path, sup, on_status=on_status, forwarder=forwarder, box=box)
+    if box is not None:
+        cluster.outbox = disp  # its on_gain calls disp.gained
+    return disp

@@ -16,6 +16,8 @@ No script: hello, connecting, qr, wait. Heartbeats every BSUP_HEARTBEAT_MS. Comm
 close 401 + exit 0; pairing_code -> reply {code} + pairing_code event (BSUP_FAKE_PAIRING_ERROR: that error); ping, lease -> reply {}; others -> bad_command.
 BSUP_FAKE_GRANDCHILD=1 starts a SIGTERM-immune grandchild in the worker's process group (group-kill tests).
 Every SIGTERM is appended to BSUP_FAKE_STATE_DIR/signals.jsonl ({"tenant", "pid", "signal", "t"}).
+The `send` command: one line in BSUP_FAKE_STATE_DIR/sends.jsonl ({tenant, pid, waId, text}), reply
+{waMessageId, status: sent}.
 BSUP_FAKE_IGNORE_TERM=1 ignores SIGTERM and `stop` (tests SIGKILL escalation); stdin EOF exits (the daemon is
 gone) unless BSUP_FAKE_IGNORE_EOF=1 (a hung leftover for take-over tests); and the inherited BSUP_LOCK_FD is kept open for the whole life of the process.
 BSUP_STANDBY=1 (a standby, supervisor/standby.py): hello at once, then wait for `go`; only then is the spawn counted
@@ -143,6 +145,14 @@ async def commands(done: asyncio.Future, go: asyncio.Future) -> None:
         elif name == "logout":
             emit({"type": "close", "code": 401, "reason": "loggedOut", "message": "logged out"})
             done.done() or done.set_result(0)
+        elif name == "send":  # recorded (the test counts sends per WhatsApp id), then "the server acked it"
+            state_dir = os.environ.get("BSUP_FAKE_STATE_DIR")
+            if state_dir:
+                with open(Path(state_dir) / "sends.jsonl", "a") as fh:
+                    fh.write(json.dumps({"tenant": os.environ.get("BSUP_TENANT"), "pid": os.getpid(),
+                                         "waId": cmd.get("waId"), "text": cmd.get("text")}) + "\n")
+            emit({"type": "reply", "id": cid, "ok": True, "result": {"waMessageId": cmd.get("waId"),
+                                                                      "status": "sent"}}) if cid else None
         elif name == "pairing_code" and PAIRING_ERROR:
             emit({"type": "reply", "id": cid, "ok": False, "error": PAIRING_ERROR, "message": "as the worker says"})
         elif name == "pairing_code":

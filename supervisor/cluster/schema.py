@@ -2,9 +2,10 @@
 transaction-scoped advisory lock so several daemons starting at once apply each one once); `python -m
 supervisor.cluster db upgrade --config FILE` does the same by hand. A database newer than this code is refused.
 
-Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys). The decrypt journal, the outbox
-and the webhook spool are later versions (docs/cluster.md "Not done yet"); every such table carries `tenant_id` and is
-written only through `ownership.fenced()`, which checks the writer's epoch on `tenant_owner` in the same transaction.
+Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys); version 2 the outbox. The
+decrypt journal and the webhook spool are later versions (docs/cluster.md "Not done yet"). Every such table carries
+`tenant_id` and its writes check the writer's epoch on `tenant_owner` in the same transaction (`store.fenced_tx`;
+the outbox's sync twin in outbox.py; its submit is the documented exception).
 """
 
 from __future__ import annotations
@@ -51,6 +52,39 @@ CREATE TABLE tenant_kv (                       -- fenced tenant state (creds.jso
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (tenant_id, k)
 );
+"""),
+    # The outbox (supervisor/cluster/outbox.py): the same columns as the SQLite one (supervisor/outbox.py), shared by
+    # every node, so a message queued through any node is sent by whichever node owns the tenant. Self-contained: it
+    # references no other table, so migrations of other features may be ordered around it.
+    (2, """
+CREATE TABLE outbox_msg (
+    seq        bigserial PRIMARY KEY,               -- FIFO per tenant
+    tenant_id  text NOT NULL,
+    idem_key   text NOT NULL,                       -- the POST's Idempotency-Key
+    message_id text NOT NULL UNIQUE,                -- ours, derived from (tenant, key)
+    wa_id      text NOT NULL,                       -- WhatsApp's message id, derived from (tenant, key)
+    body_hash  text NOT NULL,                       -- same key + other body = 409
+    to_jid     text NOT NULL,
+    text       text NOT NULL,
+    reply_to   text,                                -- JSON object or NULL
+    status     text NOT NULL,
+    error      text,
+    written    integer NOT NULL DEFAULT 0,          -- the worker replied: the stanza left (that connection)
+    attempts   integer NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL,           -- epoch seconds, as in the SQLite outbox
+    updated_at double precision NOT NULL,
+    epoch      bigint,                              -- the epoch of the last dispatch-side write (NULL: only submitted)
+    UNIQUE (tenant_id, idem_key)
+);
+CREATE INDEX outbox_msg_next ON outbox_msg (tenant_id, status, written, seq);
+CREATE INDEX outbox_msg_wa ON outbox_msg (tenant_id, wa_id);
+CREATE TABLE outbox_hook (                      -- status webhook items not yet in the owner's spool
+    seq        bigserial PRIMARY KEY,
+    tenant_id  text NOT NULL,
+    event_id   text NOT NULL UNIQUE,
+    body       text NOT NULL
+);
+CREATE INDEX outbox_hook_tenant ON outbox_hook (tenant_id, seq);
 """),
 ]
 LATEST = MIGRATIONS[-1][0]

@@ -3,6 +3,7 @@ imports psycopg. No server needed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -90,9 +91,11 @@ def test_db_upgrade_command(tmp_path, pg_dsn):
     assert first.returncode == 0, first.stderr
     assert '"schemaVersion": 0' in first.stdout
     up = run("upgrade")
-    assert up.returncode == 0 and '"applied": [\n    1\n  ]' in up.stdout, up.stdout + up.stderr
+    from supervisor.cluster.schema import LATEST, MIGRATIONS
+
+    assert up.returncode == 0 and json.loads(up.stdout)["applied"] == [v for v, _ in MIGRATIONS], up.stdout + up.stderr
     again = run("upgrade")
-    assert again.returncode == 0 and '"applied": []' in again.stdout and '"schemaVersion": 1' in again.stdout
+    assert again.returncode == 0 and '"applied": []' in again.stdout and f'"schemaVersion": {LATEST}' in again.stdout
     cfg.write_text("cluster: {backend: postgres, dsn: 'host=127.0.0.1 port=1 user=x password=secret-pw'}\n")
     down = run("status")
     assert down.returncode == 3 and "db_unreachable" in down.stdout and "secret-pw" not in down.stdout + down.stderr
