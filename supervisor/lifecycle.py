@@ -170,6 +170,8 @@ def on_event(life: Life, event: protocol.Event, *, now: float) -> Step:
                 (opened, Enter(S.CONNECTED), DismissStandby()))
     if t == "close":
         close = Close(event.get("code"), st, event.get("reason"), event.get("message") or "")
+        if event.get("reconnecting") is True and close.code == 515:
+            return _reconnecting(life, close)
         return dataclasses.replace(life, close=close), (Closed(close),)
     if t == "creds":
         return life, (Creds(bool(event.get("registered"))),)
@@ -184,6 +186,19 @@ def on_event(life: Life, event: protocol.Event, *, now: float) -> Step:
             life = dataclasses.replace(life, fatal=event.get("code"))  # retrying cannot help: rest in `failed`
         return life, (WorkerError(event.fields),)
     return life, ()
+
+
+def _reconnecting(life: Life, close: Close) -> Step:
+    """The scan's 515, which the worker answers with a new socket in the same process (docs/protocol.md): a
+    transition, not an end. No restart (same pid, same inherited lock), no backoff, not counted in `restarts`; the
+    close is reported (lastDisconnect, metrics) but not kept as the worker's end, so if this worker then exits, its
+    own next close (or a crash) decides. The standby is not needed: dismissed, which also gives the login the CPU
+    a standby still importing Baileys would take. Only a worker that still runs a socket moves the state: during a
+    stop the close is just reported."""
+    if life.state not in (S.STARTING, S.QR, S.CONNECTING, S.CONNECTED):
+        return life, (Closed(close),)
+    return (dataclasses.replace(life, state=S.CONNECTING),
+            (Closed(close), Enter(S.CONNECTING, close.reason or "restartRequired"), DismissStandby()))
 
 
 def ending(life: Life, *, heartbeat_timeout: bool, returncode: int | None) -> Ending:

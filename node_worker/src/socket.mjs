@@ -1,15 +1,28 @@
-// The worker's one Baileys socket: create it, translate its events into protocol events, and end the process
-// when it closes (one socket per process lifetime; the daemon decides what follows).
+// The worker's Baileys socket: create it, translate its events into protocol events, and end the process when it
+// closes (one socket per process lifetime; the daemon decides what follows), except after the scan: see below.
 import { isRegistered } from './creds.mjs';
 import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs';
 import { killAfterDecrypts } from './journal.mjs';
 
-/** The socket closed: flush, report `close`, exit. */
+/** The scan's 515: right after pair-success WhatsApp closes the socket and expects a login with the new creds
+ *  (restartRequired). Baileys' own example opens a new socket in the same process for it, and so do we: a new
+ *  process would cost Node start-up plus the Baileys import (~0.9 s) exactly when a user waits, and a standby that
+ *  was started at the QR is still importing when the scan comes within a second of it. Only then: the linked creds
+ *  were written synchronously at pair-success (auth-files.mjs writeNow) and the rest is flushed before the new socket
+ *  reads them; every other close, a stop in progress, a failed verification or creds that are not linked keep the
+ *  exit. Once per process: the second socket logs in and has no pair-success. BSUP_RESTART_IN_PROCESS=off (via
+ *  worker.env) restores the exit, for comparisons. */
+function reconnectsInProcess(w, code) {
+  return code === 515 && w.isNewLogin && !w.reconnected && !w.shutdownStarted && !w.exiting
+    && !w.verificationFailed && w.exitCode === 0 && isRegistered(w.auth.state.creds)
+    && process.env.BSUP_RESTART_IN_PROCESS !== 'off';
+}
+
+/** The socket closed: flush, report `close`, exit (or, after the scan's 515, open the next socket). */
 async function onClose(w, lastDisconnect) {
   if (w.socketClosed) return;
   w.socketClosed = true;
   w.isOpen = false;
-  clearTimeout(w.heartbeatTimer);
   const err = lastDisconnect?.error;
   const code = Number.isInteger(err?.output?.statusCode) ? err.output.statusCode : null;
   const reason = code !== null ? (w.baileys.DisconnectReason[code] ?? null) : null;
@@ -24,7 +37,25 @@ async function onClose(w, lastDisconnect) {
   await w.flushAuth();
   const event = { type: 'close', code, reason, message };
   if (w.isNewLogin) event.isNewLogin = true;
-  w.emit(event);
+  if (reconnectsInProcess(w, code)) { // re-checked after the flush: a stop or a failed write meanwhile exits
+    w.emit({ ...event, reconnecting: true });
+    w.reconnected = true;
+    w.isNewLogin = false;
+    w.socketClosed = false;
+    try {
+      openSocket(w, w.version);
+      return;
+    } catch (e) {
+      // The daemon then sees what it saw before in-process reconnects existed: a close 515 and an exit, and
+      // restarts the worker at once (its standby, if one is up).
+      w.logger.error({ err: e }, 'in-process reconnect failed');
+      w.socketClosed = true;
+      w.emit({ ...event, message: `in-process reconnect failed: ${e?.message ?? e}` });
+    }
+  } else {
+    w.emit(event);
+  }
+  clearTimeout(w.heartbeatTimer);
   w.finalExit(w.exitCode);
 }
 
@@ -128,6 +159,6 @@ export function openSocket(w, version) {
   sock.ev.on('messages.upsert', onMessagesUpsert(w));
   w.sender.listen(sock);
   sock.ev.on('messages.update', onMessagesUpdate(w));
-  reemitPending(w); // what an earlier worker journaled but the daemon never acked
+  if (!w.reconnected) reemitPending(w); // what an earlier worker journaled but the daemon never acked (once per process)
   return sock;
 }

@@ -33,6 +33,8 @@ function makeWorkerState() {
     keyPool: null, // a standby's pre-generated key pairs (prekey-pool.mjs), dropped once the socket is open
     exiting: false, shutdownStarted: false, exitCode: 0, stopReason: null, heartbeatTimer: null,
     isNewLogin: false, verificationFailed: false, socketClosed: false,
+    version: null, // the WhatsApp Web version every socket of this process uses
+    reconnected: false, // the one in-process reconnect after the scan's 515 happened (socket.mjs)
     sockReady: deferred(), // the socket exists (commands that need it wait for this)
     firstQr: deferred(), // the registration handshake is done (a pairing code can be asked for)
     // Standby (BSUP_STANDBY=1): started ahead of need, e.g. while a QR is shown, so the restart WhatsApp demands
@@ -150,6 +152,7 @@ async function main(w) {
     if (w.shutdownStarted) return;
   }
   if (!await openAuth(w) || w.shutdownStarted) return;
+  w.version = version;
   openSocket(w, version);
 }
 
