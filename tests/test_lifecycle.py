@@ -60,6 +60,20 @@ def test_hello_of_another_protocol_stops_the_worker_and_the_tenant_rests_failed(
     assert actions == (ReapStandby(), Enter(S.FAILED, "protocol_mismatch"))
 
 
+def test_a_worker_that_restarts_in_process_gets_no_standby_until_the_next_spawn():
+    hello = ev("hello", protocol=PROTOCOL_VERSION, restartInProcess=True)
+    life, actions = feed(S.STARTING, hello)
+    assert life == Life(S.STARTING, restart_in_process=True) and actions == (Hello(hello.fields),)
+    life, actions = on_event(life, ev("qr", qr="2@x"), now=T0)
+    assert actions == (Enter(S.QR, "waiting_for_scan"), ShowQR("2@x"))  # no Prewarm
+    # the next worker (spawned, or a standby promoted, whose hello the tenant never sees) is asked again
+    assert spawning(life).restart_in_process is False
+    assert Prewarm() in on_event(spawning(life), ev("qr", qr="2@y"), now=T0)[1]
+    for said in (False, "yes", None):  # only a literal true counts
+        assert feed(S.STARTING, ev("hello", protocol=PROTOCOL_VERSION, restartInProcess=said))[0].restart_in_process \
+            is False
+
+
 @pytest.mark.parametrize("state", list(S))
 def test_connecting_moves_only_a_live_worker_state(state):
     life, actions = feed(state, ev("connecting"))

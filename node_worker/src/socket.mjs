@@ -12,10 +12,11 @@ import { killAfterDecrypts } from './journal.mjs';
  *  reads them; every other close, a stop in progress, a failed verification or creds that are not linked keep the
  *  exit. Once per process: the second socket logs in and has no pair-success. BSUP_RESTART_IN_PROCESS=off (via
  *  worker.env) restores the exit, for comparisons. */
+export const restartInProcess = () => process.env.BSUP_RESTART_IN_PROCESS !== 'off';
+
 function reconnectsInProcess(w, code) {
   return code === 515 && w.isNewLogin && !w.reconnected && !w.shutdownStarted && !w.exiting
-    && !w.verificationFailed && w.exitCode === 0 && isRegistered(w.auth.state.creds)
-    && process.env.BSUP_RESTART_IN_PROCESS !== 'off';
+    && !w.verificationFailed && w.exitCode === 0 && isRegistered(w.auth.state.creds) && restartInProcess();
 }
 
 /** The socket closed: flush, report `close`, exit (or, after the scan's 515, open the next socket). */

@@ -12,7 +12,7 @@ import { installLifecycle, installProcessHandlers } from './lifecycle.mjs';
 import { listenForCommands } from './commands.mjs';
 import { resolveVersion } from './version.mjs';
 import { dropUnfinishedCodePairing } from './creds.mjs';
-import { openSocket } from './socket.mjs';
+import { openSocket, restartInProcess } from './socket.mjs';
 import { startKeyPairPool } from './prekey-pool.mjs';
 
 const WORKER_NAME = 'baileys-supervisor-worker/0.1.0';
@@ -81,8 +81,9 @@ async function installVerification(w) {
 
 function sayHello(w, version) {
   const baileysVersion = JSON.parse(readFileSync(new URL('../package.json', baileysEntry), 'utf8')).version;
+  // restartInProcess: the scan's 515 will not end this process (socket.mjs), so the daemon needs no standby for it
   w.emit({ type: 'hello', protocol: PROTOCOL_VERSION, pid: process.pid, worker: WORKER_NAME,
-    baileys: baileysVersion, waVersion: version });
+    baileys: baileysVersion, waVersion: version, restartInProcess: restartInProcess() });
   const heartbeat = () => {
     w.emit({ type: 'heartbeat', rss: process.memoryUsage.rss(), uptimeMs: Date.now() - w.startedAt });
     if (!w.shutdownStarted) w.heartbeatTimer = setTimeout(heartbeat, nextHeartbeatDelay(w.settings.heartbeatMs));
