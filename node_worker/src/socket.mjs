@@ -3,6 +3,7 @@
 import { isRegistered } from './creds.mjs';
 import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs';
 import { killAfterDecrypts } from './journal.mjs';
+import { startKeyPairPool } from './prekey-pool.mjs';
 
 /** The scan's 515: right after pair-success WhatsApp closes the socket and expects a login with the new creds
  *  (restartRequired). Baileys' own example opens a new socket in the same process for it, and so do we: a new
@@ -77,10 +78,18 @@ function onConnectionUpdates(w, serverTime) {
       sentConnecting = true;
       w.emit({ type: 'connecting' });
     }
-    if (u.isNewLogin) w.isNewLogin = true;
+    if (u.isNewLogin) {
+      w.isNewLogin = true;
+      w.keyPool?.stop(); // pair-success: the login comes next and needs the CPU; the pairs made so far are used
+    }
     if (u.qr) {
       w.firstQr.resolve();
       w.emit({ type: 'qr', qr: u.qr });
+      // While the QR is shown the worker is idle: make the pre-key pairs that the login after the scan's 515 (on
+      // this process's next socket) uploads, as a standby does while it waits (prekey-pool.mjs).
+      if (!w.keyPool && restartInProcess()) {
+        w.keyPool = startKeyPairPool(w.baileys.Curve, w.baileys.INITIAL_PREKEY_COUNT);
+      }
     }
     if (u.connection === 'open') {
       w.isOpen = true; // `send` waits for this
