@@ -39,17 +39,19 @@ async function onClose(w, lastDisconnect) {
   await w.flushAuth();
   const event = { type: 'close', code, reason, message };
   if (w.isNewLogin) event.isNewLogin = true;
-  if (reconnectsInProcess(w, code)) { // re-checked after the flush: a stop or a failed write meanwhile exits
+  if (reconnectsInProcess(w, code)) { // checked after the flush: a stop or a failed write meanwhile exits
     w.emit({ ...event, reconnecting: true });
     w.reconnected = true;
     w.isNewLogin = false;
     w.socketClosed = false;
     try {
+      // test-only (tests/e2e/test_pairing.py, via worker.env): the fallback below, which nothing else can reach
+      if (process.env.BSUP_TEST_FAIL_RECONNECT === '1') throw new Error('BSUP_TEST_FAIL_RECONNECT');
       openSocket(w, w.version);
       return;
     } catch (e) {
       // The daemon then sees what it saw before in-process reconnects existed: a close 515 and an exit, and
-      // restarts the worker at once (its standby, if one is up).
+      // restarts the worker at once (a new process: this one said restartInProcess, so it got no standby).
       w.logger.error({ err: e }, 'in-process reconnect failed');
       w.socketClosed = true;
       w.emit({ ...event, message: `in-process reconnect failed: ${e?.message ?? e}` });

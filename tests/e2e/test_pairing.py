@@ -78,6 +78,22 @@ def test_a_scan_right_at_the_qr_keeps_the_worker_and_uses_no_standby(sim, make_d
     assert sim.counters()["registrations"] == 1 and state_max_concurrent(sim) == 1
 
 
+def test_a_failed_in_process_reconnect_falls_back_to_the_515_restart(sim, make_daemon):
+    """Opening the new socket fails (forced by a test hook): the worker reports a plain close 515 and exits, and the
+    daemon restarts it at once, as before the in-process reconnect existed."""
+    d = make_daemon(sim, worker={"env": {"BSUP_TEST_FAIL_RECONNECT": "1"}})
+    d.start_tenant("1")
+    qr = d.wait_qr("1")
+    first = d.status("1")["pid"]
+    res = sim.scan(qr, pushName="Fay")
+    assert res["ok"], res
+    st = d.wait_connected("1")
+    assert st["pid"] not in (None, first) and st["restarts"] == 1 and st["me"]["id"] == res["jid"]
+    assert st["lastDisconnect"]["code"] == 515 and "in-process reconnect failed" in st["lastDisconnect"]["message"]
+    assert [(e["action"], e["reason"]) for e in events(d, "tenant.decision")] == [("restart", "restartRequired")]
+    assert sim.counters()["registrations"] == 1 and state_max_concurrent(sim) == 1
+
+
 @pytest.mark.parametrize("prewarm", [True, False])
 def test_with_the_in_process_reconnect_off_the_515_restarts_the_worker(sim, make_daemon, prewarm):
     """The old path, which a failed in-process reconnect falls back to: exit after the 515, the daemon restarts at
