@@ -2,12 +2,18 @@
 measured from outside through the daemon's HTTP API, as the web app sees them:
 
   start -> QR        POST /start until GET /status says hasQR (worker spawn + Baileys import + Noise + pair-device)
-  scan -> connected  simulator POST /scan until status connected (pair-success, 515, daemon respawns, login, open)
+  scan -> connected  simulator POST /scan until status connected (pair-success, 515, the worker's new socket in the
+                     same process -- or, with BSUP_RESTART_IN_PROCESS=off, a standby/respawn --, login, open)
   428 re-login       simulator tcp_drop (Baileys 428) until connected again (backoff delay + spawn + login)
 
     .venv/bin/python bench/e2e_latency.py [--pairings 50] [--initial-delay 0.2] [--floor 20]
         [--worker-command '["node", "...", "worker.mjs"]'] [--variant 'LABEL=["node", ...]'] [--no-relogin]
-        [--scan-delay 0] [--base-tree DIR]
+        [--scan-delay 0 [--scan-delay 2 ...]] [--base-tree DIR]
+
+--scan-delay S (repeatable): seconds between the QR shown and the scan; with several, every variant is measured at
+each delay, interleaved in the same run (e.g. `--scan-delay 0 --scan-delay 2`: the instant scan and a person's).
+--variant 'old515={"env": {"BSUP_RESTART_IN_PROCESS": "off"}}': the worker exits at the scan's 515 (the path
+before the in-process reconnect: a standby promoted, or a respawn).
 
 --base-tree DIR: also measure another source tree (e.g. `git archive <commit> | tar -x -C DIR`, with
 DIR/node_worker/node_modules a symlink to this tree's): its daemon (PYTHONPATH=DIR) and its worker.mjs, as variant
@@ -99,7 +105,8 @@ def breakdown(events: list[dict], sim_events: list[dict], tid: str, t_scan: floa
         return None
 
     close = first(lambda e: e["event"] == "tenant.close" and e.get("code") == 515)
-    exited = first(lambda e: e["event"] == "worker.exited")
+    standby_pids = {e.get("worker_pid") for e in mine if e["event"] == "worker.spawned" and e.get("standby")}
+    exited = first(lambda e: e["event"] == "worker.exited" and e.get("worker_pid") not in standby_pids)
     spawned = first(lambda e: e["event"] == "worker.spawned")
     hello = first(lambda e: e["event"] == "worker.hello")
     promoted = first(lambda e: e["event"] == "standby.promoted")  # worker.prewarm: no spawn after the scan
@@ -120,7 +127,7 @@ def breakdown(events: list[dict], sim_events: list[dict], tid: str, t_scan: floa
     everything = [e for e in events if e.get("tenant") == tid]
     qr_at = next((ts(e) for e in everything if e["event"] == "tenant.qr"), None)
     ready_at = next((ts(e) for e in everything if e["event"] == "standby.ready"), None)
-    # Without a 515 close (a worker that reconnects in-process) the restart phases are absent (None).
+    # A worker that reconnects in-process has no exit/spawn/go phases (None): pair-success -> connecting covers it.
     return {
         "(first QR -> standby ready)": d(qr_at, ready_at),
         "(scan - standby ready)": d(ready_at, t_scan),
@@ -214,7 +221,8 @@ def main() -> int:
                          "pairing by pairing, so load changes hit every variant alike. JSON: a worker.command argv, "
                          'or an object of worker settings, e.g. \'no_prewarm={"prewarm": false}\'')
     ap.add_argument("--no-relogin", action="store_true")
-    ap.add_argument("--scan-delay", type=float, default=0.0, help="seconds between QR shown and the scan")
+    ap.add_argument("--scan-delay", type=float, action="append", default=None,
+                    help="seconds between QR shown and the scan; repeat it to measure several delays in one run")
     ap.add_argument("--label", default="")
     ap.add_argument("--base-tree", type=Path, default=None)
     args = ap.parse_args()
@@ -230,9 +238,13 @@ def main() -> int:
         variants.append(("base", {"command": [str(base / WORKER.relative_to(ROOT)) if a == str(WORKER) else a
                                               for a in command]}))
         trees["base"] = base
+    delays = args.scan_delay or [0.0]
+    # one measured series per (variant, scan delay); the variant's daemon serves all its delays
+    series = [(f"{name} scan+{d:g}s" if len(delays) > 1 else name, name, d) for name, _ in variants for d in delays]
+    workers = dict(variants)
     load0 = os.getloadavg()
-    results = {name: {"worker": worker, "start_qr": [], "scan_open": [], "relogin": [], "phases": []}
-               for name, worker in variants}
+    results = {label: {"worker": workers[name], "start_qr": [], "scan_open": [], "relogin": [], "phases": []}
+               for label, name, _ in series}
     floor: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bsup-bench-") as tmp:
         work = Path(tmp)
@@ -251,13 +263,13 @@ def main() -> int:
                     floor.append(floor_run(sim.ws_url))
                 if i >= args.pairings:
                     continue
-                for name, _ in (variants if i % 2 == 0 else variants[::-1]):  # neither always goes first
-                    pairing(daemons[name], sim, f"b{i}", results[name], not args.no_relogin, args.scan_delay)
+                for k, (label, name, d) in enumerate(series if i % 2 == 0 else series[::-1]):  # none always first
+                    pairing(daemons[name], sim, f"b{i}s{k}", results[label], not args.no_relogin, d)
                 print(f"pairing {i + 1}/{args.pairings}: " + "; ".join(
                     f"{n}: start->qr {r['start_qr'][-1]*1000:.0f} ms, scan->connected {r['scan_open'][-1]*1000:.0f} ms"
                     for n, r in results.items()), file=sys.stderr)
             c = sim.counters()
-            assert c["registrations"] == args.pairings * len(variants) + args.floor and c["conflicts"] == 0, c
+            assert c["registrations"] == args.pairings * len(series) + args.floor and c["conflicts"] == 0, c
         finally:
             for d in daemons.values():
                 d.stop()
@@ -267,13 +279,14 @@ def main() -> int:
           f"loadavg before {load0[0]:.2f}/{load0[1]:.2f}, after {load1[0]:.2f}/{load1[1]:.2f}")
     if floor:
         print(row("baseline: bare node -> first QR", floor))
-    for name, _ in variants:
-        report(name, results[name], floor, args.initial_delay)
-    if len(variants) > 1:
-        m = percentile(results["main"]["scan_open"], 50)
-        for name, _ in variants[1:]:
-            v = percentile(results[name]["scan_open"], 50)
-            print(f"scan -> connected p50: {name} {v*1000:.0f} ms vs main {m*1000:.0f} ms: "
+    for label, _, _ in series:
+        report(label, results[label], floor, args.initial_delay)
+    for d in delays:  # each variant against main at the same scan delay
+        at = [label for label, _, dd in series if dd == d]
+        m = percentile(results[at[0]]["scan_open"], 50)
+        for label in at[1:]:
+            v = percentile(results[label]["scan_open"], 50)
+            print(f"scan -> connected p50: {label} {v*1000:.0f} ms vs {at[0]} {m*1000:.0f} ms: "
                   f"{(m - v)*1000:+.0f} ms gain, ratio {v / m:.2f}x")
     return 0
 

@@ -43,6 +43,9 @@ class Life:
     fatal: str | None = None  # a fatal error no restart cures: the tenant rests in `failed` with this reason
     logout_requested: bool = False  # an operator's logout: the worker's end rests the tenant in `logged_out`
     streak: Streak = Streak()
+    # The current worker said at hello that it answers the scan's 515 with a new socket itself (docs/protocol.md):
+    # then no standby is pre-started for it. Cleared at each spawn.
+    restart_in_process: bool = False
 
 
 # -- actions ------------------------------------------------------------------------------------------------------
@@ -154,14 +157,19 @@ def on_event(life: Life, event: protocol.Event, *, now: float) -> Step:
                     (Hello(event.fields), ProtocolMismatch(event.get("protocol")), StopWorker()))
         # No standby yet: a hello says nothing about the network, and a worker that cannot connect (offline, in a
         # backoff loop) would get an idle Baileys process per cycle. The first QR proves a scan is ahead.
+        if event.get("restartInProcess") is True:
+            life = dataclasses.replace(life, restart_in_process=True)
         return life, (Hello(event.fields),)
     if t == "connecting" and st in (S.STARTING, S.QR, S.CONNECTED):
         return dataclasses.replace(life, state=S.CONNECTING), (Enter(S.CONNECTING),)
     if t == "qr" and st in (S.STARTING, S.CONNECTING, S.QR):
-        # a new worker is needed after the scan's 515: pre-start it now (standby.py), at the first sign that a scan
-        # can come (Prewarm is a no-op while one is up, so QR refreshes cost nothing)
+        # A worker that exits at the scan's 515 needs a new one: pre-start it now (standby.py), at the first sign that
+        # a scan can come (Prewarm is a no-op while one is up, so QR refreshes cost nothing). Not for a worker that
+        # reconnects in-process: there a standby would only compete for the CPU with the login (measured +0.3 s on
+        # an instant scan, docs/benchmarks.md) and cost ~80 MiB per waiting tenant, for a fallback that is rare.
+        prewarm = () if life.restart_in_process else (Prewarm(),)
         return (dataclasses.replace(life, state=S.QR),
-                (Enter(S.QR, "waiting_for_scan"), ShowQR(event.get("qr")), Prewarm()))
+                (Enter(S.QR, "waiting_for_scan"), ShowQR(event.get("qr")), *prewarm))
     if t == "open" and st in (S.STARTING, S.QR, S.CONNECTING):
         me = event.get("me")
         opened = Opened(me if isinstance(me, dict) else None, event.get("pushName"), event.get("serverTime"))
@@ -170,6 +178,8 @@ def on_event(life: Life, event: protocol.Event, *, now: float) -> Step:
                 (opened, Enter(S.CONNECTED), DismissStandby()))
     if t == "close":
         close = Close(event.get("code"), st, event.get("reason"), event.get("message") or "")
+        if event.get("reconnecting") is True and close.code == 515:
+            return _reconnecting(life, close)
         return dataclasses.replace(life, close=close), (Closed(close),)
     if t == "creds":
         return life, (Creds(bool(event.get("registered"))),)
@@ -184,6 +194,19 @@ def on_event(life: Life, event: protocol.Event, *, now: float) -> Step:
             life = dataclasses.replace(life, fatal=event.get("code"))  # retrying cannot help: rest in `failed`
         return life, (WorkerError(event.fields),)
     return life, ()
+
+
+def _reconnecting(life: Life, close: Close) -> Step:
+    """The scan's 515, which the worker answers with a new socket in the same process (docs/protocol.md): a
+    transition, not an end. No restart (same pid, same inherited lock), no backoff, not counted in `restarts`; the
+    close is reported (lastDisconnect, metrics) but not kept as the worker's end, so if this worker then exits, its
+    own next close (or a crash) decides. The standby is not needed: dismissed, which also gives the login the CPU
+    a standby still importing Baileys would take. Only a worker that still runs a socket moves the state: during a
+    stop the close is just reported."""
+    if life.state not in (S.STARTING, S.QR, S.CONNECTING, S.CONNECTED):
+        return life, (Closed(close),)
+    return (dataclasses.replace(life, state=S.CONNECTING),
+            (Closed(close), Enter(S.CONNECTING, close.reason or "restartRequired"), DismissStandby()))
 
 
 def ending(life: Life, *, heartbeat_timeout: bool, returncode: int | None) -> Ending:
@@ -255,5 +278,5 @@ def started(life: Life) -> Life:
 
 
 def spawning(life: Life) -> Life:
-    """A new worker: the previous one's close no longer applies."""
-    return dataclasses.replace(life, close=None)
+    """A new worker: the previous one's close and what its hello said no longer apply."""
+    return dataclasses.replace(life, close=None, restart_in_process=False)

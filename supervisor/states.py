@@ -75,7 +75,7 @@ CLOSE_CODES: dict[int, CloseCode] = {
                    "backoff retries; if it repeats: logout and relink"),
     503: CloseCode("unavailableService", "WhatsApp unavailable (server side)", "nothing: backoff reconnects"),
     515: CloseCode("restartRequired", "restart required: normal right after a QR scan",
-                   "nothing: the worker restarts at once"),
+                   "nothing: the worker logs in again at once (a new socket, or a new worker)"),
 }
 
 

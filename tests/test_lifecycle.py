@@ -60,6 +60,20 @@ def test_hello_of_another_protocol_stops_the_worker_and_the_tenant_rests_failed(
     assert actions == (ReapStandby(), Enter(S.FAILED, "protocol_mismatch"))
 
 
+def test_a_worker_that_restarts_in_process_gets_no_standby_until_the_next_spawn():
+    hello = ev("hello", protocol=PROTOCOL_VERSION, restartInProcess=True)
+    life, actions = feed(S.STARTING, hello)
+    assert life == Life(S.STARTING, restart_in_process=True) and actions == (Hello(hello.fields),)
+    life, actions = on_event(life, ev("qr", qr="2@x"), now=T0)
+    assert actions == (Enter(S.QR, "waiting_for_scan"), ShowQR("2@x"))  # no Prewarm
+    # the next worker (spawned, or a standby promoted, whose hello the tenant never sees) is asked again
+    assert spawning(life).restart_in_process is False
+    assert Prewarm() in on_event(spawning(life), ev("qr", qr="2@y"), now=T0)[1]
+    for said in (False, "yes", None):  # only a literal true counts
+        assert feed(S.STARTING, ev("hello", protocol=PROTOCOL_VERSION, restartInProcess=said))[0].restart_in_process \
+            is False
+
+
 @pytest.mark.parametrize("state", list(S))
 def test_connecting_moves_only_a_live_worker_state(state):
     life, actions = feed(state, ev("connecting"))
@@ -99,6 +113,51 @@ def test_close_records_the_state_it_came_in():
     life, actions = feed(S.QR, ev("close", code=408, reason="timedOut", message="QR refs attempts ended"))
     close = Close(408, S.QR, "timedOut", "QR refs attempts ended")
     assert (life.state, life.close, actions) == (S.QR, close, (Closed(close),))
+
+
+RECONNECT = ev("close", code=515, reason="restartRequired", message="Stream Errored (restart required)",
+               isNewLogin=True, reconnecting=True)
+
+
+@pytest.mark.parametrize("state", list(S))
+def test_the_scans_515_reconnected_in_process_is_a_transition_not_an_end(state):
+    # The worker opens its next socket itself (docs/protocol.md): no restart, no backoff, the streak untouched, the
+    # close reported but not kept as the worker's end, the standby not needed.
+    life0 = Life(state, streak=Streak(failures=2, immediate=1))
+    life, actions = feed(state, RECONNECT, life0)
+    close = Close(515, state, "restartRequired", "Stream Errored (restart required)")
+    if state in (S.STARTING, S.QR, S.CONNECTING, S.CONNECTED):
+        assert life == dataclasses.replace(life0, state=S.CONNECTING)
+        assert actions == (Closed(close), Enter(S.CONNECTING, "restartRequired"), DismissStandby())
+        assert not any(isinstance(a, Restarting) for a in actions)
+    else:  # a stop is in progress (or the worker is gone): only reported, the stop goes on
+        assert (life, actions) == (life0, (Closed(close),))
+
+
+def test_after_an_in_process_reconnect_the_workers_own_next_end_decides():
+    # scan -> reconnect -> open: connected with the stable clock started, never a restart
+    life = Life(S.QR)
+    for event in (RECONNECT, ev("connecting"), ev("open", me={"id": "1@s"})):
+        life, actions = on_event(life, event, now=T0)
+    assert (life.state, life.close, life.streak) == (S.CONNECTED, None, Streak(opened_at=T0))
+    # the reconnect failed and the worker fell back to the old path: its plain close 515, then its exit
+    life, _ = feed(S.QR, RECONNECT)
+    life, _ = on_event(life, ev("close", code=515, reason="restartRequired", message="in-process reconnect failed"),
+                       now=T0)
+    life, decision, actions = end(life)
+    assert (decision.action, life.state) == (Action.RESTART, S.STARTING)
+    assert actions == (Restarting("restartRequired"), Enter(S.STARTING, "restartRequired"))
+    # the new socket's login died without a close: a crash, not the 515 (which was not this worker's end)
+    life, _ = feed(S.QR, RECONNECT)
+    life, decision, _ = end(life, ending(life, heartbeat_timeout=False, returncode=1))
+    assert (decision.action, decision.reason) == (Action.BACKOFF, "crash")
+
+
+@pytest.mark.parametrize("fields", [dict(code=515, reconnecting=False), dict(code=428, reconnecting=True),
+                                    dict(code=515, reconnecting="yes")])
+def test_only_a_515_flagged_reconnecting_is_a_transition(fields):
+    life, actions = feed(S.QR, ev("close", **fields))
+    assert life.state is S.QR and life.close is not None and actions == (Closed(life.close),)
 
 
 @pytest.mark.parametrize("code,fatal", [("server_verification_failed", True), ("auth_corrupt", True),

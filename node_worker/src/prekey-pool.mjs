@@ -1,4 +1,6 @@
-// Key pairs generated ahead of need by a standby worker (BSUP_STANDBY=1) while it waits for `go`.
+// Key pairs generated ahead of need by a standby worker (BSUP_STANDBY=1) while it waits for `go`, and by a worker
+// while it shows a QR (socket.mjs: the login after the scan's 515 runs in the same process; filling stops at
+// pair-success, the moment the login work starts).
 //
 // Why: the login that follows a scan's 515 uploads 812 fresh pre-keys (Baileys' INITIAL_PREKEY_COUNT), and Baileys
 // generates them at that moment (Utils/signal.js generateOrGetPreKeys -> Curve.generateKeyPair), ~0.1-0.3 s of CPU

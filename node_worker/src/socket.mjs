@@ -1,15 +1,30 @@
-// The worker's one Baileys socket: create it, translate its events into protocol events, and end the process
-// when it closes (one socket per process lifetime; the daemon decides what follows).
+// The worker's Baileys socket: create it, translate its events into protocol events, and end the process when it
+// closes (one socket per process lifetime; the daemon decides what follows), except after the scan: see below.
 import { isRegistered } from './creds.mjs';
 import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs';
 import { killAfterDecrypts } from './journal.mjs';
+import { startKeyPairPool } from './prekey-pool.mjs';
 
-/** The socket closed: flush, report `close`, exit. */
+/** The scan's 515: right after pair-success WhatsApp closes the socket and expects a login with the new creds
+ *  (restartRequired). Baileys' own example opens a new socket in the same process for it, and so do we: a new
+ *  process would cost Node start-up plus the Baileys import (~0.9 s) exactly when a user waits, and a standby that
+ *  was started at the QR is still importing when the scan comes within a second of it. Only then: the linked creds
+ *  were written synchronously at pair-success (auth-files.mjs writeNow) and the rest is flushed before the new socket
+ *  reads them; every other close, a stop in progress, a failed verification or creds that are not linked keep the
+ *  exit. Once per process: the second socket logs in and has no pair-success. BSUP_RESTART_IN_PROCESS=off (via
+ *  worker.env) restores the exit, for comparisons. */
+export const restartInProcess = () => process.env.BSUP_RESTART_IN_PROCESS !== 'off';
+
+function reconnectsInProcess(w, code) {
+  return code === 515 && w.isNewLogin && !w.reconnected && !w.shutdownStarted && !w.exiting
+    && !w.verificationFailed && w.exitCode === 0 && isRegistered(w.auth.state.creds) && restartInProcess();
+}
+
+/** The socket closed: flush, report `close`, exit (or, after the scan's 515, open the next socket). */
 async function onClose(w, lastDisconnect) {
   if (w.socketClosed) return;
   w.socketClosed = true;
   w.isOpen = false;
-  clearTimeout(w.heartbeatTimer);
   const err = lastDisconnect?.error;
   const code = Number.isInteger(err?.output?.statusCode) ? err.output.statusCode : null;
   const reason = code !== null ? (w.baileys.DisconnectReason[code] ?? null) : null;
@@ -24,7 +39,27 @@ async function onClose(w, lastDisconnect) {
   await w.flushAuth();
   const event = { type: 'close', code, reason, message };
   if (w.isNewLogin) event.isNewLogin = true;
-  w.emit(event);
+  if (reconnectsInProcess(w, code)) { // checked after the flush: a stop or a failed write meanwhile exits
+    w.emit({ ...event, reconnecting: true });
+    w.reconnected = true;
+    w.isNewLogin = false;
+    w.socketClosed = false;
+    try {
+      // test-only (tests/e2e/test_pairing.py, via worker.env): the fallback below, which nothing else can reach
+      if (process.env.BSUP_TEST_FAIL_RECONNECT === '1') throw new Error('BSUP_TEST_FAIL_RECONNECT');
+      openSocket(w, w.version);
+      return;
+    } catch (e) {
+      // The daemon then sees what it saw before in-process reconnects existed: a close 515 and an exit, and
+      // restarts the worker at once (a new process: this one said restartInProcess, so it got no standby).
+      w.logger.error({ err: e }, 'in-process reconnect failed');
+      w.socketClosed = true;
+      w.emit({ ...event, message: `in-process reconnect failed: ${e?.message ?? e}` });
+    }
+  } else {
+    w.emit(event);
+  }
+  clearTimeout(w.heartbeatTimer);
   w.finalExit(w.exitCode);
 }
 
@@ -45,10 +80,18 @@ function onConnectionUpdates(w, serverTime) {
       sentConnecting = true;
       w.emit({ type: 'connecting' });
     }
-    if (u.isNewLogin) w.isNewLogin = true;
+    if (u.isNewLogin) {
+      w.isNewLogin = true;
+      w.keyPool?.stop(); // pair-success: the login comes next and needs the CPU; the pairs made so far are used
+    }
     if (u.qr) {
       w.firstQr.resolve();
       w.emit({ type: 'qr', qr: u.qr });
+      // While the QR is shown the worker is idle: make the pre-key pairs that the login after the scan's 515 (on
+      // this process's next socket) uploads, as a standby does while it waits (prekey-pool.mjs).
+      if (!w.keyPool && restartInProcess()) {
+        w.keyPool = startKeyPairPool(w.baileys.Curve, w.baileys.INITIAL_PREKEY_COUNT);
+      }
     }
     if (u.connection === 'open') {
       w.isOpen = true; // `send` waits for this
@@ -128,6 +171,6 @@ export function openSocket(w, version) {
   sock.ev.on('messages.upsert', onMessagesUpsert(w));
   w.sender.listen(sock);
   sock.ev.on('messages.update', onMessagesUpdate(w));
-  reemitPending(w); // what an earlier worker journaled but the daemon never acked
+  if (!w.reconnected) reemitPending(w); // what an earlier worker journaled but the daemon never acked (once per process)
   return sock;
 }

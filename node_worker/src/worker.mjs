@@ -12,7 +12,7 @@ import { installLifecycle, installProcessHandlers } from './lifecycle.mjs';
 import { listenForCommands } from './commands.mjs';
 import { resolveVersion } from './version.mjs';
 import { dropUnfinishedCodePairing } from './creds.mjs';
-import { openSocket } from './socket.mjs';
+import { openSocket, restartInProcess } from './socket.mjs';
 import { startKeyPairPool } from './prekey-pool.mjs';
 
 const WORKER_NAME = 'baileys-supervisor-worker/0.1.0';
@@ -34,6 +34,8 @@ function makeWorkerState() {
     keyPool: null, // a standby's pre-generated key pairs (prekey-pool.mjs), dropped once the socket is open
     exiting: false, shutdownStarted: false, exitCode: 0, stopReason: null, heartbeatTimer: null,
     isNewLogin: false, verificationFailed: false, socketClosed: false,
+    version: null, // the WhatsApp Web version every socket of this process uses
+    reconnected: false, // the one in-process reconnect after the scan's 515 happened (socket.mjs)
     sockReady: deferred(), // the socket exists (commands that need it wait for this)
     firstQr: deferred(), // the registration handshake is done (a pairing code can be asked for)
     // Standby (BSUP_STANDBY=1): started ahead of need, e.g. while a QR is shown, so the restart WhatsApp demands
@@ -80,8 +82,9 @@ async function installVerification(w) {
 
 function sayHello(w, version) {
   const baileysVersion = JSON.parse(readFileSync(new URL('../package.json', baileysEntry), 'utf8')).version;
+  // restartInProcess: the scan's 515 will not end this process (socket.mjs), so the daemon needs no standby for it
   w.emit({ type: 'hello', protocol: PROTOCOL_VERSION, pid: process.pid, worker: WORKER_NAME,
-    baileys: baileysVersion, waVersion: version });
+    baileys: baileysVersion, waVersion: version, restartInProcess: restartInProcess() });
   const heartbeat = () => {
     w.emit({ type: 'heartbeat', rss: process.memoryUsage.rss(), uptimeMs: Date.now() - w.startedAt });
     if (!w.shutdownStarted) w.heartbeatTimer = setTimeout(heartbeat, nextHeartbeatDelay(w.settings.heartbeatMs));
@@ -156,6 +159,7 @@ async function main(w) {
     if (w.shutdownStarted) return;
   }
   if (!await openAuth(w) || w.shutdownStarted) return;
+  w.version = version;
   openSocket(w, version);
 }
 

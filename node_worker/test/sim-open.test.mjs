@@ -24,10 +24,10 @@ async function startSim() {
 }
 
 /** Runs one worker until it exits; `onEvent(ev)` sees every protocol event. Resolves with all events. */
-function runWorker(authDir, wsUrl, onEvent = () => {}) {
+function runWorker(authDir, wsUrl, onEvent = () => {}, env = {}) {
   const child = spawn(process.execPath, ['--import', TRUST, WORKER], {
     env: { PATH: process.env.PATH, BSUP_PROTOCOL: '1', BSUP_TENANT: 't1', BSUP_AUTH_DIR: authDir,
-      BSUP_WA_URL: wsUrl, BSUP_LOG_LEVEL: 'warn', BSUP_HEARTBEAT_MS: '1000' },
+      BSUP_WA_URL: wsUrl, BSUP_LOG_LEVEL: 'warn', BSUP_HEARTBEAT_MS: '1000', ...env },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const events = [];
@@ -39,7 +39,42 @@ function runWorker(authDir, wsUrl, onEvent = () => {}) {
   return new Promise((resolve) => child.once('exit', (code) => resolve({ code, events })));
 }
 
-test('open carries serverTime (ms) from the success node; close 515 after the scan', { timeout: 60000 }, async () => {
+test('the scan\'s 515: close with reconnecting, then the same process logs in on a new socket', { timeout: 60000 }, async () => {
+  const sim = await startSim();
+  const dir = await mkdtemp(join(tmpdir(), 'bsup-sim-open-'));
+  try {
+    let scan;
+    const run = await runWorker(join(dir, 'auth'), sim.wsUrl, (ev, child) => {
+      if (ev.type === 'qr' && !scan) scan = sim.call('POST', '/scan', { qr: ev.qr, pushName: 'Inproc' });
+      if (ev.type === 'open') child.stdin.end();
+    });
+    const res = await scan;
+    assert.equal(res.ok, true);
+    const types = run.events.filter((e) => e.type !== 'heartbeat').map((e) => e.type);
+    const close = run.events.find((e) => e.type === 'close');
+    assert.deepEqual({ code: close.code, reconnecting: close.reconnecting, isNewLogin: close.isNewLogin },
+      { code: 515, reconnecting: true, isNewLogin: true });
+    // creds durable before the close, then the new socket: connecting and open, one hello (one process)
+    const at = types.indexOf('close');
+    assert.ok(types.slice(0, at).includes('creds'), types.join(','));
+    assert.deepEqual(types.slice(at + 1, at + 2), ['connecting'], types.join(','));
+    assert.ok(types.slice(at).includes('open'), types.join(','));
+    assert.equal(types.filter((t) => t === 'hello').length, 1);
+    assert.equal(run.events.find((e) => e.type === 'open').me.id, res.jid);
+    // the ending after stdin EOF is an ordinary one: no second reconnect
+    assert.deepEqual(run.events.filter((e) => e.type === 'close').map((e) => [e.code, e.reconnecting ?? false]),
+      [[515, true], [null, false]]);
+    assert.equal(run.code, 0);
+    const state = await sim.call('GET', '/state');
+    assert.equal(state.maxConcurrentAnyDevice, 1); // never two sockets at once
+    for (const ev of run.events) assert.deepEqual(checkEvent(ev), [], JSON.stringify(ev));
+  } finally {
+    await sim.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('open carries serverTime (ms) from the success node; close 515 and exit with BSUP_RESTART_IN_PROCESS=off', { timeout: 60000 }, async () => {
   const sim = await startSim();
   const dir = await mkdtemp(join(tmpdir(), 'bsup-sim-open-'));
   try {
@@ -47,10 +82,11 @@ test('open carries serverTime (ms) from the success node; close 515 after the sc
     let scan;
     const first = await runWorker(authDir, sim.wsUrl, (ev) => {
       if (ev.type === 'qr' && !scan) scan = sim.call('POST', '/scan', { qr: ev.qr, pushName: 'Clock' });
-    });
+    }, { BSUP_RESTART_IN_PROCESS: 'off' });
     assert.equal((await scan).ok, true);
     assert.equal(first.events.at(-1).type, 'close');
     assert.equal(first.events.at(-1).code, 515);
+    assert.equal(first.events.at(-1).reconnecting, undefined);
 
     const before = Date.now();
     const second = await runWorker(authDir, sim.wsUrl, (ev, child) => { if (ev.type === 'open') child.stdin.end(); });

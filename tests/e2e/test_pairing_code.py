@@ -36,16 +36,21 @@ def other_code(code: str) -> str:
     return ("B" if code[0] == "A" else "A") + code[1:]
 
 
-@pytest.mark.parametrize("prewarm", [None, False], ids=["default-prewarm", "no-prewarm"])
+@pytest.mark.parametrize("path", ["in-process", "exit-prewarm", "exit-no-prewarm"])
 def test_code_links_through_the_515_restart_and_a_restart_needs_no_new_code(sim, make_daemon, storage_root: Path,
-                                                                              prewarm):
-    d = make_daemon(sim, **({} if prewarm is None else {"worker": {"prewarm": prewarm}}))
+                                                                              path):
+    # in-process: the product's default (the worker logs in on a new socket itself); exit-*: the worker exits after
+    # the 515 (BSUP_RESTART_IN_PROCESS=off, the fallback path) and the daemon restarts it, with or without a standby
+    worker = {} if path == "in-process" else {"env": {"BSUP_RESTART_IN_PROCESS": "off"},
+                                              "prewarm": path == "exit-prewarm"}
+    d = make_daemon(sim, worker=worker)
     d.start_tenant("1")
     d.wait_qr("1")
     first = d.status("1")
     standby = None
-    if prewarm is None:  # the product's default: the login worker after the 515 is already waiting
+    if path == "exit-prewarm":  # the login worker after the 515 is already waiting
         standby = d.wait_status("1", lambda s: s["standbyPid"], what="standbyPid")["standbyPid"]
+    prewarm = None if path != "exit-no-prewarm" else False  # the CLI path once, the API otherwise
     code = request_code(d, "1", via_cli=prewarm is False)
     res = sim.enter_code(PHONE, f"{code[:4]}-{code[4:]}", pushName="Erin")
     assert res["ok"] is True and res["linked"] is True, res
@@ -53,8 +58,11 @@ def test_code_links_through_the_515_restart_and_a_restart_needs_no_new_code(sim,
     st = d.wait_connected("1")
     assert st["me"]["id"] == res["jid"] and res["jid"].startswith(f"{PHONE}:")
     assert st["pushName"] == "Erin" and st["hasQR"] is False
-    assert st["restarts"] == 1 and st["lastDisconnect"]["code"] == 515
-    assert st["pid"] != first["pid"]
+    assert st["lastDisconnect"]["code"] == 515
+    if path == "in-process":
+        assert st["restarts"] == 0 and st["pid"] == first["pid"] and st["standbyPid"] is None
+    else:
+        assert st["restarts"] == 1 and st["pid"] != first["pid"]
     if standby is not None:
         assert st["pid"] == standby and st["standbyPid"] is None  # promoted, no Node start-up after the link
     assert st["auth"]["registered"] is True
@@ -98,7 +106,7 @@ def test_wrong_code_leaves_the_tenant_waiting_on_the_same_worker(sim, make_daemo
     right = sim.enter_code(PHONE, code)
     assert right["ok"] is True, right
     st = d.wait_connected("1")
-    assert st["me"]["id"] == right["jid"] and st["restarts"] == 1
+    assert st["me"]["id"] == right["jid"] and st["restarts"] == 0 and st["pid"] == before["pid"]  # 515 in-process
 
 
 def test_a_code_never_typed_does_not_turn_into_a_logout_at_the_next_start(sim, make_daemon, storage_root: Path):
