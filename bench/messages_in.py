@@ -9,7 +9,10 @@ its decrypt journal -> `baileys-supervisor run` -> spool -> a local HTTP receive
 Both with the journal on (the default) and off (BSUP_JOURNAL=off, the baseline), in the same invocation, so the
 journal's cost is a ratio measured on the same machine at the same time.
 
-    .venv/bin/python bench/messages_in.py [--count 100] [--rate 10] [--burst 300] [--modes on,off]
+    .venv/bin/python bench/messages_in.py [--count 100] [--rate 10] [--burst 300] [--modes on,off] [--env K=V ...]
+
+--env sets a worker environment variable in every mode (e.g. BSUP_JOURNAL_MAX_UNACKED=1000: how much of the
+journal's cost is its backpressure waiting for the daemon's acks).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def run(mode: str, args: argparse.Namespace) -> dict:
     receiver = Receiver()
     d = None
     try:
-        d = make_daemon_with_webhook(tmp, sim, receiver, "bsup-bench-messages-in", worker_env={"BSUP_JOURNAL": mode})
+        d = make_daemon_with_webhook(tmp, sim, receiver, "bsup-bench-messages-in", worker_env={**args.env, "BSUP_JOURNAL": mode})
         jid = pair(d, sim, "t")["scan"]["jid"]
         contacts = Contacts(sim)
         bob = contacts.new("Bob")
@@ -78,7 +81,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--burst", type=int, default=300)
     ap.add_argument("--modes", default="on,off")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V", help="worker environment, repeatable")
     args = ap.parse_args()
+    if any("=" not in kv for kv in args.env):
+        ap.error("--env takes K=V")
+    args.env = dict(kv.split("=", 1) for kv in args.env)
     results = [run(m, args) for m in args.modes.split(",")]
     for r in results:
         print(json.dumps(r))
