@@ -23,7 +23,7 @@
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { makeAuthFiles, prepareDir } from './auth-files.mjs';
+import { makeAuthFiles, prepareDir, commitGate } from './auth-files.mjs';
 import { openLog } from './journal-log.mjs';
 
 export const TOMBSTONE_MS = 7 * 24 * 3600 * 1000;
@@ -207,12 +207,19 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
       const known = replayed(hash);
       if (known !== undefined) return known;
       await waitForRoom();
-      // Nested into the same transaction as inner's own: the ratchet is committed after our write returns.
-      return keys.transaction(async () => {
-        const pt = await decrypt();
-        await record(hash, pt);
+      // Nested into the same transaction as inner's own, so the ratchet is committed when it ends. The commit's
+      // writes (session, a pkmsg's pre-key removal) start at once but rename/unlink only after the journal entry is
+      // durable (commitGate, auth-files.mjs): journal -> ratchet commit, with the two fsyncs overlapping.
+      const held = {};
+      return commitGate.run(held, async () => {
+        const pt = await keys.transaction(async () => {
+          const plain = await decrypt();
+          held.gate = record(hash, plain);
+          return plain;
+        }, jid);
+        await held.gate;
         return pt;
-      }, jid);
+      });
     };
     return new Proxy(inner, {
       get(target, prop, receiver) {

@@ -1,6 +1,7 @@
 // The journal's append-only log (src/journal-log.mjs) and what journal.mjs builds on it, on real files and real
 // processes: a torn tail is cut off, compaction bounds the segment, the per-file layout of earlier workers is
-// migrated, and a SIGKILL between the durable append and the ack leaves the message to be re-emitted.
+// migrated, a SIGKILL between the durable append and the ack leaves the message to be re-emitted, and a decrypt's
+// ratchet commit becomes visible only after its journal record (commitGate).
 // The Baileys repository and key store are stand-ins here (logic under test: the journal's storage); the real ones
 // run in journal.test.mjs and the e2e kill tests.
 import { test } from 'node:test';
@@ -11,7 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openLog, encodeRecord, decodeRecords } from '../src/journal-log.mjs';
 import { openJournal, hashOf } from '../src/journal.mjs';
-import { makeAuthFiles } from '../src/auth-files.mjs';
+import { makeAuthFiles, commitGate } from '../src/auth-files.mjs';
+import { useAtomicMultiFileAuthState } from '../src/auth-state.mjs';
+import { addTransactionCapability } from '@whiskeysockets/baileys';
+import pino from 'pino';
 
 const tmp = () => mkdtempSync(join(tmpdir(), 'journal-log-'));
 const segments = (dir) => readdirSync(dir).filter((n) => /^seg-\d+\.log$/.test(n)).sort();
@@ -176,5 +180,56 @@ test('decrypts that overlap flushes: each is in the log when it returns (group c
   }));
   assert.deepEqual(missing, []);
   assert.equal(onDisk().size, 40);
+  await j.close();
+});
+
+test('auth files: a write or remove inside commitGate waits for the gate before its rename/unlink', async () => {
+  const dir = tmp();
+  const files = makeAuthFiles(dir, {});
+  await files.write({ v: 0 }, 'session-a.json');
+  await files.write({ v: 0 }, 'pre-key-1.json');
+  let open_;
+  const gate = new Promise((r) => { open_ = r; });
+  const [w, rm] = commitGate.run({ gate }, () => [files.write({ v: 1 }, 'session-a.json'), files.remove('pre-key-1.json')]);
+  // The temp file is written (and fsynced) while the gate is shut; the old file and the pre-key stay as they were.
+  const started = Date.now();
+  while (!readdirSync(dir).some((n) => n.startsWith('.session-a.json.tmp-'))) {
+    assert.ok(Date.now() - started < 30000, 'temp file never written');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.deepEqual(JSON.parse(readFileSync(join(dir, 'session-a.json'), 'utf8')), { v: 0 });
+  assert.ok(readdirSync(dir).includes('pre-key-1.json'));
+  open_();
+  await Promise.all([w, rm]);
+  assert.deepEqual(JSON.parse(readFileSync(join(dir, 'session-a.json'), 'utf8')), { v: 1 });
+  assert.deepEqual(readdirSync(dir).sort(), ['session-a.json']);
+});
+
+test('a decrypt commits its ratchet (session write) only once its journal record is in the log', async () => {
+  const authDir = tmp();
+  const dir = join(authDir, 'journal');
+  const j = await openJournal(authDir);
+  const { state } = await useAtomicMultiFileAuthState(authDir);
+  const seen = [];
+  // The real key store under Baileys' real transaction layer; set() is where the commit lands.
+  const store = { ...state.keys, set: async (data) => {
+    const gate = commitGate.getStore()?.gate;
+    const p = state.keys.set(data);
+    seen.push({ gate: !!gate, logged: null });
+    await gate;
+    const hashes = decodeRecords(readFileSync(join(dir, segments(dir)[0]))).records.map((r) => r.hash);
+    seen.at(-1).logged = hashes.includes(hashOf('msg', Buffer.from('ratchet')));
+    await p;
+  } };
+  const keys = addTransactionCapability(store, pino({ level: 'silent' }), { maxCommitRetries: 1, delayBetweenTriesMs: 1 });
+  const inner = { decryptMessage: async ({ ciphertext }) => {
+    await keys.set({ session: { 'x.0': { ratchet: 1 } } }); // in the transaction: a mutation, committed at its end
+    return Buffer.from(ciphertext);
+  } };
+  j.noteStanza(stanza('R1', 'ratchet'));
+  const pt = await j.wrapRepository(inner, keys).decryptMessage({ type: 'msg', ciphertext: Buffer.from('ratchet'), jid: 'x' });
+  assert.equal(pt.toString(), 'ratchet');
+  assert.deepEqual(seen, [{ gate: true, logged: true }]);
+  assert.deepEqual(JSON.parse(readFileSync(join(authDir, 'session-x.0.json'), 'utf8')), { ratchet: 1 });
   await j.close();
 });
