@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openLog, encodeRecord, decodeRecords } from '../src/journal-log.mjs';
-import { openJournal, hashOf } from '../src/journal.mjs';
+import { openJournal, hashOf, TOMBSTONE_MS } from '../src/journal.mjs';
 import { makeAuthFiles, commitGate } from '../src/auth-files.mjs';
 import { useAtomicMultiFileAuthState } from '../src/auth-state.mjs';
 import { addTransactionCapability } from '@whiskeysockets/baileys';
@@ -232,4 +232,22 @@ test('a decrypt commits its ratchet (session write) only once its journal record
   assert.deepEqual(seen, [{ gate: true, logged: true }]);
   assert.deepEqual(JSON.parse(readFileSync(join(authDir, 'session-x.0.json'), 'utf8')), { ratchet: 1 });
   await j.close();
+});
+
+test('tombstones past TOMBSTONE_MS are dropped at open and leave the log at its next compaction', async () => {
+  const authDir = tmp();
+  const dir = join(authDir, 'journal');
+  mkdirSync(dir, { recursive: true });
+  const log = await openLog(dir);
+  const old = Date.now() - TOMBSTONE_MS - 60000;
+  for (let i = 0; i < 10; i++) await log.append({ ...tomb(i), acked: old });
+  await log.append(tomb(10));
+  await log.append(entry(11), true);
+  await log.close();
+  const j = await openJournal(authDir, { compactMinBytes: 1 }); // every flush compacts
+  assert.equal(j.size, 2);
+  await j.ack(['r11']); // a flush: compaction writes the live records only
+  await j.close();
+  const hashes = segments(dir).flatMap((n) => decodeRecords(readFileSync(join(dir, n))).records.map((r) => r.hash));
+  assert.deepEqual(hashes.sort(), ['h10', 'h11']);
 });
