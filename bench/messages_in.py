@@ -4,12 +4,17 @@ its decrypt journal -> `baileys-supervisor run` -> spool -> a local HTTP receive
   latency      contact send (before the simulator's POST /contacts/send) -> the webhook request received, at a
                steady --rate msg/s (default 10) for --count messages; p50/p95/max
   sustained    --burst messages queued while the tenant is stopped, then started: first -> last webhook arrival,
-               msg/s through decrypt + journal + receipt + upsert + line + spool + ack + POST (one tenant)
+               msg/s through decrypt + journal + receipt + upsert + line + spool + ack + POST (one tenant);
+               `intake_msg_s`: the worker's part alone, the rate the simulator's queue for the tenant drains at
+               (a message leaves it on the worker's receipt), polled every 0.1 s
 
 Both with the journal on (the default) and off (BSUP_JOURNAL=off, the baseline), in the same invocation, so the
 journal's cost is a ratio measured on the same machine at the same time.
 
-    .venv/bin/python bench/messages_in.py [--count 100] [--rate 10] [--burst 300] [--modes on,off]
+    .venv/bin/python bench/messages_in.py [--count 100] [--rate 10] [--burst 300] [--modes on,off] [--env K=V ...]
+
+--env sets a worker environment variable in every mode (e.g. BSUP_JOURNAL_MAX_UNACKED=1000: how much of the
+journal's cost is its backpressure waiting for the daemon's acks).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +40,7 @@ def run(mode: str, args: argparse.Namespace) -> dict:
     receiver = Receiver()
     d = None
     try:
-        d = make_daemon_with_webhook(tmp, sim, receiver, "bsup-bench-messages-in", worker_env={"BSUP_JOURNAL": mode})
+        d = make_daemon_with_webhook(tmp, sim, receiver, "bsup-bench-messages-in", worker_env={**args.env, "BSUP_JOURNAL": mode})
         jid = pair(d, sim, "t")["scan"]["jid"]
         contacts = Contacts(sim)
         bob = contacts.new("Bob")
@@ -58,13 +64,32 @@ def run(mode: str, args: argparse.Namespace) -> dict:
         burst = [f"burst {i:05d}" for i in range(args.burst)]
         for t in burst:
             contacts.send(bob, jid, t)
+        queue_len: list[tuple[float, int]] = []
+        done = threading.Event()
+
+        def poll_queue() -> None:
+            while not done.is_set():
+                q = sim.call("GET", "/mailbox")["devices"].get(jid, {}).get("queue", [])
+                queue_len.append((time.monotonic(), len(q)))
+                if not q:
+                    return
+                done.wait(0.1)
+
+        poller = threading.Thread(target=poll_queue, daemon=True)
         d.start_tenant("t")
+        poller.start()
         wait_for(lambda: all(t in set(receiver.texts("t")) for t in burst), 300, "burst", interval=0.2)
+        done.set()
+        poller.join(5)
+        # From the last poll that saw the whole burst queued to the first that saw the queue empty.
+        t_start = max((t for t, n in queue_len if n >= len(burst)), default=queue_len[0][0])
+        t_end = min((t for t, n in queue_len if n == 0), default=float("nan"))
+        intake = len(burst) / (t_end - t_start) if t_end > t_start else float("nan")
         times = sorted(m["t"] for m in receiver.messages("t") if m["text"] in set(burst))
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
         return {"mode": mode, "latency_ms": {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
                                              "max": round(max(lat), 1), "n": len(lat)},
-                "sustained_msg_s": round(rate, 1), "burst": len(times)}
+                "sustained_msg_s": round(rate, 1), "intake_msg_s": round(intake, 1), "burst": len(times)}
     finally:
         if d is not None:
             d.stop()
@@ -78,7 +103,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--burst", type=int, default=300)
     ap.add_argument("--modes", default="on,off")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V", help="worker environment, repeatable")
     args = ap.parse_args()
+    if any("=" not in kv for kv in args.env):
+        ap.error("--env takes K=V")
+    args.env = dict(kv.split("=", 1) for kv in args.env)
     results = [run(m, args) for m in args.modes.split(",")]
     for r in results:
         print(json.dumps(r))
@@ -86,7 +115,8 @@ def main() -> None:
         on, off = results
         print(json.dumps({"journal_cost": {
             "p50_ratio_on_off": round(on["latency_ms"]["p50"] / off["latency_ms"]["p50"], 2),
-            "sustained_ratio_on_off": round(on["sustained_msg_s"] / off["sustained_msg_s"], 2)}}))
+            "sustained_ratio_on_off": round(on["sustained_msg_s"] / off["sustained_msg_s"], 2),
+            "intake_ratio_on_off": round(on["intake_msg_s"] / off["intake_msg_s"], 2)}}))
 
 
 if __name__ == "__main__":

@@ -12,17 +12,26 @@
 //   - onDurable(name, text|null) (cluster mode, state-sync.mjs): called once a write/remove is durable, in the file's
 //     order; the write's promise then also waits for the promise it returns (the daemon's commit), outside the
 //     file's queue.
+//   - a write or remove made inside commitGate.run({gate}, ...) waits for `gate` (a promise) before its rename or
+//     unlink; the temp file is written and fsynced meanwhile. The decrypt journal (journal.mjs) uses it so the
+//     ratchet commit of a decrypt overlaps the journal's fdatasync yet becomes visible only after it.
 //   - writeNow() does the same steps synchronously: the file is durable when it returns, before any other code
 //     runs (creds.json: Baileys sends the pair-success reply right after emitting creds.update; README "Creds").
 import { open, rename, readFile, unlink, mkdir, stat, readdir } from 'node:fs/promises';
 import { openSync, writeFileSync, fsyncSync, closeSync, renameSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { BufferJSON } from '@whiskeysockets/baileys';
 
 /** Stock Baileys' file name escaping ('/' -> '__', ':' -> '-'), so stock and our directories are the same. */
 export const fixFileName = (file) => file?.replace(/\//g, '__')?.replace(/:/g, '-');
 
 const TMP_RE = /^\..+\.tmp-\d+-\d+$/;
+
+/** {gate: Promise} for the writes and removes made in its context (header). `gate` may be set after run() began:
+ *  it is read when the write is queued. */
+export const commitGate = new AsyncLocalStorage();
+const gateNow = () => commitGate.getStore()?.gate;
 
 /** A tiny counting semaphore: caps open temp files (812 pre-keys are written at once on first login). */
 export function makeLimiter(max) {
@@ -132,7 +141,7 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
   const toStore = (name, text) => (onDurable ? [onDurable(name, text)] : null);
   const settled = (p) => p.then((r) => r?.[0]);
 
-  const writeAtomic = async (filePath, name, text, durable = true) => {
+  const writeAtomic = async (filePath, name, text, durable = true, gate = null) => {
     const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
     await limit(async () => {
       const fh = await open(tmp, 'wx', 0o600);
@@ -142,13 +151,14 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
       } finally {
         await fh.close();
       }
-      try {
-        await rename(tmp, filePath);
-      } catch (err) {
-        await unlink(tmp).catch(() => {});
-        throw err;
-      }
     });
+    try {
+      if (gate) await gate;
+      await rename(tmp, filePath);
+    } catch (err) {
+      await unlink(tmp).catch(() => {});
+      throw err;
+    }
     if (durable) await syncDir();
   };
 
@@ -156,17 +166,19 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
     const name = fixFileName(file);
     const filePath = join(folder, name);
     const queued = queuedWrite.get(filePath);
+    const gate = gateNow();
     if (queued) {
       // Not started yet: the newest data replaces it, one write instead of two, order unchanged.
       queued.data = data;
       queued.durable ||= durable;
+      if (gate) queued.gate = queued.gate ? Promise.all([queued.gate, gate]) : gate;
       return queued.promise;
     }
-    const op = { data, durable, promise: null };
+    const op = { data, durable, gate, promise: null };
     op.promise = queue.track(settled(queue.enqueue(filePath, async () => {
       if (queuedWrite.get(filePath) === op) queuedWrite.delete(filePath);
       const text = JSON.stringify(op.data, BufferJSON.replacer);
-      await writeAtomic(filePath, name, text, op.durable);
+      await writeAtomic(filePath, name, text, op.durable, op.gate);
       return toStore(name, text);
     })));
     queuedWrite.set(filePath, op);
@@ -178,7 +190,9 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
     const name = fixFileName(file);
     const filePath = join(folder, name);
     queuedWrite.delete(filePath); // a later write must not be merged into one queued before this remove
+    const gate = gateNow();
     const p = queue.track(settled(queue.enqueue(filePath, async () => {
+      if (gate) await gate;
       try {
         await unlink(filePath);
       } catch (err) {

@@ -8,18 +8,23 @@
 // server delivers again (its receipt was lost) is answered from the journal instead of libsignal, which would
 // fail it (pkmsg: 487, msg: "No matching sessions" + a CIPHERTEXT stub).
 //
-// Entries live in <auth>/journal/<hash>.json, written with the auth store's atomic writer (auth-files.mjs).
-//   - unacked: {hash, ref, msgKey, seq, at, envelope, pt}; kept until the daemon's `ack` names its ref (it is the
-//     only copy of the message), re-emitted at every start (`recovered: true`) and on `replay`.
-//   - acked: a tombstone {hash, ref, msgKey, at, acked} without envelope or plaintext; a redelivered stanza gets
-//     an empty plaintext (Baileys sends its receipt, we drop the upsert). Tombstones are deleted after
-//     TOMBSTONE_MS or beyond MAX_TOMBSTONES, oldest first.
+// Entries live in the append-only log <auth>/journal/seg-<n>.log (journal-log.mjs: one fdatasync per decrypt,
+// shared by decrypts that land together; a torn tail is detected by length + checksum and cut off).
+//   - unacked: {hash, ref, msgKey, seq, at, envelope, pt}; durable before decrypt returns; kept until the daemon's
+//     `ack` names its ref (it is the only copy of the message), re-emitted at every start (`recovered: true`) and
+//     on `replay`.
+//   - acked: a tombstone record {hash, ref, msgKey, at, acked} without envelope or plaintext, appended unsynced; a
+//     redelivered stanza gets an empty plaintext (Baileys sends its receipt, we drop the upsert). Tombstones are
+//     forgotten after TOMBSTONE_MS or beyond MAX_TOMBSTONES, oldest first, and vanish at the next compaction.
+// Migration: the previous layout, one <auth>/journal/<hash>.json per entry (atomic writer, auth-files.mjs), is
+// read at open, copied into a new segment (durably), then its files are deleted; unacked ones are re-emitted.
 // Backpressure: a stanza that would need libsignal waits while `maxUnacked` entries are unacked (the daemon's
 // spool is full or its acks stall): no decrypt, no receipt, and WhatsApp keeps the rest queued.
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { makeAuthFiles, prepareDir } from './auth-files.mjs';
+import { makeAuthFiles, prepareDir, commitGate } from './auth-files.mjs';
+import { openLog } from './journal-log.mjs';
 
 export const TOMBSTONE_MS = 7 * 24 * 3600 * 1000;
 export const MAX_TOMBSTONES = 5000;
@@ -66,10 +71,11 @@ export function killAfterDecrypts(inner, n) {
 }
 
 export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked = DEFAULT_MAX_UNACKED,
-  killAfterWrites = 0, now = Date.now } = {}) {
+  killAfterWrites = 0, now = Date.now, compactMinBytes } = {}) {
   const dir = join(authDir, 'journal');
   await prepareDir(dir);
-  const files = makeAuthFiles(dir, { onWriteError });
+  const legacy = makeAuthFiles(dir, { onWriteError }); // the per-file layout: read once, then deleted
+  const log = await openLog(dir, { compactMinBytes });
   const entries = new Map(); // hash -> entry (unacked or tombstone)
   const byRef = new Map(); // ref -> Set of hashes (a message with several enc children has several entries)
   const envelopes = new Map(); // hash -> stanza attrs + enc attrs, from the CB:message listener (this process)
@@ -97,18 +103,30 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     byRef.get(e.ref).add(e.hash);
   };
 
+  const load = (e) => {
+    if (entries.get(e.hash)?.acked && !e.acked) return; // an ack is final, in whichever file it was found
+    put(e);
+    seq = Math.max(seq, e.seq ?? 0);
+    if (!e.acked && e.envelope?.attrs?.id) byWaId.set(e.envelope.attrs.id, e.ref);
+  };
+  for (const e of log.live.values()) load(e);
+  const migrated = [];
   for (const name of await readdir(dir)) {
     if (!name.endsWith('.json')) continue;
     let e;
     try {
-      e = await files.read(name);
+      e = await legacy.read(name);
     } catch {
       continue; // unreadable: the atomic writer never leaves a torn file, so this is foreign; leave it alone
     }
     if (!e?.hash) continue;
-    put(e);
-    seq = Math.max(seq, e.seq ?? 0);
-    if (!e.acked && e.envelope?.attrs?.id) byWaId.set(e.envelope.attrs.id, e.ref);
+    load(e);
+    log.append(entries.get(e.hash));
+    migrated.push(name);
+  }
+  if (migrated.length) {
+    await log.compactNow(); // durable in the log before the old files go
+    await Promise.all(migrated.map((name) => legacy.remove(name))); // one shared directory fsync
   }
 
   const unacked = () => [...entries.values()].filter((e) => !e.acked);
@@ -130,7 +148,7 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     tombs.forEach((e, i) => {
       if (e.acked < cutoff || i < tombs.length - MAX_TOMBSTONES) {
         drop(e);
-        files.remove(`${e.hash}.json`).catch(() => {});
+        log.forget(e.hash); // gone from the log at its next compaction
       }
     });
   };
@@ -156,8 +174,9 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     if (envelope?.attrs?.id) byWaId.set(envelope.attrs.id, ref);
     const entry = { hash, ref, msgKey: sk, seq: ++seq, at: now(), envelope, pt: Buffer.from(pt).toString('base64') };
     try {
-      await files.write(entry, `${hash}.json`); // durable (fsync, rename, dir fsync) before the caller returns
-    } catch {
+      await log.append(entry, true); // durable (fdatasync of the log) before the caller returns
+    } catch (err) {
+      onWriteError(err);
       // onWriteError (the worker: fatal auth_write_failed) ends the process. Never return: a throw here would make
       // Baileys answer with an error ack, and the server drops what it gets an ack for.
       await new Promise(() => {});
@@ -188,12 +207,19 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
       const known = replayed(hash);
       if (known !== undefined) return known;
       await waitForRoom();
-      // Nested into the same transaction as inner's own: the ratchet is committed after our write returns.
-      return keys.transaction(async () => {
-        const pt = await decrypt();
-        await record(hash, pt);
+      // Nested into the same transaction as inner's own, so the ratchet is committed when it ends. The commit's
+      // writes (session, a pkmsg's pre-key removal) start at once but rename/unlink only after the journal entry is
+      // durable (commitGate, auth-files.mjs): journal -> ratchet commit, with the two fsyncs overlapping.
+      const held = {};
+      return commitGate.run(held, async () => {
+        const pt = await keys.transaction(async () => {
+          const plain = await decrypt();
+          held.gate = record(hash, plain);
+          return plain;
+        }, jid);
+        await held.gate;
         return pt;
-      }, jid);
+      });
     };
     return new Proxy(inner, {
       get(target, prop, receiver) {
@@ -241,20 +267,21 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
         const tomb = { hash: e.hash, ref: e.ref, msgKey: e.msgKey, at: e.at, acked: t };
         put(tomb);
         byStanza.delete(e.msgKey); // only needed while its enc children are decrypted
-        // Atomic, not fsynced: losing it to a power cut only re-emits the message (deduplicated by its event id).
-        writes_.push(files.write(tomb, `${e.hash}.json`, { durable: false }));
+        // Not fsynced: losing it to a power cut only re-emits the message (deduplicated by its event id).
+        writes_.push(log.append(tomb)); // one flush for the whole ack: the same promise
       }
     }
     wake();
     pruneTombstones();
     // byWaId maps an upsert to its ref, also for a late redelivery: keep the newest ids only.
     while (byWaId.size > 10000) byWaId.delete(byWaId.keys().next().value);
-    await Promise.allSettled(writes_);
+    for (const p of new Set(writes_)) await p.catch((err) => onWriteError(err));
   };
 
   return {
     noteStanza, wrapRepository, refFor, pending, ack,
-    flush: files.flush,
+    flush: log.flush,
+    close: log.close,
     get unacked() { return unackedCount; },
     get size() { return entries.size; },
   };

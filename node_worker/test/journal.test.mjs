@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { startSim, pairAndLogin, openClient, until, MESSAGING_CLIENT } from '../../tests/wa_sim/harness.mjs';
 import { B } from '../../tests/wa_sim/baileys.mjs';
 import { openJournal } from '../src/journal.mjs';
+import { decodeRecords } from '../src/journal-log.mjs';
 
 let sim;
 before(async () => { sim = await startSim(); });
@@ -18,6 +19,15 @@ const journaled = (journal) => ({
   ...MESSAGING_CLIENT,
   makeSignalRepository: (auth, logger, pn) => journal.wrapRepository(base(auth, logger, pn), auth.keys),
 });
+/** The journal's state as a fresh reader sees it on disk: hash -> newest record (the log, all segments). */
+const onDisk = (authDir) => {
+  const dir = join(authDir, 'journal');
+  const state = new Map();
+  for (const n of readdirSync(dir).filter((x) => /^seg-\d+\.log$/.test(x)).sort()) {
+    for (const r of decodeRecords(readFileSync(join(dir, n))).records) state.set(r.hash, r);
+  }
+  return state;
+};
 const deviceOf = async (jid) => (await sim.control('GET', '/mailbox')).devices[jid];
 
 /** Pair, reply once (so the contact's next message is a `msg`), then lose the receipt of that `msg`. */
@@ -42,10 +52,10 @@ test('a redelivered msg is answered from the journal: normal receipt, no error a
   const authDir = (await import('../../tests/wa_sim/harness.mjs')).tmpAuthDir();
   const j1 = await openJournal(authDir);
   const { r, sent } = await msgWithLostReceipt({ ...journaled(j1), authDir }, j1);
-  const files = readdirSync(join(authDir, 'journal')).filter((n) => n.endsWith('.json'));
-  assert.equal(files.length, 2); // the pkmsg and the msg, both unacked
-  const entry = files.map((n) => JSON.parse(readFileSync(join(authDir, 'journal', n), 'utf8')))
-    .find((e) => e.envelope.attrs.id === sent.id);
+  const records = [...onDisk(authDir).values()];
+  assert.equal(records.length, 2); // the pkmsg and the msg, both unacked
+  assert.ok(records.every((e) => !e.acked));
+  const entry = records.find((e) => e.envelope.attrs.id === sent.id);
   assert.equal(entry.envelope.enc.type, 'msg');
 
   // The next worker: a new journal on the same directory, a new socket. What it would re-emit at start:
@@ -67,7 +77,8 @@ test('a redelivered msg is answered from the journal: normal receipt, no error a
   // Acked: a tombstone without plaintext, and nothing waits any more.
   await j2.ack(pending.map((p) => p.ref));
   assert.equal(j2.unacked, 0);
-  const after = JSON.parse(readFileSync(join(authDir, 'journal', `${entry.hash}.json`), 'utf8'));
+  await j2.flush();
+  const after = onDisk(authDir).get(entry.hash);
   assert.equal(after.pt, undefined);
   assert.equal(after.envelope, undefined);
   assert.ok(after.acked > 0);

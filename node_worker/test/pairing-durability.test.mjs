@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { decodeRecords } from '../src/journal-log.mjs';
 import { mkdtemp, rm, rename } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,12 +59,16 @@ function linkedAs(creds, dev) {
 }
 
 /** Every file in the auth dir and its sub-directories (the decrypt journal, the sent store) parses (temp files of a
- *  killed writer excepted: the next start deletes them). */
+ *  killed writer excepted: the next start deletes them); the journal's log segments record by record, to the end. */
 function unparsable(authDir) {
   return readdirSync(authDir, { recursive: true, withFileTypes: true })
     .filter((e) => e.isFile() && !e.name.includes('.tmp-'))
     .map((e) => join(e.parentPath ?? e.path, e.name))
     .filter((file) => {
+      if (/\/seg-\d+\.log$/.test(file)) {
+        const buf = readFileSync(file);
+        return decodeRecords(buf).end !== buf.length;
+      }
       try { JSON.parse(readFileSync(file, 'utf8'), BufferJSON.reviver); return false; } catch { return true; }
     });
 }

@@ -9,6 +9,7 @@ E2E_KILLS scales the kill tests (default: 100 kills in all, as the issue asks)."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -89,7 +90,17 @@ def test_contact_messages_reach_the_webhook_with_text_and_a_stable_key(sim, rece
     assert contacts.queued(jid) == 0 and contacts.error_acks(jid) == {}
     # The journal only keeps tombstones once the daemon acked (no plaintext left behind).
     jdir = tmp_path / "storage" / "whatsapp" / "t" / "auth" / "journal"
-    wait_for(lambda: all('"pt"' not in p.read_text() for p in jdir.glob("*.json")), 10, "acked journal entries")
+
+    def journal_state() -> dict[str, dict]:  # hash -> newest record (node_worker/src/journal-log.mjs's lines)
+        state = {}
+        for seg in sorted(jdir.glob("seg-*.log")):
+            for line in seg.read_text().splitlines():
+                rec = json.loads(line.split(" ", 2)[2])
+                state[rec["hash"]] = rec
+        return state
+
+    wait_for(lambda: len(journal_state()) == 2 and all("pt" not in r and r.get("acked") for r in journal_state().values()),
+             10, "acked journal entries")
 
 
 def test_twenty_offline_messages_arrive_in_order_once(sim, receiver, contacts, make_msg_daemon, tmp_path):
