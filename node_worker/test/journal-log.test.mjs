@@ -6,7 +6,7 @@
 // run in journal.test.mjs and the e2e kill tests.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, readdirSync, readFileSync, appendFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, readdirSync, readFileSync, appendFileSync, statSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +17,9 @@ import { useAtomicMultiFileAuthState } from '../src/auth-state.mjs';
 import { addTransactionCapability } from '@whiskeysockets/baileys';
 import pino from 'pino';
 
-const tmp = () => mkdtempSync(join(tmpdir(), 'journal-log-'));
+const dirs = [];
+const tmp = () => { const d = mkdtempSync(join(tmpdir(), 'journal-log-')); dirs.push(d); return d; };
+process.on('exit', () => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
 const segments = (dir) => readdirSync(dir).filter((n) => /^seg-\d+\.log$/.test(n)).sort();
 const entry = (i, extra = {}) => ({ hash: `h${i}`, ref: `r${i}`, msgKey: `k${i}`, seq: i, at: 1000 + i,
   envelope: { attrs: { id: `ID${i}`, from: 'x@s.whatsapp.net' }, enc: { type: 'msg' } }, pt: 'AQ==', ...extra });

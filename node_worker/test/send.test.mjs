@@ -3,12 +3,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as baileys from '@whiskeysockets/baileys';
 import { checkEvent } from '../src/protocol.mjs';
 import { makeSender, receiptIds, receiptStatus } from '../src/send.mjs';
+
+const dirs = [];
+const tmp = () => { const d = mkdtempSync(join(tmpdir(), 'send-')); dirs.push(d); return d; };
+process.on('exit', () => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
 
 const TO = '15551000001@s.whatsapp.net';
 
@@ -38,7 +42,7 @@ test('receipt helpers', () => {
 });
 
 test('each status source alone moves a sent message forward, never back; unknown ids are ignored', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'send-'));
+  const dir = tmp();
   const { w, sock, events } = fakeWorker(dir);
   const s = makeSender(w);
   await s.open();
@@ -63,7 +67,7 @@ test('each status source alone moves a sent message forward, never back; unknown
 });
 
 test('getMessage answers from the sent store, also in the next process; a miss is undefined', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'send-'));
+  const dir = tmp();
   const first = fakeWorker(dir);
   const s1 = makeSender(first.w);
   await s1.open();
@@ -82,7 +86,7 @@ test('getMessage answers from the sent store, also in the next process; a miss i
 });
 
 test('a repeated send of the same id while the first runs puts one copy on the wire', async () => {
-  const { w, sock } = fakeWorker(mkdtempSync(join(tmpdir(), 'send-')));
+  const { w, sock } = fakeWorker(tmp());
   const s = makeSender(w);
   await s.open();
   const [a, b] = await Promise.all([s.send({ to: TO, text: 'x', waId: 'DD01' }), s.send({ to: TO, text: 'x', waId: 'DD01' })]);
@@ -94,7 +98,7 @@ test('a repeated send of the same id while the first runs puts one copy on the w
 });
 
 test('a number without WhatsApp: failed, nothing sent', async () => {
-  const { w, sock } = fakeWorker(mkdtempSync(join(tmpdir(), 'send-')), { onWhatsApp: false });
+  const { w, sock } = fakeWorker(tmp(), { onWhatsApp: false });
   const s = makeSender(w);
   await s.open();
   assert.deepEqual(await s.send({ to: TO, text: 'x', waId: 'CC01' }),
