@@ -52,6 +52,34 @@ CREATE TABLE tenant_kv (                       -- fenced tenant state (creds.jso
     PRIMARY KEY (tenant_id, k)
 );
 """),
+    # The webhook spool (cluster/spool.py): the SQLite spool's tables, shared by the nodes. Self-contained: renumber
+    # freely when merging with other migrations.
+    (2, """
+CREATE TABLE webhook_pending (
+    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- delivery order per tenant; never reused
+    tenant_id  text NOT NULL,
+    key        text NOT NULL UNIQUE,           -- transport uuid: the Idempotency-Key of an item without event_id
+    body       text NOT NULL,                  -- the payload as JSON text
+    size       integer NOT NULL,               -- UTF-8 bytes of body, for max_bytes
+    created_at double precision NOT NULL,      -- epoch s at put
+    event_id   text,                           -- the message's stable id = its Idempotency-Key
+    epoch      bigint NOT NULL                 -- the putting owner's epoch (committed only while current)
+);
+CREATE INDEX webhook_pending_by_tenant ON webhook_pending (tenant_id, seq);
+CREATE UNIQUE INDEX webhook_pending_by_event ON webhook_pending (tenant_id, event_id) WHERE event_id IS NOT NULL;
+CREATE TABLE webhook_dead_letter (
+    seq        bigint PRIMARY KEY,
+    tenant_id  text NOT NULL,
+    key        text NOT NULL,
+    body       text NOT NULL,
+    size       integer NOT NULL,
+    created_at double precision NOT NULL,
+    event_id   text,
+    status     integer,                        -- the HTTP status that rejected it
+    attempts   integer NOT NULL,
+    dead_at    double precision NOT NULL
+);
+"""),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -9,6 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 
+# The one epoch check: the owner row at our epoch, held FOR SHARE until commit (a bump needs FOR UPDATE).
+OWNER_ROW_SQL = "SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s FOR SHARE"
+
+
 class Fenced(Exception):
     """This node does not own the tenant at that epoch (taken over, released, or our lease lapsed)."""
 
@@ -19,8 +23,7 @@ async def fenced_tx(conn: Any, tid: str, node_id: str, epoch: int) -> AsyncItera
     SHARE on the owner row at `epoch`, so a concurrent bump (FOR UPDATE) waits for our commit and a write after the
     bump finds no row. Raises Fenced (the transaction rolls back)."""
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s FOR SHARE",
-                          (tid, node_id, epoch))
+        await cur.execute(OWNER_ROW_SQL, (tid, node_id, epoch))
         if await cur.fetchone() is None:
             raise Fenced(tid)
         yield cur
