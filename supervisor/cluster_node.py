@@ -66,6 +66,7 @@ class ClusterNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poll: asyncio.Task[None] | None = None
         self._conn: Any = None
+        self.webhook: Any = None  # the WebhookForwarder (PgSpool) once made: delivers only the tenants we own
 
     # -- life ----------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,10 +109,16 @@ class ClusterNode:
     def may_spawn(self, tid: str) -> bool:
         return self.own.fence.valid() and tid in self.own.owned
 
+    def epoch_now(self, tid: str) -> int | None:
+        """Our epoch for `tid` while we own it with a valid lease (the webhook spool's fenced puts; any thread)."""
+        return self.own.owned.get(tid) if self.own.fence.valid() else None
+
     async def _gain(self, tid: str, epoch: int) -> None:
         task = asyncio.create_task(self._start_here(tid), name=f"gain:{tid}")  # on_gain only schedules
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self.webhook is not None:
+            self.webhook.resume(tid)  # leftover items, e.g. of a dead owner (before it exists: its start() does)
 
     async def _start_here(self, tid: str) -> None:
         try:
@@ -121,6 +128,8 @@ class ClusterNode:
                       message=str(exc)[:300])
 
     async def _lose(self, tid: str, epoch: int) -> None:
+        if self.webhook is not None:
+            await self.webhook.pause(tid)
         if tid in self.sup.tenants:
             await self.sup.stop_here(tid, "not_owner")
 
