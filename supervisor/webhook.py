@@ -11,7 +11,7 @@ Interface for the daemon:
                                         # event_id: the Idempotency-Key; one pending row per event id; after a
                                         # SpoolFull the tenant's event-id puts are refused until unblock()
                                         # (gated=False: not these, not that one; the outbox's status items)
-    fw.has_room()                       # the bound is not reached
+    fw.has_room()                       # the bound is not reached; await fw.room(): the same, counters re-read
     await fw.unblock(tenant)            # accept that tenant's messages again (queued after its pending puts)
     fw.depth                            # pending items
     await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
@@ -170,6 +170,17 @@ class WebhookForwarder:
 
     def has_room(self) -> bool:
         return self._spool is not None and self._spool.has_room()
+
+    async def room(self) -> bool:
+        """has_room() after re-reading counters that other nodes change (the PgSpool's `refresh`; the SQLite spool's
+        are exact and it has none). For the wait of a held tenant."""
+        refresh = getattr(self._spool, "refresh", None)
+        if refresh is not None and self._started and not self._closing:
+            try:
+                await self._db(refresh)
+            except SpoolError:  # the store away: the old counters answer; the next poll tries again
+                pass
+        return self.has_room()
 
     async def unblock(self, tenant: str) -> None:
         if self._spool is not None and self._started and not self._closing:

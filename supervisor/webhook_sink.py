@@ -118,7 +118,7 @@ class MessageSink:
 
     async def _release(self, tid: str) -> None:
         try:
-            while not self.forwarder.has_room():
+            while not await self.forwarder.room():
                 await asyncio.sleep(self.ROOM_POLL)
             await self.forwarder.unblock(tid)
         finally:

@@ -90,6 +90,11 @@ class PgSpool:
     def open(self) -> None:
         self._count(force=True)
 
+    @_db_errors
+    def refresh(self) -> None:
+        """Re-read the cluster-wide counters if stale: `has_room` runs on the event loop and cannot query."""
+        self._count()
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -160,14 +165,13 @@ class PgSpool:
 
     @_db_errors
     def dead_letter(self, item: Item, status: int | None, attempts: int, now: float) -> int:
-        with self.db.transaction(), self.db.cursor() as cur:  # copy + delete at once: in exactly one table
-            cur.execute("DELETE FROM webhook_pending WHERE seq = %s RETURNING size", (item.seq,))
-            row = cur.fetchone()
-            cur.execute(
-                "INSERT INTO webhook_dead_letter (seq, tenant_id, key, body, size, created_at, event_id, status,"
-                " attempts, dead_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING",
-                (item.seq, item.tenant, item.key, item.body, len(item.body.encode()), item.created_at, item.event_id,
-                 status, attempts, now))
+        # One statement: the row moves (is in exactly one table); a row already gone (delivered by another node)
+        # leaves no dead letter.
+        row = self.db.execute(
+            "WITH d AS (DELETE FROM webhook_pending WHERE seq = %s RETURNING *) INSERT INTO webhook_dead_letter"
+            " (seq, tenant_id, key, body, size, created_at, event_id, status, attempts, dead_at)"
+            " SELECT seq, tenant_id, key, body, size, created_at, event_id, %s, %s, %s FROM d"
+            " ON CONFLICT (seq) DO NOTHING RETURNING size", (item.seq, status, attempts, now)).fetchone()
         if row is not None:
             self.depth, self.bytes = max(0, self.depth - 1), max(0, self.bytes - row[0])
         return self.depth

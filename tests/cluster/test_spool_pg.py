@@ -109,6 +109,15 @@ def test_dead_letter_moves_row(make):
     assert spool.dead_letter_count() == 1 and spool.dead_letters("other") == []
 
 
+def test_dead_letter_of_a_row_already_gone_leaves_none(make):
+    """Another node delivered (and deleted) it meanwhile: no dead letter for a delivered item."""
+    spool = make()
+    item, _ = spool.put("t", body(1), 5.0)
+    spool.delete(item.seq)
+    assert spool.dead_letter(item, 422, 1, 6.0) == 0
+    assert spool.dead_letter_count() == 0 and spool.depth == 0
+
+
 def test_one_pending_row_per_event_id(make):
     spool = make()
     a, _ = spool.put("t", body(1), 0.0, event_id="e1")

@@ -129,3 +129,30 @@ async def test_a_fenced_node_stops_delivering_without_on_lose(node, target):
     await until(lambda: "t" not in fw._tasks)
     target["up"] = True
     assert target["got"] == [] and pending(dsn) == [("t", 0)]
+
+
+async def test_a_held_tenant_is_released_when_another_node_makes_room(pg_dsn, cluster_settings, target):
+    """The bound counts the whole cluster's rows; room made by another node's delivery releases a held tenant (the
+    counters are re-read while it waits, not only on this node's own spool calls)."""
+    _setup_db(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("INSERT INTO tenant_owner (tenant_id, owner, epoch) VALUES ('w', 'n2', 5)")
+    other = PgSpool(cluster_settings("n2"), {"w": 5}.get)
+    other.open()
+    row = other.put("w", json.dumps(msg(9)), 0.0, event_id="ew")[0]
+    fw = WebhookForwarder(WebhookSettings(url=target["url"], max_items=1),
+                          spool=PgSpool(cluster_settings("n1"), {"t": 1}.get, max_items=1), owns=lambda t: t == "t")
+    await fw.start()
+    commands: list[tuple] = []
+    sink = MessageSink(fw, lambda tid, cmd, **kw: commands.append((tid, cmd, kw)) or True)
+    sink.ROOM_POLL = 0.05
+    try:
+        sink("t", msg(1))
+        await until(lambda: "t" in sink.held)  # full: not acked, held
+        assert commands == []
+        other.delete(row.seq)  # n2 delivered its item
+        await until(lambda: ("t", "replay", {}) in commands)
+    finally:
+        other.close()
+        await sink.drain()
+        await fw.aclose()
