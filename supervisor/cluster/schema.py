@@ -2,8 +2,8 @@
 transaction-scoped advisory lock so several daemons starting at once apply each one once); `python -m
 supervisor.cluster db upgrade --config FILE` does the same by hand. A database newer than this code is refused.
 
-Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys). The decrypt journal, the outbox
-and the webhook spool are later versions (docs/cluster.md "Not done yet"); every such table carries `tenant_id` and is
+Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys); version 2 the webhook spool
+(cluster/spool.py). The decrypt journal and the outbox are later versions (docs/cluster.md "Not done yet"); every such table carries `tenant_id` and is
 written only through `ownership.fenced()`, which checks the writer's epoch on `tenant_owner` in the same transaction.
 """
 

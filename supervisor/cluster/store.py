@@ -1,6 +1,6 @@
 """Fenced tenant state in PostgreSQL: the one epoch check (`fenced_tx`) and the key/value table (creds.json, Signal
-keys: one row per file of the stock multi-file auth layout). Later versions add the decrypt journal, the outbox and
-the webhook spool here, every write inside `fenced_tx` (docs/cluster.md "Not done yet")."""
+keys: one row per file of the stock multi-file auth layout). The webhook spool (cluster/spool.py) uses the same check
+(`OWNER_ROW_SQL`) on its sync connection; the decrypt journal and the outbox come later (docs/cluster.md)."""
 
 from __future__ import annotations
 
