@@ -17,10 +17,7 @@ Interface for the daemon:
     await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
     await fw.stats()                    # {"enabled", "queued", "deadLetters", "refused"}: GET /webhook
     await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
-    fw.resume(tenant); await fw.pause(tenant)   # cluster mode: start / stop delivering a gained / lost tenant
-
-Cluster mode (docs/webhook.md): `spool=` a PgSpool (supervisor/cluster/spool.py, rows shared by the nodes) and
-`owns(tenant)`: only tenants this node owns (with a valid lease) are delivered; the check runs before every POST.
+    fw.resume(t); await fw.pause(t)     # cluster mode (spool=PgSpool, owns=): deliver a gained / stop a lost tenant
 
 Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (the event id, else a uuid
 stored with the row; identical on every retry and after a restart) and X-Internal-Secret (when set). 2xx -> deleted; 4xx other than
@@ -32,6 +29,7 @@ Payloads, response bodies and the secret are never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import random
@@ -176,10 +174,8 @@ class WebhookForwarder:
         are exact and it has none). For the wait of a held tenant."""
         refresh = getattr(self._spool, "refresh", None)
         if refresh is not None and self._started and not self._closing:
-            try:
+            with contextlib.suppress(SpoolError):  # the store away: the old counters answer; the next poll retries
                 await self._db(refresh)
-            except SpoolError:  # the store away: the old counters answer; the next poll tries again
-                pass
         return self.has_room()
 
     async def unblock(self, tenant: str) -> None:
