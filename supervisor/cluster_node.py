@@ -67,6 +67,7 @@ class ClusterNode:
         self._poll: asyncio.Task[None] | None = None
         self._conn: Any = None
         self.outbox: Any = None  # the OutboxDispatcher (outbox_dispatch.make_outbox): told of each gained tenant
+        self.webhook: Any = None  # the WebhookForwarder (PgSpool) once made: delivers only the tenants we own
 
     # -- life ----------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -109,12 +110,18 @@ class ClusterNode:
     def may_spawn(self, tid: str) -> bool:
         return self.own.fence.valid() and tid in self.own.owned
 
+    def epoch_now(self, tid: str) -> int | None:
+        """Our epoch for `tid` while we own it with a valid lease (the webhook spool's fenced puts; any thread)."""
+        return self.own.owned.get(tid) if self.own.fence.valid() else None
+
     async def _gain(self, tid: str, epoch: int) -> None:
         if self.outbox is not None:  # the old owner's queued messages are ours to send now
             self.outbox.gained(tid)
         task = asyncio.create_task(self._start_here(tid), name=f"gain:{tid}")  # on_gain only schedules
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self.webhook is not None:
+            self.webhook.resume(tid)  # leftover items, e.g. of a dead owner (before it exists: its start() does)
 
     async def _start_here(self, tid: str) -> None:
         try:
@@ -124,6 +131,8 @@ class ClusterNode:
                       message=str(exc)[:300])
 
     async def _lose(self, tid: str, epoch: int) -> None:
+        if self.webhook is not None:
+            await self.webhook.pause(tid)
         if tid in self.sup.tenants:
             await self.sup.stop_here(tid, "not_owner")
 

@@ -112,7 +112,7 @@ class Daemon:
 
             self._cluster = sup.cluster = ClusterNode(sup, s)
             await self._cluster.start()
-        self._forwarder = make_forwarder(s.webhook, s.storage.root, sup.metrics)
+        self._forwarder = make_forwarder(s.webhook, s.storage.root, sup.metrics, self._cluster)
         if self._forwarder is not None:
             self._sink = sup.on_message = MessageSink(self._forwarder, sup.worker_command)
             await self._forwarder.start()

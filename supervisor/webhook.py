@@ -11,12 +11,13 @@ Interface for the daemon:
                                         # event_id: the Idempotency-Key; one pending row per event id; after a
                                         # SpoolFull the tenant's event-id puts are refused until unblock()
                                         # (gated=False: not these, not that one; the outbox's status items)
-    fw.has_room()                       # the bound is not reached
+    fw.has_room()                       # the bound is not reached; await fw.room(): the same, counters re-read
     await fw.unblock(tenant)            # accept that tenant's messages again (queued after its pending puts)
     fw.depth                            # pending items
     await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
     await fw.stats()                    # {"enabled", "queued", "deadLetters", "refused"}: GET /webhook
     await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
+    fw.resume(t); await fw.pause(t)     # cluster mode (spool=PgSpool, owns=): deliver a gained / stop a lost tenant
 
 Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (the event id, else a uuid
 stored with the row; identical on every retry and after a restart) and X-Internal-Secret (when set). 2xx -> deleted; 4xx other than
@@ -28,6 +29,7 @@ Payloads, response bodies and the secret are never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import random
@@ -81,17 +83,21 @@ class WebhookForwarder:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        spool: Spool | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = settings.url is not None
         path = settings.spool_path or (Path(storage_root) / SPOOL_FILENAME if storage_root is not None else None)
-        if self.enabled and path is None:
+        if self.enabled and path is None and spool is None:
             raise ValueError("webhook: spool_path or storage_root is required when a url is set")
         self.spool_path = path
         self._session, self._own_session = session, session is None
         self._on_depth, self._on_result = on_depth, on_result
         self._sleep, self._clock, self._rng = sleep, clock, rng
         self._spool: Spool | None = None
+        self._given_spool = spool  # cluster mode: the PgSpool (same interface); else the SQLite file below
+        self._owns = owns or (lambda tenant: True)
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}  # tenant -> its delivery task (at most one)
         self._dirty: set[str] = set()  # tenants that got a put while their task was reading the spool
@@ -104,10 +110,10 @@ class WebhookForwarder:
         if not self.enabled:
             log.info("webhook.disabled", spool_exists=bool(self.spool_path and self.spool_path.exists()))
             return
-        assert self.spool_path is not None
         # One thread, one connection: SQLite calls are serialised in submit order and never block the loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-spool")
-        self._spool = Spool(self.spool_path, max_items=self.settings.max_items, max_bytes=self.settings.max_bytes)
+        self._spool = self._given_spool or Spool(self.spool_path,  # type: ignore[arg-type] - set with a url
+                                                 max_items=self.settings.max_items, max_bytes=self.settings.max_bytes)
         try:
             await self._db(self._spool.open)
             tenants = await self._db(self._spool.tenants)
@@ -120,7 +126,8 @@ class WebhookForwarder:
         self._set_depth(self._spool.depth)
         for tenant in tenants:
             self._kick(tenant)
-        log.info("webhook.started", path=str(self.spool_path), depth=self.depth, tenants=len(tenants))
+        log.info("webhook.started", path=str(getattr(self._spool, "path", self.spool_path)), depth=self.depth,
+                 tenants=len(tenants))
 
     async def aclose(self) -> None:
         """Stop delivering; undelivered rows (and an interrupted in-flight POST) stay for the next start()."""
@@ -162,6 +169,15 @@ class WebhookForwarder:
     def has_room(self) -> bool:
         return self._spool is not None and self._spool.has_room()
 
+    async def room(self) -> bool:
+        """has_room() after re-reading counters that other nodes change (the PgSpool's `refresh`; the SQLite spool's
+        are exact and it has none). For the wait of a held tenant."""
+        refresh = getattr(self._spool, "refresh", None)
+        if refresh is not None and self._started and not self._closing:
+            with contextlib.suppress(SpoolError):  # the store away: the old counters answer; the next poll retries
+                await self._db(refresh)
+        return self.has_room()
+
     async def unblock(self, tenant: str) -> None:
         if self._spool is not None and self._started and not self._closing:
             await self._db(self._spool.unblock, tenant)
@@ -180,8 +196,21 @@ class WebhookForwarder:
             self._kick(tenant)
 
     # ---- delivery ---------------------------------------------------------------------------------------------
+    def resume(self, tenant: str) -> None:
+        """Cluster mode, on gain: deliver what the tenant has pending (left by a dead owner or not)."""
+        if self._started:
+            self._kick(tenant)
+
+    async def pause(self, tenant: str) -> None:
+        """Cluster mode, on lose: stop delivering (an in-flight POST is cut off; the next owner sends it again)."""
+        self._dirty.discard(tenant)
+        task = self._tasks.get(tenant)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     def _kick(self, tenant: str) -> None:
-        if self._closing:
+        if self._closing or not self._owns(tenant):
             return
         if tenant in self._tasks:
             self._dirty.add(tenant)
@@ -202,7 +231,8 @@ class WebhookForwarder:
                             continue
                         return  # no await between the check and the finally: a later put starts a new task
                     for item in items:
-                        await self._deliver(item)
+                        if not await self._deliver(item):
+                            return  # lost or fenced: its next owner delivers from here
                         last = item.seq
                     failures = 0
                 except (SpoolError, sqlite3.Error, OSError) as exc:  # e.g. disk full, I/O error: rows stay, try again later
@@ -214,11 +244,14 @@ class WebhookForwarder:
             if self._tasks.get(tenant) is asyncio.current_task():
                 del self._tasks[tenant]
 
-    async def _deliver(self, item: Item) -> None:
-        """Returns once the item is delivered or dead-lettered; until then the tenant's queue waits."""
+    async def _deliver(self, item: Item) -> bool:
+        """Returns True once the item is delivered or dead-lettered (until then the tenant's queue waits), False when
+        this node stopped owning the tenant (cluster mode; checked before every try)."""
         assert self._spool is not None
         attempt = 0
         while True:
+            if not self._owns(item.tenant):
+                return False
             attempt += 1
             t0 = self._clock()
             status, error, retry_after = await self._post(item)
@@ -229,13 +262,13 @@ class WebhookForwarder:
                 log.info("webhook.delivered", tenant=item.tenant, id=item.idempotency_key, seq=item.seq, attempts=attempt,
                          ms=ms, status=status)
                 self._result("delivered")
-                return
+                return True
             if outcome == "dead_letter":
                 self._set_depth(await self._db(self._spool.dead_letter, item, status, attempt, time.time()))
                 log.error("webhook.dead_letter", tenant=item.tenant, id=item.idempotency_key, seq=item.seq, status=status,
                           attempts=attempt)
                 self._result("dead_letter")
-                return
+                return True
             delay = backoff_delay(attempt, self.settings, self._rng)
             if retry_after is not None:  # the target asked for a pause (429/503); honour it up to our cap
                 delay = max(delay, min(retry_after, self.settings.max_delay))

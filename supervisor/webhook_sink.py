@@ -22,14 +22,26 @@ if TYPE_CHECKING:
 log = structlog.get_logger("supervisor.daemon")
 
 
-def make_forwarder(settings: WebhookSettings, storage_root: Path, metrics: Metrics) -> WebhookForwarder | None:
-    """None when `webhook.url` is unset: no spool is opened and the aiohttp client is never imported."""
+def make_forwarder(settings: WebhookSettings, storage_root: Path, metrics: Metrics,
+                   cluster: Any = None) -> WebhookForwarder | None:
+    """None when `webhook.url` is unset: no spool is opened and the aiohttp client is never imported. In cluster
+    mode (`cluster`: the ClusterNode) the spool is PostgreSQL's (supervisor/cluster/spool.py) and only the tenants
+    this node owns are delivered; the node resumes/pauses a tenant's delivery on gain/lose."""
     if settings.url is None:
         return None
     from .webhook import WebhookForwarder
 
-    return WebhookForwarder(settings, storage_root=storage_root, on_depth=metrics.webhook_depth,
-                            on_result=metrics.webhook_result)
+    kw: dict[str, Any] = {}
+    if cluster is not None:
+        from .cluster.spool import PgSpool
+
+        kw["spool"] = PgSpool(cluster.cs, cluster.epoch_now, max_items=settings.max_items, max_bytes=settings.max_bytes)
+        kw["owns"] = cluster.may_spawn
+    fw = WebhookForwarder(settings, storage_root=storage_root, on_depth=metrics.webhook_depth,
+                          on_result=metrics.webhook_result, **kw)
+    if cluster is not None:
+        cluster.webhook = fw
+    return fw
 
 
 def event_id(tenant: str, payload: dict[str, Any]) -> str:
@@ -106,7 +118,7 @@ class MessageSink:
 
     async def _release(self, tid: str) -> None:
         try:
-            while not self.forwarder.has_room():
+            while not await self.forwarder.room():
                 await asyncio.sleep(self.ROOM_POLL)
             await self.forwarder.unblock(tid)
         finally:

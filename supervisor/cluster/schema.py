@@ -2,10 +2,10 @@
 transaction-scoped advisory lock so several daemons starting at once apply each one once); `python -m
 supervisor.cluster db upgrade --config FILE` does the same by hand. A database newer than this code is refused.
 
-Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys); version 2 the outbox. The
-decrypt journal and the webhook spool are later versions (docs/cluster.md "Not done yet"). Every such table carries
-`tenant_id` and its writes check the writer's epoch on `tenant_owner` in the same transaction (`store.fenced_tx`;
-the outbox's sync twin in outbox.py; its submit is the documented exception).
+Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys); version 2 the outbox; version 3
+the webhook spool (cluster/spool.py). The decrypt journal is a later version (docs/cluster.md "Not done yet"). Every
+such table carries `tenant_id` and its writes check the writer's epoch on `tenant_owner` in the same transaction
+(`store.fenced_tx`; the outbox's and the spool's sync twins; the outbox's submit is the documented exception).
 """
 
 from __future__ import annotations
@@ -85,6 +85,33 @@ CREATE TABLE outbox_hook (                      -- status webhook items not yet 
     body       text NOT NULL
 );
 CREATE INDEX outbox_hook_tenant ON outbox_hook (tenant_id, seq);
+    # The webhook spool (cluster/spool.py): the SQLite spool's tables, shared by the nodes. Self-contained: renumber
+    # freely when merging with other migrations.
+    (3, """
+CREATE TABLE webhook_pending (
+    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- delivery order per tenant; never reused
+    tenant_id  text NOT NULL,
+    key        text NOT NULL UNIQUE,           -- transport uuid: the Idempotency-Key of an item without event_id
+    body       text NOT NULL,                  -- the payload as JSON text
+    size       integer NOT NULL,               -- UTF-8 bytes of body, for max_bytes
+    created_at double precision NOT NULL,      -- epoch s at put
+    event_id   text,                           -- the message's stable id = its Idempotency-Key
+    epoch      bigint NOT NULL                 -- the putting owner's epoch (committed only while current)
+);
+CREATE INDEX webhook_pending_by_tenant ON webhook_pending (tenant_id, seq);
+CREATE UNIQUE INDEX webhook_pending_by_event ON webhook_pending (tenant_id, event_id) WHERE event_id IS NOT NULL;
+CREATE TABLE webhook_dead_letter (
+    seq        bigint PRIMARY KEY,
+    tenant_id  text NOT NULL,
+    key        text NOT NULL,
+    body       text NOT NULL,
+    size       integer NOT NULL,
+    created_at double precision NOT NULL,
+    event_id   text,
+    status     integer,                        -- the HTTP status that rejected it
+    attempts   integer NOT NULL,
+    dead_at    double precision NOT NULL
+);
 """),
 ]
 LATEST = MIGRATIONS[-1][0]

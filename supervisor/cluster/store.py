@@ -1,12 +1,16 @@
 """Fenced tenant state in PostgreSQL: the one epoch check (`fenced_tx`) and the key/value table (creds.json, Signal
-keys: one row per file of the stock multi-file auth layout). Later versions add the decrypt journal, the outbox and
-the webhook spool here, every write inside `fenced_tx` (docs/cluster.md "Not done yet")."""
+keys: one row per file of the stock multi-file auth layout). The webhook spool (cluster/spool.py) uses the same check
+(`OWNER_ROW_SQL`) on its sync connection; the decrypt journal and the outbox come later (docs/cluster.md)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+
+
+# The one epoch check: the owner row at our epoch, held FOR SHARE until commit (a bump needs FOR UPDATE).
+OWNER_ROW_SQL = "SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s FOR SHARE"
 
 
 class Fenced(Exception):
@@ -19,8 +23,7 @@ async def fenced_tx(conn: Any, tid: str, node_id: str, epoch: int) -> AsyncItera
     SHARE on the owner row at `epoch`, so a concurrent bump (FOR UPDATE) waits for our commit and a write after the
     bump finds no row. Raises Fenced (the transaction rolls back)."""
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s FOR SHARE",
-                          (tid, node_id, epoch))
+        await cur.execute(OWNER_ROW_SQL, (tid, node_id, epoch))
         if await cur.fetchone() is None:
             raise Fenced(tid)
         yield cur
