@@ -85,6 +85,7 @@ CREATE TABLE outbox_hook (                      -- status webhook items not yet 
     body       text NOT NULL
 );
 CREATE INDEX outbox_hook_tenant ON outbox_hook (tenant_id, seq);
+"""),
     # The webhook spool (cluster/spool.py): the SQLite spool's tables, shared by the nodes. Self-contained: renumber
     # freely when merging with other migrations.
     (3, """
