@@ -54,7 +54,8 @@ def pair_once(d: Daemon, sim: Simulator, tid: str, out: dict, scan_delay: float)
     out["scan_open"].append(time.monotonic() - t1)
     w_seen = time.time()
     events = d.log_events()
-    b = breakdown(events, sim.events(seq), tid, w1, w_seen, res["jid"])
+    sims = sim.events(seq)
+    b = breakdown(events, sims, tid, w1, w_seen, res["jid"])
     if b:
         out["prekeys"].append(b["login -> pre-keys uploaded"])
         out["phases"].append(b)
@@ -65,6 +66,14 @@ def pair_once(d: Daemon, sim: Simulator, tid: str, out: dict, scan_delay: float)
         out["wait"].extend(e["wait_ms"] / 1000 for e in commits)
         out["tx_per_pairing"].append(len(commits))
         out["events_per_pairing"].append(sum(e["events"] for e in commits))
+        out["keys_per_pairing"].append(sum(e["keys"] for e in commits))
+        # the first login's pre-keys: written (and committed) between the login and their upload
+        login = next((e["t"] / 1000 for e in sims if e["type"] == "login" and e.get("jid") == res["jid"]), None)
+        pk = next((e["t"] / 1000 for e in sims if e["type"] == "prekeys_uploaded" and e.get("jid") == res["jid"]), None)
+        if login is not None and pk is not None:
+            inside = [e for e in commits if login <= ts(e) <= pk]
+            out["pk_window"].append((len(inside), sum(e["keys"] for e in inside),
+                                     round(sum(e["wait_ms"] for e in inside)), round((pk - login) * 1000)))
     d.call("POST", f"/whatsapp/{tid}/stop")
     wait_for(lambda: not d.status(tid).get("pid"), 60, "stopped", interval=0.05)
 
@@ -86,7 +95,7 @@ def main() -> int:
     args = ap.parse_args()
     load0 = os.getloadavg()
     res = {m: {"scan_open": [], "prekeys": [], "phases": [], "tx": [], "wait": [], "tx_per_pairing": [],
-               "events_per_pairing": []} for m in MODES}
+               "events_per_pairing": [], "keys_per_pairing": [], "pk_window": []} for m in MODES}
     pg = PgServer(durable=True)
     sim = None
     daemons: dict[str, Daemon] = {}
@@ -144,6 +153,12 @@ def main() -> int:
             print(row("state event wait -> ack", r["wait"]))
             print(f"{'store transactions per pairing':<34} {r['tx_per_pairing']} "
                   f"(state events {r['events_per_pairing']})")
+            print(f"{'keys written per pairing':<34} {r['keys_per_pairing']}")
+            w = r["pk_window"]
+            print(f"{'login -> pre-keys uploaded':<34} per pairing (transactions, keys, ms waited on the store, "
+                  f"phase ms): {w}")
+            if w:
+                print(f"{'':<34} store wait / phase: p50 {percentile([x[2] / max(1, x[3]) for x in w], 50):.2f}")
         if r["phases"]:
             print(f"breakdown (n={len(r['phases'])}):")
             for k in r["phases"][0]:
