@@ -14,7 +14,8 @@ its measurements so one worker runs at a time:
 
 Then `--keep` tenants paired on the postgres node are started again (materialized from the store, login with the
 saved creds) and kept connected: the server's connections (`pg_stat_activity`, by application_name) and advisory
-locks (`pg_locks`) per node while they run.
+locks (`pg_locks`) per node while they run; then a second node `pg2` joins, some tenants are handed off to it
+(stopped on pg1, materialized on pg2, connected with the saved creds), and the same per node.
 
     PYTHONPATH=. .venv/bin/python bench/cluster_state.py [--pairings 10] [--keep 5] [--scan-delay 2]
 """
@@ -128,6 +129,27 @@ def main() -> int:
                 wait_for(lambda t=t: d.status(t).get("connected"), 180, f"{t} connected again", interval=0.05)
             t_back = time.monotonic() - t0
             conns, locks = server_view(dsn)
+            # a second node joins: pg1 hands tenants off (stopped there, materialized on pg2, login with saved creds)
+            wd = Path(tmp) / "postgres2"
+            wd.mkdir()
+            cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, worker={"command": DEFAULT_COMMAND})
+            cfg["cluster"] = {"backend": "postgres", "dsn": dsn, "node_id": "pg2"}
+            daemons["postgres2"] = d2 = Daemon(wd, cfg)
+            t0 = time.monotonic()
+            d2.start(120)
+            nodes = {"pg1": d, "pg2": d2}
+
+            def spread() -> dict[str, str] | None:
+                where = {}
+                for t in keep:
+                    owner = d.status(t).get("owner")
+                    if owner in nodes and nodes[owner].status(t).get("connected"):
+                        where[t] = owner
+                return where if len(where) == len(keep) and len(set(where.values())) == 2 else None
+
+            placed = wait_for(spread, 180, "tenants spread over both nodes, connected", interval=0.1)
+            t_join = time.monotonic() - t0
+            conns2, locks2 = server_view(dsn)
             c = sim.counters()
             assert c["registrations"] == args.pairings * len(MODES) and c["conflicts"] == 0, c
             for dd in daemons.values():
@@ -169,6 +191,8 @@ def main() -> int:
     print(f"scan -> connected p50: postgres {p * 1000:.0f} ms vs file {f * 1000:.0f} ms ({(p - f) * 1000:+.0f} ms)")
     print(f"{len(keep)} tenants restarted on the postgres node, all connected again from the store in {t_back:.2f} s; "
           f"server connections by application_name: {conns}; advisory locks: {locks}")
+    print(f"node pg2 joined: {dict(sorted(placed.items()))} connected on their owners {t_join:.2f} s after its start; "
+          f"server connections: {conns2}; advisory locks: {locks2}")
     return 0
 
 
