@@ -18,11 +18,13 @@ locks (`pg_locks`) per node while they run; then a second node `pg2` joins, some
 (stopped on pg1, materialized on pg2, connected with the saved creds), and the same per node.
 
     PYTHONPATH=. .venv/bin/python bench/cluster_state.py [--pairings 10] [--keep 5] [--scan-delay 2]
+        [--pg-variant 'LABEL=["node", ..., "/other/tree/node_worker/src/worker.mjs"]']
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -39,7 +41,6 @@ from e2e_latency import DEFAULT_COMMAND, breakdown, row, ts  # noqa: E402  (also
 from e2e_harness import Daemon, Simulator, daemon_config, free_port, percentile, wait_for  # noqa: E402
 from tests.pg import PgServer  # noqa: E402
 
-MODES = ("file", "postgres")
 
 
 def pair_once(d: Daemon, sim: Simulator, tid: str, out: dict, scan_delay: float) -> None:
@@ -84,7 +85,8 @@ def server_view(dsn: str) -> tuple[list, list]:
         conns = c.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = current_database() "
                           "AND pid <> pg_backend_pid() GROUP BY 1 ORDER BY 1").fetchall()
         locks = c.execute("SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a "
-                          "ON a.pid = l.pid WHERE l.locktype = 'advisory' GROUP BY 1 ORDER BY 1").fetchall()
+                          "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND a.datname = current_database() "
+                          "GROUP BY 1 ORDER BY 1").fetchall()  # a --pg-variant's node has its own database
     return conns, locks
 
 
@@ -92,11 +94,20 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairings", type=int, default=10, help="per mode")
     ap.add_argument("--scan-delay", type=float, default=2.0, help="seconds between the QR and the scan")
-    ap.add_argument("--keep", type=int, default=5, help="postgres tenants restarted and kept connected at the end")
+    ap.add_argument("--pg-variant", action="append", default=[], metavar="LABEL=JSON",
+                    help="one more cluster-mode daemon (its own database) whose worker.command is this JSON argv, "
+                         "interleaved with the others, e.g. a patched worker tree")
+    ap.add_argument("--keep", type=int, default=5, help="postgres tenants restarted and kept connected at the end "
+                    "(>= 2: the joining node takes some)")
     args = ap.parse_args()
+    commands = {"file": DEFAULT_COMMAND, "postgres": DEFAULT_COMMAND}
+    for v in args.pg_variant:
+        label, argv = v.split("=", 1)
+        commands[label] = json.loads(argv)
+    modes = tuple(commands)
     load0 = os.getloadavg()
     res = {m: {"scan_open": [], "prekeys": [], "phases": [], "tx": [], "wait": [], "tx_per_pairing": [],
-               "events_per_pairing": [], "keys_per_pairing": [], "pk_window": []} for m in MODES}
+               "events_per_pairing": [], "keys_per_pairing": [], "pk_window": []} for m in modes}
     pg = PgServer(durable=True)
     sim = None
     daemons: dict[str, Daemon] = {}
@@ -105,21 +116,22 @@ def main() -> int:
         dsn = pg.create_db()
         sim = Simulator()
         with tempfile.TemporaryDirectory(prefix="bsup-bench-") as tmp:
-            for m in MODES:
+            for m in modes:
                 wd = Path(tmp) / m
                 wd.mkdir()
-                cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, worker={"command": DEFAULT_COMMAND},
+                cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, worker={"command": commands[m]},
                                     restart={"initial_delay": 0.2, "jitter": 0.0})
                 cfg["logging"]["level"] = "debug"  # both alike; the postgres one logs each state transaction
-                if m == "postgres":
-                    cfg["cluster"] = {"backend": "postgres", "dsn": dsn, "node_id": "pg1"}
+                if m != "file":  # each cluster-mode daemon its own database: it must not claim another's tenants
+                    cfg["cluster"] = {"backend": "postgres", "dsn": dsn if m == "postgres" else pg.create_db(),
+                                      "node_id": "pg1"}
                 daemons[m] = Daemon(wd, cfg)
                 daemons[m].start(120)
             for i in range(args.pairings):
-                for m in (MODES if i % 2 == 0 else MODES[::-1]):
+                for m in (modes[i % len(modes):] + modes[:i % len(modes)]):  # who goes first rotates
                     pair_once(daemons[m], sim, f"s{i}", res[m], args.scan_delay)
                 print(f"pairing {i + 1}/{args.pairings}: " + "; ".join(
-                    f"{m} {res[m]['scan_open'][-1] * 1000:.0f} ms" for m in MODES), file=sys.stderr)
+                    f"{m} {res[m]['scan_open'][-1] * 1000:.0f} ms" for m in modes), file=sys.stderr)
             d = daemons["postgres"]
             keep = [f"s{i}" for i in range(max(0, args.pairings - args.keep), args.pairings)]
             t0 = time.monotonic()
@@ -145,13 +157,13 @@ def main() -> int:
                     owner = d.status(t).get("owner")
                     if owner in nodes and nodes[owner].status(t).get("connected"):
                         where[t] = owner
-                return where if len(where) == len(keep) and len(set(where.values())) == 2 else None
+                return where if len(where) == len(keep) and len(set(where.values())) == min(2, len(keep)) else None
 
             placed = wait_for(spread, 180, "tenants spread over both nodes, connected", interval=0.1)
             t_join = time.monotonic() - t0
             conns2, locks2 = server_view(dsn)
             c = sim.counters()
-            assert c["registrations"] == args.pairings * len(MODES) and c["conflicts"] == 0, c
+            assert c["registrations"] == args.pairings * len(modes) and c["conflicts"] == 0, c
             for dd in daemons.values():
                 dd.stop(120)
             daemons.clear()
@@ -165,7 +177,7 @@ def main() -> int:
     print(f"# bench/cluster_state.py --pairings {args.pairings} --keep {args.keep} --scan-delay {args.scan_delay:g}  "
           f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  loadavg before {load0[0]:.2f}/{load0[1]:.2f}, "
           f"after {load1[0]:.2f}/{load1[1]:.2f}")
-    for m in MODES:
+    for m in modes:
         r = res[m]
         print(f"## {m}")
         print(row("scan -> connected", r["scan_open"]))
@@ -187,8 +199,10 @@ def main() -> int:
                 xs = [p[k] for p in r["phases"] if p[k] is not None]
                 if xs:
                     print("  " + row(k, xs))
-    f, p = (percentile(res[m]["scan_open"], 50) for m in MODES)
-    print(f"scan -> connected p50: postgres {p * 1000:.0f} ms vs file {f * 1000:.0f} ms ({(p - f) * 1000:+.0f} ms)")
+    f = percentile(res["file"]["scan_open"], 50)
+    for m in modes[1:]:
+        p = percentile(res[m]["scan_open"], 50)
+        print(f"scan -> connected p50: {m} {p * 1000:.0f} ms vs file {f * 1000:.0f} ms ({(p - f) * 1000:+.0f} ms)")
     print(f"{len(keep)} tenants restarted on the postgres node, all connected again from the store in {t_back:.2f} s; "
           f"server connections by application_name: {conns}; advisory locks: {locks}")
     print(f"node pg2 joined: {dict(sorted(placed.items()))} connected on their owners {t_join:.2f} s after its start; "
