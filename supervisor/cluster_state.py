@@ -26,6 +26,7 @@ import base64
 import binascii
 import os
 import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class StateStore:
         self.own = own
         self.epochs: dict[str, int] = {}  # tenant -> the epoch its current worker was spawned at
         self._queues: dict[str, list[tuple[Any, Any, Any]]] = {}  # tenant -> [(worker, ref, items | _CLEAR)]
+        self._since: dict[str, float] = {}  # tenant -> when its oldest queued entry arrived (the worker's wait)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.stats = {"state_events": 0, "state_fenced": 0, "state_failed": 0, "materialized": 0, "imported": 0,
                       "reconciled": 0}
@@ -136,6 +138,7 @@ class StateStore:
 
     def _enqueue(self, tid: str, entry: tuple[Any, Any, Any]) -> None:
         self._queues.setdefault(tid, []).append(entry)
+        self._since.setdefault(tid, time.perf_counter())
         task = self._tasks.get(tid)
         if task is None or task.done():
             self._tasks[tid] = asyncio.get_running_loop().create_task(self._run(tid), name=f"state:{tid}")
@@ -147,9 +150,9 @@ class StateStore:
 
     async def _run(self, tid: str) -> None:
         while batch := self._queues.pop(tid, None):
-            await self._commit(tid, batch)
+            await self._commit(tid, batch, self._since.pop(tid, time.perf_counter()))
 
-    async def _commit(self, tid: str, batch: list[tuple[Any, Any, Any]]) -> None:
+    async def _commit(self, tid: str, batch: list[tuple[Any, Any, Any]], since: float) -> None:
         """Everything queued for the tenant in one fenced transaction (coalesced: the last write of a file wins)."""
         items: dict[str, bytes | None] = {}
         clear = False
@@ -167,6 +170,7 @@ class StateStore:
             acks.append((worker, ref, True))
         epoch = self.epochs.get(tid)
         self.stats["state_events"] += len(acks)
+        t0 = time.perf_counter()
         try:
             if epoch is None:
                 raise Fenced(tid)
@@ -191,6 +195,10 @@ class StateStore:
             acks = [(w, r, False) for w, r, _ in acks]
         for worker, ref, ok in acks:
             _ack(worker, ref, ok)
+        # debug: one line per transaction (bench/cluster_state.py reads it); wait = the oldest event's time to its ack
+        now = time.perf_counter()
+        log.debug("cluster.state_committed", tenant=tid, events=len(acks), keys=len(items),
+                  tx_ms=round((now - t0) * 1000, 2), wait_ms=round((now - since) * 1000, 2))
 
     # -- after a worker's end ------------------------------------------------------------------------------------
     async def after_exit(self, tid: str, auth_dir: Path) -> None:

@@ -19,7 +19,7 @@ import structlog
 from supervisor.capacity import ProcessBudget
 from supervisor.errors import ShuttingDown, StorageError, TenantLinked, TooManyTenants, UnknownTenant
 from supervisor.eventbus import EventBus
-from supervisor.forget import is_linked, remove_tenant_files
+from supervisor.forget import forget_in_store, is_linked, remove_tenant_files
 from supervisor.ids import is_tenant_id, validate_tenant_id
 from supervisor.metrics import Metrics
 from supervisor.observer import Observers, TenantObserver
@@ -250,17 +250,28 @@ class Supervisor:
         """Stop a tenant that was never linked and remove it: its object, metric series, unlinked auth, lock and pid
         files, and its directory when nothing else is left in it (logged-out archives are never deleted: they are
         listed as `kept`). A linked tenant is refused (409 `linked`: logout first); TenantLocked if another daemon
-        owns it."""
-        self._tenant(tid, create=False)
+        owns it. Cluster mode: its rows in the store go too, from any node (supervisor/forget.py forget_in_store);
+        409 `owned_elsewhere` while another node owns it."""
+        if self.cluster is None or tid in self.tenants:
+            self._tenant(tid, create=False)
+        else:
+            tid = validate_tenant_id(tid)
         if self.shutting_down:
             raise ShuttingDown("the daemon is shutting down")
         async with self._op(tid):
+            if self.cluster is not None and tid not in self.tenants:  # never ran here: only its rows in the store
+                if not await forget_in_store(self.cluster, tid):
+                    raise UnknownTenant(f"unknown tenant {tid}", tenant=tid)
+                log.info("tenant.forgotten", tenant=tid, kept=0)
+                return {"ok": True, "tenant": tid, "forgotten": True, "kept": []}
             tenant = self._tenant(tid, create=False)
             self._refuse_linked(tenant)
             await tenant.stop("forget")
             await tenant.lock.acquire()  # never remove files another daemon's worker is using
             try:
                 self._refuse_linked(tenant)  # linked by a scan that completed just before the stop
+                if self.cluster is not None:  # the store first: it may refuse (owned elsewhere, linked there)
+                    await forget_in_store(self.cluster, tid)
                 kept = remove_tenant_files(tenant.dir)
             finally:
                 tenant.lock.release()

@@ -5,6 +5,9 @@ user's account is in them), `auth.lock` and `worker.pid`; then the directory its
 archives (`auth.logged-out-*`, never deleted: docs/design.md) and anything the operator put there stay, and are
 named in the answer. The caller (`Supervisor.forget_tenant`) has stopped the tenant, holds its lock and has checked
 `is_linked` under it.
+
+Cluster mode (`forget_in_store`): the tenant's rows in the store go too (its state, owner row and epoch history), or
+the forgotten id would stay in every node's list and its unlinked creds would be materialized at its next start.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import os
 import shutil
 from pathlib import Path
 
-from supervisor.errors import StorageError
-from supervisor.storage import count_files, read_creds_linked
+from typing import Any
+
+from supervisor.errors import StorageError, SupervisorError, TenantLinked
+from supervisor.storage import count_files, creds_linked, read_creds_linked
 
 OURS = ("auth.lock", "worker.pid")
 
@@ -74,3 +79,66 @@ def remove_tenant_files(tenant_dir: Path) -> list[str]:
     with contextlib.suppress(OSError):
         return sorted(os.listdir(tenant_dir))
     return []
+
+
+class StoreUnavailable(SupervisorError):
+    """Cluster mode: the store did not answer a forget (nothing was deleted: the transaction rolled back)."""
+
+    code = "store_unavailable"
+    status = 503
+
+
+class OwnedElsewhere(SupervisorError):
+    """`forget` in cluster mode of a tenant that a node owns (runs there, or is being started or fenced there)."""
+
+    code = "owned_elsewhere"
+    status = 409
+
+
+async def forget_in_store(cluster: Any, tid: str) -> bool:
+    """Cluster mode: delete the tenant's rows (`tenant_kv`, `tenant_owner`, `tenant_epoch`) in one transaction that
+    holds its owner row FOR UPDATE, so a claim (which bumps that row) waits for it and then finds nothing. Allowed only
+    while no node owns the tenant, or this node at its current epoch under a valid lease (the caller stopped the
+    worker and its writes were committed at its end): else 409 `owned_elsewhere`, nothing deleted. The store's
+    creds.json is checked like the local one (linked, or unreadable: 409 `linked`). Returns whether any row existed.
+    The epoch history goes with the row: a later start of the same id claims epoch 1 again, and no writer of the old
+    epochs is alive (nobody owned the tenant)."""
+    try:
+        return await _forget_rows(cluster, tid)
+    except SupervisorError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - psycopg's errors (server away, timeouts): a clear 503, never the DSN
+        raise StoreUnavailable(f"tenant {tid}: the state store did not answer ({type(exc).__name__}); nothing was "
+                               "deleted", tenant=tid) from None
+
+
+async def _forget_rows(cluster: Any, tid: str) -> bool:
+    own = cluster.own
+    async with own._dlock, own._tx() as cur:  # the ownership's data connection: connections stay constant per node
+        await cur.execute("SELECT owner, epoch FROM tenant_owner WHERE tenant_id = %s FOR UPDATE", (tid,))
+        row = await cur.fetchone()
+        if row is not None and row[0] is not None:
+            owner, epoch = row
+            if not (owner == own.node_id and own.owned.get(tid) == epoch and own.fence.valid()):
+                raise OwnedElsewhere(f"tenant {tid} is owned by node {owner}: stop it (from any node), then forget it",
+                                     tenant=tid, owner=owner)
+        await cur.execute("SELECT v FROM tenant_kv WHERE tenant_id = %s AND k = 'creds.json'", (tid,))
+        creds = await cur.fetchone()
+        if creds is not None and _store_linked(bytes(creds[0])):
+            raise TenantLinked(f"tenant {tid} is linked to a phone (or its stored creds cannot be read); its creds "
+                               "are never deleted: logout first", tenant=tid)
+        await cur.execute("DELETE FROM tenant_kv WHERE tenant_id = %s", (tid,))
+        had_state = bool(cur.rowcount)
+        await cur.execute("DELETE FROM tenant_epoch WHERE tenant_id = %s", (tid,))
+        await cur.execute("DELETE FROM tenant_owner WHERE tenant_id = %s", (tid,))
+        own.owned.pop(tid, None)
+    cluster.state.epochs.pop(tid, None)
+    cluster.remote.pop(tid, None)
+    return row is not None or had_state
+
+
+def _store_linked(raw: bytes) -> bool:
+    try:
+        return creds_linked(json.loads(raw))
+    except ValueError:
+        return True  # cannot tell: deleting is the one mistake that cannot be undone
