@@ -122,7 +122,8 @@ export async function prepareDir(folder) {
  * failures also go to onWriteError(err, file). A file written with writeNow must not also go through write/remove:
  * an older queued write renamed after it would undo it.
  */
-export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32, onDurable = null } = {}) {
+export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32, onDurable = null,
+  adopt = null } = {}) {
   const limit = makeLimiter(maxConcurrentWrites);
   const queue = makeFileQueue();
   const syncDir = makeDirSync(folder);
@@ -133,6 +134,10 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
   const settled = (p) => p.then((r) => r?.[0]);
 
   const writeAtomic = async (filePath, name, text, durable = true) => {
+    // adopt(text): a temp file in this folder already holding exactly these bytes, fsynced (pre-keys staged while the
+    // QR is shown, auth-state.mjs), or null. Renaming it is this write minus the file creation and its fsync.
+    const staged = durable && adopt ? adopt(text) : null;
+    if (staged && await rename(staged, filePath).then(() => true, () => false)) return syncDir();
     const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
     await limit(async () => {
       const fh = await open(tmp, 'wx', 0o600);
