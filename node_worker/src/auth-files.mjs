@@ -134,11 +134,11 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
   const settled = (p) => p.then((r) => r?.[0]);
 
   const writeAtomic = async (filePath, name, text, durable = true) => {
+    const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
     // adopt(text): a temp file in this folder already holding exactly these bytes, fsynced (pre-keys staged while the
     // QR is shown, auth-state.mjs), or null. Renaming it is this write minus the file creation and its fsync.
     const staged = durable && adopt ? adopt(text) : null;
     if (staged && await rename(staged, filePath).then(() => true, () => false)) return syncDir();
-    const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
     await limit(async () => {
       const fh = await open(tmp, 'wx', 0o600);
       try {
