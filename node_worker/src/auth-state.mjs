@@ -99,6 +99,7 @@ function makeStager(folder, concurrency = 4) {
   let live = true; // false after drop(): nothing kept
   let accepting = true; // false after stop(): no new file started (the login needs the disk), finished ones kept
   let seq = 0;
+  let adopted = 0;
   const stage = (value) => {
     if (!accepting) return Promise.resolve();
     const text = JSON.stringify(value, BufferJSON.replacer);
@@ -120,6 +121,7 @@ function makeStager(folder, concurrency = 4) {
     const tmp = ready.get(text);
     if (tmp === undefined) return null;
     ready.delete(text); // one write per staged file
+    adopted++;
     return tmp;
   };
   const stop = () => { accepting = false; };
@@ -130,7 +132,7 @@ function makeStager(folder, concurrency = 4) {
     ready.clear();
     return Promise.all(left.map((tmp) => unlink(tmp).catch(() => {})));
   };
-  return { stage, adopt, stop, drop, get size() { return ready.size; } };
+  return { stage, adopt, stop, drop, get size() { return ready.size; }, get adopted() { return adopted; } };
 }
 
 export async function useAtomicMultiFileAuthState(folder, {
@@ -180,5 +182,7 @@ export async function useAtomicMultiFileAuthState(folder, {
     /** Stop staging and delete the staged files no write took. */
     dropStaged: () => stager?.drop() ?? Promise.resolve(),
     get stagedPreKeys() { return stager?.size ?? 0; },
+    /** How many writes renamed a staged file (logged at `open`: what staging saved). */
+    get adoptedPreKeys() { return stager?.adopted ?? 0; },
   };
 }

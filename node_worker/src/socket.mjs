@@ -98,6 +98,7 @@ function onConnectionUpdates(w, serverTime) {
     if (u.connection === 'open') {
       w.isOpen = true; // `send` waits for this
       w.emit(openEvent(w.sock, serverTime.ms));
+      if (w.keyPool) w.logger.debug({ staged: w.auth.adoptedPreKeys }, 'pre-key files staged during the QR, used');
       w.keyPool?.release();
       // The login burst (pre-keys, app-state sync, optimised code) is garbage once the socket is idle: collect it
       // once, so an idle connected worker stays ~2 MiB smaller. Only with --expose-gc (the shipped command has it).
