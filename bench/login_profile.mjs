@@ -36,7 +36,7 @@ for (let run = 0; run < runs; run++) {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   createInterface({ input: child.stderr }).on('line', (l) => {
-    try { const j = JSON.parse(l); if (tScan && KEEP.test(j.msg ?? '')) lines.push([j.time, `worker: ${j.msg}`]); } catch { /* not JSON */ }
+    try { const j = JSON.parse(l); if (tScan && KEEP.test(j.msg ?? '')) lines.push([j.time, `worker: ${j.msg}${j.staged !== undefined ? ` (${j.staged})` : ""}`]); } catch { /* not JSON */ }
   });
   let scan = null;
   let tOpen = 0;

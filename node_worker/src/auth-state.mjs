@@ -86,8 +86,8 @@ function makeKeyStore(files, onCorruptKey) {
  * Pre-key files made ahead of the login (issue 12). A first login stores 812 fresh pre-keys before it uploads them;
  * measured, nearly all of that time is creating 812 files (open O_EXCL + write + fsync), not encoding or reading.
  * The pairs are made earlier, while the QR is shown (prekey-pool.mjs), so their bytes are known: stage(pair)
- * writes them to a temp file (named like auth-files' temp files, so a killed worker's leftovers are deleted at the
- * next open), fsyncs it, and keeps text -> path. adopt(text) hands such a file to the write of the same bytes, which
+ * writes them to a temp file (named like auth-files' temp files, so those of a worker that exited before `open`,
+ * e.g. killed or at a QR timeout, are deleted by the next worker's open), fsyncs it, and keeps text -> path. adopt(text) hands such a file to the write of the same bytes, which
  * renames it over the target and fsyncs the directory: the same atomic, durable write as before, without the create.
  * Keyed by the exact bytes, so a pair Baileys used for anything else, or a value staged too late, is simply written
  * the ordinary way. stop() (pair-success, with the pool's filling: measured, staging on during an instant scan's
