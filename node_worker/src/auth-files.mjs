@@ -131,7 +131,8 @@ export async function prepareDir(folder) {
  * failures also go to onWriteError(err, file). A file written with writeNow must not also go through write/remove:
  * an older queued write renamed after it would undo it.
  */
-export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32, onDurable = null } = {}) {
+export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWrites = 32, onDurable = null,
+  adopt = null } = {}) {
   const limit = makeLimiter(maxConcurrentWrites);
   const queue = makeFileQueue();
   const syncDir = makeDirSync(folder);
@@ -143,6 +144,10 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
 
   const writeAtomic = async (filePath, name, text, durable = true, gate = null) => {
     const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
+    // adopt(text): a temp file in this folder already holding exactly these bytes, fsynced (pre-keys staged while the
+    // QR is shown, auth-state.mjs), or null. Renaming it is this write minus the file creation and its fsync.
+    const staged = durable && adopt ? adopt(text) : null;
+    if (staged && await rename(staged, filePath).then(() => true, () => false)) return syncDir();
     await limit(async () => {
       const fh = await open(tmp, 'wx', 0o600);
       try {

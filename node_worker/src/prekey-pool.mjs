@@ -8,30 +8,40 @@
 // in small chunks so its stdin (the `go`) is never kept waiting, and hands them out through Curve.generateKeyPair.
 // Only random key pairs are made in advance: nothing is written to the auth directory before `go`, and each pair is
 // handed out once (a pair is as fresh as one made on the spot, so the Noise handshake's ephemeral key may take one
-// too). Filling stops at `go`: measured on the loaded 2-core box, filling on during the login delayed every step of it
+// too). The QR worker also stages each pair's pre-key file (onPair -> auth-state.mjs stagePreKey: a durable temp file
+// that the login's write of that pair renames instead of creating; a standby writes nothing). Filling stops at `go`: measured on the loaded 2-core box, filling on during the login delayed every step of it
 // (go -> connecting 175 -> 589 ms) and then made pairs nobody took. Left-overs are dropped at release() (`open`).
 
 /** Start filling a pool of up to `count` pairs on the event loop (`chunk` per turn) and route
- *  Curve.generateKeyPair through it. Returns { size(), stop(), release() }. */
-export function startKeyPairPool(Curve, count, { chunk = 25 } = {}) {
+ *  Curve.generateKeyPair through it, oldest pair first. onPair(pair) sees each pair made (the QR worker stages its
+ *  pre-key file: auth-state.mjs stagePreKey, written in making order, so handing out the oldest first hands out the
+ *  staged ones first); onStop() runs at stop(), onRelease() at release(). Returns { size(), stop(), release() }. */
+export function startKeyPairPool(Curve, count, { chunk = 25, onPair = null, onStop = null, onRelease = null } = {}) {
   const original = Curve.generateKeyPair;
   const pool = [];
+  let next = 0; // pool[next] is the oldest pair not handed out
+  let made = 0;
   let filling = true;
   let timer = null;
   const fill = () => {
     timer = null;
     if (!filling) return;
-    for (let i = 0; i < chunk && pool.length < count; i++) pool.push(original());
-    if (pool.length < count) timer = setImmediate(fill);
+    for (let i = 0; i < chunk && made < count; i++, made++) {
+      const pair = original();
+      pool.push(pair);
+      onPair?.(pair);
+    }
+    if (made < count) timer = setImmediate(fill);
     else filling = false;
   };
   timer = setImmediate(fill);
-  Curve.generateKeyPair = () => (pool.length ? pool.pop() : original());
+  Curve.generateKeyPair = () => (next < pool.length ? pool[next++] : original());
   return {
-    size: () => pool.length,
+    size: () => pool.length - next,
     /** Stop generating (at `go`: the login needs the CPU); the pairs made so far are still handed out. */
     stop() {
       filling = false;
+      onStop?.();
       if (timer) clearImmediate(timer);
       timer = null;
     },
@@ -39,6 +49,8 @@ export function startKeyPairPool(Curve, count, { chunk = 25 } = {}) {
     release() {
       this.stop();
       pool.length = 0;
+      next = 0;
+      onRelease?.();
       if (Curve.generateKeyPair !== original) Curve.generateKeyPair = original;
     },
   };

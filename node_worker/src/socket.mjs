@@ -90,12 +90,15 @@ function onConnectionUpdates(w, serverTime) {
       // While the QR is shown the worker is idle: make the pre-key pairs that the login after the scan's 515 (on
       // this process's next socket) uploads, as a standby does while it waits (prekey-pool.mjs).
       if (!w.keyPool && restartInProcess()) {
-        w.keyPool = startKeyPairPool(w.baileys.Curve, w.baileys.INITIAL_PREKEY_COUNT);
+        // ...and their pre-key files, fsynced, for that login to rename instead of create (auth-state.mjs stagePreKey)
+        w.keyPool = startKeyPairPool(w.baileys.Curve, w.baileys.INITIAL_PREKEY_COUNT,
+          { onPair: w.auth.stagePreKey, onStop: w.auth.stopStaging, onRelease: w.auth.dropStaged });
       }
     }
     if (u.connection === 'open') {
       w.isOpen = true; // `send` waits for this
       w.emit(openEvent(w.sock, serverTime.ms));
+      if (w.keyPool) w.logger.debug({ staged: w.auth.adoptedPreKeys }, 'pre-key files staged during the QR, used');
       w.keyPool?.release();
       // The login burst (pre-keys, app-state sync, optimised code) is garbage once the socket is idle: collect it
       // once, so an idle connected worker stays ~2 MiB smaller. Only with --expose-gc (the shipped command has it).

@@ -54,3 +54,24 @@ test('filling yields to the event loop between chunks, and stop() ends it early'
   }
   assert.equal(pool.size(), 0);
 });
+
+test('onPair sees each pair as it is made, handed out oldest first (the staged files first); hooks at stop/release', async () => {
+  const seen = [];
+  const calls = [];
+  const creds = initAuthCreds(); // before the pool: it takes pairs too
+  const pool = startKeyPairPool(Curve, 30, { chunk: 4, onPair: (p) => seen.push(p),
+    onStop: () => calls.push('stop'), onRelease: () => calls.push('release') });
+  try {
+    await until(() => pool.size() === 30);
+    assert.equal(seen.length, 30);
+    const { newPreKeys } = generateOrGetPreKeys(creds, 10);
+    // pre-key ids 1..10 get the first 10 pairs made, in that order
+    assert.deepEqual(Object.values(newPreKeys), seen.slice(0, 10));
+    assert.equal(pool.size(), 20);
+    pool.stop();
+    assert.deepEqual(calls, ['stop']);
+  } finally {
+    pool.release();
+  }
+  assert.deepEqual(calls, ['stop', 'stop', 'release']);
+});
