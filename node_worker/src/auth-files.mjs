@@ -145,8 +145,9 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
   const writeAtomic = async (filePath, name, text, durable = true, gate = null) => {
     const tmp = join(folder, `.${name}.tmp-${process.pid}-${++seq}`);
     // adopt(text): a temp file in this folder already holding exactly these bytes, fsynced (pre-keys staged while the
-    // QR is shown, auth-state.mjs), or null. Renaming it is this write minus the file creation and its fsync.
-    const staged = durable && adopt ? adopt(text) : null;
+    // QR is shown, auth-state.mjs), or null. Renaming it is this write minus the file creation and its fsync. Never
+    // under a commit gate (journal.mjs): a gated write must not become visible before its gate, so it takes the slow path.
+    const staged = durable && !gate && adopt ? adopt(text) : null;
     if (staged && await rename(staged, filePath).then(() => true, () => false)) return syncDir();
     await limit(async () => {
       const fh = await open(tmp, 'wx', 0o600);
