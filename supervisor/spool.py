@@ -30,6 +30,7 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import SupervisorError
 from .private_db import PrivateDb
@@ -71,6 +72,20 @@ class SpoolFull(SpoolError):
 
     code = "spool_full"
     status = 503
+
+
+def check_room(spool: Any, tenant: str, size: int, *, gated: bool) -> None:
+    """The one admission rule of both spools (this one and cluster/spool.py's PgSpool): refuse a new item (never drop an
+    old one) at max_items/max_bytes; once a gated tenant was refused, its later messages are refused too until
+    `unblock` (its worker replays them in order). Raises SpoolFull; stores nothing."""
+    if ((gated and tenant in spool.refused_tenants) or spool.depth >= spool.max_items
+            or (spool.max_bytes is not None and spool.bytes + size > spool.max_bytes)):
+        if gated:
+            spool.refused_tenants.add(tenant)
+        raise SpoolFull(
+            f"webhook spool full ({spool.depth} items, {spool.bytes} bytes): message of tenant {tenant} refused",
+            depth=spool.depth, bytes=spool.bytes, max_items=spool.max_items, max_bytes=spool.max_bytes,
+        )
 
 
 class SpoolLocked(SpoolError):
@@ -146,15 +161,7 @@ class Spool:
         size = len(body.encode())
         # A message: its worker replays refused ones in order (docs/webhook.md). Not gated: the outbox's status items,
         # which the outbox keeps and retries itself.
-        gated = gated and event_id is not None
-        if ((gated and tenant in self.refused_tenants) or self.depth >= self.max_items
-                or (self.max_bytes is not None and self.bytes + size > self.max_bytes)):
-            if gated:
-                self.refused_tenants.add(tenant)
-            raise SpoolFull(
-                f"webhook spool full ({self.depth} items, {self.bytes} bytes): message of tenant {tenant} refused",
-                depth=self.depth, bytes=self.bytes, max_items=self.max_items, max_bytes=self.max_bytes,
-            )
+        check_room(self, tenant, size, gated=gated and event_id is not None)
         key = str(uuid.uuid4())  # not "<tenant>:<seq>": a recreated spool file would reuse seqs the target saw
         cur = self.db.execute(
             "INSERT INTO pending (tenant, key, body, size, created_at, event_id) VALUES (?, ?, ?, ?, ?, ?)",

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 
 from ..settings import ClusterSettings
-from ..spool import Item, SpoolError, SpoolFull
+from ..spool import Item, SpoolError, check_room
 from .pg import conninfo_kwargs
 from .store import OWNER_ROW_SQL
 
@@ -125,14 +125,7 @@ class PgSpool:
                 row = cur.fetchone()
                 if row is not None:  # the same message again (a replay, a lost ack, a new owner's re-emit): one row
                     return Item(*row), self.depth
-            gated = gated and event_id is not None
-            if ((gated and tenant in self.refused_tenants) or self.depth >= self.max_items
-                    or (self.max_bytes is not None and self.bytes + size > self.max_bytes)):
-                if gated:
-                    self.refused_tenants.add(tenant)
-                raise SpoolFull(
-                    f"webhook spool full ({self.depth} items, {self.bytes} bytes): message of tenant {tenant} refused",
-                    depth=self.depth, bytes=self.bytes, max_items=self.max_items, max_bytes=self.max_bytes)
+            check_room(self, tenant, size, gated=gated and event_id is not None)
             key = str(uuid.uuid4())
             cur.execute("INSERT INTO webhook_pending (tenant_id, key, body, size, created_at, event_id, epoch)"
                         " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
