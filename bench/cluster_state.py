@@ -19,6 +19,15 @@ locks (`pg_locks`) per node while they run; then a second node `pg2` joins, some
 
     PYTHONPATH=. .venv/bin/python bench/cluster_state.py [--pairings 10] [--keep 5] [--scan-delay 2]
         [--pg-variant 'LABEL=["node", ..., "/other/tree/node_worker/src/worker.mjs"]']
+
+`--kill N` runs only this instead (issue 13 "SIGKILL -> all connected again"): nodes pg1 and pg2 (separate storage
+roots, shipped cluster timings) both running; N tenants whose rendezvous first choice is pg1 are paired there (a scan
+each) and connected, their linked creds in the store; then pg1's process group is SIGKILLed (its workers die by
+PDEATHSIG) and, from the kill: each tenant re-owned (`tenant_owner.owner` is pg2), materialized on pg2 (its log) and
+connected on pg2 (pg2's status: owner pg2, connected, a pid), per tenant and until the last one. Checked: no QR on
+pg2, no new registration, the same linked account, never two live sessions of a device, no worker of pg1 left.
+
+    PYTHONPATH=. .venv/bin/python bench/cluster_state.py --kill 8
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -35,12 +45,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
 from e2e_latency import DEFAULT_COMMAND, breakdown, row, ts  # noqa: E402  (also puts tests/e2e on sys.path)
 from e2e_harness import Daemon, Simulator, daemon_config, free_port, percentile, wait_for  # noqa: E402
+from supervisor.cluster.placement import ranking  # noqa: E402
 from tests.pg import PgServer  # noqa: E402
-
 
 
 def pair_once(d: Daemon, sim: Simulator, tid: str, out: dict, scan_delay: float) -> None:
@@ -90,6 +101,111 @@ def server_view(dsn: str) -> tuple[list, list]:
     return conns, locks
 
 
+def marked(marker: str) -> list[int]:
+    """Live (non-zombie) processes with `marker` in their argv: one node's workers (e2e_harness.worker_command)."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if marker in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            out.append(p.pid)
+    return out
+
+
+PHASES = {"cluster.claimed": "claim round (per node)", "cluster.state_materialized": "materialized",
+          "worker.spawned": "worker spawned", "worker.hello": "worker hello", "tenant.open": "open (logged in)"}
+
+
+def kill_run(n: int) -> str:
+    """--kill N (module docstring); returns the report."""
+    # names pg1 ranks first: placement puts them on pg1 and the join logic never hands them to pg2 while both live
+    tids = [t for t in (f"k{i}" for i in range(100 * n)) if ranking(t, ["pg1", "pg2"])[0] == "pg1"][:n]
+    load0 = os.getloadavg()
+    pg, sim, nodes = PgServer(durable=True), None, {}
+    marker = f"bsup-kill-{os.getpid()}"
+    try:
+        pg.start()
+        dsn = pg.create_db()
+        sim = Simulator()
+        with tempfile.TemporaryDirectory(prefix="bsup-bench-") as tmp:
+            for name in ("pg1", "pg2"):
+                wd = Path(tmp) / name
+                cfg = daemon_config(wd / "storage", free_port(), sim.ws_url, marker=f"{marker}-{name}")
+                cfg["cluster"] = {"backend": "postgres", "dsn": dsn, "node_id": name}  # shipped timings
+                nodes[name] = Daemon(wd, cfg, new_session=True).start(120)  # own group: killpg hits pg1 only
+            d1, d2 = nodes["pg1"], nodes["pg2"]
+            me = {}
+            for t in tids:
+                d1.start_tenant(t)
+                wait_for(lambda t=t: d1.status(t).get("hasQR"), 120, f"{t} qr on pg1", interval=0.05)
+                assert sim.scan(d1.qr(t)["qr"])["ok"]
+                me[t] = d1.wait_connected(t, 180)["me"]["id"]
+
+            def settled() -> bool:  # every tenant on pg1 with its linked creds committed (what pg2 will log in with)
+                with psycopg.connect(dsn) as c:
+                    rows = c.execute("SELECT o.owner, convert_from(k.v, 'UTF8')::jsonb ? 'me' FROM tenant_owner o "
+                                     "JOIN tenant_kv k ON k.tenant_id = o.tenant_id AND k.k = 'creds.json' "
+                                     "WHERE o.tenant_id = ANY(%s)", (tids,)).fetchall()
+                return len(rows) == n and all(o == "pg1" and linked for o, linked in rows)
+
+            wait_for(settled, 120, "all on pg1, linked creds in the store", interval=0.1)
+            before = sim.counters()
+            reowned, connected = {}, {}
+            with psycopg.connect(dsn, autocommit=True) as c:
+                t0, w0 = time.monotonic(), time.time()
+                os.killpg(d1.pid, signal.SIGKILL)
+                while len(connected) < n:
+                    now = time.monotonic() - t0
+                    assert now < 300, f"not all connected on pg2 within 300 s: {sorted(connected)}"
+                    for t, o in c.execute("SELECT tenant_id, owner FROM tenant_owner WHERE tenant_id = ANY(%s)",
+                                          (tids,)).fetchall():
+                        if o == "pg2":
+                            reowned.setdefault(t, now)
+                    for st in d2.call("GET", "/whatsapp")[1]["tenants"]:
+                        t = st.get("tenant")
+                        if t in tids and st.get("owner") == "pg2" and st.get("connected") and st.get("pid"):
+                            connected.setdefault(t, time.monotonic() - t0)
+                            assert st["me"]["id"] == me[t], (t, st["me"], me[t])
+                    time.sleep(0.02)
+                last = max(connected.values())
+                epochs = dict(c.execute("SELECT tenant_id, count(*) FROM tenant_epoch WHERE tenant_id = ANY(%s) "
+                                        "GROUP BY 1", (tids,)).fetchall())
+            d1.proc.wait(30)
+            left = marked(f"{marker}-pg1")
+            events = d2.log_events()
+            phases = {k: {} for k in PHASES}  # pg2's log: each tenant's first line of each kind after the kill
+            for e in events:
+                if e.get("event") in phases and ts(e) >= w0 and (e.get("tenant") in tids or "tenant" not in e):
+                    phases[e["event"]].setdefault(e.get("tenant", "node"), ts(e) - w0)
+            qrs = [e["tenant"] for e in events if e.get("event") == "tenant.qr" and e.get("tenant") in tids]
+            c2, state = sim.counters(), sim.state()
+            d2.stop(120)
+    finally:
+        for d in nodes.values():
+            d.stop()
+        for pid in marked(marker):  # last resort: a failed run leaks no worker
+            psutil.Process(pid).kill()
+        if sim is not None:
+            sim.stop()
+        pg.destroy()
+    load1 = os.getloadavg()
+    assert not qrs, f"QR shown on pg2: {qrs}"
+    assert c2["registrations"] == before["registrations"] == n, (before, c2)
+    assert state["maxConcurrentAnyDevice"] == 1, "two live sessions of one device"
+    assert not left, f"workers of the killed node left: {left}"
+    return "\n".join([
+        f"# bench/cluster_state.py --kill {n}  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  loadavg before "
+        f"{load0[0]:.2f}/{load0[1]:.2f}, after {load1[0]:.2f}/{load1[1]:.2f}",
+        f"SIGKILL of pg1's process group, {n} tenants paired and connected on it, pg2 running; from the kill:",
+        row("re-owned by pg2 (tenant_owner)", list(reowned.values())),
+        *(row(f"  pg2 log: {PHASES[k]}", list(v.values())) for k, v in phases.items()),
+        row("connected on pg2 (its status)", list(connected.values())),
+        f"in order, ms: materialized {sorted(round(x * 1000) for x in phases['cluster.state_materialized'].values())}; "
+        f"connected {sorted(round(x * 1000) for x in connected.values())}",
+        f"all {n} connected again {last:.2f} s after the kill; QR shown on pg2: {len(qrs)}; registrations "
+        f"{before['registrations']} -> {c2['registrations']}, logins {before['logins']} -> {c2['logins']}; "
+        f"max concurrent sessions of a device {state['maxConcurrentAnyDevice']}; pg1 workers left {len(left)}; "
+        f"claims per tenant (tenant_epoch rows) {sorted(set(epochs.values()))}"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairings", type=int, default=10, help="per mode")
@@ -99,7 +215,12 @@ def main() -> int:
                          "interleaved with the others, e.g. a patched worker tree")
     ap.add_argument("--keep", type=int, default=5, help="postgres tenants restarted and kept connected at the end "
                     "(>= 2: the joining node takes some)")
+    ap.add_argument("--kill", type=int, default=0, metavar="N",
+                    help="only the SIGKILL run: N tenants on pg1, pg2 running, pg1 killed (module docstring)")
     args = ap.parse_args()
+    if args.kill:
+        print(kill_run(args.kill))
+        return 0
     commands = {"file": DEFAULT_COMMAND, "postgres": DEFAULT_COMMAND}
     for v in args.pg_variant:
         label, argv = v.split("=", 1)
