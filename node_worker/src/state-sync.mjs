@@ -2,12 +2,13 @@
 // the auth directory is a write-through cache of the daemon's fenced store. After each durable local write/remove
 // the file's name and bytes go to the daemon in a `state` event; the caller's promise resolves on `state_ack ok`.
 //
-// Why batch: the first login writes 812 pre-keys in one keys.set, and they finish locally a few per loop turn. One
-// event per turn meant 40-51 events (and up to 50 transactions) per pairing. So: a push with no event in flight
-// leaves after this turn (setImmediate: the writes finishing in the same turn join it, a lone write waits for nothing
-// else); while an event is unacknowledged, pushes accumulate into the next batch, which leaves as soon as the acks
-// are in (the daemon's commit is what the writes wait for anyway), or at once when it reaches maxBatchBytes of base64
-// (the line limit is 1 MiB). `now` (creds.json) sends the batch at once whatever is in flight.
+// Why batch: the first login writes 812 pre-keys in one keys.set, and they finish locally a few per loop turn (one
+// event per turn: 40-51 events per pairing before the staged pre-keys; 188 for 300 writes that trickle in). So: a
+// push with no event in flight leaves after this turn (setImmediate: the writes finishing in the same turn join it,
+// a lone write waits for nothing else); while an event is unacknowledged, pushes accumulate into the next batch,
+// which leaves as soon as the acks are in (the daemon's commit is what the writes wait for anyway), or at once when
+// it reaches maxBatchBytes of base64 (the line limit is 1 MiB). `now` (creds.json) sends the batch at once whatever
+// is in flight.
 // Order: events leave in the order the local writes finished, and the daemon commits them in that order.
 
 /** makeStateSync(emit) -> { push(name, text|null, {now}) -> Promise, ack(ref, ok), abort(reason), pending, queued } */
