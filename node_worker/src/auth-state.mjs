@@ -74,6 +74,9 @@ function makeKeyStore(files, onCorruptKey) {
         for (const id in data[category]) {
           const value = data[category][id];
           const file = `${category}-${id}.json`;
+          // Durable in cluster mode too, although the dir is a cache of the store: a promoted standby and the
+          // in-process restart log in on it without a rebuild, and a non-durable write would not adopt a staged
+          // pre-key (measured slower: docs/benchmarks.md "Tenant state in PostgreSQL vs files").
           tasks.push(value ? files.write(value, file) : files.remove(file));
         }
       }
