@@ -15,6 +15,7 @@ Why each piece (docs/api-security.md, "Connections"):
 from __future__ import annotations
 
 import asyncio
+from asyncio import constants as asyncio_constants
 import json
 import resource
 import time
@@ -213,14 +214,28 @@ class AcceptErrorLog:
             exc = context.get("exception")
             self._warn(error=getattr(exc, "strerror", None) or type(exc).__name__,
                        hint="out of file descriptors: raise LimitNOFILE or lower api.max_connections")
+        elif _stale_accept_retry(context):
+            pass  # the listener closed while asyncio's accept retries were pending: nothing left to serve
         elif self.previous is not None:
             self.previous(loop, context)
         else:
             loop.default_exception_handler(context)
 
     async def restore(self, _app: web.Application) -> None:
+        # not at once: accept retries armed before the close still fire up to ACCEPT_RETRY_DELAY later
+        self.loop.call_later(asyncio_constants.ACCEPT_RETRY_DELAY + 0.5, self._restore_now)
+
+    def _restore_now(self) -> None:
         if self.loop.get_exception_handler() is self:
             self.loop.set_exception_handler(self.previous)
+
+
+def _stale_accept_retry(context: dict[str, Any]) -> bool:
+    """After a failed accept (EMFILE) asyncio re-arms the listener ACCEPT_RETRY_DELAY later, once per failed accept
+    (`call_later(_start_serving)`); a retry that fires after the server closed finds fd -1 and raises ValueError."""
+    callback = getattr(context.get("handle"), "_callback", None)
+    return (getattr(callback, "__name__", "") == "_start_serving"
+            and isinstance(context.get("exception"), (ValueError, OSError)))
 
 
 async def serve(app: web.Application, host: str, port: int, api: ApiSettings) -> tuple[web.AppRunner, int]:

@@ -195,6 +195,7 @@ ACCEPT_SCRIPT = textwrap.dedent("""
         print("PORT", port, flush=True)
         await asyncio.sleep(float(sys.argv[2]))
         await runner.cleanup()
+        await asyncio.sleep(2.0)  # accept retries asyncio armed before the close fire now, on a closed listener
 
     asyncio.run(main())
 """)
