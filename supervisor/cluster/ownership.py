@@ -31,6 +31,9 @@ __all__ = ["PgOwnership", "Fenced", "NodeIdInUse", "fenced_tx"]
 
 log = get_logger()
 Callback = Callable[[str, int], Awaitable[None]]
+# tenant_epoch rows kept per tenant (the newest epochs): history for operators and the tests' stale-commit checks.
+# Fencing never reads them (fenced_tx checks tenant_owner, whose epoch only grows), so older rows can go.
+EPOCH_HISTORY = 50
 
 class NodeIdInUse(RuntimeError):
     pass
@@ -260,6 +263,9 @@ class PgOwnership:
                 taken = [r[0] for r in await cur.fetchall()]
             await cur.execute(schema.CLAIM_SQL, {"me": self.node_id, "ids": ids, "from": [*taken, self.node_id]})
             got = {t: e for t, e in await cur.fetchall()}
+            if got:  # prune the claimed tenants' history in the same transaction (PK index range per tenant)
+                await cur.execute("DELETE FROM tenant_epoch e USING tenant_owner o WHERE o.tenant_id = e.tenant_id"
+                                  " AND e.tenant_id = ANY(%s) AND e.epoch <= o.epoch - %s", (list(got), EPOCH_HISTORY))
         if not got or not self.fence.valid():
             return []  # committed but fenced meanwhile: the rows are ours and get re-claimed after re-acquisition
         self.owned.update(got)
