@@ -47,3 +47,18 @@ def test_a_killed_owner_is_taken_over_by_the_request_not_a_502(cluster3, pg_dsn,
 def cluster3_slow(cluster3):  # noqa: F811
     """cluster3 with claim rounds CLAIM_INTERVAL apart (start() places at once on the owner; settling takes longer)."""
     return lambda names: cluster3(names, claim_interval=CLAIM_INTERVAL)
+
+
+def test_a_killed_owner_whose_tenant_cannot_come_here_is_503_owner_down(cluster3, pg_dsn, marker):  # noqa: F811
+    """The survivor is full (max_tenants 2, 4 tenants on 2 nodes): the dead owner's tenant cannot be taken over here,
+    so the answer is 503 `owner_down` with Retry-After, at once, every time; never the 502 of an unchecked owner."""
+    d, t, owner, other = two_nodes(lambda names: cluster3(names, max_tenants=2), pg_dsn, marker)
+    via = d[other].url + f"/whatsapp/{t}/qr"
+    d[owner].proc.send_signal(signal.SIGKILL)
+    d[owner].proc.wait(30)
+    for _ in range(2):
+        t0 = time.monotonic()
+        status, hdrs, body = req("GET", via, headers=H)
+        assert status == 503 and body["error"] == "owner_down" and hdrs["Retry-After"] == "1", (status, body)
+        assert body["owner"] == owner and body["advertiseUrl"] == d[owner].url
+        assert time.monotonic() - t0 < 20  # the nudged rounds (<= 3 s) plus load, not a forward's 10 s bound
