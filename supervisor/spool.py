@@ -267,8 +267,8 @@ class Spool:
                                                (event_id, tenant)).fetchone():
             raise AlreadyPending(f"dead letter {key}: its event is pending again", id=key, tenant=tenant)
         check_room(self, tenant, size, gated=False)
-        seq = db.execute("INSERT INTO pending (tenant, key, body, size, created_at, event_id) VALUES (?, ?, ?, ?, ?, ?)",
-                         (tenant, key, body, size, created_at, event_id)).lastrowid
+        seq = db.execute("INSERT INTO pending (tenant, key, body, size, created_at, event_id)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", (tenant, key, body, size, created_at, event_id)).lastrowid
         db.execute("DELETE FROM dead_letter WHERE seq = ?", (dead_seq,))
         self.depth += 1
         self.bytes += size

@@ -15,7 +15,7 @@ Interface for the daemon:
     await fw.unblock(tenant)            # accept that tenant's messages again (queued after its pending puts)
     fw.depth                            # pending items
     await fw.dead_letters(tenant=None, limit=100, after=0)  # rejected (4xx) items, kept for operators
-    await fw.requeue(key)               # a dead letter back at the tail of its tenant's queue (GET/POST /webhook/dead-letters)
+    await fw.requeue(key)               # a dead letter back at its tenant's tail (POST .../dead-letters/{id}/retry)
     await fw.stats()                    # {"enabled", "queued", "deadLetters", "refused"}: GET /webhook
     await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
     fw.resume(t); await fw.pause(t)     # cluster mode (spool=PgSpool, owns=): deliver a gained / stop a lost tenant
