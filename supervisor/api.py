@@ -210,6 +210,9 @@ def make_app(supervisor: Any, api: ApiSettings, *, events: EventBus | None = Non
     app.router.add_post(f"{_T}/pairing-code", pairing_code)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/webhook", webhook_status)
+    from . import api_webhook  # imports this module: here, not at the top
+
+    api_webhook.add_routes(app)  # the dead letters: list, retry
     from .api_messages import add_message_routes  # imports this module: here, not at the top
 
     add_message_routes(app, outbox, _T)  # the send API and its durable outbox (supervisor/outbox_dispatch.py)

@@ -13,8 +13,10 @@ way around the secret.
   before forwarding existed (409 `not_owner` when the snapshot was stale), never forwarded again.
 - No owner yet, the owner is this node, or the owner has no usable `advertise_url`: today's local answer.
 - The owner does not answer: 504 `owner_unreachable` after the bound (502 when the connection fails), with `owner`
-  and `advertiseUrl`. start/stop fall back to the local answer instead: their intent is recorded in the store, which
-  the owner acts on when it is back, so they never need the owner to answer.
+  and `advertiseUrl`; but if the store says the owner is dead (its node lock is free), our claim loop is nudged and
+  the request is answered here once this node took the tenant over, else 503 `owner_down` (both with Retry-After).
+  start/stop fall back to the local answer instead: their intent is recorded in the store, which the owner acts on
+  when it is back, so they never need the owner to answer.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Idempo
                     "X-Accel-Buffering")
 QUICK = 10.0  # seconds for an answer that needs no worker round trip (also: a stream's response headers)
 CONNECT = 5.0  # seconds for the TCP connection (a SIGSTOPped owner's kernel still accepts: QUICK ends that)
+TAKEOVER_WAIT = 3.0  # seconds a request for a dead owner's tenant waits for our nudged claim rounds
 MAX_ANSWER = 4 * 1024 * 1024  # an owner's answer larger than this is not one of ours (a QR PNG is a few KB)
 FORWARDER: web.AppKey[Any] = web.AppKey("forwarder")
 
@@ -136,11 +139,39 @@ class Forwarder:
             log.warning("api.forward_failed", tenant=tid, owner=owner, error=exc.error, status=exc.status)
             if kind == "intent":
                 return await handler(request)  # the store records the intent; the owner acts on it later
-            resp = error_response(exc.status, "owner_unreachable",
-                                  f"tenant {tid} runs on node {owner}, which did not answer ({exc.error}): retry",
-                                  tenant=tid, owner=owner, advertiseUrl=found[1])
+            down = await self._owner_down(str(tid), owner)
+            if down == "ours":
+                return await handler(request)  # taken over by this node just now: the local answer
+            if down == "down":
+                resp = error_response(503, "owner_down", f"tenant {tid} ran on node {owner}, which is down; another "
+                                      "node is taking it over: retry", tenant=tid, owner=owner, advertiseUrl=found[1])
+            else:
+                resp = error_response(exc.status, "owner_unreachable",
+                                      f"tenant {tid} runs on node {owner}, which did not answer ({exc.error}): retry",
+                                      tenant=tid, owner=owner, advertiseUrl=found[1])
             resp.headers["Retry-After"] = "1"
             return resp
+
+    async def _owner_down(self, tid: str, owner: str) -> str | None:
+        """After a failed forward: is the owner dead (its node lock free)? Then nudge our claim loop (a dead node's
+        tenants may be taken over now: ownership.py does it in its next round, which the nudge runs at once) and
+        wait for up to two rounds: "ours" when this node took the tenant over, "down" when it did not (yet). None:
+        the owner is alive (e.g. SIGSTOPped or cut off: the lease decides) or the store cannot tell."""
+        own = self.node.own
+        try:
+            alive = await asyncio.wait_for(own.node_alive(owner), QUICK)
+        except Exception as exc:  # noqa: BLE001 - store away: the old answer
+            log.warning("api.owner_check_failed", tenant=tid, owner=owner, error=type(exc).__name__)
+            return None
+        if alive is not False:
+            return None
+        start, end = own.rounds, asyncio.get_running_loop().time() + TAKEOVER_WAIT
+        own.nudge()
+        while own.rounds < start + 2 and asyncio.get_running_loop().time() < end and tid not in own.owned:
+            await asyncio.sleep(0.02)
+        ours = tid in own.owned
+        log.warning("api.owner_down", tenant=tid, owner=owner, taken_over_here=ours)
+        return "ours" if ours else "down"
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}

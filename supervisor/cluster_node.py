@@ -115,6 +115,7 @@ class ClusterNode:
         return self.own.owned.get(tid) if self.own.fence.valid() else None
 
     async def _gain(self, tid: str, epoch: int) -> None:
+        self.sup.events.gained(tid)  # resumes from before now miss what it did elsewhere: a reset (eventbus.py)
         if self.outbox is not None:  # the old owner's queued messages are ours to send now
             self.outbox.gained(tid)
         task = asyncio.create_task(self._start_here(tid), name=f"gain:{tid}")  # on_gain only schedules

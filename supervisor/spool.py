@@ -14,7 +14,8 @@ loop never waits on fsync; sqlite3's default `check_same_thread=True` enforces t
     spool.next_items(tenant, after_seq, limit)     # pending rows of one tenant, in submit order
     depth = spool.delete(seq)                      # delivered
     depth = spool.dead_letter(item, status, attempts, now)   # rejected: moved, never dropped
-    spool.dead_letters(tenant=None, limit=100)     # for operators / tests
+    spool.dead_letters(tenant=None, limit=100, after=0)   # oldest first by seq (`after`: the paging cursor)
+    spool.requeue(key)                             # a dead letter back at the tail of its tenant's queue (idempotent)
     spool.depth, spool.bytes                       # pending rows and their payload bytes
     spool.close()
 
@@ -60,6 +61,8 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 # Added after the first release: the stable event id of a message (docs/webhook.md), the Idempotency-Key when set.
 MIGRATIONS = ("pending", "dead_letter")
 EVENT_INDEX = "CREATE INDEX IF NOT EXISTS pending_by_event ON pending (event_id)"
+DEAD_KEY_INDEX = "CREATE INDEX IF NOT EXISTS dead_letter_by_key ON dead_letter (key)"  # requeue by id
+DEAD_COLS = ("seq", "tenant", "key", "body", "created_at", "status", "attempts", "dead_at", "event_id", "size")
 
 
 class SpoolError(SupervisorError):
@@ -86,6 +89,24 @@ def check_room(spool: Any, tenant: str, size: int, *, gated: bool) -> None:
             f"webhook spool full ({spool.depth} items, {spool.bytes} bytes): message of tenant {tenant} refused",
             depth=spool.depth, bytes=spool.bytes, max_items=spool.max_items, max_bytes=spool.max_bytes,
         )
+
+
+class DeadLetterNotFound(SpoolError):
+    code = "dead_letter_not_found"
+    status = 404
+
+
+class AlreadyPending(SpoolError):
+    """The dead letter's event id is pending again (its worker re-emitted the message): requeuing it would send the
+    same message twice in one queue. The dead letter stays."""
+
+    code = "already_pending"
+    status = 409
+
+
+def requeue_answer(tenant: str, key: str, seq: int, moved: bool) -> dict:
+    """The answer of both spools' `requeue`: `requeued` False = it was already back in the queue (a repeated call)."""
+    return {"id": key, "tenant": tenant, "seq": seq, "requeued": moved}
 
 
 class SpoolLocked(SpoolError):
@@ -131,6 +152,7 @@ class Spool:
                 if "event_id" not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN event_id TEXT")
             db.execute(EVENT_INDEX)
+            db.execute(DEAD_KEY_INDEX)
             self.depth, self.bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending").fetchone()
         except BaseException:
             self.close()
@@ -209,14 +231,48 @@ class Spool:
             self.bytes -= row[0]
         return self.depth
 
-    def dead_letters(self, tenant: str | None = None, limit: int = 100) -> list[dict]:
-        sql = "SELECT seq, tenant, key, body, created_at, status, attempts, dead_at FROM dead_letter"
-        args: tuple = ()
+    def dead_letters(self, tenant: str | None = None, limit: int = 100, after: int = 0) -> list[dict]:
+        sql = f"SELECT {', '.join(DEAD_COLS)} FROM dead_letter WHERE seq > ?"
+        args: tuple = (after,)
         if tenant is not None:
-            sql, args = sql + " WHERE tenant = ?", (tenant,)
+            sql, args = sql + " AND tenant = ?", (*args, tenant)
         rows = self.db.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit))
-        cols = ("seq", "tenant", "key", "body", "created_at", "status", "attempts", "dead_at")
-        return [dict(zip(cols, r)) for r in rows]
+        return [dict(zip(DEAD_COLS, r)) for r in rows]
+
+    def requeue(self, key: str) -> dict:
+        """Move the dead letter `key` (its transport uuid: the API's id) back into `pending` at the tail of its
+        tenant's queue (a new seq), keeping its key, event id and created_at, so the target sees the same
+        Idempotency-Key. Again for a key already pending: the same row, requeued False. Raises DeadLetterNotFound,
+        AlreadyPending (its event id is pending again), SpoolFull (the bound holds for operators too)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")  # move in one transaction: the row is in exactly one table
+        try:
+            out = self._requeue(db, key)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return out
+
+    def _requeue(self, db: sqlite3.Connection, key: str) -> dict:
+        row = db.execute("SELECT seq, tenant, body, size, created_at, event_id FROM dead_letter WHERE key = ?",
+                         (key,)).fetchone()
+        if row is None:
+            again = db.execute("SELECT tenant, seq FROM pending WHERE key = ?", (key,)).fetchone()
+            if again is None:
+                raise DeadLetterNotFound(f"no dead letter {key}", id=key)
+            return requeue_answer(again[0], key, again[1], False)
+        dead_seq, tenant, body, size, created_at, event_id = row
+        if event_id is not None and db.execute("SELECT 1 FROM pending WHERE event_id = ? AND tenant = ?",
+                                               (event_id, tenant)).fetchone():
+            raise AlreadyPending(f"dead letter {key}: its event is pending again", id=key, tenant=tenant)
+        check_room(self, tenant, size, gated=False)
+        seq = db.execute("INSERT INTO pending (tenant, key, body, size, created_at, event_id)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", (tenant, key, body, size, created_at, event_id)).lastrowid
+        db.execute("DELETE FROM dead_letter WHERE seq = ?", (dead_seq,))
+        self.depth += 1
+        self.bytes += size
+        return requeue_answer(tenant, key, seq, True)
 
     def dead_letter_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]

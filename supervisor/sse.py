@@ -2,6 +2,8 @@
 
 Each stream starts with a `snapshot` event (current status, no id) unless the client resumes with `Last-Event-ID`
 (header, or `?lastEventId=` for clients that cannot set headers), then carries `state` and `qr` events with ids.
+A resume that cannot be exact (eventbus.py: another run's or node's id, the buffer, a tenant that moved) gets a
+`reset` and then the `snapshot`, so the client has the current status without another request.
 A comment line (`: keep-alive`) every `heartbeat` seconds keeps proxies from closing an idle stream and lets the
 client notice a dead daemon. Auth is the API's auth middleware: QR strings only ever go to authenticated clients.
 """
@@ -51,7 +53,9 @@ async def stream(request: web.Request, bus: EventBus, sup: Any, tenant: str | No
     await resp.prepare(request)
     try:
         await resp.write(b"retry: 2000\n\n")
-        if last_id is None:
+        if sub.reset:  # not resumable (another run or node, the buffer, a move): the reset, then the status now
+            await resp.write(format_event(sub.queue.get_nowait()))  # the backlog's first item
+        if last_id is None or sub.reset:
             await resp.write(format_event(Event(None, "snapshot", tenant, _snapshot(bus, sup, tenant))))
         while True:
             try:

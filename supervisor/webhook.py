@@ -14,10 +14,12 @@ Interface for the daemon:
     fw.has_room()                       # the bound is not reached; await fw.room(): the same, counters re-read
     await fw.unblock(tenant)            # accept that tenant's messages again (queued after its pending puts)
     fw.depth                            # pending items
-    await fw.dead_letters(tenant=None)  # rejected (4xx) items, kept for operators
+    await fw.dead_letters(tenant=None, limit=100, after=0)  # rejected (4xx) items, kept for operators
+    await fw.requeue(key)               # a dead letter back at its tenant's tail (POST .../dead-letters/{id}/retry)
     await fw.stats()                    # {"enabled", "queued", "deadLetters", "refused"}: GET /webhook
     await fw.aclose()                   # stops delivery, keeps undelivered rows; call after the workers stopped
     fw.resume(t); await fw.pause(t)     # cluster mode (spool=PgSpool, owns=): deliver a gained / stop a lost tenant
+                                        # (owned=: every RESCAN s, owned tenants with rows another node requeued)
 
 Delivery: POST {"tenantId": tenant, "payload": event} with Content-Type, Idempotency-Key (the event id, else a uuid
 stored with the row; identical on every retry and after a restart) and X-Internal-Secret (when set). 2xx -> deleted; 4xx other than
@@ -51,6 +53,7 @@ __all__ = ["WebhookForwarder", "WebhookClosed", "SpoolFull", "SpoolLocked", "bac
 log = structlog.get_logger()
 SPOOL_FILENAME = "webhook-spool.sqlite3"
 BATCH = 100  # rows fetched per spool read while draining a tenant
+RESCAN = 2.0  # s: cluster mode, how soon an owner delivers a dead letter that another node requeued
 
 
 class WebhookClosed(SpoolError):
@@ -85,6 +88,7 @@ class WebhookForwarder:
         rng: Callable[[], float] = random.random,
         spool: Spool | None = None,
         owns: Callable[[str], bool] | None = None,
+        owned: Callable[[], list[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = settings.url is not None
@@ -98,6 +102,8 @@ class WebhookForwarder:
         self._spool: Spool | None = None
         self._given_spool = spool  # cluster mode: the PgSpool (same interface); else the SQLite file below
         self._owns = owns or (lambda tenant: True)
+        self._owned = owned  # cluster mode: the tenants this node owns, for the rescan
+        self._rescan: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}  # tenant -> its delivery task (at most one)
         self._dirty: set[str] = set()  # tenants that got a put while their task was reading the spool
@@ -126,6 +132,8 @@ class WebhookForwarder:
         self._set_depth(self._spool.depth)
         for tenant in tenants:
             self._kick(tenant)
+        if self._owned is not None:
+            self._rescan = asyncio.get_running_loop().create_task(self._rescan_loop(), name="webhook:rescan")
         log.info("webhook.started", path=str(getattr(self._spool, "path", self.spool_path)), depth=self.depth,
                  tenants=len(tenants))
 
@@ -135,7 +143,7 @@ class WebhookForwarder:
             self._closing = True
             return
         self._closing = True
-        tasks = list(self._tasks.values())
+        tasks = list(self._tasks.values()) + ([self._rescan] if self._rescan is not None else [])
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -265,8 +273,8 @@ class WebhookForwarder:
                 return True
             if outcome == "dead_letter":
                 self._set_depth(await self._db(self._spool.dead_letter, item, status, attempt, time.time()))
-                log.error("webhook.dead_letter", tenant=item.tenant, id=item.idempotency_key, seq=item.seq, status=status,
-                          attempts=attempt)
+                log.error("webhook.dead_letter", tenant=item.tenant, id=item.idempotency_key, key=item.key, seq=item.seq,
+                          status=status, attempts=attempt)
                 self._result("dead_letter")
                 return True
             delay = backoff_delay(attempt, self.settings, self._rng)
@@ -300,10 +308,32 @@ class WebhookForwarder:
             return None, type(exc).__name__, None
 
     # ---- helpers ----------------------------------------------------------------------------------------------
-    async def dead_letters(self, tenant: str | None = None, limit: int = 100) -> list[dict]:
+    async def dead_letters(self, tenant: str | None = None, limit: int = 100, after: int = 0) -> list[dict]:
         if self._spool is None or not self._started or self._closing:
             return []
-        return await self._db(self._spool.dead_letters, tenant, limit)
+        return await self._db(self._spool.dead_letters, tenant, limit, after)
+
+    async def requeue(self, key: str) -> dict:
+        """An operator's retry of the dead letter `key` (spool.requeue: idempotent, DeadLetterNotFound, AlreadyPending,
+        SpoolFull). Delivered by this node if it owns the tenant, else by its owner's rescan (cluster mode)."""
+        if self._spool is None or not self._started or self._closing:
+            raise WebhookClosed("webhook forwarder is not running")
+        out = await self._db(self._spool.requeue, key)
+        self._set_depth(self._spool.depth)
+        log.info("webhook.requeued", tenant=out["tenant"], id=key, seq=out["seq"], requeued=out["requeued"])
+        self._kick(out["tenant"])
+        return out
+
+    async def _rescan_loop(self) -> None:
+        assert self._owned is not None and self._spool is not None
+        while True:
+            await self._sleep(RESCAN)
+            idle = [t for t in self._owned() if t not in self._tasks]
+            try:
+                for tenant in await self._db(self._spool.pending_among, idle):
+                    self._kick(tenant)
+            except SpoolError as exc:  # the store is away: the next round tries again
+                log.warning("webhook.rescan_failed", error=type(exc).__name__)
 
     async def stats(self) -> dict[str, object]:
         """GET /webhook: is forwarding on, how much waits, how much the target refused for good (dead letters)."""

@@ -37,6 +37,7 @@ def make_forwarder(settings: WebhookSettings, storage_root: Path, metrics: Metri
 
         kw["spool"] = PgSpool(cluster.cs, cluster.epoch_now, max_items=settings.max_items, max_bytes=settings.max_bytes)
         kw["owns"] = cluster.may_spawn
+        kw["owned"] = lambda: list(cluster.own.owned)  # the rescan: rows another node requeued
     fw = WebhookForwarder(settings, storage_root=storage_root, on_depth=metrics.webhook_depth,
                           on_result=metrics.webhook_result, **kw)
     if cluster is not None:

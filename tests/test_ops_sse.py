@@ -104,7 +104,7 @@ async def test_streams_end_on_bus_close(live):
 
 
 def test_bus_buffer_overflow_gives_reset_and_slow_subscriber_is_cut():
-    bus = EventBus(buffer=3, queue_size=2)
+    bus = EventBus(buffer=3, queue_size=2, base=0)  # ids 1, 2, ...
     slow = bus.subscribe()
     for i in range(5):
         bus.publish("t", "state", {"n": i})

@@ -24,13 +24,16 @@ from ..settings import ClusterSettings
 from . import pg, schema
 from .fence import Fence, keep_alive
 from .placement import NodeView, place, surplus
-from .views import cluster_view, read_nodes
+from .views import cluster_view, node_alive, read_nodes
 from .store import Fenced, fenced_tx, put_kv
 
 __all__ = ["PgOwnership", "Fenced", "NodeIdInUse", "fenced_tx"]
 
 log = get_logger()
 Callback = Callable[[str, int], Awaitable[None]]
+# tenant_epoch rows kept per tenant (the newest epochs): history for operators and the tests' stale-commit checks.
+# Fencing never reads them (fenced_tx checks tenant_owner, whose epoch only grows), so older rows can go.
+EPOCH_HISTORY = 50
 
 class NodeIdInUse(RuntimeError):
     pass
@@ -58,6 +61,8 @@ class PgOwnership:
         self._draining = False
         self._tasks: list[asyncio.Task] = []
         self._waiting: dict[str, float] = {}  # unowned tenant -> first seen: any node claims it after a while
+        self._wake = asyncio.Event()  # nudge(): the next claim round now, not after claim_interval
+        self.rounds = 0  # claim rounds finished (waiters on a nudge count them)
 
     # -- life ----------------------------------------------------------------------------------------------------
     async def start(self, acquire_timeout: float | None = None) -> None:
@@ -172,6 +177,7 @@ class PgOwnership:
     async def _claim_loop(self) -> None:
         while True:
             full = False
+            self._wake.clear()  # a nudge from here on gets a round of its own (this one may have read the nodes)
             try:
                 full = len(await self.claim_round()) >= self.cs.claim_batch  # more waiting: next batch at once
             except asyncio.CancelledError:
@@ -179,7 +185,20 @@ class PgOwnership:
             except Exception as exc:  # noqa: BLE001 - the next round retries on a fresh connection
                 log.warning("cluster.claim_failed", node=self.node_id, error=f"{type(exc).__name__}: {exc}"[:200])
                 await self._drop(("_data",))
-            await asyncio.sleep(0 if full else self.cs.claim_interval)
+            self.rounds += 1
+            if not full:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.cs.claim_interval)
+
+    def nudge(self) -> None:
+        """Run the next claim round now (a request found a tenant's owner dead: supervisor/api_forward.py). Only
+        earlier, never different: the round places and takes over exactly as a timed one would."""
+        self._wake.set()
+
+    async def node_alive(self, node_id: str) -> bool | None:
+        """Does `node_id` hold its node lock now (views.node_alive)? None: no such node."""
+        async with self._dlock, self._tx() as cur:
+            return await node_alive(cur, node_id)
 
     async def claim_round(self) -> list[str]:
         """One round: notice lost/stopped tenants, hand off surplus, claim what placement gives us. Returns the
@@ -244,6 +263,9 @@ class PgOwnership:
                 taken = [r[0] for r in await cur.fetchall()]
             await cur.execute(schema.CLAIM_SQL, {"me": self.node_id, "ids": ids, "from": [*taken, self.node_id]})
             got = {t: e for t, e in await cur.fetchall()}
+            if got:  # prune the claimed tenants' history in the same transaction (PK index range per tenant)
+                await cur.execute("DELETE FROM tenant_epoch e USING tenant_owner o WHERE o.tenant_id = e.tenant_id"
+                                  " AND e.tenant_id = ANY(%s) AND e.epoch <= o.epoch - %s", (list(got), EPOCH_HISTORY))
         if not got or not self.fence.valid():
             return []  # committed but fenced meanwhile: the rows are ours and get re-claimed after re-acquisition
         self.owned.update(got)

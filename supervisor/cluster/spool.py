@@ -9,6 +9,8 @@ its single spool thread. Differences:
 - `put` commits only at this node's current epoch for the tenant (the owner row held FOR SHARE in the same
   transaction, the check of `store.fenced_tx`): a put from a node that lost the tenant (or whose lease lapsed)
   raises `SpoolFenced` and commits nothing, so the worker gets no `ack` for that message.
+- `requeue` (an operator's retry of a dead letter, from any node) is not fenced either: the row goes back into
+  `webhook_pending` at the tenant's current epoch; its owner finds it with `pending_among` (the forwarder's rescan).
 - Deletes and dead-lettering are not fenced: they only ever remove a row someone delivered (or the target refused),
   so a late one from a former owner is harmless, and at-least-once never depends on who deletes.
 - `depth`/`bytes` count the whole cluster's pending rows: read from the table at open and again at most every
@@ -29,7 +31,7 @@ from typing import Any
 import psycopg
 
 from ..settings import ClusterSettings
-from ..spool import Item, SpoolError, check_room
+from ..spool import DEAD_COLS, AlreadyPending, DeadLetterNotFound, Item, SpoolError, check_room, requeue_answer
 from .pg import conninfo_kwargs
 from .store import OWNER_ROW_SQL
 
@@ -170,14 +172,53 @@ class PgSpool:
         return self.depth
 
     @_db_errors
-    def dead_letters(self, tenant: str | None = None, limit: int = 100) -> list[dict]:
-        sql = "SELECT seq, tenant_id, key, body, created_at, status, attempts, dead_at FROM webhook_dead_letter"
-        args: tuple = ()
+    def dead_letters(self, tenant: str | None = None, limit: int = 100, after: int = 0) -> list[dict]:
+        cols = ", ".join("tenant_id" if c == "tenant" else c for c in DEAD_COLS)
+        sql, args = f"SELECT {cols} FROM webhook_dead_letter WHERE seq > %s", (after,)
         if tenant is not None:
-            sql, args = sql + " WHERE tenant_id = %s", (tenant,)
+            sql, args = sql + " AND tenant_id = %s", (*args, tenant)
         rows = self.db.execute(sql + " ORDER BY seq LIMIT %s", (*args, limit)).fetchall()
-        cols = ("seq", "tenant", "key", "body", "created_at", "status", "attempts", "dead_at")
-        return [dict(zip(cols, r)) for r in rows]
+        return [dict(zip(DEAD_COLS, r)) for r in rows]
+
+    @_db_errors
+    def requeue(self, key: str) -> dict:
+        """The SQLite Spool.requeue's semantics, from any node. The dead letter is locked FOR UPDATE first: of two
+        nodes requeuing one key, the second waits, then finds it gone and answers the first one's row."""
+        self._count()
+        try:
+            with self.db.transaction(), self.db.cursor() as cur:
+                cur.execute("SELECT seq, tenant_id, body, size, created_at, event_id FROM webhook_dead_letter"
+                            " WHERE key = %s FOR UPDATE", (key,))
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute("SELECT tenant_id, seq FROM webhook_pending WHERE key = %s", (key,))
+                    again = cur.fetchone()
+                    if again is None:
+                        raise DeadLetterNotFound(f"no dead letter {key}", id=key)
+                    return requeue_answer(again[0], key, again[1], False)
+                dead_seq, tenant, body, size, created_at, event_id = row
+                check_room(self, tenant, size, gated=False)
+                # The tenant's current epoch: not a fence (any node may requeue), the column's "who put it" only.
+                cur.execute("INSERT INTO webhook_pending (tenant_id, key, body, size, created_at, event_id, epoch)"
+                            " VALUES (%s, %s, %s, %s, %s, %s, coalesce((SELECT epoch FROM tenant_owner"
+                            " WHERE tenant_id = %s), 0)) RETURNING seq",
+                            (tenant, key, body, size, created_at, event_id, tenant))
+                seq = cur.fetchone()[0]
+                cur.execute("DELETE FROM webhook_dead_letter WHERE seq = %s", (dead_seq,))
+        except psycopg.errors.UniqueViolation:  # webhook_pending_by_event: the worker re-emitted it meanwhile
+            raise AlreadyPending(f"dead letter {key}: its event is pending again", id=key) from None
+        self.depth += 1
+        self.bytes += size
+        return requeue_answer(tenant, key, seq, True)
+
+    @_db_errors
+    def pending_among(self, tenants: list[str]) -> list[str]:
+        """Which of `tenants` (the ones this node owns) have pending rows: the forwarder's rescan finds rows that
+        another node put back (requeue) without a local put to wake their tenant. One index probe per tenant."""
+        if not tenants:
+            return []
+        rows = self.db.execute("SELECT DISTINCT tenant_id FROM webhook_pending WHERE tenant_id = ANY(%s)", (tenants,))
+        return [r[0] for r in rows.fetchall()]
 
     @_db_errors
     def dead_letter_count(self) -> int:

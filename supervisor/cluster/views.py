@@ -8,11 +8,12 @@ from typing import Any
 from .placement import NodeView
 from .schema import LOCK_NS
 
-_NODES_SQL = """
-SELECT n.node_id, n.lock_key, n.draining, n.max_tenants, n.advertise_url,
-       EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = %(ns)s
+# A node is alive while its lock session holds its node lock (the one definition of liveness).
+_ALIVE = """EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = %(ns)s
                AND l.objid = n.lock_key::oid AND l.objsubid = 2 AND l.granted
-               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS alive,
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
+_NODES_SQL = f"""
+SELECT n.node_id, n.lock_key, n.draining, n.max_tenants, n.advertise_url, {_ALIVE} AS alive,
        (SELECT count(*) FROM tenant_owner o WHERE o.owner = n.node_id) AS owned
 FROM cluster_node n"""
 
@@ -21,6 +22,14 @@ async def read_nodes(conn: Any) -> list[NodeView]:
     cur = await conn.execute(_NODES_SQL, {"ns": LOCK_NS})
     return [NodeView(node_id=r[0], lock_key=r[1], draining=r[2], max_tenants=r[3], advertise_url=r[4],
                      alive=r[5], owned=r[6]) for r in await cur.fetchall()]
+
+
+async def node_alive(conn: Any, node_id: str) -> bool | None:
+    """Does `node_id` hold its lock right now? None: no such node."""
+    cur = await conn.execute(f"SELECT {_ALIVE} FROM cluster_node n WHERE n.node_id = %(node)s",
+                             {"ns": LOCK_NS, "node": node_id})
+    row = await cur.fetchone()
+    return None if row is None else bool(row[0])
 
 
 async def cluster_view(conn: Any, me: str) -> dict[str, Any]:
