@@ -20,6 +20,12 @@
 // read at open, copied into a new segment (durably), then its files are deleted; unacked ones are re-emitted.
 // Backpressure: a stanza that would need libsignal waits while `maxUnacked` entries are unacked (the daemon's
 // spool is full or its acks stall): no decrypt, no receipt, and WhatsApp keeps the rest queued.
+// Cluster mode (`sync`, state-sync.mjs; docs/cluster.md "The decrypt journal"): the store is the truth. Each unacked
+// entry also goes to the daemon as the key `journal/<hash>.json` holding the legacy per-file JSON, and the decrypt
+// returns only once the daemon committed it (fenced): journal in the store -> ratchet commit -> receipt. The local
+// append is then not fdatasynced (the daemon rebuilds journal/ from the store before every spawn: the rows become
+// legacy files, migrated below). An ack deletes the rows (not awaited: a lost delete re-emits the message under
+// its stable event id); a store row that this log knows as acked (its delete was lost) is deleted again at open.
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -70,8 +76,10 @@ export function killAfterDecrypts(inner, n) {
   });
 }
 
+export const storeKey = (hash) => `journal/${hash}.json`;
+
 export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked = DEFAULT_MAX_UNACKED,
-  killAfterWrites = 0, now = Date.now, compactMinBytes } = {}) {
+  killAfterWrites = 0, now = Date.now, compactMinBytes, sync = null } = {}) {
   const dir = join(authDir, 'journal');
   await prepareDir(dir);
   const legacy = makeAuthFiles(dir, { onWriteError }); // the per-file layout: read once, then deleted
@@ -111,6 +119,7 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
   };
   for (const e of log.live.values()) load(e);
   const migrated = [];
+  const staleRows = []; // cluster mode: store rows of entries this log has as acked (their delete was lost)
   for (const name of await readdir(dir)) {
     if (!name.endsWith('.json')) continue;
     let e;
@@ -123,11 +132,15 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     load(e);
     log.append(entries.get(e.hash));
     migrated.push(name);
+    if (sync && entries.get(e.hash).acked) staleRows.push(e.hash);
   }
   if (migrated.length) {
     await log.compactNow(); // durable in the log before the old files go
     await Promise.all(migrated.map((name) => legacy.remove(name))); // one shared directory fsync
   }
+  // Not awaited (the daemon is not listening yet at open: it answers once the worker runs): a failure only leaves
+  // the row for the next open.
+  for (const hash of staleRows) sync.push(storeKey(hash), null).catch(() => {});
 
   const unacked = () => [...entries.values()].filter((e) => !e.acked);
   const refEntries = (ref) => [...(byRef.get(ref) ?? [])].map((h) => entries.get(h)).filter(Boolean);
@@ -174,7 +187,10 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     if (envelope?.attrs?.id) byWaId.set(envelope.attrs.id, ref);
     const entry = { hash, ref, msgKey: sk, seq: ++seq, at: now(), envelope, pt: Buffer.from(pt).toString('base64') };
     try {
-      await log.append(entry, true); // durable (fdatasync of the log) before the caller returns
+      // durable before the caller returns: the log's fdatasync, or in cluster mode the daemon's commit (the local
+      // log is then a cache, so it is not synced; both run at once)
+      await (sync ? Promise.all([log.append(entry), sync.push(storeKey(hash), JSON.stringify(entry))])
+        : log.append(entry, true));
     } catch (err) {
       onWriteError(err);
       // onWriteError (the worker: fatal auth_write_failed) ends the process. Never return: a throw here would make
@@ -269,6 +285,8 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
         byStanza.delete(e.msgKey); // only needed while its enc children are decrypted
         // Not fsynced: losing it to a power cut only re-emits the message (deduplicated by its event id).
         writes_.push(log.append(tomb)); // one flush for the whole ack: the same promise
+        // Not awaited either: a lost delete re-emits the message at the next owner's start, under its event id.
+        if (sync) sync.push(storeKey(e.hash), null).catch(() => {});
       }
     }
     wake();
