@@ -19,16 +19,19 @@ process.on('exit', () => { for (const d of dirs) rmSync(d, { recursive: true, fo
 /** A state-sync stand-in: every push is recorded with its own commit the test resolves or rejects. */
 function fakeSync() {
   const pushes = [];
-  return {
+  const sync = {
     pushes,
-    push(name, text) {
+    released: 0,
+    release() { sync.released += 1; },
+    push(name, text, opts = {}) {
       let resolve;
       let reject;
       const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
-      pushes.push({ name, text, resolve, reject });
+      pushes.push({ name, text, resolve, reject, defer: Boolean(opts.defer) });
       return promise;
     },
   };
+  return sync;
 }
 
 const repo = { decryptMessage: async ({ ciphertext }) => Buffer.concat([Buffer.from('pt:'), ciphertext]) };
@@ -57,6 +60,8 @@ test('a decrypt returns only after its entry is committed to the store, as the l
   assert.equal(entry.envelope.attrs.id, 'M1');
   assert.equal(Buffer.from(entry.pt, 'base64').toString(), 'pt:c1');
   assert.ok(!entry.acked);
+  assert.equal(push.defer, true); // leaves with the ratchet's write (state-sync)
+  assert.equal(sync.released, 1); // the transaction wrote nothing here: released after it
   push.resolve();
   assert.equal((await p).toString(), 'pt:c1');
   await j.close();
@@ -77,6 +82,10 @@ test('an ack deletes the row without waiting for the commit; a failed commit is 
   await j.ack([ref]); // resolves although the delete's commit never does
   assert.equal(sync.pushes.length, 2);
   assert.deepEqual([sync.pushes[1].name, sync.pushes[1].text], [storeKey(hashOf('msg', ct)), null]);
+  assert.equal(sync.pushes[1].defer, true); // rides with the next decrypt's transaction...
+  const released = sync.released;
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(sync.released, released + 1); // ...or leaves within DELETE_DELAY_MS
   assert.equal(j.unacked, 0);
 
   const ct3 = Buffer.from('c3');
@@ -174,4 +183,27 @@ test('sent store: each write goes to the store as sent/<waId>.json, the send doe
   while (!sync2.pushes.length) await tick();
   assert.deepEqual(sync2.pushes.map((x) => [x.name, x.text]), [['sent/OLD1.json', null]]);
   assert.ok(await s2.getMessage({ id: 'ABCDEF1' }));
+});
+
+test('state-sync: a deferred push leaves with the next ordinary push (one event), or on release()', { timeout: 20000 }, async () => {
+  const { makeStateSync } = await import('../src/state-sync.mjs');
+  const events = [];
+  const s = makeStateSync((e) => events.push(e));
+  const j = s.push('journal/aa.json', '{"a":1}', { defer: true });
+  for (let i = 0; i < 5; i++) await tick();
+  assert.equal(events.length, 0, 'a deferred push was sent alone');
+  const w = s.push('session-x.json', '{}');
+  while (!events.length) await tick();
+  assert.equal(events.length, 1);
+  assert.deepEqual(Object.keys(events[0].items), ['journal/aa.json', 'session-x.json']); // one transaction
+  s.ack(events[0].ref, true);
+  await Promise.all([j, w]);
+  const k = s.push('journal/bb.json', '{"b":1}', { defer: true });
+  for (let i = 0; i < 5; i++) await tick();
+  assert.equal(events.length, 1);
+  s.release();
+  while (events.length < 2) await tick();
+  assert.deepEqual(Object.keys(events[1].items), ['journal/bb.json']);
+  s.ack(events[1].ref, true);
+  await k;
 });
