@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -134,6 +135,7 @@ def run(mode: str, args: argparse.Namespace, dsn: str | None = None) -> dict:
             d.stop()
         sim.stop()
         receiver.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
