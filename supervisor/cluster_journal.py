@@ -76,9 +76,17 @@ def local_journal(jdir: Path) -> dict[str, dict[str, Any]]:
 
 
 def import_rows(auth_dir: Path) -> dict[str, bytes]:
-    """A single-host dir's unacked journal entries as store rows (the first claim after an upgrade imports them)."""
-    return {f"{JOURNAL}{h}.json": json.dumps(r, separators=(",", ":")).encode()
+    """A single-host dir's unacked journal entries and sent files as store rows (the first claim after an upgrade,
+    and `db import`)."""
+    rows = {f"{JOURNAL}{h}.json": json.dumps(r, separators=(",", ":")).encode()
             for h, r in local_journal(auth_dir / "journal").items() if not r.get("acked")}
+    sdir = auth_dir / "sent"
+    if sdir.is_dir():
+        with os.scandir(sdir) as it:
+            for e in it:
+                if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file(follow_symlinks=False):
+                    rows[f"{SENT}{e.name}"] = Path(e.path).read_bytes()
+    return rows
 
 
 def _write(path: Path, data: bytes, mtime: float | None = None) -> None:

@@ -127,7 +127,7 @@ class StateStore:
             else:
                 local = await asyncio.to_thread(read_local, auth_dir)
                 if CREDS in local:  # first claim after the single host: the store starts from this host's files
-                    # (and its unacked journal entries: the store is their truth from now on)
+                    # (and its unacked journal entries and sent store: the store is their truth from now on)
                     local.update(await asyncio.to_thread(cluster_journal.import_rows, auth_dir))
                     await self.own.write_kv(tid, dict(local), epoch)
                     self.stats["imported"] += 1

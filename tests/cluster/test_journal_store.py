@@ -123,3 +123,32 @@ async def test_first_claim_imports_the_single_host_journal(cluster_settings, pg_
         assert sorted(p.name for p in (auth / "journal").iterdir()) == ["seg-000000000001.log"]  # left as it was
     finally:
         await a.close(drain=False)
+
+
+def test_db_import_and_export_carry_the_journal_and_the_sent_store(tmp_path, pg_dsn):
+    """`db import` takes the unacked entries and sent files; `db export` writes them back (journal/ in the legacy
+    layout the worker migrates): without this, an export of a tenant with a sent row failed (`bad_key`)."""
+    import psycopg
+
+    from supervisor.cluster import schema, transfer
+
+    auth = tmp_path / "storage" / "whatsapp" / "t1" / "auth"
+    (auth / "journal").mkdir(parents=True)
+    (auth / "sent").mkdir()
+    (auth / "creds.json").write_bytes(b'{"noiseKey": 1}')
+    h7, h8 = "7" * 64, "8" * 64
+    (auth / "journal" / "seg-000000000001.log").write_bytes(segment([entry(h7, "W7"), entry(h8, "W8"), tomb(h8)]))
+    (auth / "sent" / "S1.json").write_bytes(b'{"to":"x","at":1}')
+    with psycopg.connect(pg_dsn, autocommit=True) as db:
+        schema.upgrade_sync(db)
+        [rep] = transfer.import_many(db, tmp_path / "storage")
+        assert rep["status"] == "imported", rep
+        keys = {k for (k,) in db.execute("SELECT k FROM tenant_kv WHERE tenant_id = 't1'")}
+        assert keys == {"creds.json", f"journal/{h7}.json", "sent/S1.json"}
+        out = tmp_path / "exported"
+        exp = transfer.export_tenant(db, "t1", out)
+    assert exp["files"] == 3
+    assert json.loads((out / "journal" / f"{h7}.json").read_bytes()) == entry(h7, "W7")
+    assert (out / "sent" / "S1.json").read_bytes() == b'{"to":"x","at":1}'
+    assert stat.S_IMODE((out / "journal").stat().st_mode) == 0o700
+    assert local_journal(out / "journal")[h7]["envelope"]["attrs"]["id"] == "W7"
