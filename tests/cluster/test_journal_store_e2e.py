@@ -91,3 +91,35 @@ def test_a_message_journaled_on_a_killed_node_is_delivered_once_by_the_next_owne
     wait_for(lambda: not journal_rows(pg_dsn, "t"), WAIT, "the journal row deleted after b's ack")
     assert [m["text"] for m in receiver.messages("t")] == ["only in the journal"]  # once
     assert not live_workers(f"{marker}-a")
+
+
+def sent_rows(dsn: str, tid: str) -> list[str]:
+    with psycopg.connect(dsn) as c:
+        return [k for (k,) in c.execute("SELECT k FROM tenant_kv WHERE tenant_id = %s AND k LIKE 'sent/%%'", (tid,))]
+
+
+def test_a_retry_receipt_reaching_the_next_owner_is_answered_from_the_sent_store(sim, nodes, pg_dsn):
+    """Node a sends a message and is SIGKILLed; b owns the tenant. The contact asks for the message again (a retry
+    receipt: it forgot the session): b answers it from the sent store's row (getMessage), the contact gets a second
+    copy of the same id. Without the sent store in the store b has nothing to answer with."""
+    from tests.e2e.test_messages_out import contact, post, wait_inbox, wait_message
+
+    a = nodes("a")
+    a.start_tenant("t")
+    a.wait_status("t", lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
+    assert sim.scan(a.qr("t")["qr"]).get("ok")
+    a.wait_connected("t")
+    b = nodes("b")
+    c = contact(sim)
+    code, ans, _ = post(a, "t", "retry-1", {"to": c["jid"], "text": "please retry"})
+    assert code == 202, ans
+    wa = ans["waMessageId"]
+    wait_inbox(sim, c["phone"], lambda box: any(m["id"] == wa for m in box), "first copy", WAIT)
+    wait_message(a, "t", ans["messageId"], "sent", WAIT)
+    wait_for(lambda: f"sent/{wa}.json" in sent_rows(pg_dsn, "t"), WAIT, "the sent row in the store")
+
+    a.kill9()
+    assert b.wait_connected("t", 2 * WAIT)["owner"] == "b"
+    assert sim.call("POST", "/contacts/receipt", {"contact": c["phone"], "id": wa, "type": "retry"})["ok"]
+    box = wait_inbox(sim, c["phone"], lambda bx: sum(m["id"] == wa for m in bx) == 2, "the resend from b", WAIT)
+    assert [(m["text"], m.get("error")) for m in box if m["id"] == wa] == [("please retry", None)] * 2
