@@ -3,10 +3,12 @@ real PostgreSQL with a real ownership node: the worker's `journal/` and `sent/` 
 (anything else under a sub-directory is refused); materialize writes the store's rows into `<auth>/journal` (the
 legacy per-file layout the worker migrates) and `<auth>/sent` (mtime = the entry's `at`), moves a local journal that
 holds entries the store does not have aside (never deleted) and keeps one that agrees with the store; an empty store
-imports a single-host dir's unacked entries. Segment logs are made by the worker's own encoder (journal-log.mjs)."""
+imports a single-host dir's unacked entries; `db import`/`db export` carry them and the sent store. Segment logs are
+made by the worker's own encoder (journal-log.mjs)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -29,7 +31,6 @@ def segment(records: list[dict]) -> bytes:
             "process.stdout.write(Buffer.concat(recs.map(encodeRecord)).toString('base64'));")
     out = subprocess.run(["node", "--input-type=module", "-e", code, json.dumps(records)], cwd=ROOT, check=True,
                          capture_output=True, text=True, timeout=60).stdout
-    import base64
     return base64.b64decode(out)
 
 
