@@ -1,4 +1,5 @@
-"""Cluster mode: the tenant's auth state (creds.json, Signal keys) in the fenced store (docs/cluster.md "Tenant
+"""Cluster mode: the tenant's auth state (creds.json, Signal keys; the decrypt journal and the sent store as
+`journal/` and `sent/` keys, cluster_journal.py) in the fenced store (docs/cluster.md "Tenant
 state"). Imported only by cluster_node.py, so the single-host mode never loads it.
 
 - **Writes go through the daemon** (connections stay constant per node): the worker writes its local auth dir as a
@@ -31,7 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import cluster_journal
 from .cluster.store import Fenced, clear_kv, get_kv, put_kv
+from .cluster_journal import JOURNAL, SENT
 from .events import get_logger
 from .protocol import Event
 
@@ -47,8 +50,15 @@ def valid_name(name: Any) -> bool:
             and "\x00" not in name and not name.startswith("."))
 
 
+def valid_key(name: Any) -> bool:
+    """A store key a worker may write: a stock-layout file, or one under `journal/` or `sent/` (cluster_journal.py)."""
+    if isinstance(name, str) and name.startswith((JOURNAL, SENT)):
+        name = name.split("/", 1)[1]
+    return valid_name(name)
+
+
 def read_local(auth_dir: Path) -> dict[str, bytes]:
-    """The stock-layout files of an auth dir (top level only: journal/ and sent/ stay per host)."""
+    """The stock-layout files of an auth dir (top level only: journal/ and sent/ are cluster_journal.py's)."""
     if not auth_dir.is_dir():
         return {}
     with os.scandir(auth_dir) as it:
@@ -108,13 +118,17 @@ class StateStore:
             async with self.own.fenced(tid, epoch) as cur:
                 rows = await get_kv(cur, tid)
             if rows:
-                written, moved = await asyncio.to_thread(write_dir, auth_dir, rows)
+                top = {k: v for k, v in rows.items() if "/" not in k}
+                written, moved = await asyncio.to_thread(write_dir, auth_dir, top)
+                sub = await asyncio.to_thread(cluster_journal.materialize, auth_dir, rows)
                 self.stats["materialized"] += 1
-                log.info("cluster.state_materialized", tenant=tid, epoch=epoch, files=len(rows), written=written,
-                         moved_aside=moved)
+                log.info("cluster.state_materialized", tenant=tid, epoch=epoch, files=len(top), written=written,
+                         moved_aside=moved, **sub)
             else:
                 local = await asyncio.to_thread(read_local, auth_dir)
                 if CREDS in local:  # first claim after the single host: the store starts from this host's files
+                    # (and its unacked journal entries and sent store: the store is their truth from now on)
+                    local.update(await asyncio.to_thread(cluster_journal.import_rows, auth_dir))
                     await self.own.write_kv(tid, dict(local), epoch)
                     self.stats["imported"] += 1
                     log.warning("cluster.state_imported", tenant=tid, epoch=epoch, files=len(local))
@@ -238,7 +252,7 @@ def _decode(raw: Any) -> dict[str, bytes | None] | None:
         return None
     out: dict[str, bytes | None] = {}
     for name, value in raw.items():
-        if not valid_name(name):
+        if not valid_key(name):
             return None
         if value is None:
             out[name] = None

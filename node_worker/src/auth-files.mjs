@@ -13,7 +13,8 @@
 //     order; the write's promise then also waits for the promise it returns (the daemon's commit), outside the
 //     file's queue.
 //   - a write or remove made inside commitGate.run({gate}, ...) waits for `gate` (a promise) before its rename or
-//     unlink; the temp file is written and fsynced meanwhile. The decrypt journal (journal.mjs) uses it so the
+//     unlink; the temp file is written and fsynced meanwhile (with onDurable, cluster mode: not fsynced, the
+//     store's commit is its durable copy). The decrypt journal (journal.mjs) uses it so the
 //     ratchet commit of a decrypt overlaps the journal's fdatasync yet becomes visible only after it.
 //   - writeNow() does the same steps synchronously: the file is durable when it returns, before any other code
 //     runs (creds.json: Baileys sends the pair-success reply right after emitting creds.update; README "Creds").
@@ -168,11 +169,15 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
     if (durable) await syncDir();
   };
 
-  const write = (data, file, { durable = true } = {}) => {
+  const write = (data, file, { durable: wanted = true } = {}) => {
     const name = fixFileName(file);
     const filePath = join(folder, name);
     const queued = queuedWrite.get(filePath);
     const gate = gateNow();
+    // A decrypt's ratchet write in cluster mode (gated, with the store hook): the store's transaction, which also
+    // holds the journal entry, is its durable copy; a crash of this process keeps the page cache, and after a power
+    // cut the next spawn rebuilds the dir from the store. So no local fsyncs on the per-message path.
+    const durable = wanted && !(gate && onDurable);
     if (queued) {
       // Not started yet: the newest data replaces it, one write instead of two, order unchanged.
       queued.data = data;
@@ -205,7 +210,7 @@ export function makeAuthFiles(folder, { onWriteError = () => {}, maxConcurrentWr
         if (err.code !== 'ENOENT') throw err;
         return null; // nothing to remove: the store matches the directory at each spawn (materialized)
       }
-      await syncDir();
+      if (!(gate && onDurable)) await syncDir(); // as for write(): a decrypt's removal in cluster mode
       return toStore(name, null);
     })));
     p.catch((err) => onWriteError(err, file));

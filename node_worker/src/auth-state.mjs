@@ -76,7 +76,8 @@ function makeKeyStore(files, onCorruptKey) {
           const file = `${category}-${id}.json`;
           // Durable in cluster mode too, although the dir is a cache of the store: a promoted standby and the
           // in-process restart log in on it without a rebuild, and a non-durable write would not adopt a staged
-          // pre-key (measured slower: docs/benchmarks.md "Tenant state in PostgreSQL vs files").
+          // pre-key (measured slower: docs/benchmarks.md "Tenant state in PostgreSQL vs files"). A decrypt's ratchet
+          // write is the exception (auth-files.mjs: gated + store hook): its store transaction holds the journal entry.
           tasks.push(value ? files.write(value, file) : files.remove(file));
         }
       }

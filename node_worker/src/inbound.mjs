@@ -5,7 +5,12 @@ import { encodeMessageEvent } from './protocol.mjs';
 import { keyRef } from './journal.mjs';
 import { toJsonSafe } from './jsonsafe.mjs';
 
+// Test-only (tests/cluster/test_journal_store.py): journal and receipt as usual, but never tell the daemon, so the
+// message exists only in the journal (and, in cluster mode, in the store) when the test kills the node.
+const HOLD_MESSAGES = process.env.BSUP_TEST_HOLD_MESSAGES === '1';
+
 function emitMessage(w, fields) {
+  if (HOLD_MESSAGES) return;
   let message;
   try {
     message = toJsonSafe(fields.message);

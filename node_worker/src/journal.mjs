@@ -20,6 +20,13 @@
 // read at open, copied into a new segment (durably), then its files are deleted; unacked ones are re-emitted.
 // Backpressure: a stanza that would need libsignal waits while `maxUnacked` entries are unacked (the daemon's
 // spool is full or its acks stall): no decrypt, no receipt, and WhatsApp keeps the rest queued.
+// Cluster mode (`sync`, state-sync.mjs; docs/cluster.md "The decrypt journal"): the store is the truth. Each unacked
+// entry also goes to the daemon as the key `journal/<hash>.json` holding the legacy per-file JSON, and the decrypt
+// returns only once the daemon committed it (fenced): journal in the store -> ratchet commit -> receipt. The local
+// append is then not fdatasynced (the daemon rebuilds journal/ from the store before every spawn: the rows become
+// legacy files, migrated below). The entry is pushed deferred so it shares one transaction with the ratchet's write.
+// An ack deletes the rows (not awaited, deferred up to DELETE_DELAY_MS to ride with the next decrypt: a lost delete
+// re-emits the message under its stable event id); a store row this log knows as acked is deleted again at open.
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -29,6 +36,7 @@ import { openLog } from './journal-log.mjs';
 export const TOMBSTONE_MS = 7 * 24 * 3600 * 1000;
 export const MAX_TOMBSTONES = 5000;
 export const DEFAULT_MAX_UNACKED = 100;
+export const DELETE_DELAY_MS = 1000; // cluster mode: an ack's row deletes wait at most this long for a decrypt to join
 const EMPTY_PLAINTEXT = Buffer.from([1]); // unpadRandomMax16 -> 0 bytes -> an empty proto.Message
 
 export const hashOf = (type, ciphertext) => createHash('sha256').update(type).update(ciphertext).digest('hex');
@@ -70,8 +78,10 @@ export function killAfterDecrypts(inner, n) {
   });
 }
 
+export const storeKey = (hash) => `journal/${hash}.json`;
+
 export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked = DEFAULT_MAX_UNACKED,
-  killAfterWrites = 0, now = Date.now, compactMinBytes } = {}) {
+  killAfterWrites = 0, now = Date.now, compactMinBytes, sync = null } = {}) {
   const dir = join(authDir, 'journal');
   await prepareDir(dir);
   const legacy = makeAuthFiles(dir, { onWriteError }); // the per-file layout: read once, then deleted
@@ -111,6 +121,7 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
   };
   for (const e of log.live.values()) load(e);
   const migrated = [];
+  const staleRows = []; // cluster mode: store rows of entries this log has as acked (their delete was lost)
   for (const name of await readdir(dir)) {
     if (!name.endsWith('.json')) continue;
     let e;
@@ -123,11 +134,15 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     load(e);
     log.append(entries.get(e.hash));
     migrated.push(name);
+    if (sync && entries.get(e.hash).acked) staleRows.push(e.hash);
   }
   if (migrated.length) {
     await log.compactNow(); // durable in the log before the old files go
     await Promise.all(migrated.map((name) => legacy.remove(name))); // one shared directory fsync
   }
+  // Not awaited (the daemon is not listening yet at open: it answers once the worker runs): a failure only leaves
+  // the row for the next open.
+  for (const hash of staleRows) sync.push(storeKey(hash), null).catch(() => {});
 
   const unacked = () => [...entries.values()].filter((e) => !e.acked);
   const refEntries = (ref) => [...(byRef.get(ref) ?? [])].map((h) => entries.get(h)).filter(Boolean);
@@ -165,7 +180,9 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     while (envelopes.size > 1000) envelopes.delete(envelopes.keys().next().value);
   };
 
-  const record = async (hash, pt) => {
+  /** Journal one decrypt. Returns {gate, done}: `gate` is what the ratchet's local rename waits for, `done` what
+   *  the decrypt waits for before it returns (the entry durable: the log's fdatasync, or the store's commit). */
+  const record = (hash, pt) => {
     const envelope = envelopes.get(hash) ?? null;
     envelopes.delete(hash);
     const sk = envelope ? stanzaKey(envelope.attrs) : hash;
@@ -173,17 +190,27 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     byStanza.set(sk, ref);
     if (envelope?.attrs?.id) byWaId.set(envelope.attrs.id, ref);
     const entry = { hash, ref, msgKey: sk, seq: ++seq, at: now(), envelope, pt: Buffer.from(pt).toString('base64') };
-    try {
-      await log.append(entry, true); // durable (fdatasync of the log) before the caller returns
-    } catch (err) {
-      onWriteError(err);
-      // onWriteError (the worker: fatal auth_write_failed) ends the process. Never return: a throw here would make
-      // Baileys answer with an error ack, and the server drops what it gets an ack for.
-      await new Promise(() => {});
-    }
-    put(entry);
-    writes += 1;
-    if (killAfterWrites && writes >= killAfterWrites) process.kill(process.pid, 'SIGKILL'); // test hook (b)
+    // Cluster mode: the local log is a cache (not synced) and the entry's durable copy is the store's row. The row
+    // is pushed deferred: it leaves with the ratchet's own write (the session file, pushed once written locally),
+    // so entry and ratchet commit in ONE fenced transaction (atomic: journal -> ratchet holds), one round trip per
+    // decrypt instead of two. `through` releases it if the transaction wrote nothing.
+    const local = log.append(entry, !sync);
+    const stored = sync ? sync.push(storeKey(hash), JSON.stringify(entry), { defer: true }) : null;
+    const done = (async () => {
+      try {
+        await Promise.all([local, stored]);
+      } catch (err) {
+        onWriteError(err);
+        // onWriteError (the worker: fatal auth_write_failed) ends the process. Never return: a throw here would make
+        // Baileys answer with an error ack, and the server drops what it gets an ack for.
+        await new Promise(() => {});
+      }
+      put(entry);
+      writes += 1;
+      if (killAfterWrites && writes >= killAfterWrites) process.kill(process.pid, 'SIGKILL'); // test hook (b)
+    })();
+    // single host: the ratchet is renamed after the fdatasync; cluster: after the local append (the store orders it)
+    return { gate: sync ? local.then(() => {}, () => new Promise(() => {})) : done, done };
   };
 
   /** The plaintext for a stanza already journaled (its receipt never reached the server), else undefined. */
@@ -209,15 +236,19 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
       await waitForRoom();
       // Nested into the same transaction as inner's own, so the ratchet is committed when it ends. The commit's
       // writes (session, a pkmsg's pre-key removal) start at once but rename/unlink only after the journal entry is
-      // durable (commitGate, auth-files.mjs): journal -> ratchet commit, with the two fsyncs overlapping.
+      // durable (commitGate, auth-files.mjs): journal -> ratchet commit, with the two fsyncs overlapping. In
+      // cluster mode the store's transaction takes both (record()).
       const held = {};
+      let rec = null;
       return commitGate.run(held, async () => {
         const pt = await keys.transaction(async () => {
           const plain = await decrypt();
-          held.gate = record(hash, plain);
+          rec = record(hash, plain);
+          held.gate = rec.gate;
           return plain;
         }, jid);
-        await held.gate;
+        sync?.release();
+        await rec.done;
         return pt;
       });
     };
@@ -257,6 +288,7 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
     });
   };
 
+  let releaseTimer = null;
   const ack = async (refs) => {
     const writes_ = [];
     const t = now();
@@ -269,7 +301,14 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
         byStanza.delete(e.msgKey); // only needed while its enc children are decrypted
         // Not fsynced: losing it to a power cut only re-emits the message (deduplicated by its event id).
         writes_.push(log.append(tomb)); // one flush for the whole ack: the same promise
+        // Not awaited either: a lost delete re-emits the message at the next owner's start, under its event id.
+        // Deferred: it rides along with the next decrypt's transaction, or leaves within DELETE_DELAY_MS.
+        if (sync) sync.push(storeKey(e.hash), null, { defer: true }).catch(() => {});
       }
+    }
+    if (sync && writes_.length && !releaseTimer) {
+      releaseTimer = setTimeout(() => { releaseTimer = null; sync.release(); }, DELETE_DELAY_MS);
+      releaseTimer.unref?.();
     }
     wake();
     pruneTombstones();
@@ -280,7 +319,7 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
 
   return {
     noteStanza, wrapRepository, refFor, pending, ack,
-    flush: log.flush,
+    flush: () => { sync?.release(); return log.flush(); }, // at stop: the deferred deletes leave now
     close: log.close,
     get unacked() { return unackedCount; },
     get size() { return entries.size; },

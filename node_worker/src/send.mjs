@@ -47,7 +47,8 @@ export function receiptIds(node) {
 /**
  * The sender: `send(cmd)` for the command handler, `getMessage(key)` for Baileys' socket config, `listen(sock)` to
  * wire the status sources. `emit` writes protocol events. The sent store is `<auth>/sent/<waId>.json` (the auth
- * directory's atomic writer: a torn file is impossible), opened by `open()` before the socket exists.
+ * directory's atomic writer: a torn file is impossible), opened by `open()` before the socket exists. Entries older
+ * than KEEP_MS (file mtime; materialize sets it from the entry's `at`) are removed at open, with their store rows.
  */
 export function makeSender(w, { now = Date.now } = {}) {
   const folder = join(w.settings.authDir, 'sent');
@@ -67,7 +68,16 @@ export function makeSender(w, { now = Date.now } = {}) {
   const open = async () => {
     await prepareDir(folder);
     const onWriteError = (err, file) => w.logger.error({ err, file }, 'sent store write failed');
-    files = makeAuthFiles(folder, { onWriteError });
+    // Cluster mode: each durable write/remove also goes to the daemon's store as `sent/<waId>.json` (materialized
+    // into sent/ before every spawn, so a retry receipt reaching the next owner is answered). Not awaited: the
+    // send's reply does not wait for a commit. A lost row (the node dies within that one transaction, or the store
+    // errs) costs only the answer to a retry receipt after a takeover: the recipient's phone shows "waiting for
+    // this message"; the message itself was sent. A fenced write still kills the worker (the daemon does that).
+    const sync = w.stateSync;
+    const onDurable = sync ? (name, text) => {
+      sync.push(`sent/${name}`, text).catch((err) => w.logger.warn({ err: err?.code ?? String(err) }, 'sent store row not committed'));
+    } : null;
+    files = makeAuthFiles(folder, { onWriteError, onDurable });
     for (const name of await readdir(folder)) {
       if (!name.endsWith('.json')) continue;
       const id = name.slice(0, -5);

@@ -10,8 +10,11 @@
 // it reaches maxBatchBytes of base64 (the line limit is 1 MiB). `now` (creds.json) sends the batch at once whatever
 // is in flight.
 // Order: events leave in the order the local writes finished, and the daemon commits them in that order.
+// `defer` (the decrypt journal's entry, journal.mjs): joins the batch but does not send it; the next ordinary push
+// (the ratchet's session write) or release() does, so both commit in one transaction.
 
-/** makeStateSync(emit) -> { push(name, text|null, {now}) -> Promise, ack(ref, ok), abort(reason), pending, queued } */
+/** makeStateSync(emit) -> { push(name, text|null, {now, defer}) -> Promise, release(), ack(ref, ok), abort(reason),
+ *  pending, queued } */
 export function makeStateSync(emit, { maxBatchBytes = 512 * 1024 } = {}) {
   let seq = 0;
   let batch = null; // {items, bytes, promise, resolve, reject}: not sent yet
@@ -32,7 +35,14 @@ export function makeStateSync(emit, { maxBatchBytes = 512 * 1024 } = {}) {
     if (waiting.size === 0) send(); // else the last ack sends it
   };
 
-  const push = (name, text, { now = false } = {}) => {
+  const schedule = () => {
+    if (!scheduled && waiting.size === 0) {
+      scheduled = true;
+      setImmediate(sendIfIdle);
+    }
+  };
+
+  const push = (name, text, { now = false, defer = false } = {}) => {
     if (closed) return Promise.reject(closed);
     const value = text === null ? null : Buffer.from(text, 'utf8').toString('base64');
     const size = (value?.length ?? 4) + name.length + 8;
@@ -47,10 +57,7 @@ export function makeStateSync(emit, { maxBatchBytes = 512 * 1024 } = {}) {
     batch.bytes += size;
     const { promise } = batch;
     if (now) send(); // creds.json: no batching delay
-    else if (!scheduled && waiting.size === 0) {
-      scheduled = true;
-      setImmediate(sendIfIdle);
-    }
+    else if (!defer) schedule();
     return promise;
   };
 
@@ -72,8 +79,11 @@ export function makeStateSync(emit, { maxBatchBytes = 512 * 1024 } = {}) {
     waiting.clear();
   };
 
+  /** Send a deferred batch as an ordinary push would. */
+  const release = () => { if (batch) schedule(); };
+
   return {
-    push, ack, abort,
+    push, ack, abort, release,
     get pending() { return waiting.size + (batch ? 1 : 0); },
     /** Items in the batch not sent yet (waiting for this turn's end or for an ack). */
     get queued() { return batch ? Object.keys(batch.items).length : 0; },

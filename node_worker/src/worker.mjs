@@ -130,7 +130,7 @@ async function openAuth(w) {
   if (!enabled) w.killAfterDecrypts = journalOpts.killAfterWrites; // test hook without the journal (journal.mjs)
   if (enabled) {
     try {
-      w.journal = await openJournal(w.settings.authDir, { ...journalOpts,
+      w.journal = await openJournal(w.settings.authDir, { ...journalOpts, sync: w.stateSync,
         onWriteError: (err) => { if (!w.shutdownStarted) w.fatal('auth_write_failed', `journal write failed: ${err.message}`); } });
     } catch (err) {
       w.emit({ type: 'error', code: 'auth_load_failed', message: `journal: ${err?.message ?? err}`, fatal: true });

@@ -4,8 +4,10 @@ docs/cluster.md "Import and export").
 The unit is one file of the stock `useMultiFileAuthState` layout = one `tenant_kv` row whose key is the file name
 exactly as it is on disk (`creds.json`, `pre-key-12.json`, `session-4915...0.json`: Baileys' `fixFileName` escaping,
 '/' -> '__', ':' -> '-', is already applied), value = the file's bytes. Only top-level regular `*.json` files are
-auth state; the worker's per-host subdirectories (`journal/`, `sent/`), temp files of an interrupted atomic write
-(`.<name>.tmp-...`) and symlinks are not imported (counted as `skippedFiles`).
+auth state; temp files of an interrupted atomic write (`.<name>.tmp-...`) and symlinks are not imported (counted
+as `skippedFiles`, as are the subdirectories). The decrypt journal's unacked entries and the sent store go along as
+`journal/<hash>.json` and `sent/<waId>.json` rows (supervisor/cluster_journal.py); an export writes them back into
+`journal/` (the legacy per-file layout, which the worker migrates and re-emits at open) and `sent/`.
 
 Fencing of an import (one transaction per tenant): the owner row is locked `FOR UPDATE`; a row owned by a node
 whose liveness lock is held is refused (stop the tenant first); otherwise the epoch is bumped with owner NULL and
@@ -29,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..cluster_journal import JOURNAL, SENT, import_rows
 from ..ids import is_tenant_id
 from .schema import LOCK_NS
 
@@ -109,6 +112,7 @@ def import_tenant(conn: Any, tid: str, auth_dir: Path, *, force: bool = False) -
 def _import_locked(conn: Any, tid: str, auth_dir: Path, force: bool) -> dict[str, Any]:
     files, skipped = auth_files(auth_dir)
     check_creds(files)
+    files.update(import_rows(auth_dir))
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("INSERT INTO tenant_owner (tenant_id, wanted) VALUES (%s, false) ON CONFLICT DO NOTHING", (tid,))
         cur.execute("SELECT owner, epoch FROM tenant_owner WHERE tenant_id = %s FOR UPDATE", (tid,))
@@ -152,6 +156,8 @@ def import_many(conn: Any, storage_root: Path, tenants: Iterable[str] | None = N
 
 
 def _safe_name(k: str) -> bool:
+    if k.startswith((JOURNAL, SENT)):  # one level: the journal's and the sent store's rows
+        k = k.split("/", 1)[1]
     return bool(k) and k not in (".", "..") and "/" not in k and "\0" not in k and not k.startswith(".")
 
 
@@ -173,6 +179,9 @@ def export_tenant(conn: Any, tid: str, target: Path) -> dict[str, Any]:
         raise TransferError("bad_key", f"{len(bad)} keys are not plain file names, e.g. {bad[0][:80]!r}")
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(target, 0o700)  # whatever the umask or an existing empty dir's mode: it holds private keys
+    subs = sorted({k.split("/", 1)[0] for k, _ in rows if "/" in k})
+    for sub in subs:
+        (target / sub).mkdir(mode=0o700)
     for k, v in rows:
         fd = os.open(target / k, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -183,11 +192,12 @@ def export_tenant(conn: Any, tid: str, target: Path) -> dict[str, Any]:
             os.fsync(fd)
         finally:
             os.close(fd)
-    dfd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    for d in [*(target / sub for sub in subs), target]:
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     return {"tenant": tid, "status": "exported", "files": len(rows), "bytes": sum(len(v) for _, v in rows),
             "epoch": epoch, "to": str(target)}
 
