@@ -14,7 +14,9 @@ way around the secret.
 - No owner yet, the owner is this node, or the owner has no usable `advertise_url`: today's local answer.
 - The owner does not answer: 504 `owner_unreachable` after the bound (502 when the connection fails), with `owner`
   and `advertiseUrl`; but if the store says the owner is dead (its node lock is free), our claim loop is nudged and
-  the request is answered here once this node took the tenant over, else 503 `owner_down` (both with Retry-After).
+  the request is answered here once this node took the tenant over; if another live node took it (the store, not
+  the snapshot, is read again), the request is forwarded there once (one extra hop at most: it carries our
+  forwarded-by header, and never goes back to the dead node); else 503 `owner_down` (with Retry-After).
   start/stop fall back to the local answer instead: their intent is recorded in the store, which the owner acts on
   when it is back, so they never need the owner to answer.
 """
@@ -53,7 +55,7 @@ RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Idempo
                     "X-Accel-Buffering")
 QUICK = 10.0  # seconds for an answer that needs no worker round trip (also: a stream's response headers)
 CONNECT = 5.0  # seconds for the TCP connection (a SIGSTOPped owner's kernel still accepts: QUICK ends that)
-TAKEOVER_WAIT = 3.0  # seconds a request for a dead owner's tenant waits for our nudged claim rounds
+TAKEOVER_WAIT = 3.0  # seconds a request for a dead owner's tenant waits for a new owner (our nudged rounds or another)
 MAX_ANSWER = 4 * 1024 * 1024  # an owner's answer larger than this is not one of ours (a QR PNG is a few KB)
 FORWARDER: web.AppKey[Any] = web.AppKey("forwarder")
 
@@ -132,9 +134,7 @@ class Forwarder:
             return await handler(request)
         owner = found[0]
         try:
-            if kind == "stream":
-                return await self._stream(request, owner, base)
-            return await self._forward(request, owner, base, self.slow if kind == "slow" else QUICK)
+            return await self._send(request, kind, owner, base)
         except OwnerUnreachable as exc:
             log.warning("api.forward_failed", tenant=tid, owner=owner, error=exc.error, status=exc.status)
             if kind == "intent":
@@ -142,6 +142,8 @@ class Forwarder:
             down = await self._owner_down(str(tid), owner)
             if down == "ours":
                 return await handler(request)  # taken over by this node just now: the local answer
+            if isinstance(down, tuple):  # taken over by another live node: one more hop, there (never back)
+                return await self._second_hop(request, kind, str(tid), *down)
             if down == "down":
                 resp = error_response(503, "owner_down", f"tenant {tid} ran on node {owner}, which is down; another "
                                       "node is taking it over: retry", tenant=tid, owner=owner, advertiseUrl=found[1])
@@ -152,11 +154,31 @@ class Forwarder:
             resp.headers["Retry-After"] = "1"
             return resp
 
-    async def _owner_down(self, tid: str, owner: str) -> str | None:
+    async def _send(self, request: web.Request, kind: str, owner: str, base: URL) -> web.StreamResponse:
+        if kind == "stream":
+            return await self._stream(request, owner, base)
+        return await self._forward(request, owner, base, self.slow if kind == "slow" else QUICK)
+
+    async def _second_hop(self, request: web.Request, kind: str, tid: str, owner: str, url: str) -> web.StreamResponse:
+        """The dead owner's tenant runs on `owner` now (a live node, not the dead one, not us): forward there once.
+        Our FORWARDED_BY header keeps it there (loop guard), so a request makes at most this one extra hop."""
+        try:
+            return await self._send(request, kind, owner, usable_url(url))  # type: ignore[arg-type] - checked
+        except OwnerUnreachable as exc:
+            log.warning("api.forward_failed", tenant=tid, owner=owner, error=exc.error, status=exc.status)
+            resp = error_response(exc.status, "owner_unreachable",
+                                  f"tenant {tid} runs on node {owner}, which did not answer ({exc.error}): retry",
+                                  tenant=tid, owner=owner, advertiseUrl=url)
+            resp.headers["Retry-After"] = "1"
+            return resp
+
+    async def _owner_down(self, tid: str, owner: str) -> str | tuple[str, str] | None:
         """After a failed forward: is the owner dead (its node lock free)? Then nudge our claim loop (a dead node's
         tenants may be taken over now: ownership.py does it in its next round, which the nudge runs at once) and
-        wait for up to two rounds: "ours" when this node took the tenant over, "down" when it did not (yet). None:
-        the owner is alive (e.g. SIGSTOPped or cut off: the lease decides) or the store cannot tell."""
+        wait up to TAKEOVER_WAIT: "ours" when this node took the tenant over; (node, url) when the store (read
+        again, not the snapshot) shows another live node owning it (placement gave it to that node, which claimed
+        it in its own round; its URL usable); "down" when nobody live owns it by then. None: the owner is alive
+        (e.g. SIGSTOPped or cut off: the lease decides) or the store cannot tell."""
         own = self.node.own
         try:
             alive = await asyncio.wait_for(own.node_alive(owner), QUICK)
@@ -165,13 +187,34 @@ class Forwarder:
             return None
         if alive is not False:
             return None
-        start, end = own.rounds, asyncio.get_running_loop().time() + TAKEOVER_WAIT
+        loop = asyncio.get_running_loop()
+        end = loop.time() + TAKEOVER_WAIT
         own.nudge()
-        while own.rounds < start + 2 and asyncio.get_running_loop().time() < end and tid not in own.owned:
-            await asyncio.sleep(0.02)
+        moved: tuple[str, str] | None = None
+        # Not only our rounds: placement may give the tenant to another node, which claims it in its own round.
+        while tid not in own.owned and loop.time() < end:
+            moved = await self._new_owner(tid, owner)
+            if moved is not None:
+                break
+            await asyncio.sleep(0.1)  # a store read per 100 ms, for at most TAKEOVER_WAIT
         ours = tid in own.owned
-        log.warning("api.owner_down", tenant=tid, owner=owner, taken_over_here=ours)
-        return "ours" if ours else "down"
+        log.warning("api.owner_down", tenant=tid, owner=owner, taken_over_here=ours,
+                    taken_over_by=moved[0] if moved and not ours else None)
+        return "ours" if ours else moved or "down"
+
+    async def _new_owner(self, tid: str, dead: str) -> tuple[str, str] | None:
+        """(node, url) when the store says a live node other than `dead` and us owns `tid` now, with a usable URL."""
+        try:
+            row = await asyncio.wait_for(self.node.own.owner_now(tid), QUICK)  # as node_alive: rarely cancelled mid-tx
+        except Exception as exc:  # noqa: BLE001 - store away or slow: nobody known, the 503
+            log.warning("api.owner_check_failed", tenant=tid, owner=dead, error=type(exc).__name__)
+            return None
+        if row is None:
+            return None
+        node, _epoch, url, alive = row
+        if not alive or node in (dead, self.node_id) or usable_url(url) is None:
+            return None
+        return node, str(url)
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}

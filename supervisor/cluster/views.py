@@ -32,6 +32,15 @@ async def node_alive(conn: Any, node_id: str) -> bool | None:
     return None if row is None else bool(row[0])
 
 
+async def owner_now(conn: Any, tenant: str) -> tuple[str, int, str | None, bool] | None:
+    """The tenant's owner as the store holds it now: (owner, epoch, its advertise_url, alive); None: nobody owns it."""
+    cur = await conn.execute(f"SELECT o.owner, o.epoch, n.advertise_url, {_ALIVE} FROM tenant_owner o "
+                             "JOIN cluster_node n ON n.node_id = o.owner WHERE o.tenant_id = %(t)s",
+                             {"ns": LOCK_NS, "t": tenant})
+    row = await cur.fetchone()
+    return None if row is None else (row[0], row[1], row[2], bool(row[3]))
+
+
 async def cluster_view(conn: Any, me: str) -> dict[str, Any]:
     """Nodes (alive, draining, advertised URL, cap) with their tenants and epochs; wanted tenants nobody owns."""
     nodes = await read_nodes(conn)
