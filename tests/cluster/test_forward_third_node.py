@@ -2,17 +2,20 @@
 daemons, fake workers, real PostgreSQL. Node b's snapshot is kept stale on purpose (claim rounds, and with them its
 snapshot refresh, 60 s apart): it still names the killed owner a when c has already taken the tenant over. The
 forward to a fails, the store says a is dead, b's nudged rounds do not take the tenant (placement gives it to c), and
-the store, read again, names c: the request is forwarded there once and answered by c, not 503 `owner_down`."""
+the store, read again, names c: the request (QR, a send with its body, the event stream) is forwarded there once and
+answered by c, not 503 `owner_down`."""
 
 from __future__ import annotations
 
+import queue
 import signal
+import threading
 
 from supervisor.api_forward import FORWARDED_TO
 from supervisor.cluster.placement import ranking
 from tests.cluster.procs import owners
 from tests.cluster.test_daemon_cluster import H, cluster3, settled  # noqa: F401 - cluster3 is a fixture
-from tests.cluster.test_forward import PHONE, req
+from tests.cluster.test_forward import PHONE, read_sse, req
 from tests.support import http_json, wait_for
 
 STALE = 60.0  # s: b's claim_interval, so its snapshot is not refreshed during the test (its refresh waits this long)
@@ -45,4 +48,15 @@ def test_a_dead_owners_tenant_taken_by_a_third_node_is_forwarded_there(cluster3,
     key = {**H, "Idempotency-Key": "third-node-1"}
     status, hdrs, body = req("POST", d["b"].url + f"/whatsapp/{t}/messages", {"to": PHONE, "text": "x"}, headers=key)
     assert status == 202 and hdrs.get(FORWARDED_TO) == "c" and body["messageId"], (status, body)
+    # and the tenant's event stream: c's live snapshot, streamed through b
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    threading.Thread(target=read_sse, args=(d["b"].url + f"/whatsapp/{t}/events", H, events, stop), daemon=True).start()
+    try:
+        head = events.get(timeout=60)
+        assert head.get("status") == 200 and head["forwardedTo"] == "c", head
+        snap = events.get(timeout=60)
+        assert snap["event"] == "snapshot" and snap["data"]["status"]["owner"] == "c", snap
+    finally:
+        stop.set()
     assert owners(pg_dsn)[t][0] == "c"  # b never took it (it only forwarded), a never came back
