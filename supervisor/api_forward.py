@@ -31,6 +31,7 @@ from aiohttp import web
 from yarl import URL
 
 from .api_server import error_response, read_body
+from .cluster.owner_poll import OwnerPoll, Row
 from .events import get_logger
 from .ids import is_tenant_id
 from .settings import Settings
@@ -101,6 +102,7 @@ class Forwarder:
         self._connect_only = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT)
         self.session: aiohttp.ClientSession | None = None
         self._streams: set[aiohttp.ClientResponse] = set()
+        self.poll = OwnerPoll(node.own)  # requests waiting for a dead owner's tenant to be taken over
 
     async def start(self) -> None:
         # limit: one outgoing connection per incoming one at most, and those are capped by api.max_connections.
@@ -117,6 +119,7 @@ class Forwarder:
 
     async def close(self) -> None:
         self.end_streams()
+        await self.poll.close()
         if self.session is not None:
             await self.session.close()
 
@@ -176,8 +179,9 @@ class Forwarder:
         """After a failed forward: is the owner dead (its node lock free)? Then nudge our claim loop (a dead node's
         tenants may be taken over now: ownership.py does it in its next round, which the nudge runs at once) and
         wait up to TAKEOVER_WAIT: "ours" when this node took the tenant over; (node, url) when the store (read
-        again, not the snapshot) shows another live node owning it (placement gave it to that node, which claimed
-        it in its own round; its URL usable); "down" when nobody live owns it by then. None: the owner is alive
+        again every POLL, not the snapshot; one query for all waiting requests: cluster/owner_poll.py) shows another
+        live node owning it (placement gave it to that node, which claimed it in its own round; its URL usable);
+        "down" when nobody live owns it by then. None: the owner is alive
         (e.g. SIGSTOPped or cut off: the lease decides) or the store cannot tell."""
         own = self.node.own
         try:
@@ -187,34 +191,20 @@ class Forwarder:
             return None
         if alive is not False:
             return None
-        loop = asyncio.get_running_loop()
-        end = loop.time() + TAKEOVER_WAIT
         own.nudge()
-        moved: tuple[str, str] | None = None
-        # Not only our rounds: placement may give the tenant to another node, which claims it in its own round.
-        while tid not in own.owned and loop.time() < end:
-            moved = await self._new_owner(tid, owner)
-            if moved is not None:
-                break
-            await asyncio.sleep(0.1)  # a store read per 100 ms, for at most TAKEOVER_WAIT
-        ours = tid in own.owned
-        log.warning("api.owner_down", tenant=tid, owner=owner, taken_over_here=ours,
-                    taken_over_by=moved[0] if moved and not ours else None)
-        return "ours" if ours else moved or "down"
 
-    async def _new_owner(self, tid: str, dead: str) -> tuple[str, str] | None:
-        """(node, url) when the store says a live node other than `dead` and us owns `tid` now, with a usable URL."""
-        try:
-            row = await asyncio.wait_for(self.node.own.owner_now(tid), QUICK)  # as node_alive: rarely cancelled mid-tx
-        except Exception as exc:  # noqa: BLE001 - store away or slow: nobody known, the 503
-            log.warning("api.owner_check_failed", tenant=tid, owner=dead, error=type(exc).__name__)
-            return None
-        if row is None:
-            return None
-        node, _epoch, url, alive = row
-        if not alive or node in (dead, self.node_id) or usable_url(url) is None:
-            return None
-        return node, str(url)
+        def settled(row: Row | None) -> str | tuple[str, str] | None:
+            if tid in own.owned:
+                return "ours"
+            if row is None:
+                return None
+            node, _epoch, url, alive = row  # another node than the dead one holds it: a new epoch
+            return (node, str(url)) if alive and node not in (owner, self.node_id) and usable_url(url) else None
+
+        found = await self.poll.wait(tid, settled, TAKEOVER_WAIT)
+        log.warning("api.owner_down", tenant=tid, owner=owner, taken_over_here=found == "ours",
+                    taken_over_by=found[0] if isinstance(found, tuple) else None)
+        return found or "down"
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
