@@ -14,7 +14,9 @@ way around the secret.
 - No owner yet, the owner is this node, or the owner has no usable `advertise_url`: today's local answer.
 - The owner does not answer: 504 `owner_unreachable` after the bound (502 when the connection fails), with `owner`
   and `advertiseUrl`; but if the store says the owner is dead (its node lock is free), our claim loop is nudged and
-  the request is answered here once this node took the tenant over, else 503 `owner_down` (both with Retry-After).
+  the request is answered here once this node took the tenant over; if another live node took it (the store, not
+  the snapshot, is read again), the request is forwarded there once (one extra hop at most: it carries our
+  forwarded-by header, and never goes back to the dead node); else 503 `owner_down` (with Retry-After).
   start/stop fall back to the local answer instead: their intent is recorded in the store, which the owner acts on
   when it is back, so they never need the owner to answer.
 """
@@ -29,6 +31,7 @@ from aiohttp import web
 from yarl import URL
 
 from .api_server import error_response, read_body
+from .cluster.owner_poll import OwnerPoll, Row
 from .events import get_logger
 from .ids import is_tenant_id
 from .settings import Settings
@@ -53,7 +56,7 @@ RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Idempo
                     "X-Accel-Buffering")
 QUICK = 10.0  # seconds for an answer that needs no worker round trip (also: a stream's response headers)
 CONNECT = 5.0  # seconds for the TCP connection (a SIGSTOPped owner's kernel still accepts: QUICK ends that)
-TAKEOVER_WAIT = 3.0  # seconds a request for a dead owner's tenant waits for our nudged claim rounds
+TAKEOVER_WAIT = 3.0  # seconds a request for a dead owner's tenant waits for a new owner (our nudged rounds or another)
 MAX_ANSWER = 4 * 1024 * 1024  # an owner's answer larger than this is not one of ours (a QR PNG is a few KB)
 FORWARDER: web.AppKey[Any] = web.AppKey("forwarder")
 
@@ -99,6 +102,7 @@ class Forwarder:
         self._connect_only = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT)
         self.session: aiohttp.ClientSession | None = None
         self._streams: set[aiohttp.ClientResponse] = set()
+        self.poll = OwnerPoll(node.own)  # requests waiting for a dead owner's tenant to be taken over
 
     async def start(self) -> None:
         # limit: one outgoing connection per incoming one at most, and those are capped by api.max_connections.
@@ -115,6 +119,7 @@ class Forwarder:
 
     async def close(self) -> None:
         self.end_streams()
+        await self.poll.close()
         if self.session is not None:
             await self.session.close()
 
@@ -132,9 +137,7 @@ class Forwarder:
             return await handler(request)
         owner = found[0]
         try:
-            if kind == "stream":
-                return await self._stream(request, owner, base)
-            return await self._forward(request, owner, base, self.slow if kind == "slow" else QUICK)
+            return await self._send(request, kind, owner, base)
         except OwnerUnreachable as exc:
             log.warning("api.forward_failed", tenant=tid, owner=owner, error=exc.error, status=exc.status)
             if kind == "intent":
@@ -142,6 +145,8 @@ class Forwarder:
             down = await self._owner_down(str(tid), owner)
             if down == "ours":
                 return await handler(request)  # taken over by this node just now: the local answer
+            if isinstance(down, tuple):  # taken over by another live node: one more hop, there (never back)
+                return await self._second_hop(request, kind, str(tid), *down)
             if down == "down":
                 resp = error_response(503, "owner_down", f"tenant {tid} ran on node {owner}, which is down; another "
                                       "node is taking it over: retry", tenant=tid, owner=owner, advertiseUrl=found[1])
@@ -152,11 +157,32 @@ class Forwarder:
             resp.headers["Retry-After"] = "1"
             return resp
 
-    async def _owner_down(self, tid: str, owner: str) -> str | None:
+    async def _send(self, request: web.Request, kind: str, owner: str, base: URL) -> web.StreamResponse:
+        if kind == "stream":
+            return await self._stream(request, owner, base)
+        return await self._forward(request, owner, base, self.slow if kind == "slow" else QUICK)
+
+    async def _second_hop(self, request: web.Request, kind: str, tid: str, owner: str, url: str) -> web.StreamResponse:
+        """The dead owner's tenant runs on `owner` now (a live node, not the dead one, not us): forward there once.
+        Our FORWARDED_BY header keeps it there (loop guard), so a request makes at most this one extra hop."""
+        try:
+            return await self._send(request, kind, owner, usable_url(url))  # type: ignore[arg-type] - checked
+        except OwnerUnreachable as exc:
+            log.warning("api.forward_failed", tenant=tid, owner=owner, error=exc.error, status=exc.status)
+            resp = error_response(exc.status, "owner_unreachable",
+                                  f"tenant {tid} runs on node {owner}, which did not answer ({exc.error}): retry",
+                                  tenant=tid, owner=owner, advertiseUrl=url)
+            resp.headers["Retry-After"] = "1"
+            return resp
+
+    async def _owner_down(self, tid: str, owner: str) -> str | tuple[str, str] | None:
         """After a failed forward: is the owner dead (its node lock free)? Then nudge our claim loop (a dead node's
         tenants may be taken over now: ownership.py does it in its next round, which the nudge runs at once) and
-        wait for up to two rounds: "ours" when this node took the tenant over, "down" when it did not (yet). None:
-        the owner is alive (e.g. SIGSTOPped or cut off: the lease decides) or the store cannot tell."""
+        wait up to TAKEOVER_WAIT: "ours" when this node took the tenant over; (node, url) when the store (read
+        again every POLL, not the snapshot; one query for all waiting requests: cluster/owner_poll.py) shows another
+        live node owning it (placement gave it to that node, which claimed it in its own round; its URL usable);
+        "down" when nobody live owns it by then. None: the owner is alive
+        (e.g. SIGSTOPped or cut off: the lease decides) or the store cannot tell."""
         own = self.node.own
         try:
             alive = await asyncio.wait_for(own.node_alive(owner), QUICK)
@@ -165,13 +191,20 @@ class Forwarder:
             return None
         if alive is not False:
             return None
-        start, end = own.rounds, asyncio.get_running_loop().time() + TAKEOVER_WAIT
         own.nudge()
-        while own.rounds < start + 2 and asyncio.get_running_loop().time() < end and tid not in own.owned:
-            await asyncio.sleep(0.02)
-        ours = tid in own.owned
-        log.warning("api.owner_down", tenant=tid, owner=owner, taken_over_here=ours)
-        return "ours" if ours else "down"
+
+        def settled(row: Row | None) -> str | tuple[str, str] | None:
+            if tid in own.owned:
+                return "ours"
+            if row is None:
+                return None
+            node, _epoch, url, alive = row  # another node than the dead one holds it: a new epoch
+            return (node, str(url)) if alive and node not in (owner, self.node_id) and usable_url(url) else None
+
+        found = await self.poll.wait(tid, settled, TAKEOVER_WAIT)
+        log.warning("api.owner_down", tenant=tid, owner=owner, taken_over_here=found == "ours",
+                    taken_over_by=found[0] if isinstance(found, tuple) else None)
+        return found or "down"
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}

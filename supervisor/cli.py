@@ -36,8 +36,6 @@ class ApiError(Exception):
         self.hint: str | None = None  # what to do, when the CLI knows more than the API's message
 
 
-
-
 class Unreachable(Exception):
     pass
 
@@ -265,8 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", parents=[common], help="check the daemon and tenants; a verdict and a fix per check")
     doc.add_argument("tenant", nargs="?")
     doc.set_defaults(func=cmd_doctor)
+    from .cli_webhook import add_webhook_command  # `webhook dead-letters|retry`
     from .cluster.cli import add_db_command  # `db upgrade|status` (cluster mode; psycopg imported only when run)
 
+    add_webhook_command(sub, common)
     add_db_command(sub)
     return parser
 

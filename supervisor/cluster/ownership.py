@@ -24,7 +24,7 @@ from ..settings import ClusterSettings
 from . import pg, schema
 from .fence import Fence, keep_alive
 from .placement import NodeView, place, surplus
-from .views import cluster_view, node_alive, read_nodes
+from .views import cluster_view, node_alive, owners_now, read_nodes
 from .store import Fenced, fenced_tx, put_kv
 
 __all__ = ["PgOwnership", "Fenced", "NodeIdInUse", "fenced_tx"]
@@ -199,6 +199,11 @@ class PgOwnership:
         """Does `node_id` hold its node lock now (views.node_alive)? None: no such node."""
         async with self._dlock, self._tx() as cur:
             return await node_alive(cur, node_id)
+
+    async def owners_now(self, tids: list[str]) -> dict[str, tuple[str, int, str | None, bool]]:
+        """The tenants' owners in the store now (views.owners_now), not the snapshot."""
+        async with self._dlock, self._tx() as cur:
+            return await owners_now(cur, tids)
 
     async def claim_round(self) -> list[str]:
         """One round: notice lost/stopped tenants, hand off surplus, claim what placement gives us. Returns the

@@ -32,6 +32,15 @@ async def node_alive(conn: Any, node_id: str) -> bool | None:
     return None if row is None else bool(row[0])
 
 
+async def owners_now(conn: Any, tenants: list[str]) -> dict[str, tuple[str, int, str | None, bool]]:
+    """The tenants' owners as the store holds them now: tenant -> (owner, epoch, its advertise_url, alive); a tenant
+    nobody owns is left out. One query (a primary-key probe per tenant)."""
+    cur = await conn.execute(f"SELECT o.tenant_id, o.owner, o.epoch, n.advertise_url, {_ALIVE} FROM tenant_owner o "
+                             "JOIN cluster_node n ON n.node_id = o.owner WHERE o.tenant_id = ANY(%(t)s)",
+                             {"ns": LOCK_NS, "t": tenants})
+    return {r[0]: (r[1], r[2], r[3], bool(r[4])) for r in await cur.fetchall()}
+
+
 async def cluster_view(conn: Any, me: str) -> dict[str, Any]:
     """Nodes (alive, draining, advertised URL, cap) with their tenants and epochs; wanted tenants nobody owns."""
     nodes = await read_nodes(conn)
