@@ -70,6 +70,7 @@ class Opened:
     me: dict[str, Any] | None
     push_name: Any
     server_time: Any
+    success_at: Any = None  # the worker's clock (ms) when it read the server's time: skew without the login's work
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,8 @@ def on_event(life: Life, event: protocol.Event, *, now: float) -> Step:
                 (Enter(S.QR, "waiting_for_scan"), ShowQR(event.get("qr")), *prewarm))
     if t == "open" and st in (S.STARTING, S.QR, S.CONNECTING):
         me = event.get("me")
-        opened = Opened(me if isinstance(me, dict) else None, event.get("pushName"), event.get("serverTime"))
+        opened = Opened(me if isinstance(me, dict) else None, event.get("pushName"), event.get("serverTime"),
+                        event.get("successAt"))
         # linked without the usual 515 restart: the standby is not needed
         return (dataclasses.replace(life, state=S.CONNECTED, streak=life.streak.opened(now)),
                 (opened, Enter(S.CONNECTED), DismissStandby()))

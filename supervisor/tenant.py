@@ -152,9 +152,11 @@ class Tenant:
                 self.qr = qr  # never logged
                 log.info("tenant.qr", tenant=self.id)
                 self.observer.on_qr(self.id, qr)
-            case Opened(me, push_name, server_time):
+            case Opened(me, push_name, server_time, success_at):
                 self.me, self.push_name = me, push_name
-                self.observer.on_open(self.id, server_time, self.clock())
+                # the worker runs on this host: its clock at the <success> node is ours, minus the login's work
+                at = success_at / 1000 if isinstance(success_at, (int, float)) and success_at > 0 else self.clock()
+                self.observer.on_open(self.id, server_time, at)
                 log.info("tenant.open", tenant=self.id, me=(me or {}).get("id"))
             case Closed(close):
                 self.observer.on_close(self.id, close.code)

@@ -353,3 +353,24 @@ async def test_an_offline_loop_is_logged_at_warning_with_the_cause(make_settings
     warned = [e["attempt"] for e in decisions if e["log_level"] == "warning"]
     assert warned == [3, 10]
     assert all(e["message"] == "getaddrinfo ENOTFOUND web.whatsapp.com" for e in decisions)
+
+
+async def test_clock_skew_is_taken_at_the_success_node_not_at_open(make_settings):
+    """`open.successAt` (the worker's clock when it read the server's time) is the skew's base, so the login's work
+    between the <success> node and `open` is not reported as skew; without it, the daemon's clock at `open`."""
+    clock = FakeClock(start=1_700_000_100.0)  # the daemon's clock at `open`: 100 s after the server's time
+    server = 1_700_000_000_000
+    sup = sup_for(make_settings({"spawns": [[HELLO, {"emit": {"type": "open", "me": {"id": "1@s.whatsapp.net"},
+                                                              "serverTime": server, "successAt": server + 250}},
+                                             {"wait": True}]]}), clock)
+    await sup.start_tenant("t")
+    await settle(sup, "t", "connected")
+    assert sup.clock_info("t") == {"serverTime": server, "receivedAt": server + 250, "skewMs": 250}
+    await sup.shutdown()
+    clock2 = FakeClock(start=1_700_000_100.0)
+    sup = sup_for(make_settings({"spawns": [[HELLO, {"emit": {"type": "open", "me": {"id": "1@s.whatsapp.net"},
+                                                              "serverTime": server}}, {"wait": True}]]}), clock2)
+    await sup.start_tenant("t")
+    await settle(sup, "t", "connected")
+    assert sup.clock_info("t")["skewMs"] == 100_000  # an older worker: the daemon's clock at `open`
+    await sup.shutdown()

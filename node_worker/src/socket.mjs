@@ -63,13 +63,13 @@ async function onClose(w, lastDisconnect) {
   w.finalExit(w.exitCode);
 }
 
-function openEvent(sock, serverTimeMs) {
+function openEvent(sock, serverTime) {
   const me = sock.authState.creds.me ?? {};
   const out = { id: me.id ?? null };
   if (me.lid) out.lid = me.lid;
   if (me.name) out.name = me.name;
   const event = { type: 'open', me: out, pushName: me.name ?? null };
-  if (serverTimeMs !== null) event.serverTime = serverTimeMs;
+  if (serverTime.ms !== null) Object.assign(event, { serverTime: serverTime.ms, successAt: serverTime.at });
   return event;
 }
 
@@ -97,7 +97,7 @@ function onConnectionUpdates(w, serverTime) {
     }
     if (u.connection === 'open') {
       w.isOpen = true; // `send` waits for this
-      w.emit(openEvent(w.sock, serverTime.ms));
+      w.emit(openEvent(w.sock, serverTime));
       if (w.keyPool) w.logger.debug({ staged: w.auth.adoptedPreKeys }, 'pre-key files staged during the QR, used');
       w.keyPool?.release();
       // The login burst (pre-keys, app-state sync, optimised code) is garbage once the socket is idle: collect it
@@ -159,12 +159,14 @@ export function openSocket(w, version) {
   w.sockReady.resolve();
 
   // The server's clock, from the `t` attribute (seconds) of the <success> node it sends at login. Reported on
-  // `open` as `serverTime` (ms) so the daemon can show clock skew (seed cause 5). Baileys registered its own
-  // CB:success listener first, so ours runs before the `open` update it eventually emits.
-  const serverTime = { ms: null };
+  // `open` as `serverTime` (ms) so the daemon can show clock skew (seed cause 5), with `successAt`, this host's
+  // clock when the node was read: the login's work between the node and `open` (seconds on a loaded machine) is
+  // then not counted as skew. Baileys registered its own CB:success listener first, so ours runs before the `open`
+  // update it eventually emits.
+  const serverTime = { ms: null, at: null };
   sock.ws.on('CB:success', (node) => {
     const t = Number(node?.attrs?.t);
-    if (Number.isFinite(t) && t > 0) serverTime.ms = Math.round(t * 1000);
+    if (Number.isFinite(t) && t > 0) Object.assign(serverTime, { ms: Math.round(t * 1000), at: Date.now() });
   });
   sock.ev.on('connection.update', onConnectionUpdates(w, serverTime));
   sock.ev.on('creds.update', onCredsUpdate(w));

@@ -97,6 +97,9 @@ test('open carries serverTime (ms) from the success node; close 515 and exit wit
     assert.equal(open.serverTime % 1000, 0); // the server sends whole seconds
     // Same machine: the server clock is ours, to within the second `t` is rounded to.
     assert.ok(open.serverTime >= before - 2000 && open.serverTime <= Date.now() + 1000, String(open.serverTime));
+    // successAt: this host's clock when the <success> node was read, after the server stamped it (whole seconds)
+    assert.ok(open.successAt >= open.serverTime && open.successAt >= before && open.successAt <= Date.now(),
+      JSON.stringify(open));
     // Every line a real pairing and login wrote fits the shared description (supervisor/protocol.json).
     const all = [...first.events, ...second.events];
     for (const ev of all) assert.deepEqual(checkEvent(ev), [], JSON.stringify(ev));

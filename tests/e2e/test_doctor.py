@@ -22,9 +22,11 @@ def test_doctor_clock_check_passes_for_a_connected_tenant(sim, make_daemon):
     st = d.status("1")
     clock = st["clock"]
     assert clock is not None, f"no serverTime reached the status: {st}"
-    # The simulator runs on this host: the only skew is the second truncation of <success t> plus the login time.
+    # The simulator runs on this host: the only skew is the second truncation of <success t> plus the login time,
+    # which on a loaded machine can be seconds (6.3 s seen at load ~30): bounded by the time this test has run.
+    elapsed_ms = (time.time() - t0) * 1000
     assert t0 * 1000 - 1000 <= clock["serverTime"] <= time.time() * 1000, clock
-    assert 0 <= clock["skewMs"] < 5_000, clock
+    assert 0 <= clock["skewMs"] <= elapsed_ms + 1000, (clock, elapsed_ms)
 
     out = subprocess.run([str(CLI), "doctor", "1", "--json", "--config", str(d.config_path)],
                          capture_output=True, text=True, timeout=60)
