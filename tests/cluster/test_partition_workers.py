@@ -1,0 +1,174 @@
+"""Issue 13's partition with real workers: node A loses PostgreSQL but NOT WhatsApp. Two real `baileys-supervisor run`
+daemons, real node workers with real Baileys, the simulator (tests/wa_sim). Daemon A runs in a network namespace and
+reaches the database over the veth's first address pair and the simulator over a second pair (`NetNs.second_path`);
+`partition()` blackholes only the first, so A's workers stay connected to WhatsApp. Daemon B runs in the root
+namespace. If A did not fence itself, B's takeover would open a second session of each device, WhatsApp's
+newest-wins 440 would kick A's, A's worker would reconnect and kick B's (a 440 war), and A's Signal writes would be
+stale. Asserted: A kills its workers before B's first claim; B connects every tenant with the saved creds (no QR);
+the simulator never saw two live sessions of a device nor a session replaced by a conflict; after the heal A gets its
+node lock back and takes a tenant back by hand-off, and over a window each tenant has one owner and one live worker,
+with no 440; no tenant_kv write committed after the next epoch's bump (an audit trigger records every write, and
+track_commit_timestamp orders the commits, as tests/cluster/procs.py's stale_commits does for the zombie writer)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime
+
+import psycopg
+import pytest
+
+from supervisor.cluster.placement import ranking
+from tests.conftest import kill_marked, live_workers
+from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# test_partition.py's timings: the server drops a silent session after release_after, A fences after fence_after
+TIMING = {"ping_interval": 0.5, "fence_after": 3, "release_after": 6, "claim_interval": 0.3}
+SECRET = "partition-test-secret-not-a-real-one"  # A listens on a veth address: a non-loopback API needs one
+WINDOW = 10.0  # after the heal: no 440, one owner and one worker per tenant throughout
+
+# Every committed write of tenant_kv, with its transaction (the row itself keeps only the last write of a key).
+AUDIT = """
+CREATE TABLE kv_audit (tenant_id text, k text, epoch bigint);
+CREATE FUNCTION kv_audit_f() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN INSERT INTO kv_audit VALUES (NEW.tenant_id, NEW.k, NEW.epoch); RETURN NEW; END $$;
+CREATE TRIGGER kv_audit_t AFTER INSERT OR UPDATE ON tenant_kv FOR EACH ROW EXECUTE FUNCTION kv_audit_f();
+"""
+
+
+def stale_kv_writes(dsn: str) -> tuple[int, int, int]:
+    """(writes committed, writes committed after their epoch's successor was claimed, writes at an epoch nobody
+    claimed). The last two must be 0."""
+    with psycopg.connect(dsn) as c:
+        total = c.execute("SELECT count(*) FROM kv_audit").fetchone()[0]
+        late = c.execute(
+            "SELECT count(*) FROM kv_audit w JOIN tenant_epoch n ON n.tenant_id = w.tenant_id "
+            "AND n.epoch = w.epoch + 1 WHERE pg_xact_commit_timestamp(w.xmin) > pg_xact_commit_timestamp(n.xmin)"
+        ).fetchone()[0]
+        unknown = c.execute("SELECT count(*) FROM kv_audit w LEFT JOIN tenant_epoch o ON o.tenant_id = w.tenant_id "
+                            "AND o.epoch = w.epoch WHERE o.owner IS NULL").fetchone()[0]
+    return total, late, unknown
+
+
+def owners(dsn: str) -> dict[str, str | None]:
+    with psycopg.connect(dsn) as c:
+        return dict(c.execute("SELECT tenant_id, owner FROM tenant_owner").fetchall())
+
+
+def at(e: dict) -> float:
+    return datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def logged(d: Daemon, name: str, after: float) -> list[dict]:
+    return [e for e in d.log_events() if e.get("event") == name and at(e) > after]
+
+
+def sessions_ok(sim: Simulator) -> None:
+    """Never two live sessions of a device, never a session replaced by a duplicate (the 440 a war starts with)."""
+    st = sim.state()
+    assert st["maxConcurrentAnyDevice"] == 1, "two live sessions of one device"
+    assert st["counters"]["conflictsFromDuplicates"] == 0, "a session was replaced by a conflict (440)"
+    assert not [j for j, d in st["devices"].items() if d["conflicts"]], st["devices"]
+
+
+def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on_veth, tmp_path, marker):
+    sim_host, a_host = netns.second_path()
+    sim = Simulator("--host", sim_host, log_path=tmp_path / "sim.log")
+    dsn = pg_on_veth.create_db()
+    made: list[Daemon] = []
+
+    def node(name: str, host: str, node_dsn: str, prefix: tuple[str, ...] = ()) -> Daemon:
+        cfg = daemon_config(tmp_path / f"storage-{name}", free_port(), sim.ws_url, marker=f"{marker}-{name}")
+        cfg["api"].update(host=host, secret=SECRET)
+        cfg["cluster"] = {"backend": "postgres", "dsn": node_dsn, "node_id": name, **TIMING}
+        made.append(Daemon(tmp_path / f"node-{name}", cfg, prefix=prefix))
+        return made[-1].start(2 * WAIT)
+
+    try:
+        a = node("a", a_host, pg_on_veth.dsn(dsn.rsplit("=", 1)[1], host=netns.host_ip), netns.exec_prefix())
+        with psycopg.connect(dsn, autocommit=True) as c:  # the schema exists once A is up
+            c.execute(AUDIT)
+        # tenants whose first choice is A: B's arrival hands none of them off, so all three are A's at the cut
+        tids = [t for t in (f"p{i}" for i in range(40)) if ranking(t, ["a", "b"])[0] == "a"][:3]
+        linked = {}
+        for t in tids:  # start (A claims it in its next round: no hasQR before that) -> QR -> scan -> connected
+            a.start_tenant(t)
+            # (a status right after the start can be a 404 unknown_tenant until the node's snapshot has the new row)
+            wait_for(lambda: (lambda r: r[0] == 200 and r[1].get("hasQR"))(a.call("GET", f"/whatsapp/{t}/status")),
+                     2 * WAIT, f"{t} hasQR on its owner")
+            assert sim.scan(a.qr(t)["qr"]).get("ok")
+            linked[t] = a.wait_connected(t)["me"]["id"]
+        b = node("b", "127.0.0.1", dsn)
+        time.sleep(3 * TIMING["claim_interval"])  # a few claim rounds of B: nothing may move (checked next)
+        assert owners(dsn) == {t: "a" for t in tids}
+        a_workers = live_workers(f"{marker}-a")
+        assert sorted(a_workers.values()) == sorted(tids), a_workers  # one live worker per tenant, on A
+        before = sim.counters()
+        sessions_ok(sim)
+
+        cut = time.time()
+        netns.partition()  # only A <-> PostgreSQL: A's workers still reach the simulator
+        for t in tids:
+            st = b.wait_connected(t, 4 * WAIT)
+            assert st["owner"] == "b" and st["me"]["id"] == linked[t]
+        [fenced] = logged(a, "cluster.fenced", cut)
+        [killed] = logged(a, "cluster.workers_killed", cut)
+        claimed = logged(b, "cluster.claimed", cut)
+        opened = {e["tenant"]: at(e) for e in logged(b, "tenant.open", cut)}
+        print(f"\ncut -> A fenced {at(fenced) - cut:.2f} s (workers killed {at(killed) - cut:.2f} s), B's first "
+              f"claim {at(claimed[0]) - cut:.2f} s, B connected {min(opened.values()) - cut:.2f}-"
+              f"{max(opened.values()) - cut:.2f} s")
+        assert at(killed) < at(claimed[0]), "B claimed A's tenants before A had killed its workers"
+        assert at(fenced) - cut < TIMING["release_after"], "fenced after the server could have released the lock"
+        assert killed["workers"] == len(a_workers)
+        assert not live_workers(f"{marker}-a"), "a worker of the fenced node survived"
+        assert sorted(opened) == sorted(tids)
+        assert not [e for e in b.log_events() if e.get("event") == "tenant.qr"], "B showed a QR"
+        c = sim.counters()
+        assert c["registrations"] == before["registrations"] == len(tids) and c["pairings"] == len(tids)
+        assert c["logins"] >= before["logins"] + len(tids)  # B logged in with the saved creds
+        sessions_ok(sim)
+
+        heal = time.time()
+        netns.heal()
+        wait_for(lambda: logged(a, "cluster.lock_acquired", heal), 4 * WAIT, "A's node lock again")
+        relocked = at(logged(a, "cluster.lock_acquired", heal)[0])
+        daemons = {"a": a, "b": b}
+
+        def placed() -> dict[str, str] | None:
+            """tenant -> node, once each tenant is connected on its owner with one live worker across both nodes
+            and A has its share back (B hands a tenant whose first choice is A back to it)."""
+            own = owners(dsn)
+            workers = Counter([*live_workers(f"{marker}-a").values(), *live_workers(f"{marker}-b").values()])
+            if set(own.values()) != {"a", "b"} or workers != Counter(tids):
+                return None
+            for t, n in own.items():
+                st = daemons[n].status(t)
+                if not (st.get("owner") == n and st["connected"] and st["pid"]):
+                    return None
+            return own
+
+        settled = wait_for(placed, 4 * WAIT, "A rejoined: its share back, connected, one worker per tenant")
+        back = min(opened_at for t, opened_at in ((e["tenant"], at(e)) for e in logged(a, "tenant.open", heal)))
+        print(f"heal -> A's lock {relocked - heal:.2f} s, a tenant connected on A again {back - heal:.2f} s; {settled}")
+        end = time.monotonic() + WINDOW
+        while time.monotonic() < end:  # the window: a war would show as a conflict or a second/missing worker
+            sessions_ok(sim)
+            assert owners(dsn) == settled
+            workers = [*live_workers(f"{marker}-a").values(), *live_workers(f"{marker}-b").values()]
+            assert Counter(workers) == Counter(tids), workers
+            time.sleep(0.5)
+        assert sim.counters()["registrations"] == len(tids)
+        total, late, unknown = stale_kv_writes(dsn)
+        print(f"tenant_kv writes committed: {total}, after their epoch's successor: {late}, at unclaimed epochs: "
+              f"{unknown}")
+        assert total > 0 and late == 0 and unknown == 0, (total, late, unknown)
+    finally:
+        for d in made:
+            d.stop()
+        for n in ("a", "b"):
+            kill_marked(f"{marker}-{n}")
+        sim.stop()
