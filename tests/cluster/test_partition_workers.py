@@ -93,13 +93,15 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
             c.execute(AUDIT)
         # tenants whose first choice is A: B's arrival hands none of them off, so all three are A's at the cut
         tids = [t for t in (f"p{i}" for i in range(40)) if ranking(t, ["a", "b"])[0] == "a"][:3]
-        linked = {}
+        linked, jids = {}, {}
         for t in tids:  # start (A claims it in its next round: no hasQR before that) -> QR -> scan -> connected
             a.start_tenant(t)
             # (a status right after the start can be a 404 unknown_tenant until the node's snapshot has the new row)
             wait_for(lambda: (lambda r: r[0] == 200 and r[1].get("hasQR"))(a.call("GET", f"/whatsapp/{t}/status")),
                      2 * WAIT, f"{t} hasQR on its owner")
-            assert sim.scan(a.qr(t)["qr"]).get("ok")
+            scan = sim.scan(a.qr(t)["qr"])
+            assert scan.get("ok"), scan
+            jids[t] = scan["jid"]
             linked[t] = a.wait_connected(t)["me"]["id"]
         b = node("b", "127.0.0.1", dsn)
         time.sleep(3 * TIMING["claim_interval"])  # a few claim rounds of B: nothing may move (checked next)
@@ -109,11 +111,17 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
         before = sim.counters()
         sessions_ok(sim)
 
+        contact = sim.call("POST", "/contacts", {"pushName": "Eve"})["phone"]
         cut = time.time()
         netns.partition()  # only A <-> PostgreSQL: A's workers still reach the simulator
+        # A message for the first tenant: Signal writes (pkmsg: session, pre-key removal) on A that cannot commit; its
+        # worker typically exits on auth_write_failed before the fence, the others are idle until the fence kills them
+        sent = sim.call("POST", "/contacts/send", {"from": contact, "to": jids[tids[0]], "text": "during the cut"})
+        assert sent.get("ok"), sent
         for t in tids:
             st = b.wait_connected(t, 4 * WAIT)
             assert st["owner"] == "b" and st["me"]["id"] == linked[t]
+        sessions_ok(sim)  # first: a node that did not fence shows here (A's live sessions replaced by B's)
         [fenced] = logged(a, "cluster.fenced", cut)
         [killed] = logged(a, "cluster.workers_killed", cut)
         claimed = logged(b, "cluster.claimed", cut)
@@ -123,14 +131,17 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
               f"{max(opened.values()) - cut:.2f} s")
         assert at(killed) < at(claimed[0]), "B claimed A's tenants before A had killed its workers"
         assert at(fenced) - cut < TIMING["release_after"], "fenced after the server could have released the lock"
-        assert killed["workers"] == len(a_workers)
+        # A worker whose state write failed (the client's tcp_user_timeout, 3/4 of fence_after) has exited on
+        # auth_write_failed before the fence; the fence SIGKILLs the rest. Either way before B's claim.
+        ended = {e["tenant"] for e in logged(a, "tenant.close", cut) if at(e) <= at(killed)}
+        print(f"A's workers: {len(ended)} ended before the fence, {killed['workers']} killed by it")
+        assert len(ended) + killed["workers"] >= len(a_workers), (ended, killed)
         assert not live_workers(f"{marker}-a"), "a worker of the fenced node survived"
         assert sorted(opened) == sorted(tids)
         assert not [e for e in b.log_events() if e.get("event") == "tenant.qr"], "B showed a QR"
         c = sim.counters()
         assert c["registrations"] == before["registrations"] == len(tids) and c["pairings"] == len(tids)
         assert c["logins"] >= before["logins"] + len(tids)  # B logged in with the saved creds
-        sessions_ok(sim)
 
         heal = time.time()
         netns.heal()
@@ -163,7 +174,8 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
             time.sleep(0.5)
         assert sim.counters()["registrations"] == len(tids)
         total, late, unknown = stale_kv_writes(dsn)
-        print(f"tenant_kv writes committed: {total}, after their epoch's successor: {late}, at unclaimed epochs: "
+        failed = {n: len(logged(a, f"cluster.{n}", cut)) for n in ("state_fenced", "state_write_failed")}
+        print(f"A's state transactions after the cut: {failed}; tenant_kv writes committed: {total}, after their epoch's successor: {late}, at unclaimed epochs: "
               f"{unknown}")
         assert total > 0 and late == 0 and unknown == 0, (total, late, unknown)
     finally:
