@@ -76,8 +76,8 @@ def sessions_ok(sim: Simulator) -> None:
 
 def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on_veth, tmp_path, marker):
     sim_host, a_host = netns.second_path()
-    sim = Simulator("--host", sim_host, log_path=tmp_path / "sim.log")
     dsn = pg_on_veth.create_db()
+    sim = Simulator("--host", sim_host, log_path=tmp_path / "sim.log")  # stopped in the finally below
     made: list[Daemon] = []
 
     def node(name: str, host: str, node_dsn: str, prefix: tuple[str, ...] = ()) -> Daemon:
@@ -175,8 +175,8 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
         assert sim.counters()["registrations"] == len(tids)
         total, late, unknown = stale_kv_writes(dsn)
         failed = {n: len(logged(a, f"cluster.{n}", cut)) for n in ("state_fenced", "state_write_failed")}
-        print(f"A's state transactions after the cut: {failed}; tenant_kv writes committed: {total}, after their epoch's successor: {late}, at unclaimed epochs: "
-              f"{unknown}")
+        print(f"A's state transactions after the cut: {failed}; tenant_kv writes committed: {total}, after their "
+              f"epoch's successor: {late}, at unclaimed epochs: {unknown}")
         assert total > 0 and late == 0 and unknown == 0, (total, late, unknown)
     finally:
         for d in made:
