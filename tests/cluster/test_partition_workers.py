@@ -115,7 +115,8 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
         cut = time.time()
         netns.partition()  # only A <-> PostgreSQL: A's workers still reach the simulator
         # A message for the first tenant: Signal writes (pkmsg: session, pre-key removal) on A that cannot commit; its
-        # worker typically exits on auth_write_failed before the fence, the others are idle until the fence kills them
+        # worker typically exits on auth_write_failed before the fence, the others are idle until the fence kills them.
+        # Unacknowledged, the simulator redelivers it to B, whose store state (without A's failed writes) decrypts it.
         sent = sim.call("POST", "/contacts/send", {"from": contact, "to": jids[tids[0]], "text": "during the cut"})
         assert sent.get("ok"), sent
         for t in tids:
@@ -139,6 +140,13 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
         assert not live_workers(f"{marker}-a"), "a worker of the fenced node survived"
         assert sorted(opened) == sorted(tids)
         assert not [e for e in b.log_events() if e.get("event") == "tenant.qr"], "B showed a QR"
+        def receipts() -> list[dict]:
+            inbox = sim.call("GET", f"/contacts/inbox?contact={contact}")
+            return [r for r in inbox["receiptsIn"] if r["id"] == sent["id"]]
+        t0 = time.monotonic()
+        got = wait_for(receipts, 2 * WAIT, "a receipt for the message sent during the cut")
+        print(f"the message sent during the cut: receipt {got} {time.monotonic() - t0:.2f} s after B connected, "
+              f"mailbox {sim.call('GET', '/mailbox')['devices'].get(jids[tids[0]])}")
         c = sim.counters()
         assert c["registrations"] == before["registrations"] == len(tids) and c["pairings"] == len(tids)
         assert c["logins"] >= before["logins"] + len(tids)  # B logged in with the saved creds
@@ -173,6 +181,8 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
             assert Counter(workers) == Counter(tids), workers
             time.sleep(0.5)
         assert sim.counters()["registrations"] == len(tids)
+        # A never acknowledged it (its commit failed, so Baileys sent no receipt); B decrypted the redelivery once
+        assert len(receipts()) == 1, receipts()
         total, late, unknown = stale_kv_writes(dsn)
         failed = {n: len(logged(a, f"cluster.{n}", cut)) for n in ("state_fenced", "state_write_failed")}
         print(f"A's state transactions after the cut: {failed}; tenant_kv writes committed: {total}, after their "
