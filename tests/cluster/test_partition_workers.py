@@ -96,9 +96,7 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(netns, pg_on
         linked, jids = {}, {}
         for t in tids:  # start (A claims it in its next round: no hasQR before that) -> QR -> scan -> connected
             a.start_tenant(t)
-            # (a status right after the start can be a 404 unknown_tenant until the node's snapshot has the new row)
-            wait_for(lambda: (lambda r: r[0] == 200 and r[1].get("hasQR"))(a.call("GET", f"/whatsapp/{t}/status")),
-                     2 * WAIT, f"{t} hasQR on its owner")
+            a.wait_status(t, lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
             scan = sim.scan(a.qr(t)["qr"])
             assert scan.get("ok"), scan
             jids[t] = scan["jid"]
