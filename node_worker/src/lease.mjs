@@ -7,6 +7,11 @@
 // Two clocks, the earlier deadline wins: the wall clock (validUntil is the daemon's, same host: a lease that reached
 // us late is not extended) and the monotonic clock from the moment it arrived (a wall clock stepped back does not
 // extend it either).
+//
+// An update is checked at the end of the current turn, not at once: lines read in one chunk are applied in order
+// first, so the latest decides. A worker that could not read its pipe for longer than a lease (importing Baileys
+// at high load) finds its first, long-past lease followed by the renewals the daemon kept sending; it exited on the
+// first one before (every start failed at load ~40 with the daemon's lease valid throughout).
 
 /** Exit code of a worker whose lease passed (docs/protocol.md "Process contract"). */
 export const LEASE_EXPIRED_EXIT = 3;
@@ -22,6 +27,7 @@ export function makeLease({ onExpire, now = Date.now, mono = () => performance.n
   let monoUntil = null;
   let timer = null;
   let expired = false;
+  let queued = false;
   const check = () => {
     timer = null;
     if (expired) return;
@@ -39,7 +45,10 @@ export function makeLease({ onExpire, now = Date.now, mono = () => performance.n
       until = validUntil;
       monoUntil = mono() + (validUntil - now());
       if (timer) clearTimeout(timer);
-      check();
+      timer = null;
+      if (queued) return;
+      queued = true;
+      setImmediate(() => { queued = false; check(); }).unref?.();
     },
     get validUntil() { return until; },
   };
