@@ -8,10 +8,10 @@
 // us late is not extended) and the monotonic clock from the moment it arrived (a wall clock stepped back does not
 // extend it either).
 //
-// An update is checked at the end of the current turn, not at once: lines read in one chunk are applied in order
-// first, so the latest decides. A worker that could not read its pipe for longer than a lease (importing Baileys
-// at high load) finds its first, long-past lease followed by the renewals the daemon kept sending; it exited on the
-// first one before (every start failed at load ~40 with the daemon's lease valid throughout).
+// Decided after the I/O already waiting, not at once: a worker whose loop was held for longer than a lease (importing
+// Baileys at high load, descheduled) finds a long-past lease, or its due timer, together with the renewals the daemon
+// kept sending; the latest of them decides. It exited on the first one before (every start failed at load ~40 while
+// the daemon's lease was valid).
 
 /** Exit code of a worker whose lease passed (docs/protocol.md "Process contract"). */
 export const LEASE_EXPIRED_EXIT = 3;
@@ -28,27 +28,39 @@ export function makeLease({ onExpire, now = Date.now, mono = () => performance.n
   let timer = null;
   let expired = false;
   let queued = false;
-  const check = () => {
-    timer = null;
+  let confirming = false;
+  // The decision runs in setImmediate, and a lapse is confirmed by a second one: an immediate queued while the check
+  // phase runs waits for the next turn's I/O, so the renewals already waiting in the pipe are read before the worker
+  // exits (a loop held past the lease may resume in the middle of a turn, with an old check already queued).
+  const settle = () => {
+    queued = false;
     if (expired) return;
     const left = Math.min(until - now(), monoUntil - mono());
+    if (left <= 0 && !confirming) {
+      confirming = true;
+      settleSoon();
+      return;
+    }
+    confirming = false;
     if (left <= 0) {
       expired = true;
       onExpire();
       return;
     }
-    timer = setTimeout(check, Math.min(left, MAX_DELAY_MS));
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(settleSoon, Math.min(left, MAX_DELAY_MS));
     timer.unref?.();
   };
+  function settleSoon() {
+    if (queued || expired) return;
+    queued = true;
+    setImmediate(settle); // ref'd: an unref'd one lets the poll block until other work (the exit would wait)
+  }
   return {
     update(validUntil) {
       until = validUntil;
       monoUntil = mono() + (validUntil - now());
-      if (timer) clearTimeout(timer);
-      timer = null;
-      if (queued) return;
-      queued = true;
-      setImmediate(() => { queued = false; check(); }).unref?.();
+      settleSoon();
     },
     get validUntil() { return until; },
   };
