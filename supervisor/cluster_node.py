@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import spawn_fence
@@ -63,6 +64,7 @@ class ClusterNode:
         self.own = make_ownership(settings, on_gain=self._gain, on_lose=self._lose, on_fence=self._fence)
         self.state = StateStore(self.own)  # the tenants' auth in the fenced store (Tenant's state_hooks)
         self.remote: dict[str, dict[str, Any]] = {}  # tenant -> {owner, epoch, wanted, advertiseUrl}
+        self._wrote: dict[str, float] = {}  # tenant -> when this node's start/stop committed `wanted` (monotonic)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poll: asyncio.Task[None] | None = None
         self._conn: Any = None
@@ -161,6 +163,7 @@ class ClusterNode:
     async def start_tenant(self, tid: str) -> dict[str, Any]:
         """Record the intent in the store; start at once if we own it, else answer with the owner (if any yet)."""
         await self.own.want(tid, True)
+        self._wrote[tid] = time.monotonic()
         if tid in self.own.owned:
             return await self.sup.start_here(tid)
         row = self.remote.setdefault(tid, {"owner": None, "epoch": 0, "advertiseUrl": None})
@@ -173,6 +176,7 @@ class ClusterNode:
         if not known:
             raise UnknownTenant(f"unknown tenant {tid}", tenant=tid)
         await self.own.want(tid, False)
+        self._wrote[tid] = time.monotonic()
         if tid in self.remote:
             self.remote[tid]["wanted"] = False
         if tid in self.sup.tenants:
@@ -236,11 +240,20 @@ class ClusterNode:
     async def refresh(self) -> None:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await pg.connect(self.cs, "read")
+        began = time.monotonic()
         cur = await self._conn.execute(
             "SELECT t.tenant_id, t.owner, t.epoch, t.wanted, n.advertise_url FROM tenant_owner t "
             "LEFT JOIN cluster_node n ON n.node_id = t.owner")
-        self.remote = {r[0]: {"owner": r[1], "epoch": r[2], "wanted": r[3], "advertiseUrl": r[4]}
-                       for r in await cur.fetchall()}
+        fresh = {r[0]: {"owner": r[1], "epoch": r[2], "wanted": r[3], "advertiseUrl": r[4]}
+                 for r in await cur.fetchall()}
+        # A start/stop that committed after this query began may be missing from its snapshot: keep what it wrote
+        # (else a 200 start is followed by a 404 status, or a stop by `wanted` again, until the next refresh).
+        for t, at in list(self._wrote.items()):
+            if at < began:  # committed before the query: the snapshot has it
+                del self._wrote[t]
+            elif t in self.remote:
+                fresh[t] = {**fresh.get(t, self.remote[t]), "wanted": self.remote[t]["wanted"]}
+        self.remote = fresh
 
     async def _poll_loop(self) -> None:
         while True:

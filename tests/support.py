@@ -158,20 +158,23 @@ class DaemonProcess:
     daemon must never block on a full pipe). JSON is a subset of YAML, so the config is written with json.dumps.
 
     Options for the variants the suite needs: `env` (extra environment, e.g. NOTIFY_SOCKET), `new_session` (own
-    process group, so a test's Ctrl-C does not reach it), and start(wait=False) for a daemon without a known port
-    (api.port 0) or one that is expected to fail."""
+    process group, so a test's Ctrl-C does not reach it), `prefix` (a command the daemon runs under, e.g. `ip netns
+    exec NS`, which execs it: the pid stays the daemon's), and start(wait=False) for a daemon without a known port
+    (api.port 0) or one that is expected to fail. The URL uses `api.host` (a daemon in a namespace listens on an
+    address the test can route to)."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], *, env: dict[str, str] | None = None,
-                 new_session: bool = False) -> None:
+                 new_session: bool = False, prefix: tuple[str, ...] = ()) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.port: int = config.get("api", {}).get("port", 0)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{config.get('api', {}).get('host', '127.0.0.1')}:{self.port}"
         self.config_path = self.workdir / "config.yaml"
         self.config_path.write_text(json.dumps(_plain(config), indent=1))
         self.extra_env = dict(env or {})
         self.new_session = new_session
+        self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
@@ -189,7 +192,7 @@ class DaemonProcess:
         env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
         env.update(self.extra_env)
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen([str(CLI), "run", "--config", str(self.config_path)], stdout=log,
+            self.proc = subprocess.Popen([*self.prefix, str(CLI), "run", "--config", str(self.config_path)], stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
                                          start_new_session=self.new_session)
         if wait:

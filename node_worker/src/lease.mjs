@@ -7,6 +7,11 @@
 // Two clocks, the earlier deadline wins: the wall clock (validUntil is the daemon's, same host: a lease that reached
 // us late is not extended) and the monotonic clock from the moment it arrived (a wall clock stepped back does not
 // extend it either).
+//
+// Decided after the I/O already waiting, not at once: a worker whose loop was held for longer than a lease (importing
+// Baileys at high load, descheduled) finds a long-past lease, or its due timer, together with the renewals the daemon
+// kept sending; the latest of them decides. It exited on the first one before (every start failed at load ~40 while
+// the daemon's lease was valid).
 
 /** Exit code of a worker whose lease passed (docs/protocol.md "Process contract"). */
 export const LEASE_EXPIRED_EXIT = 3;
@@ -22,24 +27,40 @@ export function makeLease({ onExpire, now = Date.now, mono = () => performance.n
   let monoUntil = null;
   let timer = null;
   let expired = false;
-  const check = () => {
-    timer = null;
+  let queued = false;
+  let confirming = false;
+  // The decision runs in setImmediate, and a lapse is confirmed by a second one: an immediate queued while the check
+  // phase runs waits for the next turn's I/O, so the renewals already waiting in the pipe are read before the worker
+  // exits (a loop held past the lease may resume in the middle of a turn, with an old check already queued).
+  const settle = () => {
+    queued = false;
     if (expired) return;
     const left = Math.min(until - now(), monoUntil - mono());
+    if (left <= 0 && !confirming) {
+      confirming = true;
+      settleSoon();
+      return;
+    }
+    confirming = false;
     if (left <= 0) {
       expired = true;
       onExpire();
       return;
     }
-    timer = setTimeout(check, Math.min(left, MAX_DELAY_MS));
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(settleSoon, Math.min(left, MAX_DELAY_MS));
     timer.unref?.();
   };
+  function settleSoon() {
+    if (queued || expired) return;
+    queued = true;
+    setImmediate(settle); // ref'd: an unref'd one lets the poll block until other work (the exit would wait)
+  }
   return {
     update(validUntil) {
       until = validUntil;
       monoUntil = mono() + (validUntil - now());
-      if (timer) clearTimeout(timer);
-      check();
+      settleSoon();
     },
     get validUntil() { return until; },
   };

@@ -33,10 +33,20 @@ test('the timer fires once the latest validUntil passed, not before', async () =
   assert.equal(fired, 1); // once
 });
 
-test('a lease already past expires at once; the earlier of the two clocks decides', async () => {
+test('a lease already past expires at the end of the turn; the earlier of the two clocks decides', async () => {
   let fired = 0;
-  makeLease({ onExpire: () => { fired += 1; } }).update(Date.now() - 1);
-  assert.equal(fired, 1);
+  const past = makeLease({ onExpire: () => { fired += 1; } });
+  past.update(Date.now() - 1);
+  assert.equal(fired, 0); // the lines read with it, and the I/O of the next turn, are applied first...
+  await new Promise(setImmediate);
+  await new Promise(setImmediate);
+  assert.equal(fired, 1); // ...then the latest lease decides
+  let again = 0;
+  const renewed = makeLease({ onExpire: () => { again += 1; } });
+  renewed.update(Date.now() - 1000);
+  renewed.update(Date.now() + 60000); // a renewal read in the same chunk
+  await sleep(20);
+  assert.equal(again, 0);
   const clocks = { wall: 1000, mono: 0 };
   let n = 0;
   const lease = makeLease({ onExpire: () => { n += 1; }, now: () => clocks.wall, mono: () => clocks.mono });
@@ -106,6 +116,59 @@ test('a real worker exits 3 when its lease passes, alive while leases keep comin
     await w.cleanup();
   }
 });
+
+test('leases read together: the latest decides, not the oldest (a worker that read its pipe late)', { timeout: 60000 },
+  async () => {
+    // A worker busy importing Baileys for longer than the lease (seconds at load ~40) reads its first lease, long past,
+    // together with the renewals queued behind it: it must not exit on the first (found by
+    // tests/cluster/test_partition_workers.py: exit 3 on every start at load 39, the daemon's lease valid throughout).
+    const w = await standby();
+    try {
+      await w.waitFor((e) => e.type === 'hello');
+      const now = Date.now();
+      w.child.stdin.write(`${JSON.stringify({ cmd: 'lease', validUntil: now - 2000 })}\n`
+        + `${JSON.stringify({ cmd: 'lease', validUntil: now - 1000 })}\n`
+        + `${JSON.stringify({ cmd: 'lease', validUntil: now + 20000 })}\n${JSON.stringify({ cmd: 'ping', id: 'p1' })}\n`);
+      await w.waitFor((e) => e.type === 'reply' && e.id === 'p1');
+      await sleep(200);
+      assert.equal(w.child.exitCode, null);
+      // and a past lease read alone still ends it, without a newer one behind it
+      w.send({ cmd: 'lease', validUntil: Date.now() - 1 });
+      const { code } = await w.exited;
+      assert.equal(code, LEASE_EXPIRED_EXIT);
+    } finally {
+      w.child.kill('SIGKILL');
+      await w.cleanup();
+    }
+  });
+
+test('a worker whose loop was held past its lease reads the renewals queued meanwhile before deciding', { timeout: 60000 },
+  async () => {
+    // SIGSTOP stands in for a worker descheduled or busy for longer than its lease while the daemon kept renewing:
+    // at SIGCONT its lease timer is due and the renewals wait in the pipe. The timers run before the I/O in Node's
+    // loop; the renewals must still be read before the worker decides.
+    const w = await standby();
+    try {
+      await w.waitFor((e) => e.type === 'hello');
+      w.send({ cmd: 'lease', id: 'l1', validUntil: Date.now() + 1000 });
+      await w.waitFor((e) => e.type === 'reply' && e.id === 'l1');
+      w.child.kill('SIGSTOP');
+      const stoppedUntil = Date.now() + 2000;
+      while (Date.now() < stoppedUntil) {
+        w.send({ cmd: 'lease', validUntil: Date.now() + 3000 });
+        await sleep(100);
+      }
+      w.send({ cmd: 'lease', validUntil: Date.now() + 20000 });
+      w.child.kill('SIGCONT');
+      w.send({ cmd: 'ping', id: 'p2' });
+      await Promise.race([w.waitFor((e) => e.type === 'reply' && e.id === 'p2'),
+        w.exited.then(({ code, signal }) => { throw new Error(`worker exited ${code ?? signal}`); })]);
+      assert.equal(w.child.exitCode, null);
+    } finally {
+      w.child.kill('SIGKILL');
+      await w.cleanup();
+    }
+  });
 
 test('no lease, no deadline (single-host mode)', { timeout: 60000 }, async () => {
   const w = await standby();

@@ -43,6 +43,23 @@ class NetNs:
             self.delete()
             raise
 
+    def second_path(self) -> tuple[str, str]:
+        """(root-side, namespace-side) addresses of a second path over the same veth that `partition()` does not cut:
+        two /32s with routes whose `src` pins the source address, so traffic between them never uses the blackholed
+        pair. For a partition of one service (PostgreSQL on `host_ip`) while another (the WhatsApp simulator on the
+        returned root-side address) stays reachable. Deleted with the veth."""
+        used = ip("-4", "-o", "addr").stdout
+        while True:
+            net = ipaddress.ip_network(f"10.214.{random.randrange(256)}.{4 * random.randrange(64)}/30")
+            host2, ns2 = (str(a) for a in list(net.hosts())[:2])
+            if host2 not in used and ns2 not in used:
+                break
+        ip("addr", "add", f"{host2}/32", "dev", self.host_if)
+        ip("addr", "add", f"{ns2}/32", "dev", self.ns_if, ns=self.name)
+        ip("route", "add", f"{ns2}/32", "dev", self.host_if, "src", host2)
+        ip("route", "add", f"{host2}/32", "dev", self.ns_if, "src", ns2, ns=self.name)
+        return host2, ns2
+
     def exec_prefix(self) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.name)
 

@@ -110,7 +110,9 @@ class Daemon(DaemonProcess):
         return super().start(True, timeout)
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-        return _http(method, self.url + path, body, timeout=timeout)
+        secret = self.config.get("api", {}).get("secret")  # a daemon on a non-loopback address needs one
+        return _http(method, self.url + path, body, timeout=timeout,
+                     headers={"X-Internal-Secret": secret} if secret else None)
 
     def start_tenant(self, tid: str) -> dict[str, Any]:
         code, body = self.call("POST", f"/whatsapp/{tid}/start")
