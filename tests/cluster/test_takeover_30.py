@@ -114,7 +114,6 @@ def test_thirty_tenants_three_nodes_sigkill_the_busiest_all_reconnect_with_saved
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         scanned = dict(zip(tids, pool.map(pair_one, tids)))
-    t_scans = time.monotonic() - t0
     placed = wait_for(lambda: (lambda c: c if len(c) == N else None)(connected_on(d, NODES)), 6 * WAIT,
                       "all 30 connected on their owners", interval=0.5)
     t_paired = time.monotonic() - t0

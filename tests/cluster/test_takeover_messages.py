@@ -130,11 +130,13 @@ def test_messages_in_and_out_across_a_sigkill_of_the_owner(nodes, sim, receiver,
     assert reached_kill.wait(2 * WAIT)
     to = {"to": bob}
     early = [post(b, T, f"out-{i}", {**to, "text": f"out-{i}"}) for i in range(BEFORE)]  # forwarded to a
-    assert all(code == 202 and {k.lower(): v for k, v in r.items()}.get("x-bsup-forwarded-to") == "a" for code, _, r in early), early
+    assert all(code == 202 and {k.lower(): v for k, v in r.items()}.get("x-bsup-forwarded-to") == "a"
+               for code, _, r in early), early
     a.kill9()
     t_kill = time.monotonic()
     receiver.delay = 0.0
-    late = [post_until_queued(b, f"out-{i}", {**to, "text": f"out-{i}"}, 4 * WAIT) for i in range(BEFORE, BEFORE + AFTER)]
+    late = [post_until_queued(b, f"out-{i}", {**to, "text": f"out-{i}"}, 4 * WAIT)
+            for i in range(BEFORE, BEFORE + AFTER)]
     t_queued = time.monotonic() - t_kill
     th.join(4 * WAIT)
     assert not errors, errors
@@ -170,18 +172,22 @@ def test_messages_in_and_out_across_a_sigkill_of_the_owner(nodes, sim, receiver,
     box = wait_for(lambda: (lambda m: m if set(wa) <= {x["id"] for x in m} else None)(inbox(sim, bob)), 4 * WAIT,
                    "bob decrypted every send", interval=0.2)
     got = [m for m in box if m["id"] in wa]
-    assert all(m.get("error") is None for m in got), got
+    seen = [(m.get("text"), m.get("type"), m.get("error"), m["id"]) for m in got]
+    ok = [m for m in got if m.get("error") is None]
+    assert {m["id"]: m["text"] for m in ok} == {w: f"out-{i}" for i, w in enumerate(wa)}, seen  # each decrypted
+    assert list(dict.fromkeys(m["id"] for m in ok)) == wa, f"sends out of order: {seen}"
     copies = Counter(m["id"] for m in got)
-    firsts = list(dict.fromkeys(m["id"] for m in got))
-    assert firsts == wa, "sends out of order"
-    assert {m["id"]: m["text"] for m in got} == {w: f"out-{i}" for i, w in enumerate(wa)}
-    assert all(copies[w] == 1 for w in wa[BEFORE:]), f"a send queued after the kill arrived twice: {copies}"
+    # queued after the kill: only b ever had them, strictly once; a may have handed the earlier ones to its worker
+    # (at least once, same id: docs/cluster.md "The outbox"), their extra copies are counted
+    assert [copies[w] for w in wa[BEFORE:]] == [1] * AFTER, f"a send queued after the kill arrived twice: {seen}"
+    failed = [x for x in seen if x[2] is not None]
     stanzas = Counter(e["id"] for e in sim.events() if e.get("type") == "tenant_message" and e.get("id") in wa)
     print(f"\nSIGKILL of a after {KILL_AT} of {STREAM} streamed messages: sends queued through b "
           f"{t_queued:.1f} s later ({[x['retries'] for x in late]} retries each), b connected {t_connected:.1f} s, "
           f"all {len(everything)} at the webhook {t_delivered:.1f} s; raw webhook duplicates (same key) "
-          f"{sum(raw.values()) - len(raw)} {dups}; reached it before the kill {at_kill}; recovered {recovered}; append {len(appended)}; "
-          f"sends' copies at the contact {[copies[w] for w in wa]}, stanzas {[stanzas[w] for w in wa]}")
+          f"{sum(raw.values()) - len(raw)} {dups}; reached it before the kill {at_kill}; recovered {recovered}; "
+          f"append {len(appended)}; sends' copies at the contact {[copies[w] for w in wa]}, stanzas "
+          f"{[stanzas[w] for w in wa]}, copies it could not decrypt {failed}")
 
     # the takeover itself: saved creds, one session
     assert not [e for e in b.log_events() if e.get("event") == "tenant.qr"], "b showed a QR"
