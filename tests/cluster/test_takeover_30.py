@@ -1,10 +1,10 @@
 """Issue 13's first "what must be shown", at its size and with real workers: three real `baileys-supervisor run`
 daemons (separate storage roots) on one real PostgreSQL, real node workers with real Baileys against the WhatsApp
-Web simulator. 30 tenants are started through different nodes and each is paired by a scan (in parallel: the scans
-of one node do not wait for another's), each lands on exactly one node (one live worker per tenant, on its owner of
-record); the node holding the most is SIGKILLed: every one of its tenants connects on another node with its first
-link (saved creds from the store: no QR anywhere after the kill, registrations stay 30), the simulator never sees
-two live sessions of a device, and no worker of the dead node is left. The 3-tenant version with hand-offs is
+Web simulator. 30 tenants are started through different nodes and each is paired by a scan (6 at a time); each
+lands on exactly one node (one live worker per tenant, on its owner of record); the node holding the most is
+SIGKILLed: every one of its tenants connects on another node with its first link (saved creds from the store: no QR
+anywhere after the kill, registrations stay 30), the simulator never sees two live sessions of a device, and no
+worker of the dead node is left. The 3-tenant version with hand-offs is
 tests/cluster/test_state_takeover.py; the same with fake workers, tests/cluster/test_daemon_cluster.py."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_p
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 N = 30
+PARALLEL = 6  # tenants started and paired at once
 NODES = ("a", "b", "c")
 
 
@@ -89,12 +90,13 @@ def test_thirty_tenants_three_nodes_sigkill_the_busiest_all_reconnect_with_saved
     d = three
     tids = [f"t{i:02d}" for i in range(N)]
     t0 = time.monotonic()
-    for i, t in enumerate(tids):  # each start through a different node: placement decides where it runs
-        code, body = d[NODES[i % 3]].call("POST", f"/whatsapp/{t}/start")
-        assert code == 200, body
 
     def pair_one(t: str) -> float:
-        """Wait for the QR on the tenant's owner, scan it (again if it rotated under us); seconds to the scan."""
+        """Start the tenant through a node of its own (placement decides where it runs), wait for the QR on its owner,
+        scan it (again if it rotated under us); seconds to the scan. At most PARALLEL at once: 30 cold starts of Node
+        + Baileys at once outlast the workers' first lease on 2 cores (docs/cluster.md "Not done yet")."""
+        code, body = d[NODES[tids.index(t) % 3]].call("POST", f"/whatsapp/{t}/start")
+        assert code == 200, body
         end = time.monotonic() + 6 * WAIT
         while time.monotonic() < end:
             owner = owners(pg_dsn).get(t, (None, 0))[0]
@@ -112,7 +114,7 @@ def test_thirty_tenants_three_nodes_sigkill_the_busiest_all_reconnect_with_saved
             time.sleep(0.3)
         raise AssertionError(f"{t}: no QR scanned within {6 * WAIT} s")
 
-    with ThreadPoolExecutor(max_workers=6) as pool:
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         scanned = dict(zip(tids, pool.map(pair_one, tids)))
     placed = wait_for(lambda: (lambda c: c if len(c) == N else None)(connected_on(d, NODES)), 6 * WAIT,
                       "all 30 connected on their owners", interval=0.5)
