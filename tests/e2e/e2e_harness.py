@@ -150,7 +150,7 @@ class Daemon(DaemonProcess):
         return self.wait_status(tid, lambda s: s["connected"] and s["pid"] is not None, timeout, "connected")
 
     def wait_qr(self, tid: str, timeout: float = WAIT) -> str:
-        self.wait_status(tid, lambda s: s["hasQR"], timeout, "hasQR")
+        self.wait_status(tid, lambda s: s.get("hasQR"), timeout, "hasQR")  # cluster: no hasQR before the claim
         qr = self.qr(tid)["qr"]
         assert qr, "hasQR but /qr has no qr"
         return qr

@@ -21,6 +21,7 @@ class Receiver:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
         self.status_for: dict[str, int] = {}  # tenant -> status, overrides `status` (one slow/failing tenant)
+        self.delay = 0.0  # seconds each answer waits after the request is recorded (a sender may die meanwhile)
         self.lock = threading.Lock()
         receiver = self
 
@@ -33,9 +34,13 @@ class Receiver:
                     with receiver.lock:
                         receiver.requests.append({"key": self.headers.get("Idempotency-Key"),
                                                   "body": json.loads(body), "t": time.monotonic()})
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                time.sleep(receiver.delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender is gone (a SIGKILLed daemon): it never saw the answer
 
             def log_message(self, *args: Any) -> None:
                 pass
