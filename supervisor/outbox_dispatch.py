@@ -97,7 +97,10 @@ class OutboxDispatcher(TenantObserver):
         if self.forwarder is None:  # webhook off: items a webhook-on run left would be stale news for nobody
             await self._db(self.box.hooks_done, 2**62)
         log.info("outbox.started", path=str(self.box.path), tenants_waiting=len(waiting), pruned=pruned)
-        self._kick_hooks()  # what a crash left between a status commit and its spool write
+        if self.forwarder is not None:  # what a crash left between a status commit and its spool write (or after
+            await self._copy_hooks(wait_room=False)  # it): copied while the forwarder holds delivery (runner)
+            self.forwarder.release()
+            self._kick_hooks()  # the rows a full spool refused
         if getattr(self.box, "poll_every", None):
             self._poller = asyncio.get_running_loop().create_task(self._poll(self.box.poll_every), name="outbox:poll")
 
@@ -216,7 +219,7 @@ class OutboxDispatcher(TenantObserver):
         else:
             self._hooks = asyncio.get_running_loop().create_task(self._copy_hooks(), name="outbox:hooks")
 
-    async def _copy_hooks(self) -> None:
+    async def _copy_hooks(self, wait_room: bool = True) -> None:
         try:
             while True:
                 self._hooks_dirty = False
@@ -229,7 +232,7 @@ class OutboxDispatcher(TenantObserver):
                 if done is not None:
                     await self._db(self.box.hooks_done, done)
                 while refused:  # refused once (logged by the forwarder), not once per retry: wait for room first
-                    if self._closing:
+                    if self._closing or not wait_room:
                         return  # the rows stay in the outbox: the next start copies them
                     await self._sleep(HOOK_RETRY)
                     refused = not self.forwarder.has_room()

@@ -115,7 +115,7 @@ class Daemon:
         self._forwarder = make_forwarder(s.webhook, s.storage.root, sup.metrics, self._cluster)
         if self._forwarder is not None:
             self._sink = sup.on_message = MessageSink(self._forwarder, sup.worker_command)
-            await self._forwarder.start()
+            await self._forwarder.start(hold=True)  # released by the outbox's start (_start_outbox)
         self._outbox = await _start_outbox(s, sup, self._forwarder)  # before the boot: tenants resume sending
         app = make_app(sup, s.api, events=sup.events, metrics=sup.metrics, webhook=self._forwarder,
                        outbox=self._outbox)
@@ -190,6 +190,9 @@ async def _start_outbox(s: Settings, sup: Supervisor, forwarder: WebhookForwarde
         log.error("outbox.locked", message=exc.message)
         await box.aclose()
         return None
+    finally:
+        if forwarder is not None:  # started with hold=True: delivery begins after the outbox's first copy
+            forwarder.release()
     sup.observers.add(box)
     return box
 

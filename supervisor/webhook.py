@@ -4,7 +4,7 @@ Interface for the daemon:
 
     fw = WebhookForwarder(WebhookSettings(url=..., secret=...), storage_root=settings.storage.root,
                           on_depth=gauge.set, on_result=lambda r: counter.labels(r).inc())
-    await fw.start()                    # opens <storage>/webhook-spool.sqlite3, resumes pending rows in order
+    await fw.start(hold=False)          # opens <storage>/webhook-spool.sqlite3, resumes pending rows in order
     ok = await fw.submit(tenant, event, event_id=None)  # True once the item is durably spooled (the ack); False
                                         # when disabled (url None); raises SpoolFull at the bound (already logged
                                         # as webhook.spool_full and reported via on_result("spool_full")).
@@ -108,11 +108,17 @@ class WebhookForwarder:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # tenant -> its delivery task (at most one)
         self._dirty: set[str] = set()  # tenants that got a put while their task was reading the spool
         self._started = self._closing = False
+        self._held: set[str] | None = None  # start(hold=True) until release(): tenants whose delivery waits
         self.depth = 0
         self.refused = 0  # items refused by SpoolFull since start
 
     # ---- life cycle -------------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, hold: bool = False) -> None:
+        """hold: deliver nothing until release(): the outbox first copies the status items a crash left in both
+        its `hook` table and the spool (the copy is deduped against pending rows only: an item delivered before
+        the copy would be spooled and delivered again)."""
+        if hold:
+            self._held = set()
         if not self.enabled:
             log.info("webhook.disabled", spool_exists=bool(self.spool_path and self.spool_path.exists()))
             return
@@ -217,10 +223,18 @@ class WebhookForwarder:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    def release(self) -> None:
+        """Ends start(hold=True): the held tenants' delivery starts. Idempotent."""
+        held, self._held = self._held, None
+        for tenant in sorted(held or ()):
+            self._kick(tenant)
+
     def _kick(self, tenant: str) -> None:
         if self._closing or not self._owns(tenant):
             return
-        if tenant in self._tasks:
+        if self._held is not None:
+            self._held.add(tenant)
+        elif tenant in self._tasks:
             self._dirty.add(tenant)
         else:
             self._tasks[tenant] = asyncio.get_running_loop().create_task(
