@@ -30,11 +30,10 @@ import psycopg
 from ..outbox import IdempotencyConflict, OutboxError, Row, advances, derive_ids, status_event_id, status_item
 from ..settings import ClusterSettings
 from . import pg
-from .store import Fenced
+from .store import OWNER_ROW_SQL, Fenced
 
 _COLS = "seq, tenant_id, idem_key, message_id, wa_id, body_hash, to_jid, text, reply_to, status, error, written, " \
         "attempts, created_at, updated_at"
-OWNER_ROW = "SELECT 1 FROM tenant_owner WHERE tenant_id = %s AND owner = %s AND epoch = %s FOR SHARE"
 
 
 class PgOutbox:
@@ -85,7 +84,7 @@ class PgOutbox:
         epoch = self.epoch_of(tenant)
         if epoch is None or not self.valid():
             raise Fenced(tenant)
-        if cur.execute(OWNER_ROW, (tenant, self.cs.node_id, epoch)).fetchone() is None:
+        if cur.execute(OWNER_ROW_SQL, (tenant, self.cs.node_id, epoch)).fetchone() is None:
             raise Fenced(tenant)
         return epoch
 

@@ -1,10 +1,10 @@
 """Versioned schema of the postgres backend. The daemon applies missing migrations at start (`upgrade()`, under a
-transaction-scoped advisory lock so several daemons starting at once apply each one once); `python -m
-supervisor.cluster db upgrade --config FILE` does the same by hand. A database newer than this code is refused.
+transaction-scoped advisory lock so several daemons starting at once apply each one once); `baileys-supervisor
+db upgrade --config FILE` does the same by hand. A database newer than this code is refused.
 
 Version 1 is ownership plus the generic fenced key/value store (creds, Signal keys); version 2 the outbox; version 3
-the webhook spool (cluster/spool.py); version 4 the dead letters' indexes. The decrypt journal is a later version
-(docs/cluster.md "Not done yet"). Every such table carries `tenant_id` and its writes check the writer's epoch on
+the webhook spool (cluster/spool.py); version 4 the dead letters' indexes. The decrypt journal and the sent store are
+`tenant_kv` keys (`journal/...`, `sent/...`: no table of their own). Every such table carries `tenant_id` and its writes check the writer's epoch on
 `tenant_owner` in the same transaction (`store.fenced_tx`; the outbox's and the spool's sync twins; the outbox's
 submit is the documented exception).
 """

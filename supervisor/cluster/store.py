@@ -1,6 +1,7 @@
 """Fenced tenant state in PostgreSQL: the one epoch check (`fenced_tx`) and the key/value table (creds.json, Signal
 keys: one row per file of the stock multi-file auth layout). The webhook spool (cluster/spool.py) uses the same check
-(`OWNER_ROW_SQL`) on its sync connection; the decrypt journal and the outbox come later (docs/cluster.md)."""
+(`OWNER_ROW_SQL`) on its sync connection, and so does the outbox (cluster/outbox.py); the decrypt journal and the
+sent store are keys of the key/value table (docs/cluster.md)."""
 
 from __future__ import annotations
 
