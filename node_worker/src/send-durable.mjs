@@ -26,6 +26,8 @@ const TRACKED = new Set(['session', 'sender-key', 'identity-key']);
 export function makeSendDurable(rawKeys) {
   const scope = new AsyncLocalStorage(); // Map type -> Set of ids written by the encrypt running in this context
   let durableWrites = 0;
+  let rewritesSkipped = 0;
+  const durableValues = new Map(); // "type/id" -> the value object written above, until the transaction commits it
 
   /** The repository's key store, noting what an encrypt in `scope` writes. */
   const recordingKeys = (keys) => new Proxy(keys, {
@@ -59,6 +61,9 @@ export function makeSendDurable(rawKeys) {
       }
       await rawKeys.set(data); // a failed write is fatal (auth_write_failed): the stanza never leaves
       durableWrites += 1;
+      for (const [type, values] of Object.entries(data)) {
+        for (const [id, value] of Object.entries(values)) if (value) durableValues.set(`${type}/${id}`, value);
+      }
     }
     return out;
   };
@@ -72,7 +77,34 @@ export function makeSendDurable(rawKeys) {
     },
   });
 
-  return { recordingKeys, wrapRepository, get durableWrites() { return durableWrites; } };
+  /** The store Baileys commits to: a value the transaction's commit brings that is the very object written above
+   *  (its cache and mutations hold the same references) is already on disk, so it is not written again; the send
+   *  then costs the same number of writes as before, only earlier. Anything else passes through. */
+  const committingKeys = (keys) => ({
+    ...keys,
+    get: (type, ids) => keys.get(type, ids),
+    set: (data) => {
+      let out = null;
+      for (const type of Object.keys(data)) {
+        for (const [id, value] of Object.entries(data[type] ?? {})) {
+          const k = `${type}/${id}`;
+          if (!durableValues.has(k)) continue;
+          const same = durableValues.get(k) === value;
+          durableValues.delete(k); // one commit per durable write; a different value is newer: written as usual
+          if (!same) continue;
+          out ??= Object.fromEntries(Object.entries(data).map(([t, v]) => [t, { ...v }]));
+          delete out[type][id];
+          rewritesSkipped += 1;
+        }
+      }
+      if (!out) return keys.set(data);
+      for (const type of Object.keys(out)) if (!Object.keys(out[type]).length) delete out[type];
+      return Object.keys(out).length ? keys.set(out) : Promise.resolve();
+    },
+  });
+
+  return { recordingKeys, wrapRepository, committingKeys,
+    get durableWrites() { return durableWrites; }, get rewritesSkipped() { return rewritesSkipped; } };
 }
 
 /** Test hook (BSUP_TEST_HOLD_SESSION_COMMITS=<marker file>, tests/e2e/test_send_session_durable.py): the key store

@@ -135,9 +135,8 @@ function onCredsUpdate(w) {
 
 /** Baileys' signal repository, wrapped: a send's keys durable before its stanza (send-durable.mjs, always), then
  *  the decrypt journal (journal.mjs): durable before the receipt. `auth.keys` is Baileys' transaction-capable store. */
-function signalRepository(w, baseRepository) {
+function signalRepository(w, baseRepository, durable) {
   return (auth, logger, pnToLid) => {
-    const durable = makeSendDurable(w.auth.state.keys);
     let repo = durable.wrapRepository(baseRepository({ ...auth, keys: durable.recordingKeys(auth.keys) }, logger,
       pnToLid), auth.keys);
     if (w.journal) repo = w.journal.wrapRepository(repo, auth.keys);
@@ -151,10 +150,12 @@ export function openSocket(w, version) {
   const { settings } = w;
   const baseRepository = w.baileys.DEFAULT_CONNECTION_CONFIG.makeSignalRepository;
   const HISTORY = w.baileys.proto.HistorySync.HistorySyncType;
+  const durable = makeSendDurable(w.auth.state.keys); // the raw store: durable writes bypass Baileys' transactions
   const sock = w.baileys.default({
-    // test hook only (send-durable.mjs): otherwise the auth state itself
-    auth: { ...w.auth.state, keys: holdSessionCommits(w.auth.state.keys, process.env.BSUP_TEST_HOLD_SESSION_COMMITS,
-      { existsSync, writeFileSync }) },
+    // The store Baileys' transactions commit to: without the rewrites of what a send wrote before its stanza
+    // (send-durable.mjs); holdSessionCommits is a test hook, a no-op unless its variable is set.
+    auth: { ...w.auth.state, keys: holdSessionCommits(durable.committingKeys(w.auth.state.keys),
+      process.env.BSUP_TEST_HOLD_SESSION_COMMITS, { existsSync, writeFileSync }) },
     version,
     browser: settings.browser,
     logger: w.logger,
@@ -163,7 +164,7 @@ export function openSocket(w, version) {
     // RECENT). The other types stay on: INITIAL_BOOTSTRAP and NON_BLOCKING_DATA carry the PN<->LID mappings, and
     // Baileys warns that sessions break without them (Socket/socket.js).
     shouldSyncHistoryMessage: ({ syncType }) => syncType !== HISTORY.RECENT && syncType !== HISTORY.FULL,
-    makeSignalRepository: signalRepository(w, baseRepository),
+    makeSignalRepository: signalRepository(w, baseRepository, durable),
     ...(settings.waUrl ? { waWebSocketUrl: settings.waUrl } : {}),
     getMessage: w.sender.getMessage, // retry receipts for what we sent, also after a restart (send.mjs)
     ...settings.socketOptions,

@@ -31,8 +31,10 @@ function rawStore() {
 
 function sender() {
   const raw = rawStore();
-  const keys = B.addTransactionCapability(raw, quiet, { maxCommitRetries: 1, delayBetweenTriesMs: 0 });
   const durable = makeSendDurable(raw);
+  // as socket.mjs: Baileys' transactions commit through committingKeys
+  const keys = B.addTransactionCapability(durable.committingKeys(raw), quiet,
+    { maxCommitRetries: 1, delayBetweenTriesMs: 0 });
   const creds = B.initAuthCreds();
   const base = B.DEFAULT_CONNECTION_CONFIG.makeSignalRepository({ creds, keys: durable.recordingKeys(keys) }, quiet,
     async () => []);
@@ -62,6 +64,9 @@ test('inside a transaction the encrypt\'s session is in the raw store before the
   }
   assert.deepEqual(msgs.map((m) => m.type), ['pkmsg', 'pkmsg']); // no reply yet: still pre-key messages
   assert.equal(durable.durableWrites, 2);
+  // the commits after the "stanza" did not write the same session again: one write per send, as without the wrapper
+  assert.equal(raw.sets.filter((w) => w.session && addr in w.session).length, 2);
+  assert.equal(durable.rewritesSkipped, 2);
   // the peer decrypts both (the chain advanced in between)
   const from = `${'1'.repeat(12)}@s.whatsapp.net`;
   for (const [i, m] of msgs.entries()) {
