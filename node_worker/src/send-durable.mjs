@@ -1,4 +1,4 @@
-// Outgoing: a send's Signal state is durable before its stanza leaves (docs/protocol.md "Sending"; the outbound
+// Outgoing: a send's Signal state is durable before its stanza leaves (docs/protocol.md "Outgoing"; the outbound
 // twin of the decrypt journal's "journal -> ratchet commit -> receipt").
 //
 // Baileys' relayMessage runs the whole send inside `keys.transaction(...)` (Utils/auth-utils.js: writes are
@@ -13,8 +13,9 @@
 // resolved to its LID one), read them back through the transaction-aware get (which sees the buffered values) and
 // write them to the raw key store (auth-state.mjs) before returning: durable locally (fsync + rename + dir fsync),
 // and in cluster mode committed by the daemon (its set resolves on the fenced commit, state-sync.mjs). The
-// transaction's commit later writes the same values again (harmless). Independent of the journal (BSUP_JOURNAL=off
-// keeps it). Outside a transaction the inner encrypt commits before it returns: nothing to add.
+// transaction's commit then skips those values (committingKeys: the same objects), so a send writes no more than
+// before, only earlier. Independent of the journal (BSUP_JOURNAL=off keeps it). Outside a transaction the inner
+// encrypt commits before it returns: nothing to add.
 // Limit: libsignal serialises operations per address in a job queue that runs a job queued while another runs in the
 // first caller's async context; a concurrent decrypt and encrypt of the same address can then swap contexts, as they
 // do for Baileys' own transaction buffer.

@@ -51,7 +51,9 @@ test('inside a transaction the encrypt\'s session is in the raw store before the
   const msgs = [];
   for (const text of ['one', 'two']) {
     await keys.transaction(async () => {
-      if (!(await repo.validateSession(jid)).exists) await repo.injectE2ESession({ jid, session: bob.bundle.session() });
+      if (!(await repo.validateSession(jid)).exists) {
+        await repo.injectE2ESession({ jid, session: bob.bundle.session() });
+      }
       const before = raw.peek('session', addr);
       msgs.push(await repo.encryptMessage({ jid, data: data(text) }));
       // what relayMessage does next is sendNode(stanza): the session it was made with must be durable by now
