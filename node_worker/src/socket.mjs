@@ -1,9 +1,11 @@
 // The worker's Baileys socket: create it, translate its events into protocol events, and end the process when it
 // closes (one socket per process lifetime; the daemon decides what follows), except after the scan: see below.
+import { existsSync, writeFileSync } from 'node:fs';
 import { isRegistered } from './creds.mjs';
 import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs';
 import { killAfterDecrypts } from './journal.mjs';
 import { startKeyPairPool } from './prekey-pool.mjs';
+import { makeSendDurable, holdSessionCommits } from './send-durable.mjs';
 
 /** The scan's 515: right after pair-success WhatsApp closes the socket and expects a login with the new creds
  *  (restartRequired). Baileys' own example opens a new socket in the same process for it, and so do we: a new
@@ -131,13 +133,29 @@ function onCredsUpdate(w) {
   };
 }
 
+/** Baileys' signal repository, wrapped: a send's keys durable before its stanza (send-durable.mjs, always), then
+ *  the decrypt journal (journal.mjs): durable before the receipt. `auth.keys` is Baileys' transaction-capable store. */
+function signalRepository(w, baseRepository, durable) {
+  return (auth, logger, pnToLid) => {
+    let repo = durable.wrapRepository(baseRepository({ ...auth, keys: durable.recordingKeys(auth.keys) }, logger,
+      pnToLid), auth.keys);
+    if (w.journal) repo = w.journal.wrapRepository(repo, auth.keys);
+    else if (w.killAfterDecrypts) repo = killAfterDecrypts(repo, w.killAfterDecrypts);
+    return repo;
+  };
+}
+
 /** makeWASocket on the loaded auth state, with every listener the protocol needs. */
 export function openSocket(w, version) {
   const { settings } = w;
   const baseRepository = w.baileys.DEFAULT_CONNECTION_CONFIG.makeSignalRepository;
   const HISTORY = w.baileys.proto.HistorySync.HistorySyncType;
+  const durable = makeSendDurable(w.auth.state.keys); // the raw store: durable writes bypass Baileys' transactions
   const sock = w.baileys.default({
-    auth: w.auth.state,
+    // The store Baileys' transactions commit to: without the rewrites of what a send wrote before its stanza
+    // (send-durable.mjs); holdSessionCommits is a test hook, a no-op unless its variable is set.
+    auth: { ...w.auth.state, keys: holdSessionCommits(durable.committingKeys(w.auth.state.keys),
+      process.env.BSUP_TEST_HOLD_SESSION_COMMITS, { existsSync, writeFileSync }) },
     version,
     browser: settings.browser,
     logger: w.logger,
@@ -146,11 +164,7 @@ export function openSocket(w, version) {
     // RECENT). The other types stay on: INITIAL_BOOTSTRAP and NON_BLOCKING_DATA carry the PN<->LID mappings, and
     // Baileys warns that sessions break without them (Socket/socket.js).
     shouldSyncHistoryMessage: ({ syncType }) => syncType !== HISTORY.RECENT && syncType !== HISTORY.FULL,
-    // The decrypt journal (journal.mjs): durable before the receipt. `keys` is Baileys' transaction-capable store.
-    ...(w.journal ? { makeSignalRepository: (auth, logger, pnToLid) =>
-      w.journal.wrapRepository(baseRepository(auth, logger, pnToLid), auth.keys) } : {}),
-    ...(!w.journal && w.killAfterDecrypts ? { makeSignalRepository: (auth, logger, pnToLid) =>
-      killAfterDecrypts(baseRepository(auth, logger, pnToLid), w.killAfterDecrypts) } : {}),
+    makeSignalRepository: signalRepository(w, baseRepository, durable),
     ...(settings.waUrl ? { waWebSocketUrl: settings.waUrl } : {}),
     getMessage: w.sender.getMessage, // retry receipts for what we sent, also after a restart (send.mjs)
     ...settings.socketOptions,
