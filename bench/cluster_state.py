@@ -29,25 +29,18 @@ pg2, no new registration, the same linked account, never two live sessions of a 
 
     PYTHONPATH=. .venv/bin/python bench/cluster_state.py --kill 8
 
-`--sent-rows R` (issue 13, "materialize with a big sent store"): with `--kill N`, each tenant also gets R sent-store
-rows seeded into the store (at pg1's epoch) before the kill, so pg2 (an empty storage root) materializes them.
-Without `--kill`: only the materialize step, in this process (`StateStore.before_spawn` on a real PgOwnership node,
-the durable server), for 0, R/10 and R sent rows (realistic rows: the worker's JSON of a 40-1,500 character text,
-plus the auth files of a tenant after its first login: creds + 812 pre-keys + 40 sessions/sender keys): the dir
-empty (a fresh node), everything present (the same node again), 90% present (a returning node that missed some).
+`--sent-rows R` (issue 13, "materialize with a big sent store"), with `--kill N`: each tenant also gets R sent-store
+rows seeded into the store (at pg1's epoch) before the kill, so pg2 (an empty storage root) materializes them. The
+materialize step alone, with the dir empty or present: bench/materialize_sent.py.
 
-    PYTHONPATH=. .venv/bin/python bench/cluster_state.py --sent-rows 10000 [--kill 2]
+    PYTHONPATH=. .venv/bin/python bench/cluster_state.py --kill 2 --sent-rows 10000
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import json
 import os
-import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -62,9 +55,9 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
 from e2e_latency import DEFAULT_COMMAND, breakdown, row, ts  # noqa: E402  (also puts tests/e2e on sys.path)
+from materialize_sent import sent_rows  # noqa: E402
 from e2e_harness import Daemon, Simulator, daemon_config, free_port, percentile, wait_for  # noqa: E402
 from supervisor.cluster.placement import ranking  # noqa: E402
-from supervisor.settings import ClusterSettings  # noqa: E402
 from tests.pg import PgServer  # noqa: E402
 
 
@@ -126,125 +119,6 @@ def marked(marker: str) -> list[int]:
 
 PHASES = {"cluster.claimed": "claim round (per node)", "cluster.state_materialized": "materialized",
           "worker.spawned": "worker spawned", "worker.hello": "worker hello", "tenant.open": "open (logged in)"}
-
-
-def sent_rows(n: int, seed: int = 0, days: tuple[float, float] = (0, 6)) -> dict[str, bytes]:
-    """n sent-store rows as the worker writes them (send.mjs: BufferJSON of {to, at, message}): a text message of
-    40-1,500 characters (proto-encoded: text + ~40 bytes), sent between `days` ago (within the 7 days kept)."""
-    rnd, now = random.Random(seed), time.time() * 1000
-    out = {}
-    for i in range(n):
-        msg = rnd.randbytes(rnd.choice((40, 120, 300, 800, 1500)) + 40)
-        body = {"to": f"1555{rnd.randrange(10**7):07d}@s.whatsapp.net",
-                "at": int(now - rnd.uniform(*days) * 86400e3),
-                "message": {"type": "Buffer", "data": base64.b64encode(msg).decode()}}
-        key = f"sent/3EB{seed % 10}{i:06X}{rnd.getrandbits(48):012X}.json"
-        out[key] = json.dumps(body, separators=(",", ":")).encode()
-    return out
-
-
-def auth_rows(seed: int = 0) -> dict[str, bytes]:
-    """A tenant's stock auth files after its first login: creds, 812 pre-keys, some sessions and sender keys."""
-    rnd = random.Random(seed)
-    b = lambda k: base64.b64encode(rnd.randbytes(k)).decode()  # noqa: E731
-    out = {"creds.json": json.dumps({"me": {"id": "1:2@s.whatsapp.net"}, "noise": b(600)}).encode()}
-    for i in range(1, 813):
-        out[f"pre-key-{i}.json"] = json.dumps({"private": b(32), "public": b(32)}).encode()
-    for i in range(40):
-        out[f"session-1555{i:07d}.0.json"] = json.dumps({"s": b(1200)}).encode()
-    return out
-
-
-def materialize_run(rows: int) -> str:
-    """--sent-rows R without --kill (module docstring): StateStore.before_spawn timed, in this process."""
-    from supervisor import cluster_journal
-    from supervisor.cluster.ownership import PgOwnership
-    from supervisor.cluster.store import Fenced, get_kv
-    from supervisor.cluster_state import StateStore
-
-    async def timed(own: PgOwnership, tid: str, fn) -> float:
-        """fn's time; a lease that lapsed on this loaded machine (ping > fence_after) is waited out and fn retried."""
-        for _ in range(5):
-            while tid not in own.owned or not own.fence.valid():
-                await asyncio.sleep(0.05)
-            t0 = time.perf_counter()
-            try:
-                await fn()
-                return time.perf_counter() - t0
-            except (Fenced, OSError) as exc:
-                print(f"retried after {type(exc).__name__}", file=sys.stderr)
-        raise RuntimeError("fenced 5 times")
-
-    async def seed(own: PgOwnership, tid: str, data: dict[str, bytes]) -> None:
-        items = list(data.items())
-        for i in range(0, len(items), 2000):  # straight into the store, as the worker's writes left it
-            await timed(own, tid, lambda i=i: own.write_kv(tid, dict(items[i:i + 2000])))
-
-    async def go(dsn: str, tmp: Path) -> list[str]:
-        own = PgOwnership(ClusterSettings(dsn=dsn, node_id="m1"))
-        await own.start()
-        lines = []
-        try:
-            for n in sorted({0, rows // 10, rows}):
-                tid = f"m{n}"
-                await own.want(tid)
-                data = {**auth_rows(), **sent_rows(n)}
-                await seed(own, tid, data)
-                mb = sum(len(v) for v in data.values()) / 1e6
-                store, auth = StateStore(own), tmp / tid / "auth"
-                res: dict[str, list[float]] = {"empty dir (fresh node)": [], "all present (same node again)": [],
-                                               "90% of sent/ present": [], "  of which the fenced read": [],
-                                               "  of which writing sent/ (empty dir)": []}
-                files = [(k[len("sent/"):], v) for k, v in data.items() if k.startswith("sent/")]
-
-                async def read() -> None:
-                    async with own.fenced(tid) as cur:
-                        await get_kv(cur, tid)
-
-                for rep in range(3):
-                    shutil.rmtree(auth.parent, ignore_errors=True)
-                    for case in list(res)[:3]:
-                        if case.startswith("90%") and n:
-                            for p in sorted((auth / "sent").iterdir())[::10]:
-                                p.unlink()
-                        res[case].append(await timed(own, tid, lambda: store.before_spawn(tid, auth)))
-                    res["  of which the fenced read"].append(await timed(own, tid, read))
-                    d = tmp / f"w{n}-{rep}"
-                    d.mkdir()
-                    t0 = time.perf_counter()
-                    await asyncio.to_thread(lambda: [cluster_journal._write(d / k, v, None) for k, v in files])
-                    res["  of which writing sent/ (empty dir)"].append(time.perf_counter() - t0)
-                    shutil.rmtree(d)
-                for case, xs in res.items():
-                    lines.append(row(f"{n:>6} sent rows ({mb:.1f} MB), {case}", xs))
-            # a worker that ran two weeks: the same again past KEEP_MS (the worker prunes only at its open)
-            tid, xs = "old", []
-            await own.want(tid)
-            await seed(own, tid, auth_rows())
-            for rep in range(3):
-                await seed(own, tid, {**sent_rows(rows, seed=1), **sent_rows(rows, seed=2, days=(7.5, 14))})
-                shutil.rmtree(tmp / tid, ignore_errors=True)
-                xs.append(await timed(own, tid, lambda: StateStore(own).before_spawn(tid, tmp / tid / "auth")))
-            left = len(os.listdir(tmp / tid / "auth" / "sent"))
-            lines.append(row(f"{rows} + {rows} past KEEP_MS, empty dir", xs) + f"  (sent files written: {left})")
-        finally:
-            await own.close(drain=False)
-        return lines
-
-    load0 = os.getloadavg()
-    pg = PgServer(durable=True)
-    try:
-        pg.start()
-        dsn = pg.create_db()
-        with tempfile.TemporaryDirectory(prefix="bsup-bench-") as tmp:
-            lines = asyncio.run(go(dsn, Path(tmp)))
-    finally:
-        pg.destroy()
-    load1 = os.getloadavg()
-    return "\n".join([f"# bench/cluster_state.py --sent-rows {rows}  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  "
-                      f"loadavg before {load0[0]:.2f}/{load0[1]:.2f}, after {load1[0]:.2f}/{load1[1]:.2f}",
-                      "StateStore.before_spawn (fenced read + files), 3 runs each; plus 812 pre-keys, 40 sessions:",
-                      *lines])
 
 
 def kill_run(n: int, seed_rows: int = 0) -> str:
@@ -357,14 +231,10 @@ def main() -> int:
     ap.add_argument("--kill", type=int, default=0, metavar="N",
                     help="only the SIGKILL run: N tenants on pg1, pg2 running, pg1 killed (module docstring)")
     ap.add_argument("--sent-rows", type=int, default=0, metavar="R",
-                    help="sent-store rows per tenant: with --kill seeded before the kill, else the materialize-only "
-                         "run (module docstring)")
+                    help="with --kill: sent-store rows per tenant, seeded before the kill (module docstring)")
     args = ap.parse_args()
     if args.kill:
         print(kill_run(args.kill, args.sent_rows))
-        return 0
-    if args.sent_rows:
-        print(materialize_run(args.sent_rows))
         return 0
     commands = {"file": DEFAULT_COMMAND, "postgres": DEFAULT_COMMAND}
     for v in args.pg_variant:
