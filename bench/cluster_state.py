@@ -28,6 +28,12 @@ connected on pg2 (pg2's status: owner pg2, connected, a pid), per tenant and unt
 pg2, no new registration, the same linked account, never two live sessions of a device, no worker of pg1 left.
 
     PYTHONPATH=. .venv/bin/python bench/cluster_state.py --kill 8
+
+`--sent-rows R` (issue 13, "materialize with a big sent store"), with `--kill N`: each tenant also gets R sent-store
+rows seeded into the store (at pg1's epoch) before the kill, so pg2 (an empty storage root) materializes them. The
+materialize step alone, with the dir empty or present: bench/materialize_sent.py.
+
+    PYTHONPATH=. .venv/bin/python bench/cluster_state.py --kill 2 --sent-rows 10000
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
 from e2e_latency import DEFAULT_COMMAND, breakdown, row, ts  # noqa: E402  (also puts tests/e2e on sys.path)
+from materialize_sent import sent_rows  # noqa: E402
 from e2e_harness import Daemon, Simulator, daemon_config, free_port, percentile, wait_for  # noqa: E402
 from supervisor.cluster.placement import ranking  # noqa: E402
 from tests.pg import PgServer  # noqa: E402
@@ -114,7 +121,7 @@ PHASES = {"cluster.claimed": "claim round (per node)", "cluster.state_materializ
           "worker.spawned": "worker spawned", "worker.hello": "worker hello", "tenant.open": "open (logged in)"}
 
 
-def kill_run(n: int) -> str:
+def kill_run(n: int, seed_rows: int = 0) -> str:
     """--kill N (module docstring); returns the report."""
     # names pg1 ranks first: placement puts them on pg1 and the join logic never hands them to pg2 while both live
     tids = [t for t in (f"k{i}" for i in range(100 * n)) if ranking(t, ["pg1", "pg2"])[0] == "pg1"][:n]
@@ -147,6 +154,12 @@ def kill_run(n: int) -> str:
                 return len(rows) == n and all(o == "pg1" and linked for o, linked in rows)
 
             wait_for(settled, 120, "all on pg1, linked creds in the store", interval=0.1)
+            if seed_rows:  # a busy tenant's 7-day sent store, as pg1's worker would have left it (--sent-rows)
+                with psycopg.connect(dsn) as c, c.cursor() as cur:
+                    for i, t in enumerate(tids):
+                        cur.executemany("INSERT INTO tenant_kv (tenant_id, k, v, epoch) SELECT %s, %s, %s, epoch "
+                                        "FROM tenant_owner WHERE tenant_id = %s",
+                                        [(t, k, v, t) for k, v in sent_rows(seed_rows, seed=i).items()])
             before = sim.counters()
             reowned, connected = {}, {}
             with psycopg.connect(dsn, autocommit=True) as c:
@@ -192,7 +205,7 @@ def kill_run(n: int) -> str:
     assert state["maxConcurrentAnyDevice"] == 1, "two live sessions of one device"
     assert not left, f"workers of the killed node left: {left}"
     return "\n".join([
-        f"# bench/cluster_state.py --kill {n}  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  loadavg before "
+        f"# bench/cluster_state.py --kill {n} --sent-rows {seed_rows}  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  loadavg before "
         f"{load0[0]:.2f}/{load0[1]:.2f}, after {load1[0]:.2f}/{load1[1]:.2f}",
         f"SIGKILL of pg1's process group, {n} tenants paired and connected on it, pg2 running; from the kill:",
         row("re-owned by pg2 (tenant_owner)", list(reowned.values())),
@@ -217,9 +230,11 @@ def main() -> int:
                     "(>= 2: the joining node takes some)")
     ap.add_argument("--kill", type=int, default=0, metavar="N",
                     help="only the SIGKILL run: N tenants on pg1, pg2 running, pg1 killed (module docstring)")
+    ap.add_argument("--sent-rows", type=int, default=0, metavar="R",
+                    help="with --kill: sent-store rows per tenant, seeded before the kill (module docstring)")
     args = ap.parse_args()
     if args.kill:
-        print(kill_run(args.kill))
+        print(kill_run(args.kill, args.sent_rows))
         return 0
     commands = {"file": DEFAULT_COMMAND, "postgres": DEFAULT_COMMAND}
     for v in args.pg_variant:

@@ -7,7 +7,8 @@ Store keys (rows of `tenant_kv`, next to the stock auth files):
   (node_worker/src/journal.mjs). Materialize writes the rows as `<auth>/journal/<hash>.json`; the worker's
   openJournal migrates them into its log and re-emits the unacked ones (`recovered: true`).
 - `sent/<waId>.json`: what the worker sent (its `getMessage` answers retry receipts from it), written as
-  `<auth>/sent/<waId>.json` with the entry's `at` as mtime (the worker prunes by mtime after KEEP_MS).
+  `<auth>/sent/<waId>.json` with the entry's `at` as mtime (the worker prunes by mtime after KEEP_MS, at its open
+  only); rows already past KEEP_MS are deleted in materialize's fenced read instead (`expired_sent`).
 
 The store is the truth for the journal: a local journal that holds an unacked entry the store does not have (another
 node delivered and acked it meanwhile, or this node died before that entry's commit: then no receipt went out and
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 JOURNAL, SENT = "journal/", "sent/"
+# = send.mjs KEEP_MS (tests/cluster/test_materialize.py checks they agree): the worker removes a sent file older than
+# this (by its mtime, which materialize sets from the entry's `at`) at its open, and its row with it.
+SENT_KEEP_S = 7 * 24 * 3600
 _SEG = re.compile(r"^seg-(\d+)\.log$")
 _HEADER = re.compile(rb"(\d+) ([0-9a-f]{16}) ")
 
@@ -101,9 +105,26 @@ def _write(path: Path, data: bytes, mtime: float | None = None) -> None:
     os.replace(tmp, path)
 
 
-def materialize(auth_dir: Path, rows: dict[str, bytes]) -> dict[str, int]:
+def sent_at(data: bytes) -> float | None:
+    """A sent row's `at` (ms since the epoch), or None when it has none."""
+    try:
+        at = json.loads(data)["at"]
+        return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def expired_sent(rows: dict[str, bytes], now_ms: float) -> tuple[list[str], dict[str, float | None]]:
+    """(the sent rows the worker would remove at its open: older than SENT_KEEP_S, the `at` of every sent row). A
+    worker prunes only at its open, so one that ran for weeks leaves weeks of rows: materialize deletes those in its
+    fenced read instead of writing files the next worker deletes again (each delete a store write too)."""
+    ats = {k: sent_at(v) for k, v in rows.items() if k.startswith(SENT)}
+    return [k for k, at in ats.items() if at is not None and now_ms - at > SENT_KEEP_S * 1000], ats
+
+
+def materialize(auth_dir: Path, rows: dict[str, bytes], ats: dict[str, float | None] | None = None) -> dict[str, int]:
     """Make `<auth>/journal` and `<auth>/sent` agree with the store's `journal/` and `sent/` rows (see the module
-    doc). Returns counts for the log line."""
+    doc; `ats`: the sent rows' `at`, from expired_sent). Returns counts for the log line."""
     jdir, sdir = auth_dir / "journal", auth_dir / "sent"
     journal = {k[len(JOURNAL):]: v for k, v in rows.items() if k.startswith(JOURNAL)}
     live = local_journal(jdir)
@@ -139,11 +160,8 @@ def materialize(auth_dir: Path, rows: dict[str, bytes]) -> dict[str, int]:
                 continue
         except OSError:
             pass
-        try:
-            at = float(json.loads(data)["at"]) / 1000
-        except (ValueError, KeyError, TypeError):
-            at = None
-        _write(path, data, at)
+        at = sent_at(data) if ats is None else ats.get(key)
+        _write(path, data, None if at is None else at / 1000)
         sent += 1
     return {"journal_rows": len(journal), "journal_written": written, "journal_moved_aside": moved,
             "sent_written": sent}

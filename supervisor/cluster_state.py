@@ -115,15 +115,24 @@ class StateStore:
         try:
             if epoch is None:
                 raise Fenced(tid)
+            t0 = time.perf_counter()
             async with self.own.fenced(tid, epoch) as cur:
                 rows = await get_kv(cur, tid)
-            if rows:
+                stored = bool(rows)  # before the prune: a store left with nothing else is still no import
+                # sent rows past KEEP_MS go in this transaction (fenced), instead of files the worker deletes again
+                expired, ats = await asyncio.to_thread(cluster_journal.expired_sent, rows, time.time() * 1000)
+                if expired:
+                    await put_kv(cur, tid, epoch, dict.fromkeys(expired))
+            for k in expired:
+                del rows[k]
+            if stored:
                 top = {k: v for k, v in rows.items() if "/" not in k}
                 written, moved = await asyncio.to_thread(write_dir, auth_dir, top)
-                sub = await asyncio.to_thread(cluster_journal.materialize, auth_dir, rows)
+                sub = await asyncio.to_thread(cluster_journal.materialize, auth_dir, rows, ats)
                 self.stats["materialized"] += 1
                 log.info("cluster.state_materialized", tenant=tid, epoch=epoch, files=len(top), written=written,
-                         moved_aside=moved, **sub)
+                         moved_aside=moved, **sub, sent_pruned=len(expired),
+                         ms=round((time.perf_counter() - t0) * 1000))
             else:
                 local = await asyncio.to_thread(read_local, auth_dir)
                 if CREDS in local:  # first claim after the single host: the store starts from this host's files

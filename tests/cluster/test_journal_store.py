@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from supervisor.cluster.ownership import PgOwnership
@@ -67,7 +68,8 @@ async def test_journal_and_sent_rows_commit_materialize_and_move_a_stale_journal
         await store.before_spawn("t", auth)  # imported (no journal)
         h1, h2 = "1" * 64, "2" * 64
         e1 = json.dumps(entry(h1, "W1")).encode()
-        sent = json.dumps({"to": "1@s.whatsapp.net", "at": 1_700_000_000_000, "message": None}).encode()
+        at = int(time.time()) * 1000 - 3600_000  # an hour ago: within KEEP_MS (older rows are pruned, not written)
+        sent = json.dumps({"to": "1@s.whatsapp.net", "at": at, "message": None}).encode()
         store.on_event("t", worker, Event("state", {"ref": "s1", "items": {f"journal/{h1}.json": b64(e1),
                                                                            "sent/ABC1.json": b64(sent)}}))
         store.on_event("t", worker, Event("state", {"ref": "s2", "items": {"other/x.json": b64(b"{}")}}))
@@ -87,7 +89,7 @@ async def test_journal_and_sent_rows_commit_materialize_and_move_a_stale_journal
         assert (jdir / f"{h1}.json").read_bytes() == e1  # the legacy per-file layout the worker migrates
         assert stat.S_IMODE((jdir / f"{h1}.json").stat().st_mode) == 0o600
         assert (auth / "sent" / "ABC1.json").read_bytes() == sent
-        assert (auth / "sent" / "ABC1.json").stat().st_mtime == 1_700_000_000  # the worker prunes by mtime
+        assert (auth / "sent" / "ABC1.json").stat().st_mtime == at / 1000  # the worker prunes by mtime
 
         # the worker migrated h1 into its log (and acked an older one): that agrees with the store -> kept as it is
         os.unlink(jdir / f"{h1}.json")
