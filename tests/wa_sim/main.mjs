@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // CLI entry: node tests/wa_sim/main.mjs --port N [--control-port M] [--root-key test|wrong|PATH]
 //   [--qr-refs 6] [--qr-first-ms 60000] [--qr-next-ms 20000] [--close-grace-ms 1000] [--verbose]
+// WA_SIM_VERBOSE=1 in the environment = --verbose (every event on stderr: a test's sim.log, unchanged test code).
 // Prints ONE JSON line on stdout once both ports are bound (so callers can pass port 0).
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -36,7 +37,7 @@ for (const [flag, key] of [['qr-refs', 'qrRefs'], ['qr-first-ms', 'qrFirstMs'], 
 }
 const sim = new WaSimulator({
   rootKey: loadRootKey(a['root-key']), config,
-  log: a.verbose ? (e) => process.stderr.write(JSON.stringify(e) + '\n') : () => {}
+  log: (a.verbose || process.env.WA_SIM_VERBOSE === '1') ? (e) => process.stderr.write(JSON.stringify(e) + '\n') : () => {}
 });
 const wsPort = await sim.listen(Number(a.port), a.host);
 const control = makeControlServer(sim);
