@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { B } from './baileys.mjs';
 import { Contact, textOf } from './contact.mjs';
 import { SimError } from './errors.mjs';
-import { AutoRetry, retryReceiptNode } from './retry.mjs';
+import { AutoRetry, resendOnRetry, retryReceiptNode } from './retry.mjs';
 
 const { getBinaryNodeChild, getBinaryNodeChildren, jidDecode } = B;
 const S_WA = 's.whatsapp.net';
@@ -89,7 +89,7 @@ export class Contacts {
       const entry = this.sim.mailbox.enqueue(dev, node);
       out.push({ jid: dev.jid, type, sentNow: entry.sends > 0 });
     }
-    c.sent.push({ id: msgId, to, text, devices: out.map(o => o.jid) });
+    c.sent.push({ id: msgId, to, text, attrs, devices: out.map(o => o.jid) });
     this.sim.counters.contactMessages++;
     this.sim.event('contact_sent', { from: c.phone, id: msgId, devices: out });
     return { ok: true, id: msgId, from: c.jid, devices: out };
@@ -210,13 +210,14 @@ export class Contacts {
     for (const id of ids) c.receiptsIn.push({ id, from: dev.jid, type, t: Date.now() });
   }
 
-  /** A tenant could not decrypt a contact's message and asks for it again: recorded, not resent. */
+  /** A tenant could not decrypt a contact's message and asks for it again: recorded; resent with contactResends. */
   onTenantRetry(conn, dev, node) {
     const c = this.find(jidDecode(node.attrs.to)?.user, node.attrs.to?.endsWith('@lid'));
     c?.retriesIn.push({ id: node.attrs.id, from: dev.jid, t: Date.now() });
     this.sim.counters.tenantRetryReceipts++;
     this.sim.event('tenant_retry_receipt', { conn: conn.id, jid: dev.jid, id: node.attrs.id, to: node.attrs.to });
     this.sim.send(conn, { tag: 'ack', attrs: { class: 'receipt', id: node.attrs.id, from: node.attrs.to ?? S_WA, type: 'retry' } });
+    if (c) resendOnRetry(this.sim, c, dev, node).catch(err => this.sim.event('contact_resend_failed', { id: node.attrs.id, error: String(err?.message ?? err) }));
   }
 
   inbox(contact) {

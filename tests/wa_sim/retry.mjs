@@ -6,7 +6,7 @@
 // (or from a bundle it fetches), so a lost or diverged session heals without losing the message.
 import { B } from './baileys.mjs';
 
-const { encodeBigEndian, KEY_BUNDLE_TYPE } = B;
+const { encodeBigEndian, KEY_BUNDLE_TYPE, getBinaryNodeChild, extractE2ESessionFromRetryReceipt } = B;
 // libsignal's errors when the receiver has no session with the sender device at all (a pkmsg
 // naming a one-time pre-key it no longer has cannot start one either).
 const NO_SESSION = /^(No session record|No sessions|Invalid PreKey ID)$/;
@@ -54,4 +54,26 @@ export class AutoRetry {
     entry.retried = count;
     return count;
   }
+}
+
+/**
+ * The other direction, off by default (config contactResends: at most that many resends per
+ * message and tenant device; 0 = a tenant's retry receipt is only recorded): the contact answers a
+ * tenant's retry receipt for a text it sent, like a WhatsApp client: a fresh session, from the
+ * receipt's <keys> or else the device's bundle on the server, and the same id again for that device.
+ */
+export async function resendOnRetry(sim, c, dev, node) {
+  const id = node.attrs.id;
+  const sent = c.sent.find(s => s.id === id);
+  const asked = c.retriesIn.filter(r => r.id === id && r.from === dev.jid).length; // this one included
+  if (!sent || asked > sim.config.contactResends) return false;
+  const keys = extractE2ESessionFromRetryReceipt(node);
+  await c.dropSession(dev.lid);
+  const { type, ciphertext } = await c.encryptFor(dev.lid, { conversation: sent.text }, () => keys ?? dev.bundle.session());
+  const count = getBinaryNodeChild(node, 'retry')?.attrs.count ?? '1';
+  sim.mailbox.enqueue(dev, { tag: 'message', attrs: { ...sent.attrs, id, t: String(Math.floor(Date.now() / 1000)), type: 'text', notify: c.pushName },
+    content: [{ tag: 'enc', attrs: { v: '2', type, count }, content: ciphertext }] });
+  sim.counters.contactResends++;
+  sim.event('contact_resent', { contact: c.phone, id, to: dev.jid, enc: type, count: Number(count), keys: Boolean(keys) });
+  return true;
 }

@@ -2,7 +2,7 @@
 // for it again like a WhatsApp client, and Baileys resends the same id on a fresh session.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSim, pairAndLogin, until, MESSAGING_CLIENT as CLIENT } from '../harness.mjs';
+import { startSim, openClient, pairAndLogin, until, MESSAGING_CLIENT as CLIENT } from '../harness.mjs';
 
 let sim, r;
 before(async () => {
@@ -67,4 +67,34 @@ test('forget: bad input is a JSON 4xx', async () => {
   const c = await sim.newContact();
   const res = await sim.control('POST', '/contacts/forget', { contact: c.phone });
   assert.deepEqual([res.status, res.error], [400, 'bad_request']);
+});
+
+test('contactResends 1: a tenant that cannot decrypt (a replay after a lost receipt) asks again and gets the text', async () => {
+  assert.equal((await sim.configure({ contactResends: 1 })).ok, true);
+  const t = await pairAndLogin(sim, CLIENT); // its own tenant: the replay needs a reconnect
+  try {
+    const jid = t.scan.jid;
+    const c = await sim.newContact();
+    const hello = await t.client.sock.sendMessage(c.jid, { text: 'hello' });
+    await copiesOf(c.phone, hello.key.id, 1, 'hello decrypted');
+    await sim.control('POST', '/receipts/drop', { jid });
+    const sent = await sim.contactSend(c.phone, jid, 'say it again');
+    assert.equal(sent.devices[0].type, 'msg');
+    await t.client.waitFor(x => x.upserts.some(u => u.key.id === sent.id && u.text), 10000, 'live upsert');
+    await until(async () => (await sim.state()).devices[jid].stats.receiptsDropped === 1, 5000, 'dropped receipt');
+    await t.client.end();
+    const since = (await sim.state()).lastEventSeq;
+    // The replay fails (its message key is used up): Baileys sends a retry receipt; the contact resends
+    // on a fresh session from the device's bundle (a pkmsg), and Baileys upserts the text again.
+    const again = await openClient({ wsUrl: sim.wsUrl, authDir: t.authDir, ...CLIENT });
+    try {
+      await again.waitFor(x => x.upserts.some(u => u.key.id === sent.id && u.text === 'say it again'), 15000, 'the resend');
+      const evs = (await sim.events(since)).filter(e => e.type === 'contact_resent');
+      assert.deepEqual(evs.map(e => [e.id, e.enc, e.to]), [[sent.id, 'pkmsg', jid]]);
+    } finally {
+      await again.end();
+    }
+  } finally {
+    await sim.configure({ contactResends: 0 });
+  }
 });
