@@ -6,8 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { B } from './baileys.mjs';
 import { Contact, textOf } from './contact.mjs';
 import { SimError } from './errors.mjs';
+import { AutoRetry, resendOnRetry, retryReceiptNode } from './retry.mjs';
 
-const { getBinaryNodeChild, getBinaryNodeChildren, jidDecode, encodeBigEndian, KEY_BUNDLE_TYPE } = B;
+const { getBinaryNodeChild, getBinaryNodeChildren, jidDecode } = B;
 const S_WA = 's.whatsapp.net';
 const nowSec = () => String(Math.floor(Date.now() / 1000));
 const newMessageId = () => `3EB0${randomBytes(9).toString('hex').toUpperCase()}`;
@@ -18,6 +19,7 @@ export class Contacts {
     this.byPhone = new Map();
     this.nextPhone = 15551000001;
     this.rejectNext = []; // error codes for the next tenant sends (POST /sends/reject)
+    this.retry = new AutoRetry(sim); // a contact's retry receipts for what it cannot decrypt
   }
 
   /** The server refuses the next `count` tenant sends with <ack class=message error=CODE>. */
@@ -87,7 +89,7 @@ export class Contacts {
       const entry = this.sim.mailbox.enqueue(dev, node);
       out.push({ jid: dev.jid, type, sentNow: entry.sends > 0 });
     }
-    c.sent.push({ id: msgId, to, text, devices: out.map(o => o.jid) });
+    c.sent.push({ id: msgId, to, text, attrs, devices: out.map(o => o.jid) });
     this.sim.counters.contactMessages++;
     this.sim.event('contact_sent', { from: c.phone, id: msgId, devices: out });
     return { ok: true, id: msgId, from: c.jid, devices: out };
@@ -115,6 +117,7 @@ export class Contacts {
       .concat(direct.map(enc => ({ jid: to, enc })));
     const delivered = [];
     const copies = [];
+    const failed = []; // [contact, entry]: a retry receipt is considered after the server's ack
     const relayed = [];
     const dest = this.sim.directory.party(to);
     let reached = 0; // targets that are a device of the addressee
@@ -137,6 +140,7 @@ export class Contacts {
         entry.message = msg.toJSON?.() ?? msg;
       } catch (err) {
         entry.error = String(err?.message ?? err);
+        if (p.contact) failed.push([peer, entry]);
       }
       peer.inbox.push(entry);
       (p.contact ? delivered : copies).push({ contact: peer.phone, type: entry.type, ok: !entry.error });
@@ -146,6 +150,7 @@ export class Contacts {
     this.sim.counters.tenantMessages++;
     this.sim.event('tenant_message', { conn: conn.id, jid: dev.jid, id, to, participants: targets.map(t => t.jid), reached, delivered, copies, relayed });
     this.sim.send(conn, { tag: 'ack', attrs: { class: 'message', id, from: to, t: nowSec() } });
+    for (const [peer, entry] of failed) this.retry.onFailure(peer, dev, entry, node.attrs.t);
   }
 
   /**
@@ -173,26 +178,28 @@ export class Contacts {
     const dev = this.sim.devices.get(got.from);
     if (!dev) throw new SimError('unknown_device', `the sender device ${got.from} is gone`, 404);
     // The receipt comes from the address the tenant used (`to`), like WhatsApp's.
-    const attrs = { from: got.to, id, t: nowSec(), ...(type === 'delivery' ? {} : { type }) };
-    const content = [];
+    let node = { tag: 'receipt', attrs: { from: got.to, id, t: nowSec(), ...(type === 'delivery' ? {} : { type }) } };
     if (type === 'retry') {
-      // The receiver lost the session: it forgets it and sends fresh keys with the request.
+      // Asked for on demand: the receiver lost the session; it forgets it and sends fresh keys.
       await c.dropSession(dev.lid);
-      const bundle = c.newPreKeys(1);
-      const keyNode = bundle.userNode(c.jid).content;
-      content.push(
-        { tag: 'retry', attrs: { count: '1', id, t: attrs.t, v: '1' } },
-        { tag: 'registration', attrs: {}, content: encodeBigEndian(c.creds.registrationId, 4) },
-        { tag: 'keys', attrs: {}, content: [
-          { tag: 'type', attrs: {}, content: KEY_BUNDLE_TYPE },
-          ...keyNode.filter(n => ['identity', 'key', 'skey'].includes(n.tag))
-        ] }
-      );
+      node = retryReceiptNode(c, { from: got.to, id, t: nowSec(), count: 1, withKeys: true });
     }
-    const node = { tag: 'receipt', attrs, ...(content.length ? { content } : {}) };
     this.sim.mailbox.enqueue(dev, node);
     this.sim.event('contact_receipt', { contact: c.phone, id, receiptType: type, to: dev.jid });
     return { ok: true, contact: c.phone, id, type, device: dev.jid };
+  }
+
+  /**
+   * The contact loses its Signal sessions with the devices of a tenant's account (a reinstalled or
+   * restored phone): the tenant's next message on the old session fails to decrypt (retry.mjs).
+   */
+  async forget({ contact, to } = {}) {
+    const c = this.get(contact);
+    if (!to) throw new SimError('bad_request', 'give to: the tenant\'s jid', 400);
+    const devices = this.recipients(to);
+    for (const d of devices) await c.dropSession(d.lid);
+    this.sim.event('contact_forgot_sessions', { contact: c.phone, devices: devices.map(d => d.jid) });
+    return { ok: true, contact: c.phone, devices: devices.map(d => d.jid) };
   }
 
   /** The server passes a tenant's receipt (delivery, inactive, read, ...) on to the contact. */
@@ -203,13 +210,14 @@ export class Contacts {
     for (const id of ids) c.receiptsIn.push({ id, from: dev.jid, type, t: Date.now() });
   }
 
-  /** A tenant could not decrypt a contact's message and asks for it again: recorded, not resent. */
+  /** A tenant could not decrypt a contact's message and asks for it again: recorded; resent with contactResends. */
   onTenantRetry(conn, dev, node) {
     const c = this.find(jidDecode(node.attrs.to)?.user, node.attrs.to?.endsWith('@lid'));
     c?.retriesIn.push({ id: node.attrs.id, from: dev.jid, t: Date.now() });
     this.sim.counters.tenantRetryReceipts++;
     this.sim.event('tenant_retry_receipt', { conn: conn.id, jid: dev.jid, id: node.attrs.id, to: node.attrs.to });
     this.sim.send(conn, { tag: 'ack', attrs: { class: 'receipt', id: node.attrs.id, from: node.attrs.to ?? S_WA, type: 'retry' } });
+    if (c) resendOnRetry(this.sim, c, dev, node).catch(err => this.sim.event('contact_resend_failed', { id: node.attrs.id, error: String(err?.message ?? err) }));
   }
 
   inbox(contact) {

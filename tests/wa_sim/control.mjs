@@ -32,6 +32,7 @@ export function makeControlServer(sim) {
     'POST /contacts/send': (b) => sim.contacts.send(b),
     'GET /contacts/inbox': (_b, url) => sim.contacts.inbox(url.searchParams.get('contact')),
     'POST /contacts/receipt': (b) => sim.contacts.receipt(b),
+    'POST /contacts/forget': (b) => sim.contacts.forget(b),
     'POST /receipts/drop': (b) => {
       const key = (b.jid ?? b.device) ? sim.devices.find(b).jid : '*';
       const count = b.count ?? 1;

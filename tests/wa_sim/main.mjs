@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // CLI entry: node tests/wa_sim/main.mjs --port N [--control-port M] [--root-key test|wrong|PATH]
 //   [--qr-refs 6] [--qr-first-ms 60000] [--qr-next-ms 20000] [--close-grace-ms 1000] [--verbose]
+// WA_SIM_VERBOSE=1 in the environment = --verbose (every event on stderr: a test's sim.log, unchanged test code);
+// WA_SIM_CONFIG='{"contactResends":3}' = a config patch applied at start (kept by POST /reset), same checks as POST /config.
 // Prints ONE JSON line on stdout once both ports are bound (so callers can pass port 0).
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -36,8 +38,12 @@ for (const [flag, key] of [['qr-refs', 'qrRefs'], ['qr-first-ms', 'qrFirstMs'], 
 }
 const sim = new WaSimulator({
   rootKey: loadRootKey(a['root-key']), config,
-  log: a.verbose ? (e) => process.stderr.write(JSON.stringify(e) + '\n') : () => {}
+  log: (a.verbose || process.env.WA_SIM_VERBOSE === '1') ? (e) => process.stderr.write(JSON.stringify(e) + '\n') : () => {}
 });
+if (process.env.WA_SIM_CONFIG) {
+  sim.configure(JSON.parse(process.env.WA_SIM_CONFIG));
+  sim.startConfig = { ...sim.config };
+}
 const wsPort = await sim.listen(Number(a.port), a.host);
 const control = makeControlServer(sim);
 // The control API is only ever bound to loopback, whatever --host says.

@@ -22,7 +22,9 @@ export const DEFAULT_CONFIG = {
   closeGraceMs: 1000, // after a stream:error the server force-closes if the client has not
   pairReplyTimeoutMs: 10000, // wait for <pair-device-sign>
   preKeysOnNewDevice: 0, // what <count> reports before the first upload (0 => Baileys uploads 812)
-  offlineHoldMs: 0 // after an offline batch, wait this long before <ib><offline count=N>
+  offlineHoldMs: 0, // after an offline batch, wait this long before <ib><offline count=N>
+  contactRetries: 3, // retry receipts a contact sends per message it cannot decrypt (retry.mjs; 0 = none)
+  contactResends: 0 // resends per message for a tenant's retry receipt (retry.mjs; 0 = recorded only)
 };
 
 let connSeq = 0;
@@ -59,7 +61,7 @@ export class WaSimulator extends EventEmitter {
       conflicts: 0, conflictsFromDuplicates: 0, kills: {}, faultsApplied: {},
       preKeyUploads: 0, pings: 0, iqs: 0, linkCodeRequests: 0, codeEntries: 0, codeEntryFailures: 0,
       usyncQueries: 0, keyFetches: 0, contactMessages: 0, tenantMessages: 0, sendsToNobody: 0,
-      tenantRetryReceipts: 0, sendsRejected: 0
+      tenantRetryReceipts: 0, sendsRejected: 0, contactRetryReceipts: 0, contactResends: 0
     };
     this.pairing = new Pairing(this); // registration sockets, QR refs, scans, pair-success
     this.session = new Session(this); // logins and the stanzas of a logged-in session
