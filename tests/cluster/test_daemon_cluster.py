@@ -114,7 +114,11 @@ def test_tenants_land_once_survive_sigkill_and_drain(cluster3, pg_dsn, marker):
     assert all(after[t] in rest for t in moved)
     assert all(after[t] == placed[t] for t in tids if t not in moved)  # the others' tenants untouched
     assert not live_workers(f"{marker}-{victim}")  # no orphan workers
-    assert all(owners(pg_dsn)[t][1] == own[t][1] + 1 for t in moved)  # one takeover each
+    # one takeover each; or two moves: a survivor whose peer's claim loop lagged 5 rounds on a loaded machine takes
+    # the peer's share too (a hung loop must not strand tenants) and hands it on at its next round (placement)
+    bumps = {t: owners(pg_dsn)[t][1] - own[t][1] for t in moved}
+    print(f"epoch bumps of the moved tenants: {bumps}")
+    assert all(b in (1, 2) for b in bumps.values()), bumps
 
     # SIGTERM drains: the leaver's tenants are handed to the last node, exit 0
     leaver, last = rest
