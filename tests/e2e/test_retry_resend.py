@@ -69,3 +69,41 @@ def test_a_message_the_tenant_could_not_decrypt_arrives_after_its_resend(sim, re
     # Baileys answers the failed copy with its retry receipt, then an error ack (500, as WhatsApp Web does): the
     # server drops that copy; nothing else was refused.
     assert contacts.error_acks(jid) == {"500": 1}
+
+
+def test_many_undecryptable_messages_in_an_offline_batch_all_arrive(sim, receiver, contacts, make_msg_daemon):
+    """Like a new owner after a takeover (docs/cluster.md): a batch where every other message fails to decrypt, all
+    delivered at one login. Each failed copy gets its retry receipt and its resend; every text reaches the webhook."""
+    assert sim.call("POST", "/config", {"contactResends": 1})["ok"]
+    d, jid = linked(make_msg_daemon, sim)
+    bob = _with_msg_session(d, sim, receiver, contacts, jid)
+    code, body = d.call("POST", "/whatsapp/t/stop")
+    assert code == 200, body
+    since = sim.state()["lastEventSeq"]
+    texts, bad = [], []
+    for i in range(12):  # the worker is down: no retry receipt can come back, so every copy is a msg on one session
+        text = f"batch {i:02d}"
+        res = sim.call("POST", "/contacts/send", {"from": bob, "to": jid, "text": text, "corrupt": i % 2 == 0})
+        assert res["ok"] and [dev["type"] for dev in res["devices"]] == ["msg"], res
+        texts.append(text)
+        if i % 2 == 0:
+            bad.append(res["id"])
+    d.start_tenant("t")
+    # Before the fix 6 of 12 never arrived: the stubs, upserted after their resends were journaled, took the
+    # resends' journal refs, and the resends' own upserts were dropped as already emitted.
+    wait_texts(receiver, texts, 90)
+    evs = [e for e in sim.events(since) if e["type"] in ("tenant_retry_receipt", "contact_resent")]
+    assert sorted(e["id"] for e in evs if e["type"] == "contact_resent") == sorted(bad)
+    assert sorted(e["id"] for e in evs if e["type"] == "tenant_retry_receipt") == sorted(bad)
+    bob_jid = f"{bob}@s.whatsapp.net"
+    content = [m for m in receiver.messages("t") if m["stub"] in (None, 0) and m["text"] in texts]
+    keys: dict[str, set[str]] = {}
+    for m in content:
+        keys.setdefault(m["id"], set()).add(m["key"])
+    assert keys == {i: {event_id("t", bob_jid, i)} for i in keys}  # one Idempotency-Key per text
+    assert len(keys) == len(texts)
+    stubs = [m for m in receiver.messages("t") if m["stub"] not in (None, 0)]
+    assert sorted({m["id"] for m in stubs}) == sorted(bad)  # a stub per failed copy, under its own key
+    assert all(m["key"] == event_id("t", bob_jid, m["id"], f"stub:{CIPHERTEXT}") for m in stubs), stubs
+    wait_for(lambda: contacts.queued(jid) == 0, 20, "every stanza acknowledged to the server")
+    assert contacts.error_acks(jid) == {"500": len(bad)}
