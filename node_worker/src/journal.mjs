@@ -37,6 +37,7 @@ export const TOMBSTONE_MS = 7 * 24 * 3600 * 1000;
 export const MAX_TOMBSTONES = 5000;
 export const DEFAULT_MAX_UNACKED = 100;
 export const DELETE_DELAY_MS = 1000; // cluster mode: an ack's row deletes wait at most this long for a decrypt to join
+const STUB_CIPHERTEXT = 2; // proto.WebMessageInfo.StubType.CIPHERTEXT: Baileys' upsert for a failed decrypt
 const EMPTY_PLAINTEXT = Buffer.from([1]); // unpadRandomMax16 -> 0 bytes -> an empty proto.Message
 
 export const hashOf = (type, ciphertext) => createHash('sha256').update(type).update(ciphertext).digest('hex');
@@ -267,6 +268,10 @@ export async function openJournal(authDir, { onWriteError = () => {}, maxUnacked
 
   /** The ref of an upserted message and whether to emit it (false: acked already, or already emitted). */
   const refFor = (msg) => {
+    // A CIPHERTEXT stub is a copy that did not decrypt: nothing of it is journaled. Its resend (same WhatsApp id)
+    // may be journaled before Baileys upserts the stub (both wait in its offline buffer); taking the resend's ref
+    // here would mark it emitted, drop the resend's own upsert and let the stub's ack tombstone the text.
+    if (msg?.messageStubType === STUB_CIPHERTEXT) return { ref: keyRef(msg?.key), emit: true, journaled: false };
     const ref = byWaId.get(msg?.key?.id);
     if (ref === undefined) return { ref: keyRef(msg?.key), emit: true, journaled: false };
     const es = refEntries(ref);

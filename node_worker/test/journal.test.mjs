@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSim, pairAndLogin, openClient, until, MESSAGING_CLIENT } from '../../tests/wa_sim/harness.mjs';
 import { B } from '../../tests/wa_sim/baileys.mjs';
-import { openJournal } from '../src/journal.mjs';
+import { openJournal, keyRef } from '../src/journal.mjs';
 import { decodeRecords } from '../src/journal-log.mjs';
 
 let sim;
@@ -115,4 +115,24 @@ test('backpressure: a new stanza waits while maxUnacked entries are unacked; an 
   await r.client.waitFor((x) => x.upserts.some((u) => u.key.id === two.id), 10000, 'second upsert after the ack');
   await until(async () => (await deviceOf(r.scan.jid)).queue.length === 0, 5000, 'two receipted');
   await r.client.end();
+});
+
+test('a CIPHERTEXT stub upserted after its resend was journaled keeps its key ref; the resend is still emitted', async () => {
+  // Logic only (a fake inner repository): Baileys' offline buffer can upsert the failed copy's stub after the resend
+  // (same WhatsApp id) went through the journal (tests/e2e/test_retry_resend.py has the real path).
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const j = await openJournal(mkdtempSync(join(tmpdir(), 'journal-stub-')));
+  const ct = Buffer.from('resend ciphertext');
+  const key = { remoteJid: '15551000001@s.whatsapp.net', fromMe: false, id: '3EB0RESENT' };
+  j.noteStanza({ tag: 'message', attrs: { from: key.remoteJid, id: key.id }, content: [{ tag: 'enc', attrs: { type: 'pkmsg' }, content: ct }] });
+  const repo = j.wrapRepository({ decryptMessage: async () => Buffer.from([1]) }, { transaction: (fn) => fn() });
+  await repo.decryptMessage({ type: 'pkmsg', ciphertext: ct, jid: key.remoteJid });
+  assert.equal(j.unacked, 1);
+  const stub = j.refFor({ key, messageStubType: 2 });
+  assert.deepEqual([stub.emit, stub.journaled, stub.ref], [true, false, keyRef(key)]);
+  const content = j.refFor({ key, message: { conversation: 'hi' } });
+  assert.deepEqual([content.emit, content.journaled], [true, true]);
+  assert.notEqual(content.ref, stub.ref);
+  await j.close();
 });

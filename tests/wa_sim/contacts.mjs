@@ -69,11 +69,14 @@ export class Contacts {
    * The contact sends a text to a tenant: one stanza per linked device, each encrypted for it
    * (pkmsg while no session exists, then msg), queued in that device's mailbox.
    * addressing "pn" (default): from=PHONE@s.whatsapp.net; "lid": from=LID@lid with sender_pn.
+   * corrupt: the last byte (a msg's MAC) flipped after encrypting, so the tenant cannot decrypt this
+   * copy (Bad MAC) while the contact's session has moved on: its retry receipt and a resend follow.
    */
-  async send({ from, to, text, id, addressing = 'pn' } = {}) {
+  async send({ from, to, text, id, addressing = 'pn', corrupt = false } = {}) {
     const c = this.get(from);
     if (typeof text !== 'string' || !text) throw new SimError('bad_request', 'text must be a non-empty string', 400);
     if (addressing !== 'pn' && addressing !== 'lid') throw new SimError('bad_request', 'addressing must be pn or lid', 400);
+    if (typeof corrupt !== 'boolean') throw new SimError('bad_request', 'corrupt must be true or false', 400);
     const devices = this.recipients(to);
     const msgId = String(id ?? newMessageId());
     const attrs = addressing === 'lid'
@@ -82,6 +85,7 @@ export class Contacts {
     const out = [];
     for (const dev of devices) {
       const { type, ciphertext } = await c.encryptFor(dev.lid, { conversation: text }, () => dev.bundle.session());
+      if (corrupt) ciphertext[ciphertext.length - 1] ^= 0xff;
       const node = {
         tag: 'message', attrs: { ...attrs, id: msgId, t: nowSec(), type: 'text', notify: c.pushName },
         content: [{ tag: 'enc', attrs: { v: '2', type }, content: ciphertext }]

@@ -98,3 +98,22 @@ test('contactResends 1: a tenant that cannot decrypt (a replay after a lost rece
     await sim.configure({ contactResends: 0 });
   }
 });
+
+test('corrupt: the tenant cannot decrypt (Bad MAC), sends a retry receipt and upserts the resend', async () => {
+  assert.equal((await sim.configure({ contactResends: 1 })).ok, true);
+  try {
+    const c = await withSession();
+    const since = (await sim.state()).lastEventSeq;
+    const bad = await sim.contactSend(c.phone, r.scan.jid, 'garbled once', { corrupt: true });
+    assert.equal(bad.devices[0].type, 'msg');
+    await r.client.waitFor(x => x.upserts.some(u => u.key.id === bad.id && u.text === 'garbled once'), 15000, 'the resend');
+    const evs = (await sim.events(since)).filter(e => ['tenant_retry_receipt', 'contact_resent'].includes(e.type));
+    assert.deepEqual(evs.map(e => [e.type, e.id]), [['tenant_retry_receipt', bad.id], ['contact_resent', bad.id]]);
+    // The contact's session moved on to the fresh one: its next message decrypts as usual.
+    const next = await sim.contactSend(c.phone, r.scan.jid, 'after the resend');
+    await r.client.waitFor(x => x.upserts.some(u => u.key.id === next.id && u.text === 'after the resend'), 10000, 'next');
+    assert.equal((await sim.control('POST', '/contacts/send', { from: c.phone, to: r.scan.jid, text: 'x', corrupt: 1 })).status, 400);
+  } finally {
+    await sim.configure({ contactResends: 0 });
+  }
+});
