@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from supervisor.settings import ClusterSettings
+from tests.cluster.e2e_nodes import cluster_nodes, receiver, sim  # noqa: F401 - fixtures for the e2e files
 from tests.pg import PgServer
 
 

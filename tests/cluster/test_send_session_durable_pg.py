@@ -15,48 +15,17 @@ import signal
 
 import pytest
 
-from tests.conftest import kill_marked
-from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, wait_for
-from tests.e2e.msg_support import Contacts, Receiver, wait_texts
+from tests.e2e.e2e_harness import WAIT, wait_for
+from tests.e2e.msg_support import Contacts, wait_texts
 from tests.e2e.test_messages_out import post, wait_inbox
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def sim(tmp_path):
-    s = Simulator(log_path=tmp_path / "sim.log")
-    yield s
-    s.stop()
+def nodes(cluster_nodes, sim, receiver):
+    return lambda name, env=None: cluster_nodes(name, sim.ws_url, webhook_url=receiver.url, env=env)
 
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def nodes(pg_dsn, tmp_path, marker, sim, receiver):
-    made: dict[str, Daemon] = {}
-
-    def make(name: str, env: dict[str, str] | None = None) -> Daemon:
-        cfg = daemon_config(tmp_path / f"storage-{name}", free_port(), sim.ws_url, marker=f"{marker}-{name}",
-                            worker={"env": env or {}})
-        cfg["cluster"] = {"backend": "postgres", "dsn": pg_dsn, "node_id": name, "ping_interval": 0.5,
-                          "fence_after": 4, "release_after": 10, "claim_interval": 0.3}
-        cfg["webhook"] = {"url": receiver.url, "secret": "", "initial_delay": 0.05, "max_delay": 0.3, "jitter": 0.0}
-        made[name] = Daemon(tmp_path / f"node-{name}", cfg).start(timeout=2 * WAIT)
-        return made[name]
-
-    try:
-        yield make
-    finally:
-        for d in made.values():
-            d.stop()
-        for n in made:
-            kill_marked(f"{marker}-{n}")
 
 
 def test_the_next_owner_decrypts_the_reply_to_a_send_whose_commit_never_came(sim, receiver, nodes, tmp_path):

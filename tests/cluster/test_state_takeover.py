@@ -15,9 +15,9 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.conftest import kill_marked, live_workers
+from tests.conftest import live_workers
 from tests.support import json_lines
-from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, wait_for
+from tests.e2e.e2e_harness import WAIT, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,31 +29,10 @@ def store_creds(dsn: str, tid: str) -> dict | None:
 
 
 @pytest.fixture
-def sim(tmp_path):
-    s = Simulator(log_path=tmp_path / "sim.log")
-    yield s
-    s.stop()
+def nodes(cluster_nodes):
+    sim_url: list[str] = []  # the test appends the simulator's URL before its first node
+    return (lambda name: cluster_nodes(name, sim_url[0])), sim_url
 
-
-@pytest.fixture
-def nodes(pg_dsn, tmp_path, marker):
-    made: dict[str, Daemon] = {}
-
-    def make(name: str) -> Daemon:
-        cfg = daemon_config(tmp_path / f"storage-{name}", free_port(), sim_url[0], marker=f"{marker}-{name}")
-        cfg["cluster"] = {"backend": "postgres", "dsn": pg_dsn, "node_id": name, "ping_interval": 0.5,
-                          "fence_after": 4, "release_after": 10, "claim_interval": 0.3}
-        made[name] = Daemon(tmp_path / f"node-{name}", cfg).start(timeout=2 * WAIT)
-        return made[name]
-
-    sim_url: list[str] = []
-    try:
-        yield make, sim_url
-    finally:
-        for d in made.values():
-            d.stop()
-        for n in made:
-            kill_marked(f"{marker}-{n}")
 
 
 def test_sigkill_owner_tenant_reconnects_elsewhere_with_saved_creds_no_qr(sim, nodes, pg_dsn, marker):

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from tests.cluster.procs import owners
-from tests.conftest import kill_marked, live_workers
-from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, wait_for
+from tests.conftest import live_workers
+from tests.e2e.e2e_harness import WAIT, Daemon, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,29 +28,9 @@ NODES = ("a", "b", "c")
 
 
 @pytest.fixture
-def sim(tmp_path):
-    s = Simulator(log_path=tmp_path / "sim.log")
-    yield s
-    s.stop()
+def three(cluster_nodes, sim):
+    return {n: cluster_nodes(n, sim.ws_url, advertise=True) for n in NODES}
 
-
-@pytest.fixture
-def three(pg_dsn, tmp_path, marker, sim):
-    made: dict[str, Daemon] = {}
-    try:
-        for n in NODES:
-            port = free_port()
-            cfg = daemon_config(tmp_path / f"storage-{n}", port, sim.ws_url, marker=f"{marker}-{n}")
-            cfg["cluster"] = {"backend": "postgres", "dsn": pg_dsn, "node_id": n, "ping_interval": 0.5,
-                              "fence_after": 4, "release_after": 10, "claim_interval": 0.3,
-                              "advertise_url": f"http://127.0.0.1:{port}"}
-            made[n] = Daemon(tmp_path / f"node-{n}", cfg).start(timeout=2 * WAIT)
-        yield made
-    finally:
-        for d in made.values():
-            d.stop()
-        for n in NODES:
-            kill_marked(f"{marker}-{n}")
 
 
 def connected_on(d: dict[str, Daemon], names) -> dict[str, dict]:

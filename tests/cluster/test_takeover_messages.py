@@ -22,9 +22,9 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import kill_marked, live_workers
-from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, pair, wait_for
-from tests.e2e.msg_support import Contacts, Receiver, wait_texts
+from tests.conftest import live_workers
+from tests.e2e.e2e_harness import WAIT, Daemon, pair, wait_for
+from tests.e2e.msg_support import Contacts, wait_texts
 from tests.e2e.test_messages_out import inbox, post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -38,41 +38,10 @@ HOLD = 1.0  # the webhook receiver's answer delay until the kill
 
 
 @pytest.fixture
-def sim(tmp_path):
-    s = Simulator(log_path=tmp_path / "sim.log")
-    yield s
-    s.stop()
+def nodes(cluster_nodes, sim, receiver):
+    return lambda name: cluster_nodes(name, sim.ws_url, webhook_url=receiver.url, advertise=True,
+                                      restart={"stable_after": 1.0, "initial_delay": 0.05, "max_delay": 0.3})
 
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def nodes(pg_dsn, tmp_path, marker, sim, receiver):
-    made: dict[str, Daemon] = {}
-
-    def make(name: str) -> Daemon:
-        port = free_port()
-        cfg = daemon_config(tmp_path / f"storage-{name}", port, sim.ws_url, marker=f"{marker}-{name}",
-                            restart={"stable_after": 1.0, "initial_delay": 0.05, "max_delay": 0.3})
-        cfg["cluster"] = {"backend": "postgres", "dsn": pg_dsn, "node_id": name, "ping_interval": 0.5,
-                          "fence_after": 4, "release_after": 10, "claim_interval": 0.3,
-                          "advertise_url": f"http://127.0.0.1:{port}"}
-        cfg["webhook"] = {"url": receiver.url, "secret": "", "initial_delay": 0.05, "max_delay": 0.3, "jitter": 0.0}
-        made[name] = Daemon(tmp_path / f"node-{name}", cfg).start(timeout=2 * WAIT)
-        return made[name]
-
-    try:
-        yield make
-    finally:
-        for d in made.values():
-            d.stop()
-        for n in made:
-            kill_marked(f"{marker}-{n}")
 
 
 def post_until_queued(d: Daemon, key: str, body: dict, timeout: float) -> dict:
