@@ -30,7 +30,6 @@ def nodes(cluster_nodes, sim, receiver):
     return lambda name, env=None: cluster_nodes(name, sim.ws_url, webhook_url=receiver.url, env=env)
 
 
-
 def test_a_message_journaled_on_a_killed_node_is_delivered_once_by_the_next_owner(sim, receiver, nodes, pg_dsn,
                                                                                   marker):
     contacts = Contacts(sim)

@@ -27,7 +27,6 @@ def nodes(cluster_nodes, sim, receiver):
     return lambda name, env=None: cluster_nodes(name, sim.ws_url, webhook_url=receiver.url, env=env)
 
 
-
 def test_the_next_owner_decrypts_the_reply_to_a_send_whose_commit_never_came(sim, receiver, nodes, tmp_path):
     held = tmp_path / "held"
     contacts = Contacts(sim)

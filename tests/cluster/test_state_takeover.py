@@ -34,7 +34,6 @@ def nodes(cluster_nodes):
     return (lambda name: cluster_nodes(name, sim_url[0])), sim_url
 
 
-
 def test_sigkill_owner_tenant_reconnects_elsewhere_with_saved_creds_no_qr(sim, nodes, pg_dsn, marker):
     make, sim_url = nodes
     sim_url.append(sim.ws_url)

@@ -32,7 +32,6 @@ def three(cluster_nodes, sim):
     return {n: cluster_nodes(n, sim.ws_url, advertise=True) for n in NODES}
 
 
-
 def connected_on(d: dict[str, Daemon], names) -> dict[str, dict]:
     """tenant -> its owner's live status, for the tenants connected with a worker on the node that owns them."""
     out = {}

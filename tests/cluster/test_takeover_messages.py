@@ -43,7 +43,6 @@ def nodes(cluster_nodes, sim, receiver):
                                       restart={"stable_after": 1.0, "initial_delay": 0.05, "max_delay": 0.3})
 
 
-
 def post_until_queued(d: Daemon, key: str, body: dict, timeout: float) -> dict:
     """POST a send, retrying with the same Idempotency-Key while the tenant's owner is unreachable (502/504 with
     Retry-After, docs/cluster.md "Forwarding") or the connection fails; the 202 answer."""
