@@ -8,8 +8,8 @@
                                                # elsewhere meanwhile is not in our buffer
     bus.close()                                # daemon shutdown: every stream ends, handlers return
 
-Ids are unique per daemon run: the run's first id is `base` + 1, base = the start time in ms x 1000 (16 digits,
-exact as a JavaScript number), so an id of another run or another node is told from ours (docs/events.md
+Ids are unique per daemon run: the run's first id is `base` + 1, base = a random 20-bit run tag above 32 bits of
+counter (16 digits, exact as a JavaScript number), so an id of another run or another node is told from ours (docs/events.md
 "Resuming"): before, node b read node a's id 300 as its own 300 and replayed the wrong events. `0` means "from
 this run's start". An id this run did not give out (another run or node, or newer than ours), one older than the
 buffer, or one from before the tenant last came to this node (`gained`) cannot be resumed exactly: the subscriber
@@ -21,6 +21,7 @@ the daemon's memory grow.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -82,7 +83,9 @@ class EventBus:
     def __init__(self, buffer: int = 1000, queue_size: int = 1000, base: int | None = None) -> None:
         self.buffer: deque[Event] = deque(maxlen=buffer)
         self.queue_size = queue_size
-        self.base = int(time.time() * 1000) * 1000 if base is None else base  # this run's ids are > base
+        # this run's ids are > base: a random 20-bit run tag above 32 bits of counter. Not the start time: two nodes
+        # started 50 ms apart would share ids after 50,000 events. 16 digits, below 2**53 (exact in JavaScript).
+        self.base = ((1 << 20) | secrets.randbits(20)) << 32 if base is None else base
         self.last_id = self.base
         self._gained: dict[str, int] = {}  # tenant -> last_id when this node (again) became its owner
         self.closed = False
