@@ -31,7 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..cluster_journal import JOURNAL, SENT, import_rows
+from ..cluster_journal import import_rows
+from ..cluster_state import valid_key  # the same rule as a worker's writes
 from ..ids import is_tenant_id
 from .schema import LOCK_NS
 
@@ -155,12 +156,6 @@ def import_many(conn: Any, storage_root: Path, tenants: Iterable[str] | None = N
     return out
 
 
-def _safe_name(k: str) -> bool:
-    if k.startswith((JOURNAL, SENT)):  # one level: the journal's and the sent store's rows
-        k = k.split("/", 1)[1]
-    return bool(k) and k not in (".", "..") and "/" not in k and "\0" not in k and not k.startswith(".")
-
-
 def export_tenant(conn: Any, tid: str, target: Path) -> dict[str, Any]:
     """Write the tenant's rows as files of a new directory stock Baileys can load (dir 0700, files 0600, each
     fsynced, then the directory). Refuses a target that exists and is not empty. One consistent snapshot."""
@@ -174,7 +169,7 @@ def export_tenant(conn: Any, tid: str, target: Path) -> dict[str, Any]:
         epoch = (cur.fetchone() or [None])[0]
     if not rows:
         raise TransferError("no_state", f"tenant {tid} has no rows in the store")
-    bad = [k for k, _ in rows if not _safe_name(k)]
+    bad = [k for k, _ in rows if not valid_key(k)]
     if bad:
         raise TransferError("bad_key", f"{len(bad)} keys are not plain file names, e.g. {bad[0][:80]!r}")
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
