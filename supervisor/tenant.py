@@ -155,7 +155,8 @@ class Tenant:
             case Opened(me, push_name, server_time, success_at):
                 self.me, self.push_name = me, push_name
                 # the worker runs on this host: its clock at the <success> node is ours, minus the login's work
-                at = success_at / 1000 if isinstance(success_at, (int, float)) and success_at > 0 else self.clock()
+                ok = isinstance(success_at, (int, float)) and not isinstance(success_at, bool) and success_at > 0
+                at = success_at / 1000 if ok else self.clock()
                 self.observer.on_open(self.id, server_time, at)
                 log.info("tenant.open", tenant=self.id, me=(me or {}).get("id"))
             case Closed(close):
