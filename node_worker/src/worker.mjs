@@ -3,7 +3,8 @@
 // when the socket closes it flushes auth, reports the close and exits; the daemon decides what follows.
 //
 // Start-up, in order: settings (bad env: one `error`, exit 2) -> log -> commands -> Baileys + the verification
-// patch -> `hello` + heartbeats -> [standby: wait for `go`] -> auth state -> socket (socket.mjs).
+// patch + the decrypt fix (signal-decrypt.mjs) -> `hello` + heartbeats -> [standby: wait for `go`] -> auth state
+// -> socket (socket.mjs).
 import { readFileSync } from 'node:fs';
 import { PROTOCOL_VERSION, makeEmitter, nextHeartbeatDelay } from './protocol.mjs';
 import { EnvError, parseEnv } from './env.mjs';
@@ -14,6 +15,7 @@ import { resolveVersion } from './version.mjs';
 import { dropUnfinishedCodePairing } from './creds.mjs';
 import { openSocket, restartInProcess } from './socket.mjs';
 import { startKeyPairPool } from './prekey-pool.mjs';
+import { baileysLibsignal, decryptOnCopies } from './signal-decrypt.mjs';
 
 const WORKER_NAME = 'baileys-supervisor-worker/0.1.0';
 const baileysEntry = import.meta.resolve('@whiskeysockets/baileys');
@@ -147,6 +149,7 @@ async function openAuth(w) {
 async function main(w) {
   w.baileys = await import('@whiskeysockets/baileys');
   if (!await installVerification(w)) return;
+  decryptOnCopies(baileysLibsignal(baileysEntry)); // before any decrypt: a failed attempt must not ratchet a session
   const version = await resolveVersion(w.settings.version, w.baileys, w.logger);
   sayHello(w, version);
   if (w.shutdownStarted) return; // EOF/SIGTERM/stop during start-up: shutdown() exits

@@ -16,6 +16,7 @@ export const B = await import(pathToFileURL(baileysEntry).href);
 // libsignal as Baileys itself resolves it (same CJS module instance as Baileys' Utils/crypto.js).
 const baileysRequire = createRequire(baileysEntry);
 export const libsignalCurve = baileysRequire('libsignal/src/curve.js');
+export const libsignal = baileysRequire('libsignal');
 /** The `ws` package from node_worker (a Baileys dependency), used for the server side. */
 export const ws = workerRequire('ws');
 

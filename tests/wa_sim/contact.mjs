@@ -4,10 +4,16 @@
 // simulated contacts and for the phone of each simulated account. The server side of it (its
 // uploaded bundle, its inbox) lives here too: the simulator plays both.
 import { randomInt } from 'node:crypto';
-import { B } from './baileys.mjs';
+import { B, libsignal } from './baileys.mjs';
 import { Bundle } from './bundle.mjs';
+import { decryptOnCopies } from '../../node_worker/src/signal-decrypt.mjs';
 
 const { Curve, proto, initAuthCreds, addTransactionCapability, encodeWAMessage, unpadRandomMax16, DEFAULT_CONNECTION_CONFIG } = B;
+
+// A WhatsApp client's libsignal never lets a failed decrypt attempt ratchet a session (libsignal-java decrypts on
+// copies); the copy Baileys ships does (node_worker/src/signal-decrypt.mjs). The simulated phones and contacts get
+// the same fix as the worker, so a Bad MAC in a test is the tenant's fault, not the simulator's.
+decryptOnCopies(libsignal);
 
 const quiet = { level: 'silent', trace() {}, debug() {}, info() {}, warn() {}, error() {}, fatal() {} };
 quiet.child = () => quiet;
