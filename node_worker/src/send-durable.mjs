@@ -16,9 +16,9 @@
 // transaction's commit then skips those values (committingKeys: the same objects), so a send writes no more than
 // before, only earlier. Independent of the journal (BSUP_JOURNAL=off keeps it). Outside a transaction the inner
 // encrypt commits before it returns: nothing to add.
-// Limit: libsignal serialises operations per address in a job queue that runs a job queued while another runs in the
-// first caller's async context; a concurrent decrypt and encrypt of the same address can then swap contexts, as they
-// do for Baileys' own transaction buffer.
+// libsignal serialises operations per address in a job queue that runs a job queued while another runs in the first
+// caller's async context, so a concurrent decrypt and encrypt of one address could swap contexts; they no longer run
+// concurrently: every Signal transaction takes the send's lock (signal-lock.mjs).
 import { AsyncLocalStorage } from 'node:async_hooks';
 
 const TRACKED = new Set(['session', 'sender-key', 'identity-key']);

@@ -6,6 +6,7 @@ import { onMessagesUpsert, onMessagesUpdate, reemitPending } from './inbound.mjs
 import { killAfterDecrypts } from './journal.mjs';
 import { startKeyPairPool } from './prekey-pool.mjs';
 import { makeSendDurable, holdSessionCommits } from './send-durable.mjs';
+import { oneSignalLock } from './signal-lock.mjs';
 
 /** The scan's 515: right after pair-success WhatsApp closes the socket and expects a login with the new creds
  *  (restartRequired). Baileys' own example opens a new socket in the same process for it, and so do we: a new
@@ -133,13 +134,15 @@ function onCredsUpdate(w) {
   };
 }
 
-/** Baileys' signal repository, wrapped: a send's keys durable before its stanza (send-durable.mjs, always), then
- *  the decrypt journal (journal.mjs): durable before the receipt. `auth.keys` is Baileys' transaction-capable store. */
+/** Baileys' signal repository, wrapped: its transactions under the lock sends take (signal-lock.mjs), a send's keys
+ *  durable before its stanza (send-durable.mjs, always), then the decrypt journal (journal.mjs): durable before the
+ *  receipt. `auth.keys` is Baileys' transaction-capable store. */
 function signalRepository(w, baseRepository, durable) {
   return (auth, logger, pnToLid) => {
-    let repo = durable.wrapRepository(baseRepository({ ...auth, keys: durable.recordingKeys(auth.keys) }, logger,
-      pnToLid), auth.keys);
-    if (w.journal) repo = w.journal.wrapRepository(repo, auth.keys);
+    const keys = oneSignalLock(auth.keys, auth.creds);
+    let repo = durable.wrapRepository(baseRepository({ ...auth, keys: durable.recordingKeys(keys) }, logger,
+      pnToLid), keys);
+    if (w.journal) repo = w.journal.wrapRepository(repo, keys);
     else if (w.killAfterDecrypts) repo = killAfterDecrypts(repo, w.killAfterDecrypts);
     return repo;
   };
