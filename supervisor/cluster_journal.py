@@ -8,7 +8,7 @@ Store keys (rows of `tenant_kv`, next to the stock auth files):
   openJournal migrates them into its log and re-emits the unacked ones (`recovered: true`).
 - `sent/<waId>.json`: what the worker sent (its `getMessage` answers retry receipts from it), written as
   `<auth>/sent/<waId>.json` with the entry's `at` as mtime (the worker prunes by mtime after KEEP_MS, at its open
-  only); rows already past KEEP_MS are deleted in materialize's fenced read instead (`expired_sent`).
+  only); rows already past KEEP_MS are deleted (fenced) at materialize instead (`expired_sent`).
 
 The store is the truth for the journal: a local journal that holds an unacked entry the store does not have (another
 node delivered and acked it meanwhile, or this node died before that entry's commit: then no receipt went out and
@@ -117,7 +117,7 @@ def sent_at(data: bytes) -> float | None:
 def expired_sent(rows: dict[str, bytes], now_ms: float) -> tuple[list[str], dict[str, float | None]]:
     """(the sent rows the worker would remove at its open: older than SENT_KEEP_S, the `at` of every sent row). A
     worker prunes only at its open, so one that ran for weeks leaves weeks of rows: materialize deletes those in its
-    fenced read instead of writing files the next worker deletes again (each delete a store write too)."""
+    own fenced transaction instead of writing files the next worker deletes again (each delete a store write too)."""
     ats = {k: sent_at(v) for k, v in rows.items() if k.startswith(SENT)}
     return [k for k, at in ats.items() if at is not None and now_ms - at > SENT_KEEP_S * 1000], ats
 

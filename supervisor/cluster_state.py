@@ -118,10 +118,13 @@ class StateStore:
             t0 = time.perf_counter()
             async with self.own.fenced(tid, epoch) as cur:
                 rows = await get_kv(cur, tid)
-                stored = bool(rows)  # before the prune: a store left with nothing else is still no import
-                # sent rows past KEEP_MS go in this transaction (fenced), instead of files the worker deletes again
-                expired, ats = await asyncio.to_thread(cluster_journal.expired_sent, rows, time.time() * 1000)
-                if expired:
+            stored = bool(rows)  # before the prune: a store left with nothing else is still no import
+            # sent rows past KEEP_MS are deleted (fenced) instead of written as files the worker deletes again. Parsed
+            # after the read: the fenced transaction holds the node's data connection, every tenant's commits wait.
+            # No worker runs for the tenant meanwhile, so nothing writes those rows between the two transactions.
+            expired, ats = await asyncio.to_thread(cluster_journal.expired_sent, rows, time.time() * 1000)
+            if expired:
+                async with self.own.fenced(tid, epoch) as cur:
                     await put_kv(cur, tid, epoch, dict.fromkeys(expired))
             for k in expired:
                 del rows[k]

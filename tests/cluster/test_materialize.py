@@ -31,7 +31,7 @@ def test_the_daemons_sent_limit_is_the_workers_keep_ms():
     assert int(out) == SENT_KEEP_S * 1000
 
 
-async def test_sent_rows_past_keep_ms_are_deleted_in_the_fenced_read_not_written(cluster_settings, pg_dsn, tmp_path):
+async def test_sent_rows_past_keep_ms_are_deleted_fenced_not_written(cluster_settings, pg_dsn, tmp_path):
     a = PgOwnership(cluster_settings("a"))
     await a.start()
     try:
