@@ -90,3 +90,52 @@ test('without it (Baileys\' per-jid keys), the decrypt\'s commit undoes the send
   // b3 reused b2's counter: bob's libsignal has no key left for it ("Key used already" inside "No matching sessions")
   assert.match(got[2], /^error: (No matching sessions|Key used already)/, JSON.stringify(got));
 });
+
+// Two ways a lock too wide deadlocks (found in review): each must complete, with the lock as it is.
+const { makeMutex } = await import(new URL('Utils/make-mutex.js', import.meta.resolve('@whiskeysockets/baileys')).href);
+const memoryStore = () => {
+  const mem = new Map();
+  return {
+    async get(type, ids) { return Object.fromEntries(ids.map((i) => [i, mem.get(type + i)])); },
+    async set(d) { for (const type in d) for (const i in d[type]) mem.set(type + i, d[type][i]); },
+  };
+};
+const within = (promise, ms, what) => Promise.race([promise,
+  new Promise((_, reject) => setTimeout(() => reject(new Error(`${what}: stuck after ${ms} ms`)), ms).unref())]);
+
+function socketLike(pnToLid = async () => []) {
+  const creds = { me: { id: '111:1@s.whatsapp.net' } };
+  const keys = B.addTransactionCapability(memoryStore(), quiet, { maxCommitRetries: 1, delayBetweenTriesMs: 0 });
+  const repo = B.DEFAULT_CONNECTION_CONFIG.makeSignalRepository({ creds, keys: oneSignalLock(keys, creds) }, quiet,
+    pnToLid);
+  return { creds, keys, repo };
+}
+
+test('a devices notification deleting sessions while a send waits for the device list: both finish', async () => {
+  const { creds, keys, repo } = socketLike();
+  const devicesMutex = makeMutex();
+  // relayMessage: its transaction (our jid), a usync IQ, then devicesMutex (Socket/messages-send.js getUSyncDevices)
+  const relay = keys.transaction(async () => {
+    await new Promise((r) => setTimeout(r, 50));
+    await devicesMutex.mutex(async () => {});
+  }, creds.me.id);
+  await new Promise((r) => setTimeout(r, 10));
+  // a devices "remove" notification during the IQ (Socket/messages-recv.js: devicesMutex, then deleteSession)
+  const notification = devicesMutex.mutex(() => repo.deleteSession(['222:3@s.whatsapp.net']));
+  await within(Promise.all([relay, notification]), 10000, 'send + devices notification');
+});
+
+test('a PN->LID lookup in flight outside any transaction, joined by a send: both finish', async () => {
+  const usync = async (pns) => {
+    await new Promise((r) => setTimeout(r, 50));
+    return pns.map((pn) => ({ pn, lid: '999@lid' }));
+  };
+  const { creds, keys, repo } = socketLike(usync);
+  const pn = '222@s.whatsapp.net';
+  const outside = repo.lidMapping.getLIDForPN(pn); // e.g. getDecryptionJid for an incoming message
+  const relay = keys.transaction(async () => {
+    await new Promise((r) => setTimeout(r, 10));
+    return repo.lidMapping.getLIDForPN(pn); // relayMessage's resolveTcTokenJid: joins the lookup in flight
+  }, creds.me.id);
+  assert.deepEqual(await within(Promise.all([outside, relay]), 10000, 'lookup + send'), ['999@lid', '999@lid']);
+});
