@@ -27,6 +27,8 @@ async function oldSessionMessageAfterANewOne() {
   await deliver(alice, bob, await send(alice, bob, 'a1')); // pkmsg: Alice's session, Bob responds on it
   await deliver(bob, alice, await send(bob, alice, 'b1')); // msg: Alice's session is established both ways
   const onOld = await send(alice, bob, 'a2'); // msg on the old session, still in flight
+  // libsignal tries the most recently used session first: the new one must be newer than the old one's last use
+  await new Promise((r) => setTimeout(r, 5));
   // Bob replaces the session (Baileys: getUSyncDevices' force-refresh of "newly mapped" LIDs): a fresh bundle
   await bob.signal.injectE2ESession({ jid: alice.lid, session: alice.bundle.session() });
   await deliver(alice, bob, onOld); // decrypts with the now closed session, after an attempt on the new one
