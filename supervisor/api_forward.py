@@ -58,6 +58,7 @@ QUICK = 10.0  # seconds for an answer that needs no worker round trip (also: a s
 CONNECT = 5.0  # seconds for the TCP connection (a SIGSTOPped owner's kernel still accepts: QUICK ends that)
 TAKEOVER_WAIT = 3.0  # seconds a request for a dead owner's tenant waits for a new owner (our nudged rounds or another)
 MAX_ANSWER = 4 * 1024 * 1024  # an owner's answer larger than this is not one of ours (a QR PNG is a few KB)
+NOBODY: Row = ("", 0, None, False)  # what the owner poll answers when the tenant has no owner row (nobody's now)
 FORWARDER: web.AppKey[Any] = web.AppKey("forwarder")
 
 
@@ -178,19 +179,19 @@ class Forwarder:
     async def _owner_down(self, tid: str, owner: str) -> str | tuple[str, str] | None:
         """After a failed forward: is the owner dead (its node lock free)? Then nudge our claim loop (a dead node's
         tenants may be taken over now: ownership.py does it in its next round, which the nudge runs at once) and
-        wait up to TAKEOVER_WAIT: "ours" when this node took the tenant over; (node, url) when the store (read
-        again every POLL, not the snapshot; one query for all waiting requests: cluster/owner_poll.py) shows another
-        live node owning it (placement gave it to that node, which claimed it in its own round; its URL usable);
-        "down" when nobody live owns it by then. None: the owner is alive
-        (e.g. SIGSTOPped or cut off: the lease decides) or the store cannot tell."""
+        wait up to TAKEOVER_WAIT: "ours" when this node took the tenant over; (node, url) when the store shows
+        another live node owning it (placement gave it to that node, which claimed it in its own round; its URL
+        usable); "down" when nobody live owns it by then. None: the owner is alive (e.g. SIGSTOPped or cut off: the
+        lease decides) or the store cannot tell. Both questions are answered by the store, not the snapshot, through
+        one query per POLL for all waiting requests (cluster/owner_poll.py): a burst of failed forwards for a dead
+        node's tenants does not queue a query each on the data connection the takeover's claim needs."""
         own = self.node.own
-        try:
-            alive = await asyncio.wait_for(own.node_alive(owner), QUICK)
-        except Exception as exc:  # noqa: BLE001 - store away: the old answer
-            log.warning("api.owner_check_failed", tenant=tid, owner=owner, error=type(exc).__name__)
+        row = await self.poll.wait(tid, lambda r: r or NOBODY, QUICK, fresh=True)  # a read after our failure
+        if row is None:
+            log.warning("api.owner_check_failed", tenant=tid, owner=owner)  # store away or slow: the old answer
             return None
-        if alive is not False:
-            return None
+        if row is not NOBODY and row[0] == owner and row[3]:
+            return None  # still its owner, and alive
         own.nudge()
 
         def settled(row: Row | None) -> str | tuple[str, str] | None:

@@ -24,7 +24,7 @@ from ..settings import ClusterSettings
 from . import pg, schema
 from .fence import Fence, keep_alive
 from .placement import NodeView, place, surplus
-from .views import cluster_view, node_alive, owners_now, read_nodes
+from .views import cluster_view, owners_now, read_nodes
 from .store import Fenced, fenced_tx, put_kv
 
 __all__ = ["PgOwnership", "Fenced", "NodeIdInUse", "fenced_tx"]
@@ -194,11 +194,6 @@ class PgOwnership:
         """Run the next claim round now (a request found a tenant's owner dead: supervisor/api_forward.py). Only
         earlier, never different: the round places and takes over exactly as a timed one would."""
         self._wake.set()
-
-    async def node_alive(self, node_id: str) -> bool | None:
-        """Does `node_id` hold its node lock now (views.node_alive)? None: no such node."""
-        async with self._dlock, self._tx() as cur:
-            return await node_alive(cur, node_id)
 
     async def owners_now(self, tids: list[str]) -> dict[str, tuple[str, int, str | None, bool]]:
         """The tenants' owners in the store now (views.owners_now), not the snapshot."""

@@ -24,14 +24,6 @@ async def read_nodes(conn: Any) -> list[NodeView]:
                      alive=r[5], owned=r[6]) for r in await cur.fetchall()]
 
 
-async def node_alive(conn: Any, node_id: str) -> bool | None:
-    """Does `node_id` hold its lock right now? None: no such node."""
-    cur = await conn.execute(f"SELECT {_ALIVE} FROM cluster_node n WHERE n.node_id = %(node)s",
-                             {"ns": LOCK_NS, "node": node_id})
-    row = await cur.fetchone()
-    return None if row is None else bool(row[0])
-
-
 async def owners_now(conn: Any, tenants: list[str]) -> dict[str, tuple[str, int, str | None, bool]]:
     """The tenants' owners as the store holds them now: tenant -> (owner, epoch, its advertise_url, alive); a tenant
     nobody owns is left out. One query (a primary-key probe per tenant)."""

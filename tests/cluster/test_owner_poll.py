@@ -62,3 +62,30 @@ async def test_timeout_and_a_check_that_looks_beyond_the_row():
     own.owners_now = failing  # type: ignore[method-assign]
     assert await poll.wait("z", moved, 0.3) is None  # a failing store: nobody known, no exception
     await poll.close()
+
+
+async def test_fresh_answers_come_from_a_read_started_after_the_call_shared_by_a_burst():
+    """api_forward asks "is the owner alive?" after a failed forward: the answer must not be a read from before the
+    failure (the owner alive then), and a burst of such questions shares the reads."""
+    own = FakeOwn()
+    poll = OwnerPoll(own)
+    own.rows = {"t": ("a", 1, "http://a", True)}
+    keep = asyncio.create_task(poll.wait("t", lambda row: None, 5.0))  # keeps the loop reading meanwhile
+    await asyncio.sleep(2.5 * POLL)
+    assert poll.rows["t"][3] is True  # the last read: a alive
+    own.rows = {"t": ("a", 1, "http://a", False)}  # a dies; the cached read still says alive
+    n = len(own.calls)
+    answers = await asyncio.gather(*(poll.wait("t", lambda row: row, 5.0, fresh=True) for _ in range(50)))
+    assert {a[3] for a in answers} == {False}  # every answer from a read after the question
+    assert len(own.calls) - n <= 3  # 50 questions, one or two reads
+    own.rows = {}
+    assert await poll.wait("t", lambda row: row or "nobody", 5.0, fresh=True) == "nobody"  # no owner row
+
+    async def failing(tids):
+        raise OSError("store away")
+    own.owners_now = failing  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    assert await poll.wait("t", lambda row: row or "nobody", 0.5, fresh=True) is None  # failed reads answer nothing
+    assert time.monotonic() - t0 >= 0.5
+    keep.cancel()
+    await poll.close()
