@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .e2e_harness import Daemon, Simulator, daemon_config, free_port
+from .msg_support import Receiver
 
 
 @pytest.fixture
@@ -58,3 +59,11 @@ def make_daemon(tmp_path: Path, marker: str) -> Iterator[Callable[..., Daemon]]:
 def storage_root(tmp_path: Path) -> Path:
     return tmp_path / "storage"
 
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP server playing the web app's webhook (msg_support.Receiver)."""
+    r = Receiver()
+    yield r
+    r.stop()

@@ -19,20 +19,13 @@ from pathlib import Path
 import pytest
 
 from .e2e_harness import pair, wait_for
-from .msg_support import Contacts, Receiver, assert_one_id_per_message, make_daemon_with_webhook, wait_texts
+from .msg_support import Contacts, assert_one_id_per_message, make_daemon_with_webhook, wait_texts
 from .test_messages_out import post, wait_inbox, wait_message
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 JOURNAL_ENV = {"BSUP_JOURNAL": os.environ.get("E2E_JOURNAL", "on")}
 KILLS = int(os.environ.get("E2E_KILLS", "100"))
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

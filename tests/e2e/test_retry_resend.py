@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .e2e_harness import wait_for
 from .msg_support import wait_texts
-from .test_messages_in import (contacts, event_id, linked, make_msg_daemon, receiver)  # noqa: F401 - fixtures
+from .test_messages_in import contacts, event_id, linked, make_msg_daemon  # noqa: F401 - fixtures
 from .test_messages_out import post, wait_inbox
 
 import pytest

@@ -14,17 +14,10 @@ import signal
 import pytest
 
 from .e2e_harness import pair, wait_for
-from .msg_support import Contacts, Receiver, make_daemon_with_webhook, wait_texts
+from .msg_support import Contacts, make_daemon_with_webhook, wait_texts
 from .test_messages_out import post, wait_inbox
 
 pytestmark = [pytest.mark.e2e]
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 def test_sigkill_between_the_stanza_and_the_commit_keeps_the_session(sim, receiver, marker, tmp_path):

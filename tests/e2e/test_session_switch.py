@@ -15,17 +15,10 @@ from __future__ import annotations
 import pytest
 
 from .e2e_harness import WAIT, wait_for
-from .msg_support import Contacts, Receiver, make_daemon_with_webhook, wait_texts
+from .msg_support import Contacts, make_daemon_with_webhook, wait_texts
 from .test_messages_out import inbox, post
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 def test_a_message_on_the_replaced_session_then_both_ways_still_decrypt(tmp_path, sim, receiver, marker):
