@@ -149,8 +149,9 @@ class Forwarder:
             if isinstance(down, tuple):  # taken over by another live node: one more hop, there (never back)
                 return await self._second_hop(request, kind, str(tid), *down)
             if down == "down":
-                resp = error_response(503, "owner_down", f"tenant {tid} ran on node {owner}, which is down; another "
-                                      "node is taking it over: retry", tenant=tid, owner=owner, advertiseUrl=found[1])
+                resp = error_response(503, "owner_down", f"tenant {tid} has no live owner now (node {owner} did not "
+                                      "answer; another node is taking it over): retry", tenant=tid, owner=owner,
+                                      advertiseUrl=found[1])
             else:
                 resp = error_response(exc.status, "owner_unreachable",
                                       f"tenant {tid} runs on node {owner}, which did not answer ({exc.error}): retry",
@@ -188,7 +189,8 @@ class Forwarder:
         own = self.node.own
         row = await self.poll.wait(tid, lambda r: r or NOBODY, QUICK, fresh=True)  # a read after our failure
         if row is None:
-            log.warning("api.owner_check_failed", tenant=tid, owner=owner)  # store away or slow: the old answer
+            # no successful read within QUICK (api.owner_poll_failed says why): the answer without the store
+            log.warning("api.owner_check_failed", tenant=tid, owner=owner, error="no_store_answer")
             return None
         if row is not NOBODY and row[0] == owner and row[3]:
             return None  # still its owner, and alive
