@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.conftest import live_workers
-from tests.e2e.e2e_harness import WAIT, wait_for
+from tests.e2e.e2e_harness import WAIT, pair, wait_for
 from tests.e2e.msg_support import Contacts
 
 pytestmark = pytest.mark.e2e
@@ -34,12 +34,7 @@ def test_a_message_journaled_on_a_killed_node_is_delivered_once_by_the_next_owne
                                                                                   marker):
     contacts = Contacts(sim)
     a = nodes("a", {"BSUP_TEST_HOLD_MESSAGES": "1"})
-    a.start_tenant("t")
-    a.wait_status("t", lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
-    scan = sim.scan(a.qr("t")["qr"], pushName="Dana")
-    assert scan.get("ok"), scan
-    jid = scan["jid"]
-    a.wait_connected("t")
+    jid = pair(a, sim, "t", "Dana")["scan"]["jid"]  # start -> QR -> scan -> connected, on its owner a
     b = nodes("b")  # its own empty storage root: all it can know of t is in the store
 
     bob = contacts.new("Bob")
@@ -74,10 +69,7 @@ def test_a_retry_receipt_reaching_the_next_owner_is_answered_from_the_sent_store
     from tests.e2e.test_messages_out import contact, post, wait_inbox, wait_message
 
     a = nodes("a")
-    a.start_tenant("t")
-    a.wait_status("t", lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
-    assert sim.scan(a.qr("t")["qr"]).get("ok")
-    a.wait_connected("t")
+    pair(a, sim, "t")
     b = nodes("b")
     c = contact(sim)
     code, ans, _ = post(a, "t", "retry-1", {"to": c["jid"], "text": "please retry"})

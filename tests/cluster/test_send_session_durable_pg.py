@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from tests.e2e.e2e_harness import WAIT, wait_for
+from tests.e2e.e2e_harness import WAIT, pair, wait_for
 from tests.e2e.msg_support import Contacts, wait_texts
 from tests.e2e.test_messages_out import post, wait_inbox
 
@@ -31,12 +31,7 @@ def test_the_next_owner_decrypts_the_reply_to_a_send_whose_commit_never_came(sim
     held = tmp_path / "held"
     contacts = Contacts(sim)
     a = nodes("a", {"BSUP_TEST_HOLD_SESSION_COMMITS": str(held)})
-    a.start_tenant("t")
-    a.wait_status("t", lambda s: s.get("hasQR"), 2 * WAIT, "hasQR on its owner")
-    scan = sim.scan(a.qr("t")["qr"], pushName="Dana")
-    assert scan.get("ok"), scan
-    jid = scan["jid"]
-    a.wait_connected("t")
+    jid = pair(a, sim, "t", "Dana")["scan"]["jid"]  # start -> QR -> scan -> connected, on its owner a
     b = nodes("b")  # its own empty storage root: all it can know of t is in the store
 
     bob = contacts.new("Bob")
