@@ -18,7 +18,7 @@
 // encrypt commits before it returns: nothing to add.
 // libsignal serialises operations per address in a job queue that runs a job queued while another runs in the first
 // caller's async context, so a concurrent decrypt and encrypt of one address could swap contexts; they no longer run
-// concurrently: every Signal transaction takes the send's lock (signal-lock.mjs).
+// concurrently: every jid-keyed Signal transaction takes the send's lock (signal-lock.mjs).
 import { AsyncLocalStorage } from 'node:async_hooks';
 
 const TRACKED = new Set(['session', 'sender-key', 'identity-key']);
