@@ -62,18 +62,20 @@ def create_test_writes(dsn: str) -> None:
                   "node text, at timestamptz DEFAULT clock_timestamp())")
 
 
-def stale_commits(dsn: str) -> tuple[int, int, int]:
-    """(writes committed, writes committed after the next epoch's bump, writes by a node that did not hold that
-    epoch). The last two must be 0: track_commit_timestamp orders the commits."""
+def stale_commits(dsn: str, table: str = "test_writes", writer: str | None = "node") -> tuple[int, int, int]:
+    """(writes committed to `table`, writes committed after the next epoch's bump, writes by a node that did not
+    hold that epoch: with no `writer` column, writes at an epoch nobody claimed). The last two must be 0:
+    track_commit_timestamp orders the commits. `table` has (tenant_id, epoch[, writer]) per committed write."""
+    foreign_if = f"o.owner IS DISTINCT FROM w.{writer}" if writer else "o.owner IS NULL"
     with psycopg.connect(dsn) as c:
-        total = c.execute("SELECT count(*) FROM test_writes").fetchone()[0]
+        total = c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         late = c.execute(
-            "SELECT count(*) FROM test_writes w JOIN tenant_epoch n ON n.tenant_id = w.tenant_id "
+            f"SELECT count(*) FROM {table} w JOIN tenant_epoch n ON n.tenant_id = w.tenant_id "
             "AND n.epoch = w.epoch + 1 WHERE pg_xact_commit_timestamp(w.xmin) > pg_xact_commit_timestamp(n.xmin)"
         ).fetchone()[0]
         foreign = c.execute(
-            "SELECT count(*) FROM test_writes w LEFT JOIN tenant_epoch o ON o.tenant_id = w.tenant_id "
-            "AND o.epoch = w.epoch WHERE o.owner IS DISTINCT FROM w.node").fetchone()[0]
+            f"SELECT count(*) FROM {table} w LEFT JOIN tenant_epoch o ON o.tenant_id = w.tenant_id "
+            f"AND o.epoch = w.epoch WHERE {foreign_if}").fetchone()[0]
     return total, late, foreign
 
 

@@ -20,7 +20,7 @@ from supervisor.cluster.ownership import PgOwnership
 from supervisor.cluster_journal import decode_segment, local_journal
 from supervisor.cluster_state import StateStore
 from supervisor.protocol import Event
-from tests.cluster.test_state_store import SleepWorker, b64, kv, owned
+from tests.cluster.test_state_store import SleepWorker, b64, kv, owned, sole_owner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,11 +108,7 @@ async def test_journal_and_sent_rows_commit_materialize_and_move_a_stale_journal
 
 
 async def test_first_claim_imports_the_single_host_journal(cluster_settings, pg_dsn, tmp_path):
-    a = PgOwnership(cluster_settings("a"))
-    await a.start()
-    try:
-        await a.want("t")
-        await owned(a, "t")
+    async with sole_owner(cluster_settings) as (a, epoch):
         auth = tmp_path / "t" / "auth"
         (auth / "journal").mkdir(parents=True)
         (auth / "creds.json").write_bytes(b'{"me":1}')
@@ -124,8 +120,6 @@ async def test_first_claim_imports_the_single_host_journal(cluster_settings, pg_
         assert sorted(rows) == ["creds.json", f"journal/{h5}.json"]  # the unacked one only
         assert json.loads(rows[f"journal/{h5}.json"]) == entry(h5, "W5")
         assert sorted(p.name for p in (auth / "journal").iterdir()) == ["seg-000000000001.log"]  # left as it was
-    finally:
-        await a.close(drain=False)
 
 
 def test_db_import_and_export_carry_the_journal_and_the_sent_store(tmp_path, pg_dsn):

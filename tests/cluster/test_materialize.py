@@ -11,10 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from supervisor.cluster.ownership import PgOwnership
 from supervisor.cluster_journal import SENT_KEEP_S
 from supervisor.cluster_state import StateStore
-from tests.cluster.test_state_store import kv, owned
+from tests.cluster.test_state_store import kv, sole_owner
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY_MS = 86400 * 1000
@@ -32,11 +31,7 @@ def test_the_daemons_sent_limit_is_the_workers_keep_ms():
 
 
 async def test_sent_rows_past_keep_ms_are_deleted_fenced_not_written(cluster_settings, pg_dsn, tmp_path):
-    a = PgOwnership(cluster_settings("a"))
-    await a.start()
-    try:
-        await a.want("t")
-        epoch = await owned(a, "t")
+    async with sole_owner(cluster_settings) as (a, epoch):
         now = time.time() * 1000
         fresh = {f"sent/NEW{i}.json": sent(now - i * DAY_MS) for i in range(4)}  # 0-3 days old
         old = {f"sent/OLD{i}.json": sent(now - (8 + i) * DAY_MS) for i in range(3)}  # 8-10 days: the worker prunes
@@ -50,17 +45,11 @@ async def test_sent_rows_past_keep_ms_are_deleted_fenced_not_written(cluster_set
             p = auth / k
             assert p.read_bytes() == v and p.stat().st_mtime == json.loads(v)["at"] / 1000  # the worker's clock
         assert store.stats["materialized"] == 1 and store.stats["imported"] == 0
-    finally:
-        await a.close(drain=False)
 
 
 async def test_a_store_with_only_expired_rows_is_still_not_an_import(cluster_settings, pg_dsn, tmp_path):
     """The prune must not make a store with rows look empty: that path imports the local dir over the store."""
-    a = PgOwnership(cluster_settings("a"))
-    await a.start()
-    try:
-        await a.want("t")
-        epoch = await owned(a, "t")
+    async with sole_owner(cluster_settings) as (a, epoch):
         await a.write_kv("t", {"sent/OLD.json": sent(time.time() * 1000 - 9 * DAY_MS)}, epoch)
         auth = tmp_path / "t" / "auth"
         auth.mkdir(parents=True)
@@ -70,5 +59,3 @@ async def test_a_store_with_only_expired_rows_is_still_not_an_import(cluster_set
         assert kv(pg_dsn, "t") == {}  # pruned; the local creds.json not imported
         assert store.stats["imported"] == 0
         assert not (auth / "creds.json").exists()  # the store is the truth: moved aside, as before
-    finally:
-        await a.close(drain=False)

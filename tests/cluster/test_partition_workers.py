@@ -8,7 +8,7 @@ stale. Asserted: A kills its workers before B's first claim; B connects every te
 the simulator never saw two live sessions of a device nor a session replaced by a conflict; after the heal A gets its
 node lock back and takes a tenant back by hand-off, and over a window each tenant has one owner and one live worker,
 with no 440; no tenant_kv write committed after the next epoch's bump (an audit trigger records every write, and
-track_commit_timestamp orders the commits, as tests/cluster/procs.py's stale_commits does for the zombie writer).
+track_commit_timestamp orders the commits: tests/cluster/procs.py's stale_commits, as for the zombie writer).
 A second test heals the cut after A fenced but before the server could drop A's session: the same guarantees."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from supervisor.cluster.placement import ranking
+from tests.cluster.procs import stale_commits
 from tests.conftest import kill_marked, live_workers
 from tests.e2e.e2e_harness import WAIT, Daemon, Simulator, daemon_config, free_port, wait_for
 
@@ -38,20 +39,6 @@ CREATE FUNCTION kv_audit_f() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN INSERT INTO kv_audit VALUES (NEW.tenant_id, NEW.k, NEW.epoch); RETURN NEW; END $$;
 CREATE TRIGGER kv_audit_t AFTER INSERT OR UPDATE ON tenant_kv FOR EACH ROW EXECUTE FUNCTION kv_audit_f();
 """
-
-
-def stale_kv_writes(dsn: str) -> tuple[int, int, int]:
-    """(writes committed, writes committed after their epoch's successor was claimed, writes at an epoch nobody
-    claimed). The last two must be 0."""
-    with psycopg.connect(dsn) as c:
-        total = c.execute("SELECT count(*) FROM kv_audit").fetchone()[0]
-        late = c.execute(
-            "SELECT count(*) FROM kv_audit w JOIN tenant_epoch n ON n.tenant_id = w.tenant_id "
-            "AND n.epoch = w.epoch + 1 WHERE pg_xact_commit_timestamp(w.xmin) > pg_xact_commit_timestamp(n.xmin)"
-        ).fetchone()[0]
-        unknown = c.execute("SELECT count(*) FROM kv_audit w LEFT JOIN tenant_epoch o ON o.tenant_id = w.tenant_id "
-                            "AND o.epoch = w.epoch WHERE o.owner IS NULL").fetchone()[0]
-    return total, late, unknown
 
 
 def owners(dsn: str) -> dict[str, str | None]:
@@ -225,7 +212,7 @@ def test_db_partition_live_workers_fence_before_takeover_no_440_war(pair, netns)
 
 
 def no_stale_writes(pair: Pair, cut: float) -> None:
-    total, late, unknown = stale_kv_writes(pair.dsn)
+    total, late, unknown = stale_commits(pair.dsn, "kv_audit", writer=None)
     failed = {n: len(logged(pair.a, f"cluster.{n}", cut)) for n in ("state_fenced", "state_write_failed")}
     print(f"A's state transactions after the cut: {failed}; tenant_kv writes committed: {total}, after their "
           f"epoch's successor: {late}, at unclaimed epochs: {unknown}")

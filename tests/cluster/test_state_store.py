@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import stat
 import subprocess
+from collections.abc import AsyncIterator
 
 import psycopg
 
@@ -60,6 +62,18 @@ async def owned(node: PgOwnership, tid: str, timeout: float = 30) -> int:
     raise AssertionError(f"{tid} never owned by {node.node_id}")
 
 
+@contextlib.asynccontextmanager
+async def sole_owner(cluster_settings, tid: str = "t") -> AsyncIterator[tuple[PgOwnership, int]]:
+    """Node "a" started, `tid` wanted and claimed by it: (the node, its epoch); closed on the way out."""
+    a = PgOwnership(cluster_settings("a"))
+    await a.start()
+    try:
+        await a.want(tid)
+        yield a, await owned(a, tid)
+    finally:
+        await a.close(drain=False)
+
+
 async def test_state_write_commits_at_the_epoch_and_a_fenced_one_commits_nothing_and_kills(cluster_settings, pg_dsn,
                                                                                           tmp_path):
     a, b = PgOwnership(cluster_settings("a")), PgOwnership(cluster_settings("b"))
@@ -105,11 +119,7 @@ async def test_state_write_commits_at_the_epoch_and_a_fenced_one_commits_nothing
 
 async def test_materialize_moves_local_files_aside_and_reconcile_writes_unsent_creds(cluster_settings, pg_dsn,
                                                                                     tmp_path):
-    a = PgOwnership(cluster_settings("a"))
-    await a.start()
-    try:
-        await a.want("t")
-        epoch = await owned(a, "t")
+    async with sole_owner(cluster_settings) as (a, epoch):
         await a.write_kv("t", {"creds.json": b'{"v":"store"}', "pre-key-1.json": b"{}", "session-y.json": b"[]"})
         auth = tmp_path / "t" / "auth"
         auth.mkdir(parents=True)
@@ -135,8 +145,6 @@ async def test_materialize_moves_local_files_aside_and_reconcile_writes_unsent_c
         store.on_archived("t")
         await store.close()
         assert kv(pg_dsn, "t") == {}
-    finally:
-        await a.close(drain=False)
 
 
 def test_state_sync_is_set_in_cluster_mode_only(tmp_path):
